@@ -1,0 +1,8 @@
+"""Evaluation: RC2 metrics, result tables, figures and classic inversions for comparison.
+
+metrics.py    the eight QSM Challenge 2.0 metrics, HFEN, XSIM, correlation (numpy only)
+tables.py     metric x dataset tables as Markdown, CSV and JSON
+figures.py    orthogonal-slice figures and loss curves (PNG)
+baselines.py  TKD, closed-form L2-gradient and nonlinear TV (ADMM) inversions
+__main__.py   `python -m evaluation`
+"""

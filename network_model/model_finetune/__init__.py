@@ -1,0 +1,1 @@
+"""Step 5: per-dataset fine-tuning (train.py)."""

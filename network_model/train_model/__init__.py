@@ -1,0 +1,1 @@
+"""Step 4: domain-adaptive pre-training (train.py)."""

@@ -1,0 +1,14 @@
+"""Data side of the pipeline (steps 1-3 and the target-domain simulator).
+
+errors.py          InputError and the CLI wrapper (exit status 2 on bad input)
+units.py           Hz / rad / ppb -> ppm conversions, gamma_bar
+geometry.py        Geometry (shape, voxel_size_mm, b0_dir); B0 direction from a NIfTI affine
+volume_io.py       read/write NIfTI, MAT v5/v7.3, HDF5, .npy with voxel size, affine, B0
+dipole.py          the one dipole kernel and forward model (numpy and TensorFlow)       step 2
+phantom.py         built-in head phantom (MNI ICBM152 anatomy, RC2 labels, texture)
+simulate.py        RC2-like multi-echo GRE simulator -> target-domain case folders
+augment.py         elastic deformation, contrast changes, added sources                 step 1
+genChi.py          synthetic susceptibility maps from a COSMOS map                     step 1
+qsmFmapCal_gpu.py  field maps of susceptibility maps by dipole convolution             step 2
+patches.py         patch cutting and the patch HDF5 layout                             step 3
+"""
