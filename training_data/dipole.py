@@ -1,7 +1,8 @@
 """The one dipole kernel of the project and the forward model f = D * chi (steps 2, 4, 5, baselines).
 
 Kernel (continuous, k-space): D(k) = 1/3 - (k . b)^2 / |k|^2, with k_i = fftfreq(n_i, d=voxel_i)
-(cycles/mm) and b the unit B0 direction in voxel axes. D(0) = 0 by default (the field is defined up
+(cycles/mm) and b the unit B0 direction in voxel axes. On the Nyquist plane of an even axis the
+kernel is the average over the two signs of that frequency, so that D(k) = D(-k) holds exactly. D(0) = 0 by default (the field is defined up
 to a constant); 1/3 is available through `d0`.
 
 Layout: the kernel is **not** fft-shifted (DC at index [0, 0, 0]). With `half_spectrum=True` it
@@ -63,11 +64,21 @@ def _kernel_cached(shape, voxel_size_mm, b0_dir, d0, half_spectrum, dtype_name):
         kz = np.fft.rfftfreq(shape[2], d=voxel_size_mm[2])
     else:
         kz = np.fft.fftfreq(shape[2], d=voxel_size_mm[2])
-    kx, ky, kz = kx[:, None, None], ky[None, :, None], kz[None, None, :]
-    k2 = kx**2 + ky**2 + kz**2
-    kb = kx * b0_dir[0] + ky * b0_dir[1] + kz * b0_dir[2]
+    ks = [kx[:, None, None], ky[None, :, None], kz[None, None, :]]
+    # Nyquist planes of even axes stand for +k and -k at once: averaging D over both signs keeps
+    # D(k) = D(-k) (a real, self-adjoint operator) for an oblique B0. It removes the cross terms
+    # k_i k_j b_i b_j that involve a Nyquist component; axis-aligned B0 is unaffected.
+    not_nyquist = [np.ones_like(k) for k in ks]
+    for axis, (n, k) in enumerate(zip(shape, ks)):
+        if n % 2 == 0:
+            not_nyquist[axis] = (np.abs(k) < 0.5 / voxel_size_mm[axis] * (1 - 1e-9)).astype(np.float64)
+    k2 = sum(k**2 for k in ks)
+    kb2 = sum((ks[i] * b0_dir[i]) ** 2 for i in range(3))
+    for i in range(3):
+        for j in range(i + 1, 3):
+            kb2 = kb2 + 2 * ks[i] * ks[j] * b0_dir[i] * b0_dir[j] * not_nyquist[i] * not_nyquist[j]
     with np.errstate(invalid="ignore", divide="ignore"):
-        kernel = 1.0 / 3.0 - kb**2 / k2
+        kernel = 1.0 / 3.0 - kb2 / k2
     kernel[0, 0, 0] = d0
     kernel = kernel.astype(np.dtype(dtype_name))
     kernel.setflags(write=False)

@@ -194,6 +194,9 @@ def atomic_path(path):
     suffix = suffix_of(path)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs should get the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)
@@ -225,7 +228,8 @@ def _pick(names, variable, path, kind):
             raise InputError(f"{path}: no {kind} {variable!r}; present: {', '.join(names) or 'none'}")
         return variable
     if len(names) != 1:
-        raise InputError(f"{path}: holds {len(names)} {kind}s ({', '.join(names) or 'none'}); name one with FILE:NAME or --variable")
+        listed = ", ".join(names) or "none"
+        raise InputError(f"{path}: holds {len(names)} {kind}s ({listed}); name one with FILE:NAME or --variable")
     return names[0]
 
 

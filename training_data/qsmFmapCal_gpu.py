@@ -1,0 +1,257 @@
+"""Step 2: field maps (ppm) of susceptibility maps (ppm) by FFT dipole convolution.
+
+    python training_data/qsmFmapCal_gpu.py INPUT... -o OUTPUT [--mask M] [--voxel-size X Y Z]
+        [--b0-dir X Y Z] [--pad none|fast|auto|N] [--demean] [--overwrite]
+
+INPUT: susceptibility maps (NIfTI, .mat v5/v7.3, .h5, .npy), folders of them, or the HDF5 output of
+step 1 (dataset `/chi`, (N, x, y, z), optional `/mask`). OUTPUT: a .nii/.nii.gz file (one input),
+a folder (one `<name>_field.nii.gz` per map, input affine kept) or a .h5 file (dataset `/field`,
+(N, x, y, z) float32 ppm, attrs voxel_size_mm, b0_dir, files). Runs on the GPU when TensorFlow
+sees one, else on the CPU. Voxel size and B0 direction come from the file header (NIfTI affine,
+HDF5 attrs) unless given; without either, 1 mm and B0 along the third axis.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training_data.errors import InputError, run_cli
+from training_data.volume_io import (ALL_SUFFIXES, HDF5_SUFFIXES, NIFTI_SUFFIXES, check_mask, read_mask,
+                                     read_volume, split_variable, suffix_of, write_volume)
+
+PROG = "qsmFmapCal_gpu"
+
+
+@dataclass
+class ChiMap:
+    """One susceptibility map to convert, with where it came from."""
+
+    name: str
+    chi_ppm: np.ndarray
+    mask: np.ndarray | None
+    affine: np.ndarray
+    header: object
+    voxel_size_mm: tuple | None
+    b0_dir: tuple | None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Units: chi in ppm in, local field in ppm of B0 out.")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="susceptibility maps (ppm), folders or a step-1 HDF5")
+    parser.add_argument("-o", "--output", required=True, help="output .nii/.nii.gz (one input), folder, or .h5")
+    parser.add_argument("--mask", help="brain mask for --demean / --mask-output (step-1 HDF5 carries its own)")
+    parser.add_argument("--variable", help="variable name inside .mat/.h5 inputs")
+    parser.add_argument("--voxel-size", nargs=3, type=float, metavar=("X", "Y", "Z"),
+                        help="voxel size in mm (overrides the header)")
+    parser.add_argument("--b0-dir", nargs=3, type=float, metavar=("X", "Y", "Z"),
+                        help="B0 direction in voxel axes (overrides the header)")
+    parser.add_argument("--pad", default="auto",
+                        help="zero padding: none, fast, auto (quarter of each axis per side) or voxels per side")
+    parser.add_argument("--d0", type=float, default=0.0, help="kernel value at k=0 (0 default; 1/3 as SEPIA)")
+    parser.add_argument("--demean", action="store_true", help="subtract the mean field inside the mask")
+    parser.add_argument("--mask-output", action="store_true", help="set the field outside the mask to 0")
+    parser.add_argument("--example", action="store_true", help="use a built-in example (spheres phantom) as input")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: _run(args), PROG)
+
+
+def _run(args) -> int:
+    maps = list(_example_maps()) if args.example else list(iter_chi_maps(args.inputs, args.variable))
+    if not maps:
+        raise InputError("INPUT: expected at least one susceptibility map (or --example), got none")
+    shared_mask = None
+    if args.mask:
+        shared_mask = read_mask(args.mask, like=maps[0].chi_ppm, like_name=f"input {maps[0].name}")
+    if (args.demean or args.mask_output) and shared_mask is None and any(m.mask is None for m in maps):
+        raise InputError("--demean/--mask-output: expected a mask (--mask M), found none")
+    out_kind = _output_kind(args.output, len(maps))
+    _refuse_existing(args.output, out_kind, maps, args.overwrite)
+
+    from tqdm import tqdm
+
+    from training_data.tf_env import device_name
+
+    engine = FieldEngine(args.pad, args.d0)
+    progress = tqdm(maps, desc=f"field maps ({device_name()})", unit="map", disable=len(maps) < 2, file=sys.stderr)
+    with StagedOutput(args.output, out_kind) as out:
+        for item in progress:
+            vs = tuple(args.voxel_size) if args.voxel_size else (item.voxel_size_mm or (1.0, 1.0, 1.0))
+            b0 = tuple(args.b0_dir) if args.b0_dir else (item.b0_dir or (0.0, 0.0, 1.0))
+            field = engine(item.chi_ppm, vs, b0)
+            mask = item.mask if item.mask is not None else shared_mask
+            if mask is not None and mask.shape != field.shape:
+                raise InputError(f"shape mismatch: mask {mask.shape} vs input {item.name} {field.shape}")
+            if args.demean:
+                field = field - np.float32(field[mask].mean())
+            if args.mask_output:
+                field = field * mask
+            out.add(item, field.astype(np.float32), vs, b0)
+    print(f"{PROG}: wrote {len(maps)} field map(s) (ppm) to {args.output}", file=sys.stderr)
+    return 0
+
+
+class FieldEngine:
+    """TensorFlow dipole forward model, one operator per geometry (its kernel built once)."""
+
+    def __init__(self, pad="auto", d0: float = 0.0):
+        self.pad, self.d0, self._ops = pad, d0, {}
+
+    def __call__(self, chi_ppm: np.ndarray, voxel_size_mm, b0_dir) -> np.ndarray:
+        from training_data.dipole import dipole_operator_tf
+
+        key = (chi_ppm.shape, tuple(voxel_size_mm), tuple(b0_dir))
+        if key not in self._ops:
+            self._ops[key] = dipole_operator_tf(chi_ppm.shape, voxel_size_mm, b0_dir, self.pad, self.d0)
+        return self._ops[key](chi_ppm.astype(np.float32)).numpy()
+
+
+def iter_chi_maps(inputs, variable=None):
+    """Yield ChiMap items from files, folders and step-1 HDF5 files (4-D `/chi`)."""
+    for entry in inputs:
+        path = Path(split_variable(entry)[0])
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if suffix_of(p) in ALL_SUFFIXES)
+            if not files:
+                raise InputError(f"{path}: folder holds no volume files ({', '.join(ALL_SUFFIXES)})")
+            for file in files:
+                yield from iter_chi_maps([str(file)], variable)
+        elif suffix_of(path) in HDF5_SUFFIXES and _is_step1_h5(path) and variable is None:
+            yield from _iter_step1_h5(path)
+        else:
+            vol = read_volume(entry, variable)
+            name = Path(vol.path).name
+            for suffix in ALL_SUFFIXES:
+                name = name[: -len(suffix)] if name.endswith(suffix) else name
+            yield ChiMap(name, vol.data, None, vol.affine, vol.header, vol.voxel_size_mm, vol.b0_dir)
+
+
+def _is_step1_h5(path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            return "chi" in h5 and h5["chi"].ndim == 4
+    except OSError:
+        return False
+
+
+def _iter_step1_h5(path):
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        chi, masks = h5["chi"], h5.get("mask")
+        vs = tuple(map(float, chi.attrs.get("voxel_size_mm", h5.attrs.get("voxel_size_mm", (1, 1, 1)))))
+        b0 = tuple(map(float, chi.attrs.get("b0_dir", h5.attrs.get("b0_dir", (0, 0, 1)))))
+        affine = np.diag(list(vs) + [1.0])
+        for i in range(chi.shape[0]):
+            data = np.asarray(chi[i], dtype=np.float32)
+            if not np.all(np.isfinite(data)):
+                raise InputError(f"{path}: expected finite values, found NaN/Inf in /chi[{i}]")
+            mask = check_mask(masks[i], f"{path}:/mask[{i}]", data) if masks is not None else None
+            yield ChiMap(f"{Path(path).stem}_{i:04d}", data, mask, affine, None, vs, b0)
+
+
+def _example_maps():
+    """Three spheres of +/-0.1-0.3 ppm in a 64^3, 1 mm grid: a built-in example input."""
+    grid = np.indices((64, 64, 64), dtype=np.float32)
+    chi = np.zeros((64, 64, 64), np.float32)
+    for centre, radius, value in (((32, 32, 32), 10, 0.1), ((20, 40, 30), 5, 0.3), ((44, 24, 36), 6, -0.2)):
+        chi[np.sum((grid - np.reshape(centre, (3, 1, 1, 1))) ** 2, axis=0) <= radius**2] = value
+    yield ChiMap("example_spheres", chi, None, np.eye(4), None, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0))
+
+
+def _output_kind(output: str, n_maps: int) -> str:
+    suffix = suffix_of(output)
+    if suffix in HDF5_SUFFIXES:
+        return "h5"
+    if suffix in NIFTI_SUFFIXES:
+        if n_maps != 1:
+            raise InputError(f"-o {output}: a single NIfTI file holds one map, got {n_maps}; give a folder or a .h5 file")
+        return "file"
+    if suffix:
+        raise InputError(f"-o {output}: expected .nii/.nii.gz, .h5 or a folder, got {suffix!r}")
+    return "folder"
+
+
+def _refuse_existing(output, kind, maps, overwrite):
+    targets = [output] if kind != "folder" else [os.path.join(output, f"{m.name}_field.nii.gz") for m in maps]
+    existing = [t for t in targets if os.path.exists(t)]
+    if existing and not overwrite:
+        raise InputError(f"-o {existing[0]}: output exists; use --overwrite to replace it")
+
+
+class StagedOutput:
+    """Writes outputs to temp files and renames them only when every map succeeded.
+
+    A bad input half-way through a batch leaves nothing behind; .h5 output is streamed map by map
+    (500 maps of 160^3 never sit in memory together).
+    """
+
+    def __init__(self, output: str, kind: str):
+        self.output, self.kind, self.staged, self.h5, self.names = output, kind, [], None, []
+
+    def __enter__(self):
+        return self
+
+    def add(self, item: ChiMap, field: np.ndarray, vs, b0) -> None:
+        if self.kind == "h5":
+            self._add_h5(item, field, vs, b0)
+        else:
+            final = self.output if self.kind == "file" else os.path.join(self.output, f"{item.name}_field.nii.gz")
+            tmp = os.path.join(os.path.dirname(os.path.abspath(final)), f".tmp-{os.path.basename(final)}")
+            self.staged.append((tmp, final))
+            write_volume(tmp, field, affine=item.affine, header=item.header, voxel_size_mm=vs)
+        self.names.append(item.name)
+
+    def _add_h5(self, item, field, vs, b0):
+        import h5py
+
+        if self.h5 is None:
+            final = self.output
+            tmp = os.path.join(os.path.dirname(os.path.abspath(final)), f".tmp-{os.path.basename(final)}")
+            os.makedirs(os.path.dirname(tmp), exist_ok=True)
+            self.staged.append((tmp, final))
+            self.h5 = h5py.File(tmp, "w")
+            self.dset = self.h5.create_dataset("field", shape=(0,) + field.shape, maxshape=(None,) + field.shape,
+                                               dtype="f4", chunks=(1,) + field.shape, compression="lzf")
+            for key, value in {"voxel_size_mm": vs, "b0_dir": b0, "units": "ppm"}.items():
+                self.h5.attrs[key] = value
+        if field.shape != self.dset.shape[1:]:
+            raise InputError(f"-o {self.output}: maps of different shapes {self.dset.shape[1:]} and {field.shape} "
+                             "cannot share one /field dataset; give a folder")
+        n = self.dset.shape[0]
+        self.dset.resize(n + 1, axis=0)
+        self.dset[n] = field
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.h5 is not None:
+            if exc_type is None:
+                self.h5.attrs["files"] = self.names
+            self.h5.close()
+        for tmp, final in self.staged:
+            if exc_type is None:
+                os.makedirs(os.path.dirname(os.path.abspath(final)), exist_ok=True)
+                os.replace(tmp, final)
+            elif os.path.exists(tmp):
+                os.remove(tmp)
+        return False
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()
