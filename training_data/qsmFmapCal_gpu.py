@@ -20,9 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
+from training_data.dipole import fft_shape
 from training_data.errors import InputError, run_cli
-from training_data.volume_io import (ALL_SUFFIXES, HDF5_SUFFIXES, NIFTI_SUFFIXES, check_mask, read_mask,
-                                     read_volume, split_variable, suffix_of, write_volume)
+from training_data.geometry import check_voxel_size, normalise_b0_dir
+from training_data.volume_io import (
+    ALL_SUFFIXES,
+    HDF5_SUFFIXES,
+    NIFTI_SUFFIXES,
+    check_mask,
+    read_mask,
+    read_volume,
+    split_variable,
+    suffix_of,
+    write_volume,
+)
 
 PROG = "qsmFmapCal_gpu"
 
@@ -68,6 +79,12 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
+    # Validate the overrides before any work, so a bad option never leaves a partial output.
+    if args.b0_dir is not None:
+        normalise_b0_dir(args.b0_dir)
+    if args.voxel_size is not None:
+        check_voxel_size(args.voxel_size)
+    fft_shape((8, 8, 8), args.pad)
     maps = list(_example_maps()) if args.example else list(iter_chi_maps(args.inputs, args.variable))
     if not maps:
         raise InputError("INPUT: expected at least one susceptibility map (or --example), got none")

@@ -11,14 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 
 import numpy as np
 
 from training_data.errors import InputError, shape_mismatch
-from training_data.geometry import (Geometry, b0_dir_from_affine, check_voxel_size,
-                                    voxel_size_from_affine)
+from training_data.geometry import Geometry, b0_dir_from_affine, check_voxel_size, voxel_size_from_affine
 from training_data.units import to_ppm
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
