@@ -2,8 +2,8 @@
 
 Kernel (continuous, k-space): D(k) = 1/3 - (k . b)^2 / |k|^2, with k_i = fftfreq(n_i, d=voxel_i)
 (cycles/mm) and b the unit B0 direction in voxel axes. On the Nyquist plane of an even axis the
-kernel is the average over the two signs of that frequency, so that D(k) = D(-k) holds exactly. D(0) = 0 by default (the field is defined up
-to a constant); 1/3 is available through `d0`.
+kernel is the average over the two signs of that frequency, so that D(k) = D(-k) holds exactly.
+D(0) = 0 by default (the field is defined up to a constant); 1/3 is available through `d0`.
 
 Layout: the kernel is **not** fft-shifted (DC at index [0, 0, 0]). With `half_spectrum=True` it
 is the rfft half-spectrum along the last axis, shape (nx, ny, nz // 2 + 1), to multiply
