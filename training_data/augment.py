@@ -343,6 +343,8 @@ def add_sources(chi, mask, rng: np.random.Generator, params: AugmentParams, coun
                 semi = np.full(3, rng.uniform(lo, min(hi, max(lo, 2.0))))  # veins are thin
             half = float(rng.uniform(*params.sources_cylinder_half_length_vox)) if shape_name == "cylinder" else 0.0
             rot = random_rotation(rng)
+            if shape_name == "sphere":
+                rot = np.eye(3)  # a digital sphere's voxel set depends on its rotation; keep it canonical
             sign = -1.0 if rng.uniform() < params.sources_negative_fraction else 1.0
             value = sign * abs(rng.normal(params.sources_value_ppm, params.sources_value_sd_ppm))
             centre = inside[rng.integers(len(inside))]
@@ -402,8 +404,9 @@ def augment_sample(chi, mask, rng: np.random.Generator, params: AugmentParams, v
     if not mask.any():
         raise InputError("augmented mask is empty: lower erode_vox or the deformation amplitude")
     contrast = draw_contrast(rng, params)
-    chi, contrast["scale_ppm"] = apply_contrast(chi, mask, contrast["family"], contrast["factor"],
-                                                contrast["strength"])
+    if contrast["family"] != "none":  # skipping keeps "none" bit-exact (no x * s / s rounding)
+        chi, contrast["scale_ppm"] = apply_contrast(chi, mask, contrast["family"], contrast["factor"],
+                                                    contrast["strength"])
     drawn["contrast"] = contrast
     src_rng = np.random.default_rng(rng.integers(2**63))
     with_sources = bool(rng.uniform() < params.sources_probability) and params.sources
