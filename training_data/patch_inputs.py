@@ -95,8 +95,11 @@ class SourceInputs:
             self.fields = [item for entry in fields for item in _expand_maps(str(entry), "--source-fields")]
         else:
             self.fields = []
+            has_field = {}
             for item in self.items:
-                if item[0] != "h5" or "field" not in _h5_datasets(item[1]):
+                if item[0] == "h5" and item[1] not in has_field:
+                    has_field[item[1]] = "field" in _h5_datasets(item[1])
+                if item[0] != "h5" or not has_field[item[1]]:
                     raise InputError(f"--source {item[1]}: no field maps; give --source-fields (step 2 output "
                                      "or your own field files)")
                 self.fields.append(item)
