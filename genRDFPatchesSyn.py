@@ -107,34 +107,33 @@ def write_patches(out, sources: SourceInputs, targets: TargetInputs, config: Pat
              "config": json.dumps(config_to_dict(config)), "step": PROG}
     t0 = time.perf_counter()
     counts = {}
-    with atomic_path(out) as tmp:
-        with h5py.File(tmp, "w") as h5:
-            writer = PatchFileWriter(h5, config.patch_size, stride, config.mode, config.compression, extra)
-            for group_id, (group, inputs) in enumerate((("source", sources), ("target", targets))):
-                first = None
-                third = "chi" if group == "source" else "weight"
-                bar = tqdm(range(len(inputs)), desc=f"{PROG} {group}", unit="vol", disable=quiet, file=sys.stderr)
-                for k in bar:
-                    vol = inputs.load(k)
-                    if first is None:
-                        first = vol
-                    for attr, name in (("voxel_size_mm", "voxel size"), ("b0_dir", "B0 direction"),
-                                       ("b0_tesla", "B0"), ("te_s", "TE")):
-                        if not _same(getattr(vol, attr), getattr(first, attr)):
-                            raise InputError(f"{group} {vol.label}: {name} {getattr(vol, attr)} differs from "
-                                             f"{first.label} {getattr(first, attr)}; write separate patch files")
-                    if crop:
-                        origins = bbox_crop_origin(vol.mask, config.patch_size)[None]
-                    else:
-                        rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(group_id, k)))
-                        origins = select_origins(vol.mask, config.patch_size, config.stride, config.brain_threshold,
-                                                 config.random_crops, rng, config.grid)
-                    writer.append(group, k, origins, field=vol.field_ppm, mask=vol.mask, **{third: vol.third})
-                counts[group] = writer.count(group)
-                vs = first.voxel_size_mm if first else None
-                b0 = first.b0_dir if first else None
-                writer.set_group_attrs(group, vs, b0, inputs.files, getattr(first, "b0_tesla", None),
-                                       getattr(first, "te_s", None))
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
+        writer = PatchFileWriter(h5, config.patch_size, stride, config.mode, config.compression, extra)
+        for group_id, (group, inputs) in enumerate((("source", sources), ("target", targets))):
+            first = None
+            third = "chi" if group == "source" else "weight"
+            bar = tqdm(range(len(inputs)), desc=f"{PROG} {group}", unit="vol", disable=quiet, file=sys.stderr)
+            for k in bar:
+                vol = inputs.load(k)
+                if first is None:
+                    first = vol
+                for attr, name in (("voxel_size_mm", "voxel size"), ("b0_dir", "B0 direction"),
+                                   ("b0_tesla", "B0"), ("te_s", "TE")):
+                    if not _same(getattr(vol, attr), getattr(first, attr)):
+                        raise InputError(f"{group} {vol.label}: {name} {getattr(vol, attr)} differs from "
+                                         f"{first.label} {getattr(first, attr)}; write separate patch files")
+                if crop:
+                    origins = bbox_crop_origin(vol.mask, config.patch_size)[None]
+                else:
+                    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(group_id, k)))
+                    origins = select_origins(vol.mask, config.patch_size, config.stride, config.brain_threshold,
+                                             config.random_crops, rng, config.grid)
+                writer.append(group, k, origins, field=vol.field_ppm, mask=vol.mask, **{third: vol.third})
+            counts[group] = writer.count(group)
+            vs = first.voxel_size_mm if first else None
+            b0 = first.b0_dir if first else None
+            writer.set_group_attrs(group, vs, b0, inputs.files, getattr(first, "b0_tesla", None),
+                                   getattr(first, "te_s", None))
     seconds = time.perf_counter() - t0
     return {**counts, "seconds": seconds}
 

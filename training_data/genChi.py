@@ -35,10 +35,8 @@ import numpy as np
 
 from training_data.augment import AugmentParams, augment_sample
 from training_data.errors import InputError, run_cli, shape_mismatch
-from training_data.step_config import (add_config_options, config_to_dict, resolve_config,
-                                       write_config)
-from training_data.volume_io import (HDF5_SUFFIXES, atomic_path, check_mask, read_volume, suffix_of,
-                                     write_volume)
+from training_data.step_config import add_config_options, config_to_dict, resolve_config, write_config
+from training_data.volume_io import HDF5_SUFFIXES, atomic_path, check_mask, read_volume, suffix_of, write_volume
 
 PROG = "genChi"
 COMPRESSIONS = ("gzip", "lzf", "none")
@@ -140,25 +138,24 @@ def write_maps_hdf5(path, sources: list[SourceMap], config: GenChiConfig, quiet:
     shape = sources[0].chi.shape
     comp = None if config.compression == "none" else config.compression
     opts = 1 if comp == "gzip" else None
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as h5:
-            chunks = (1,) + shape
-            d_chi = h5.create_dataset("chi", (config.n_maps,) + shape, np.float32, chunks=chunks,
-                                      compression=comp, compression_opts=opts)
-            d_mask = h5.create_dataset("mask", (config.n_maps,) + shape, np.uint8, chunks=chunks,
-                                       compression=comp, compression_opts=opts)
-            d_params = h5.create_dataset("params", (config.n_maps,), h5py.string_dtype())
-            d_index = h5.create_dataset("source_index", (config.n_maps,), np.int32)
-            d_chi.attrs["units"] = "ppm"
-            _root_attrs(h5.attrs, sources, config)
-            with _progress(config.n_maps, quiet) as bar:
-                for i in range(config.n_maps):
-                    chi, mask, drawn = synthesize(sources, config, i)
-                    d_chi[i] = chi
-                    d_mask[i] = mask
-                    d_params[i] = json.dumps(drawn)
-                    d_index[i] = drawn["source_index"]
-                    bar.update(1)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        chunks = (1,) + shape
+        d_chi = h5.create_dataset("chi", (config.n_maps,) + shape, np.float32, chunks=chunks,
+                                  compression=comp, compression_opts=opts)
+        d_mask = h5.create_dataset("mask", (config.n_maps,) + shape, np.uint8, chunks=chunks,
+                                   compression=comp, compression_opts=opts)
+        d_params = h5.create_dataset("params", (config.n_maps,), h5py.string_dtype())
+        d_index = h5.create_dataset("source_index", (config.n_maps,), np.int32)
+        d_chi.attrs["units"] = "ppm"
+        _root_attrs(h5.attrs, sources, config)
+        with _progress(config.n_maps, quiet) as bar:
+            for i in range(config.n_maps):
+                chi, mask, drawn = synthesize(sources, config, i)
+                d_chi[i] = chi
+                d_mask[i] = mask
+                d_params[i] = json.dumps(drawn)
+                d_index[i] = drawn["source_index"]
+                bar.update(1)
     return str(path)
 
 

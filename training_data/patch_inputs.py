@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from training_data.errors import InputError, shape_mismatch
-from training_data.volume_io import HDF5_SUFFIXES, check_mask, read_field, read_volume, suffix_of
 from training_data.units import to_ppm
+from training_data.volume_io import HDF5_SUFFIXES, check_mask, read_field, read_volume, suffix_of
 
 
 @dataclass
@@ -52,7 +52,7 @@ def _h5_datasets(path) -> dict:
     try:
         with h5py.File(path, "r") as h5:
             return {name: (h5[name].shape, dict(h5[name].attrs), dict(h5.attrs))
-                    for name in h5.keys() if isinstance(h5[name], h5py.Dataset)}
+                    for name in h5 if isinstance(h5[name], h5py.Dataset)}
     except OSError as err:
         raise InputError(f"{path}: cannot read as HDF5 ({err})".splitlines()[0]) from None
 

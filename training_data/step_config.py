@@ -62,7 +62,8 @@ def read_config_file(path) -> dict:
     """Read a JSON or YAML mapping of parameter names to values."""
     if not os.path.isfile(str(path)):
         raise InputError(f"{path}: config file not found")
-    text = open(path, encoding="utf-8").read()
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
     try:
         if str(path).lower().endswith((".yaml", ".yml")):
             import yaml
@@ -151,9 +152,8 @@ def write_config(config, path) -> str:
     """Write the resolved config as JSON atomically; returns the path."""
     from training_data.volume_io import atomic_path
 
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(config_to_dict(config), fh, indent=2)
-            fh.write("\n")
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(config_to_dict(config), fh, indent=2)
+        fh.write("\n")
     return str(path)
 

@@ -7,9 +7,18 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from training_data.augment import (CONTRAST_FAMILIES, AugmentParams, add_sources, apply_contrast,
-                                   augment_sample, clean_mask, contrast_curve, smooth_displacement,
-                                   source_footprint, warp)
+from training_data.augment import (
+    CONTRAST_FAMILIES,
+    AugmentParams,
+    add_sources,
+    apply_contrast,
+    augment_sample,
+    clean_mask,
+    contrast_curve,
+    smooth_displacement,
+    source_footprint,
+    warp,
+)
 from training_data.errors import InputError
 
 OFF = dict(elastic=False, affine=False, contrast=False, sources=False, erode_vox=0)

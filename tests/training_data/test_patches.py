@@ -13,8 +13,16 @@ import genRDFPatchesSyn
 from tests.training_data.test_augment import blob
 from training_data import genChi
 from training_data.dipole import forward_field
-from training_data.patches import (assemble_patches, axis_starts, bbox_crop_origin, extract_patch,
-                                   grid_origins, patch_count, read_patch_file_info, select_origins)
+from training_data.patches import (
+    assemble_patches,
+    axis_starts,
+    bbox_crop_origin,
+    extract_patch,
+    grid_origins,
+    patch_count,
+    read_patch_file_info,
+    select_origins,
+)
 from training_data.units import hz_per_ppm
 
 P = 8
