@@ -80,7 +80,7 @@ def add_fields(path: Path) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--maps", type=int, default=10, help="maps for the per-map timing (part 1)")
-    parser.add_argument("--patch-maps", type=int, default=50, help="maps cut into patches (part 2)")
+    parser.add_argument("--patch-maps", type=int, default=50, help="maps cut into patches (part 2; 0 skips it)")
     parser.add_argument("--workdir", default="/tmp/bench_synth")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -100,6 +100,8 @@ def main(argv=None) -> int:
                          "file_mib_per_map": os.path.getsize(work / "maps_timing.h5") / 2**20 / args.maps,
                          "note": "wall includes ~3 s of process start-up and source loading, spread over the maps"}
     print(json.dumps(results, indent=1), flush=True)
+    if args.patch_maps <= 0:  # part 1 only
+        return 0
     # Part 2: patches of `patch-maps` maps.
     maps = work / "maps_patches.h5"
     gen = run_child([genchi, *common, "-n", args.patch_maps, "-o", maps, "--compression", "lzf"])

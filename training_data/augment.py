@@ -173,7 +173,8 @@ def warp(chi, mask, matrix=None, shift=None, displacement=None, workers: int | N
         workers: threads (slabs along x); default os.cpu_count(). The result does not depend on it.
 
     Returns:
-        (chi float32, mask bool), both (x, y, z); zero where q falls outside the input.
+        (chi float32, mask bool), both (x, y, z); chi is interpolated only inside the warped mask
+        and is zero elsewhere (and wherever q falls outside the input).
     """
     shape = np.array(chi.shape)
     matrix = np.eye(3) if matrix is None else np.asarray(matrix, dtype=np.float64)
@@ -206,10 +207,16 @@ def warp(chi, mask, matrix=None, shift=None, displacement=None, workers: int | N
                          + matrix[i, 2] * axes[2][None, None, :]) + (centre[i] + shift[i])
             if displacement is not None:
                 coords[i] += displacement[(i,) + box]
-        chi_out[box] = ndi.map_coordinates(chi, coords, order=1, mode="constant", cval=0.0,
-                                           prefilter=False, output=np.float32)
-        mask_out[box] = ndi.map_coordinates(mask_u8, coords, order=0, mode="constant", cval=0,
-                                            prefilter=False, output=np.uint8)
+        mask_box = ndi.map_coordinates(mask_u8, coords, order=0, mode="constant", cval=0,
+                                       prefilter=False, output=np.uint8)
+        mask_out[box] = mask_box
+        # chi is needed only inside the warped mask (the map is zero outside it): interpolating
+        # there alone skips ~2/3 of the box.
+        inside = mask_box.astype(bool)
+        chi_box = np.zeros(mask_box.shape, dtype=np.float32)
+        chi_box[inside] = ndi.map_coordinates(chi, coords[:, inside], order=1, mode="constant", cval=0.0,
+                                              prefilter=False, output=np.float32)
+        chi_out[box] = chi_box
 
     workers = max(1, int(workers or os.cpu_count() or 1))
     edges = np.linspace(o_lo[0], o_hi[0] + 1, min(workers, o_hi[0] - o_lo[0] + 1) + 1).astype(int)
@@ -225,7 +232,18 @@ def warp(chi, mask, matrix=None, shift=None, displacement=None, workers: int | N
 def clean_mask(mask, largest_component: bool = True, erode_vox: int = 0) -> np.ndarray:
     """Largest 6-connected component (optional), then erosion by `erode_vox` voxels; bool."""
     mask = np.asarray(mask, dtype=bool)
-    if largest_component and mask.any():
+    if not mask.any():
+        return mask.copy()
+    # Work on the mask's bounding box plus a one-voxel rim: same result, a fraction of the cost.
+    lo, hi = _bbox(mask)
+    box = tuple(slice(max(a - 1, 0), b + 2) for a, b in zip(lo, hi))
+    out = np.zeros(mask.shape, dtype=bool)
+    out[box] = _clean_box(mask[box], largest_component, erode_vox)
+    return out
+
+
+def _clean_box(mask, largest_component: bool, erode_vox: int) -> np.ndarray:
+    if largest_component:
         labels, count = ndi.label(mask)
         if count > 1:
             sizes = np.bincount(labels.ravel())
