@@ -249,3 +249,25 @@ def test_real_target_qsm2016(shared_data, synth, tmp_path):
         assert h5["target/field"].shape[0] > 0
         assert np.allclose(h5["target"].attrs["voxel_size_mm"], (1.0625, 1.0625, 1.0714), atol=1e-4)
         assert h5["target"].attrs["te_s"] == 0.025
+
+
+def test_genchi_nifti_folder_with_a_folder_of_field_maps(tmp_path):
+    chi, mask = blob(24)
+    nib.save(nib.Nifti1Image(chi, np.eye(4)), tmp_path / "chi.nii.gz")
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), np.eye(4)), tmp_path / "mask.nii.gz")
+    maps, fields = tmp_path / "maps", tmp_path / "fields"
+    assert genChi.main([str(tmp_path / "chi.nii.gz"), "--mask", str(tmp_path / "mask.nii.gz"), "-n", "2",
+                        "-o", f"{maps}/", "--quiet"]) == 0
+    fields.mkdir()
+    for i in range(2):
+        field = forward_field(nib.load(maps / f"chi_{i:04d}.nii.gz").get_fdata(dtype=np.float32))
+        nib.save(nib.Nifti1Image(field, np.eye(4)), fields / f"field_{i:04d}.nii.gz")
+    out = tmp_path / "p.h5"
+    assert patch_main("--source", maps, "--source-fields", fields, "-o", out, "--patch-size", P) == 0
+    with h5py.File(out, "r") as h5:
+        j = h5["source/field"].shape[0] - 1
+        vol, origin = h5["index/source_volume"][j], h5["index/source_origin"][j]
+        expected = extract_patch(nib.load(fields / f"field_{vol:04d}.nii.gz").get_fdata(dtype=np.float32),
+                                 origin, (P,) * 3)
+        assert vol == 1 and np.array_equal(h5["source/field"][j], expected)
+        assert list(h5["source"].attrs["files"]) == ["maps"]
