@@ -10,8 +10,10 @@ Units: chi in ppm; lengths in voxels unless the name says mm. Arrays are float32
 
 Speed (the target is <= 1.5 s per 160^3 map on 2 cores): the smooth displacement is drawn on a
 coarse grid and upsampled by separable linear interpolation (three small matrix products) instead
-of Gaussian-filtering full-resolution noise; the warp (`scipy.ndimage.map_coordinates`, order 1)
-only visits the output box that can receive brain; the mask is warped with nearest neighbour.
+of Gaussian-filtering full-resolution noise; the warp (`scipy.ndimage.map_coordinates`) only visits
+the output box that can receive brain, warps the mask there by nearest neighbour, interpolates chi
+(order 1) only inside the warped mask, and runs in slabs on threads (map_coordinates releases the
+GIL). Strong sources live in training_data/strong_sources.py.
 """
 from __future__ import annotations
 
