@@ -36,13 +36,19 @@ def run_child(argv) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, *map(str, argv)], env=env, capture_output=True, text=True)
+    # The child reports its own peak RSS (RUSAGE_CHILDREN would give the max over all children).
+    wrapper = ("import resource, runpy, sys\nscript = sys.argv[1]\nsys.argv = sys.argv[1:]\ntry:\n"
+               "    runpy.run_path(script, run_name='__main__')\nfinally:\n"
+               "    print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", wrapper, *map(str, argv)], env=env, capture_output=True,
+                          text=True, check=False)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
         raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    peak = [line for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KIB")][-1]
     return {"wall_s": wall, "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-            "peak_rss_mib": after.ru_maxrss / 1024.0, "stderr_tail": proc.stderr.strip().splitlines()[-1:]}
+            "peak_rss_mib": int(peak.split()[1]) / 1024.0}
 
 
 def source_files(workdir: Path) -> tuple[str, str, str]:

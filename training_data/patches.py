@@ -190,8 +190,8 @@ class PatchFileWriter:
         for name in names:
             dset = group[name]
             dset.resize(start + k, axis=0)
-            for j, origin in enumerate(origins):
-                dset[start + j] = extract_patch(volumes[name], origin, self.patch_size)
+            # One write per volume and dataset (h5py's per-call overhead dominates per-patch writes).
+            dset[start:start + k] = np.stack([extract_patch(volumes[name], o, self.patch_size) for o in origins])
         index = self.h5["index"]
         vol, org = index[f"{group_name}_volume"], index[f"{group_name}_origin"]
         vol.resize(start + k, axis=0)
