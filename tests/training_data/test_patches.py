@@ -1,0 +1,273 @@
+"""Step 3: patch grid, reassembly, brain threshold, crop mode, the contract-2 HDF5 layout, bad input."""
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+
+import genRDFPatchesSyn
+from tests.training_data.test_augment import blob
+from training_data import genChi
+from training_data.dipole import forward_field
+from training_data.patches import (
+    assemble_patches,
+    axis_starts,
+    bbox_crop_origin,
+    extract_patch,
+    grid_origins,
+    patch_count,
+    read_patch_file_info,
+    select_origins,
+)
+from training_data.units import hz_per_ppm
+
+P = 8
+
+
+@pytest.mark.parametrize("shape,size,stride", [((16, 16, 16), (8, 8, 8), (8, 8, 8)),
+                                                ((20, 17, 9), (8, 8, 8), (8, 8, 8)),
+                                                ((20, 17, 9), (8, 6, 9), (4, 3, 5)),
+                                                ((32, 24, 16), (16, 16, 16), (8, 8, 8))])
+def test_patch_count_formula(shape, size, stride):
+    origins = grid_origins(shape, size, stride)
+    expected = np.prod([int(np.ceil((n - p) / s)) + 1 for n, p, s in zip(shape, size, stride)])
+    assert len(origins) == patch_count(shape, size, stride) == expected
+    assert len({tuple(o) for o in origins}) == len(origins)
+    assert np.all(origins >= 0) and np.all(origins + size <= shape)
+
+
+def test_axis_starts_cover_the_end():
+    assert axis_starts(20, 8, 8) == [0, 8, 12]
+    assert axis_starts(16, 8, 8) == [0, 8]
+    assert axis_starts(8, 8, 3) == [0]
+
+
+@pytest.mark.parametrize("shape", [(16, 24, 8), (20, 17, 11)])
+def test_reassembly_with_stride_equal_patch_size_reproduces_volume(shape):
+    vol = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    origins = grid_origins(shape, (P, P, P), (P, P, P))
+    patches = [extract_patch(vol, o, (P, P, P)) for o in origins]
+    assert np.array_equal(assemble_patches(patches, origins, shape), vol)
+
+
+def test_brain_threshold_keeps_exactly_the_patches_with_enough_brain():
+    mask = np.zeros((16, 16, 16), bool)
+    mask[:8, :8, :8] = True        # patch (0,0,0): fraction 1
+    mask[8:12, :8, :8] = True      # patch (8,0,0): fraction 0.5
+    mask[:2, 8:16, :8] = True      # patch (0,8,0): fraction 0.25
+    for threshold, expected in ((0.0, 8), (0.2, 3), (0.3, 2), (0.5, 2), (0.6, 1), (1.0, 1)):
+        origins = select_origins(mask, (P, P, P), (P, P, P), threshold)
+        assert len(origins) == expected, threshold
+
+
+def test_random_crops_are_seeded_and_pass_the_threshold():
+    _, mask = blob(24)
+    a = select_origins(mask, (P, P, P), (P, P, P), 0.5, random_crops=5, rng=np.random.default_rng(1), grid=False)
+    b = select_origins(mask, (P, P, P), (P, P, P), 0.5, random_crops=5, rng=np.random.default_rng(1), grid=False)
+    assert np.array_equal(a, b) and len(a) == 5
+    assert all(extract_patch(mask, o, (P, P, P)).mean() >= 0.5 for o in a)
+
+
+def test_crop_pads_a_smaller_volume_and_centres_the_mask():
+    mask = np.zeros((10, 12, 6), bool)
+    mask[2:8, 3:9, 1:5] = True
+    origin = bbox_crop_origin(mask, (16, 16, 16))
+    crop = extract_patch(mask, origin, (16, 16, 16))
+    assert crop.sum() == mask.sum()
+    idx = np.argwhere(crop)
+    centre = (idx.min(0) + idx.max(0)) / 2
+    assert np.all(np.abs(centre - 7.5) <= 1)
+
+
+# --- end to end through the command --------------------------------------------------------------
+
+
+@pytest.fixture()
+def synth(tmp_path):
+    """genChi output (2 maps of 24^3) with /field added as step 2 would, and a target case folder."""
+    chi, mask = blob(24)
+    src = tmp_path / "src"
+    src.mkdir()
+    nib.save(nib.Nifti1Image(chi, np.eye(4)), src / "chi.nii.gz")
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), np.eye(4)), src / "mask.nii.gz")
+    maps = tmp_path / "synth.h5"
+    assert genChi.main([str(src / "chi.nii.gz"), "--mask", str(src / "mask.nii.gz"), "-n", "2", "-o", str(maps),
+                        "--quiet", "--erode-vox", "0"]) == 0
+    with h5py.File(maps, "a") as h5:
+        h5.create_dataset("field", data=forward_field(h5["chi"][()]))
+    case = tmp_path / "Sim1Snr1"
+    case.mkdir()
+    tchi, tmask = blob(24, seed=3)
+    tfield = forward_field(tchi)
+    magnitude = np.stack([np.full((24, 24, 24), 4.0 * (e + 1), np.float32) for e in range(3)], axis=-1)
+    magnitude[..., 1] *= np.linspace(0.5, 1, 24, dtype=np.float32)[:, None, None]
+    for name, data in (("local_field", tfield), ("mask", tmask.astype(np.uint8)), ("magnitude", magnitude),
+                       ("chi", tchi)):
+        nib.save(nib.Nifti1Image(data, np.eye(4)), case / f"{name}.nii.gz")
+    json.dump({"b0_tesla": 7.0, "te_s": [0.004, 0.012, 0.02], "voxel_size_mm": [1, 1, 1], "b0_dir": [0, 0, 1],
+               "peak_snr": 100.0, "seed": 0, "source": "test", "variant": "Sim1"}, open(case / "case.json", "w"))
+    return {"maps": maps, "case": case, "tfield": tfield, "tmask": tmask, "magnitude": magnitude}
+
+
+def patch_main(*argv):
+    return genRDFPatchesSyn.main([*map(str, argv), "--quiet"])
+
+
+def test_layout_and_metadata_follow_contract_2(synth, tmp_path):
+    out = tmp_path / "patches.h5"
+    assert patch_main("--source", synth["maps"], "--target", synth["case"], "-o", out, "--patch-size", P,
+                      "--brain-threshold", 0.1) == 0
+    with h5py.File(out, "r") as h5:
+        for group, names in (("source", ("field", "mask", "chi")), ("target", ("field", "mask", "weight"))):
+            for name in names:
+                dset = h5[group][name]
+                assert dset.dtype == np.float32 and dset.shape[1:] == (P, P, P) and dset.chunks == (1, P, P, P)
+                assert dset.compression in ("lzf", "gzip")
+            assert np.allclose(h5[group].attrs["voxel_size_mm"], (1, 1, 1))
+            assert np.allclose(h5[group].attrs["b0_dir"], (0, 0, 1))
+        assert list(h5["source"].attrs["files"]) == ["synth.h5"] and list(h5["target"].attrs["files"]) == ["Sim1Snr1"]
+        assert h5["target"].attrs["b0_tesla"] == 7.0 and h5["target"].attrs["te_s"] == 0.012
+        assert list(h5.attrs["patch_size"]) == [P] * 3 and list(h5.attrs["stride"]) == [P] * 3
+        assert h5.attrs["mode"] == "patches" and h5.attrs["units"] == "ppm" and h5.attrs["format_version"] == 1
+        # counts: the grid patches of each volume that pass the threshold
+        with h5py.File(synth["maps"], "r") as maps:
+            expected = sum(len(select_origins(maps["mask"][i], (P,) * 3, (P,) * 3, 0.1)) for i in range(2))
+            n_src = h5["source/field"].shape[0]
+            assert n_src == expected > 0
+            j = n_src - 1
+            vol, origin = h5["index/source_volume"][j], h5["index/source_origin"][j]
+            assert np.array_equal(h5["source/field"][j], extract_patch(maps["field"][vol], origin, (P,) * 3))
+            assert np.array_equal(h5["source/chi"][j], extract_patch(maps["chi"][vol], origin, (P,) * 3))
+        assert set(np.unique(h5["source/mask"][()])) <= {0.0, 1.0}
+        weight = h5["target/weight"][()]
+        assert weight.min() >= 0 and weight.max() == 1.0 and np.all(weight[h5["target/mask"][()] == 0] == 0)
+        k = h5["target/field"].shape[0]
+        assert k == len(select_origins(synth["tmask"], (P,) * 3, (P,) * 3, 0.1))
+    info = read_patch_file_info(out)
+    assert info["source"]["count"] == n_src and info["config"]["brain_threshold"] == 0.1
+    assert os.path.exists(tmp_path / "patches.config.json")
+
+
+def test_target_weight_is_second_echo_normalised_in_mask(synth, tmp_path):
+    out = tmp_path / "crop.h5"
+    assert patch_main("--source", synth["maps"], "--target", synth["case"], "-o", out, "--mode", "crop",
+                      "--patch-size", 32) == 0
+    with h5py.File(out, "r") as h5:
+        assert list(h5.attrs["stride"]) == [-1, -1, -1] and h5.attrs["mode"] == "crop"
+        assert h5["source/field"].shape == (2, 32, 32, 32) and h5["target/field"].shape == (1, 32, 32, 32)
+        origin = h5["index/target_origin"][0]
+        echo2 = synth["magnitude"][..., 1] * synth["tmask"]
+        expected = extract_patch(echo2 / echo2.max(), origin, (32,) * 3)
+        assert np.allclose(h5["target/weight"][0], expected, atol=1e-6)
+        assert np.array_equal(h5["target/field"][0], extract_patch(synth["tfield"], origin, (32,) * 3))
+        assert h5["target/mask"][0].sum() == synth["tmask"].sum()  # the crop holds the whole brain
+
+
+def test_separate_field_files_with_units(synth, tmp_path):
+    """MATLAB-style inputs: chi and field files, field in Hz converted with --b0."""
+    with h5py.File(synth["maps"], "r") as h5:
+        chi, mask, field = h5["chi"][()], h5["mask"][()], h5["field"][()]
+    names = {}
+    for kind, data in (("chi", chi), ("mask", mask), ("field", field * hz_per_ppm(3.0))):
+        names[kind] = []
+        for i in range(2):
+            path = tmp_path / f"{kind}_{i}.nii.gz"
+            nib.save(nib.Nifti1Image(data[i], np.eye(4)), path)
+            names[kind].append(str(path))
+    fields_h5 = tmp_path / "fields.h5"
+    with h5py.File(fields_h5, "w") as h5:
+        h5.create_dataset("field", data=field)
+    a, b, c = tmp_path / "a.h5", tmp_path / "b.h5", tmp_path / "c.h5"
+    assert patch_main("--source", *names["chi"], "--source-masks", *names["mask"], "--source-fields",
+                      *names["field"], "--field-units", "hz", "--b0", 3.0, "-o", a, "--patch-size", P) == 0
+    assert patch_main("--source", synth["maps"], "-o", b, "--patch-size", P) == 0
+    assert patch_main("--source", synth["maps"], "--source-fields", fields_h5, "-o", c, "--patch-size", P) == 0
+    with h5py.File(a, "r") as ha, h5py.File(b, "r") as hb, h5py.File(c, "r") as hc:
+        assert np.allclose(ha["source/field"][()], hb["source/field"][()], atol=1e-6)
+        assert np.array_equal(hb["source/field"][()], hc["source/field"][()])
+        assert hb["target/field"].shape[0] == 0
+
+
+def test_random_crops_reproducible(synth, tmp_path):
+    outs = [tmp_path / f"r{i}.h5" for i in range(2)]
+    for out in outs:
+        assert patch_main("--source", synth["maps"], "-o", out, "--patch-size", P, "--random-crops", 3,
+                          "--no-grid", "--seed", 4) == 0
+    a, b = (h5py.File(o, "r")["source/chi"][()] for o in outs)
+    assert a.shape[0] == 6 and a.tobytes() == b.tobytes()
+
+
+def test_bad_inputs_exit_2_nothing_written(synth, tmp_path, capsys):
+    out = tmp_path / "bad.h5"
+    lone_field = tmp_path / "lone_field.nii.gz"
+    nib.save(nib.Nifti1Image(synth["tfield"], np.eye(4)), lone_field)
+    no_mask_case = tmp_path / "Case"
+    no_mask_case.mkdir()
+    nib.save(nib.Nifti1Image(synth["tfield"], np.eye(4)), no_mask_case / "local_field.nii.gz")
+    cases = [
+        (["--patch-size", 32], "larger than the volume"),
+        (["--patch-size", P, "--stride", 0], "stride"),
+        (["--patch-size", P, "--stride", -2], "stride"),
+        (["--target-field", lone_field], "without a mask"),
+        (["--target", no_mask_case], "without a mask"),
+        (["--source-fields", synth["maps"], synth["maps"]], "expected 2 field maps"),
+        (["--brain-threshold", 1.5], "brain-threshold"),
+    ]
+    for extra, message in cases:
+        assert patch_main("--source", synth["maps"], "-o", out, *extra) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (extra, err)
+        assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".tmp")]
+    out.write_bytes(b"keep")
+    assert patch_main("--source", synth["maps"], "-o", out, "--patch-size", P) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"keep"
+    assert patch_main("--source", synth["maps"], "-o", out, "--patch-size", P, "--overwrite") == 0
+
+
+def test_every_parameter_is_reachable_from_the_command_line():
+    import dataclasses
+
+    from training_data.step_config import option_name
+
+    options = {opt for action in genRDFPatchesSyn.build_parser()._actions for opt in action.option_strings}
+    for field in dataclasses.fields(genRDFPatchesSyn.PatchConfig):
+        assert option_name(field.name) in options, field.name
+
+
+@pytest.mark.realdata
+def test_real_target_qsm2016(shared_data, synth, tmp_path):
+    folder = shared_data / "qsm2016"
+    out = tmp_path / "real.h5"
+    assert patch_main("--source", synth["maps"], "--patch-size", 16, "--target-field", folder / "phs_tissue.nii.gz",
+                      "--target-mask", folder / "msk.nii.gz", "--target-te-s", 0.025, "--target-b0-tesla", 3.0,
+                      "-o", out, "--stride", 64, "--brain-threshold", 0.5) == 0
+    with h5py.File(out, "r") as h5:
+        assert h5["target/field"].shape[0] > 0
+        assert np.allclose(h5["target"].attrs["voxel_size_mm"], (1.0625, 1.0625, 1.0714), atol=1e-4)
+        assert h5["target"].attrs["te_s"] == 0.025
+
+
+def test_genchi_nifti_folder_with_a_folder_of_field_maps(tmp_path):
+    chi, mask = blob(24)
+    nib.save(nib.Nifti1Image(chi, np.eye(4)), tmp_path / "chi.nii.gz")
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), np.eye(4)), tmp_path / "mask.nii.gz")
+    maps, fields = tmp_path / "maps", tmp_path / "fields"
+    assert genChi.main([str(tmp_path / "chi.nii.gz"), "--mask", str(tmp_path / "mask.nii.gz"), "-n", "2",
+                        "-o", f"{maps}/", "--quiet"]) == 0
+    fields.mkdir()
+    for i in range(2):
+        field = forward_field(nib.load(maps / f"chi_{i:04d}.nii.gz").get_fdata(dtype=np.float32))
+        nib.save(nib.Nifti1Image(field, np.eye(4)), fields / f"field_{i:04d}.nii.gz")
+    out = tmp_path / "p.h5"
+    assert patch_main("--source", maps, "--source-fields", fields, "-o", out, "--patch-size", P) == 0
+    with h5py.File(out, "r") as h5:
+        j = h5["source/field"].shape[0] - 1
+        vol, origin = h5["index/source_volume"][j], h5["index/source_origin"][j]
+        expected = extract_patch(nib.load(fields / f"field_{vol:04d}.nii.gz").get_fdata(dtype=np.float32),
+                                 origin, (P,) * 3)
+        assert vol == 1 and np.array_equal(h5["source/field"][j], expected)
+        assert list(h5["source"].attrs["files"]) == ["maps"]

@@ -1,0 +1,283 @@
+"""Step 1 — synthetic susceptibility maps (ppm) from one or more source maps (e.g. COSMOS) + masks.
+
+    python training_data/genChi.py SOURCE [SOURCE ...] --mask MASK [MASK ...] -n N -o OUT [--seed S]
+
+Each sample is one source map (sample i uses source i mod the number of sources) put through the
+augmentations of training_data/augment.py: elastic deformation + small affine, a contrast change,
+and (in a third of the samples) strong sources. Output (OUT ending in .h5/.hdf5):
+
+    /chi           float32 (N, x, y, z)  susceptibility, ppm, 0 outside the mask; chunks (1, x, y, z)
+    /mask          uint8   (N, x, y, z)  brain mask 0/1
+    /params        str     (N,)          JSON of the values drawn for each sample
+    /source_index  int32   (N,)          which SOURCE each sample came from
+    root attrs: units="ppm", format_version=1, voxel_size_mm (3), b0_dir (3), affine (4x4),
+                source_files, mask_files (lists of str), seed, n_maps, config (JSON), step="genChi"
+
+or, when OUT is a folder (ends with '/' or exists as one): OUT/chi_0000.nii.gz, OUT/mask_0000.nii.gz
+(uint8), ..., OUT/params.json, with the source's affine. The resolved parameters go next to the
+output (OUT.config.json, or OUT/genchi_config.json).
+
+Sample i draws from a generator seeded by (seed, i) only, so a map does not depend on N, on the
+chunking or on other samples. Maps are written one at a time (chunked): memory stays at a few
+volumes whatever N is; the file is written under a temporary name and renamed at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from training_data.augment import AugmentParams, augment_sample
+from training_data.errors import InputError, run_cli, shape_mismatch
+from training_data.step_config import add_config_options, config_to_dict, resolve_config, write_config
+from training_data.volume_io import HDF5_SUFFIXES, atomic_path, check_mask, read_volume, suffix_of, write_volume
+
+PROG = "genChi"
+COMPRESSIONS = ("gzip", "lzf", "none")
+
+
+@dataclass(frozen=True)
+class GenChiConfig(AugmentParams):
+    """Step 1 parameters: the augmentations (AugmentParams) plus the run's own settings."""
+
+    n_maps: int = field(default=500, metadata={"help": "number of synthetic maps (also -n)"})
+    seed: int = field(default=0, metadata={"help": "random seed; sample i uses (seed, i)"})
+    voxel_size_mm: tuple | None = field(default=None, metadata={
+        "type": float, "nargs": 3, "help": "override the source's voxel size, mm"})
+    b0_dir: tuple | None = field(default=None, metadata={
+        "type": float, "nargs": 3, "help": "override the B0 direction (voxel axes)"})
+    compression: str = field(default="gzip", metadata={"choices": COMPRESSIONS,
+                                                       "help": "HDF5 compression (gzip level 1 reads in MATLAB)"})
+    workers: int = field(default=0, metadata={"help": "threads for the warp (0: all cores)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.n_maps <= 0:
+            raise InputError(f"-n/--n-maps: expected a positive number of maps, got {self.n_maps}")
+        if self.workers < 0:
+            raise InputError(f"--workers: expected >= 0, got {self.workers}")
+
+
+@dataclass
+class SourceMap:
+    """A source susceptibility map (ppm, zero outside the mask) with its mask and geometry."""
+
+    chi: np.ndarray
+    mask: np.ndarray
+    voxel_size_mm: tuple
+    b0_dir: tuple
+    affine: np.ndarray
+    path: str
+    mask_path: str
+
+
+def load_sources(source_paths, mask_paths, voxel_size_mm=None, b0_dir=None) -> list[SourceMap]:
+    """Read source maps and masks; one mask for all sources or one per source.
+
+    Raises InputError for shape mismatches, empty/non-binary masks, or sources on different grids.
+    """
+    source_paths, mask_paths = list(source_paths), list(mask_paths or [])
+    if not mask_paths:
+        raise InputError("--mask: a brain mask is needed for each source map (or one for all)")
+    if len(mask_paths) not in (1, len(source_paths)):
+        raise InputError(f"--mask: expected 1 or {len(source_paths)} masks (one per SOURCE), got {len(mask_paths)}")
+    if len(mask_paths) == 1:
+        mask_paths = mask_paths * len(source_paths)
+    sources = []
+    for path, mask_path in zip(source_paths, mask_paths):
+        vol = read_volume(path)
+        mask_vol = read_volume(mask_path, dtype=None)
+        if mask_vol.data.shape != vol.data.shape:
+            raise shape_mismatch(f"mask {mask_path}", mask_vol.data.shape, f"source {path}", vol.data.shape)
+        mask = check_mask(mask_vol.data, str(mask_path), vol.data, f"source {path}")
+        geom = vol.geometry(voxel_size_mm, b0_dir)
+        affine = vol.affine if voxel_size_mm is None else np.diag(list(geom.voxel_size_mm) + [1.0])
+        chi = np.where(mask, vol.data, 0).astype(np.float32)
+        sources.append(SourceMap(chi, mask, geom.voxel_size_mm, geom.b0_dir, affine, str(path), str(mask_path)))
+    first = sources[0]
+    for other in sources[1:]:
+        if other.chi.shape != first.chi.shape:
+            raise shape_mismatch(f"source {other.path}", other.chi.shape, f"source {first.path}", first.chi.shape)
+        if not np.allclose(other.voxel_size_mm, first.voxel_size_mm, rtol=1e-3):
+            raise InputError(f"source {other.path}: voxel size {other.voxel_size_mm} differs from "
+                             f"{first.path} {first.voxel_size_mm}; resample or give --voxel-size-mm")
+    return sources
+
+
+def sample_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of sample `index`: a function of (seed, index) only."""
+    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(index),)))
+
+
+def synthesize(sources: list[SourceMap], config: GenChiConfig, index: int):
+    """Sample `index`: (chi float32 (x, y, z) ppm, mask bool (x, y, z), drawn-parameter dict)."""
+    which = index % len(sources)
+    src = sources[which]
+    chi, mask, drawn = augment_sample(src.chi, src.mask, sample_rng(config.seed, index), config,
+                                      src.voxel_size_mm, workers=config.workers or None)
+    drawn.update(index=int(index), source_index=int(which), seed=int(config.seed))
+    return chi, mask, drawn
+
+
+def _progress(total: int, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=PROG, unit="map", disable=quiet, file=sys.stderr)
+
+
+def write_maps_hdf5(path, sources: list[SourceMap], config: GenChiConfig, quiet: bool = False) -> str:
+    """Generate config.n_maps maps into one HDF5 file (layout in the module docstring), atomically."""
+    import h5py
+
+    shape = sources[0].chi.shape
+    comp = None if config.compression == "none" else config.compression
+    opts = 1 if comp == "gzip" else None
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        chunks = (1,) + shape
+        d_chi = h5.create_dataset("chi", (config.n_maps,) + shape, np.float32, chunks=chunks,
+                                  compression=comp, compression_opts=opts)
+        d_mask = h5.create_dataset("mask", (config.n_maps,) + shape, np.uint8, chunks=chunks,
+                                   compression=comp, compression_opts=opts)
+        d_params = h5.create_dataset("params", (config.n_maps,), h5py.string_dtype())
+        d_index = h5.create_dataset("source_index", (config.n_maps,), np.int32)
+        d_chi.attrs["units"] = "ppm"
+        _root_attrs(h5.attrs, sources, config)
+        with _progress(config.n_maps, quiet) as bar:
+            for i in range(config.n_maps):
+                chi, mask, drawn = synthesize(sources, config, i)
+                d_chi[i] = chi
+                d_mask[i] = mask
+                d_params[i] = json.dumps(drawn)
+                d_index[i] = drawn["source_index"]
+                bar.update(1)
+    return str(path)
+
+
+def _root_attrs(attrs, sources, config):
+    attrs["units"] = "ppm"
+    attrs["format_version"] = 1
+    attrs["step"] = "genChi"
+    attrs["voxel_size_mm"] = np.asarray(sources[0].voxel_size_mm, dtype=np.float64)
+    attrs["b0_dir"] = np.asarray(sources[0].b0_dir, dtype=np.float64)
+    attrs["affine"] = np.asarray(sources[0].affine, dtype=np.float64)
+    attrs["source_files"] = [os.path.basename(s.path) for s in sources]
+    attrs["mask_files"] = [os.path.basename(s.mask_path) for s in sources]
+    attrs["seed"] = int(config.seed)
+    attrs["n_maps"] = int(config.n_maps)
+    attrs["config"] = json.dumps(config_to_dict(config))
+
+
+NIFTI_PATTERNS = ("chi_", "mask_")
+
+
+def write_maps_nifti(folder, sources: list[SourceMap], config: GenChiConfig, overwrite: bool = False,
+                     quiet: bool = False) -> str:
+    """Generate maps as OUT/chi_IIII.nii.gz + OUT/mask_IIII.nii.gz + OUT/params.json.
+
+    Files are written into a temporary folder beside OUT and moved in at the end.
+    """
+    folder = os.path.abspath(str(folder).rstrip("/\\") or "/")
+    parent = os.path.dirname(folder)
+    os.makedirs(parent, exist_ok=True)
+    tmpdir = tempfile.mkdtemp(prefix=".tmp-genchi-", dir=parent)
+    digits = max(4, len(str(config.n_maps - 1)))
+    try:
+        params = []
+        with _progress(config.n_maps, quiet) as bar:
+            for i in range(config.n_maps):
+                chi, mask, drawn = synthesize(sources, config, i)
+                src = sources[drawn["source_index"]]
+                write_volume(os.path.join(tmpdir, f"chi_{i:0{digits}d}.nii.gz"), chi, src.affine)
+                write_volume(os.path.join(tmpdir, f"mask_{i:0{digits}d}.nii.gz"), mask.astype(np.uint8), src.affine)
+                params.append(drawn)
+                bar.update(1)
+        with open(os.path.join(tmpdir, "params.json"), "w", encoding="utf-8") as fh:
+            json.dump({"voxel_size_mm": list(sources[0].voxel_size_mm), "b0_dir": list(sources[0].b0_dir),
+                       "units": "ppm", "source_files": [s.path for s in sources], "samples": params}, fh)
+        write_config(config, os.path.join(tmpdir, "genchi_config.json"))
+        if os.path.isdir(folder) and overwrite:
+            for name in os.listdir(folder):
+                if name.startswith(NIFTI_PATTERNS) and name.endswith(".nii.gz"):
+                    os.remove(os.path.join(folder, name))
+        os.makedirs(folder, exist_ok=True)
+        for name in sorted(os.listdir(tmpdir)):
+            os.replace(os.path.join(tmpdir, name), os.path.join(folder, name))
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return folder
+
+
+def is_folder_output(out: str) -> bool:
+    return out.endswith(("/", os.sep)) or os.path.isdir(out)
+
+
+def check_output(out: str, overwrite: bool) -> None:
+    """Refuse an existing output unless --overwrite; refuse unknown output formats."""
+    if is_folder_output(out):
+        if os.path.isdir(out) and not overwrite and any(
+                n.startswith(NIFTI_PATTERNS) for n in os.listdir(out)):
+            raise InputError(f"{out}: output folder already holds maps; use --overwrite to replace them")
+        return
+    if suffix_of(out) not in HDF5_SUFFIXES:
+        raise InputError(f"-o {out}: expected an .h5/.hdf5 file or a folder (ending with '/') for NIfTI")
+    if os.path.exists(out) and not overwrite:
+        raise InputError(f"{out}: output file exists; use --overwrite to replace it")
+
+
+def config_path_for(out: str) -> str:
+    if is_folder_output(out):
+        return os.path.join(out, "genchi_config.json")
+    return os.path.splitext(out)[0] + ".config.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Step 1: synthetic susceptibility maps (ppm) from source maps (e.g. COSMOS) "
+        "by elastic deformation, contrast changes and added sources.")
+    parser.add_argument("source_paths", nargs="+", metavar="SOURCE",
+                        help="source chi map(s) in ppm: NIfTI, .mat (FILE.mat:VAR) or .h5 (FILE.h5:DATASET)")
+    parser.add_argument("--mask", nargs="+", required=True, metavar="MASK",
+                        help="brain mask(s) 0/1 on the source grid: one for all sources or one per source")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT",
+                        help="output .h5/.hdf5 file, or a folder (ending with '/') for NIfTI files")
+    parser.add_argument("-n", dest="n_maps", type=int, default=None, help="number of maps (= --n-maps)")
+    parser.add_argument("--config", metavar="FILE", help="JSON/YAML file of parameters (see the options below)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_options(parser, GenChiConfig)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Command body; returns the exit status (2 on bad input, nothing written)."""
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        config = resolve_config(GenChiConfig, args.config, vars(args))
+        check_output(args.output, args.overwrite)
+        sources = load_sources(args.source_paths, args.mask, config.voxel_size_mm, config.b0_dir)
+        if is_folder_output(args.output):
+            out = write_maps_nifti(args.output, sources, config, args.overwrite, args.quiet)
+        else:
+            out = write_maps_hdf5(args.output, sources, config, args.quiet)
+            write_config(config, config_path_for(args.output))
+        if not args.quiet:
+            print(f"{PROG}: wrote {config.n_maps} maps to {out}", file=sys.stderr)
+        return 0
+
+    return run_cli(body, PROG)
+
+
+def cli() -> None:
+    """Console entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,259 @@
+"""Inputs of step 3 (genRDFPatchesSyn.py): synthetic maps + their field maps, and target datasets.
+
+Source entries (`--source`), each expanded to one or more maps:
+    FILE.h5      genChi output: /chi (N, x, y, z) ppm, /mask; its field maps either in the same file
+                 (/field, as step 2 writes it) or in the matching `--source-fields FILE.h5` (/field)
+    FOLDER/      genChi NIfTI output: chi_*.nii.gz with mask_*.nii.gz beside them
+    FILE         one chi map (NIfTI, .mat as FILE.mat:VAR, .npy); masks from `--source-masks`
+Field entries (`--source-fields`): FILE.h5 with /field, a FOLDER of field files (sorted names), or
+FILE(s) (NIfTI / .mat, e.g. MATLAB-made) converted with --field-units/--b0/--te (units.to_ppm).
+
+Target entries: case FOLDERs (contract 1: local_field.nii.gz in ppm, mask.nii.gz, optional
+magnitude.nii.gz (4-D, echoes last) and case.json), or explicit `--target-field F --target-mask M
+[--target-weight W]` lists. Weight = the chosen echo's magnitude (2nd by default), normalised to
+max 1 inside the mask, times the mask; the mask itself when there is no magnitude.
+
+Volumes are read lazily, one at a time, so memory stays at a few volumes for any N.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from training_data.errors import InputError, shape_mismatch
+from training_data.units import to_ppm
+from training_data.volume_io import HDF5_SUFFIXES, check_mask, read_field, read_volume, suffix_of
+
+
+@dataclass
+class PatchVolume:
+    """One volume to cut: field (ppm), mask (bool), and chi (source, ppm) or weight (target, [0, 1])."""
+
+    label: str
+    field_ppm: np.ndarray
+    mask: np.ndarray
+    third: np.ndarray
+    voxel_size_mm: tuple | None = None
+    b0_dir: tuple | None = None
+    b0_tesla: float | None = None
+    te_s: float | None = None
+
+
+# --- source side -------------------------------------------------------------------------------
+
+
+def _h5_datasets(path) -> dict:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            return {name: (h5[name].shape, dict(h5[name].attrs), dict(h5.attrs))
+                    for name in h5 if isinstance(h5[name], h5py.Dataset)}
+    except OSError as err:
+        raise InputError(f"{path}: cannot read as HDF5 ({err})".splitlines()[0]) from None
+
+
+def _expand_maps(entry: str, what: str) -> list[tuple]:
+    """One entry -> items ('h5', path, index) or ('file', path)."""
+    if not os.path.exists(entry.rsplit(":", 1)[0] if ":" in entry else entry):
+        raise InputError(f"{what} {entry}: not found")
+    if os.path.isdir(entry):
+        pattern = "chi_*.nii*" if what == "--source" else "*"
+        names = sorted(p for p in glob.glob(os.path.join(entry, pattern))
+                       if os.path.isfile(p) and not os.path.basename(p).startswith(".")
+                       and suffix_of(p) in (".nii", ".nii.gz", ".mat", ".npy"))
+        if what == "--source-fields":
+            names = [p for p in names if not os.path.basename(p).startswith(("mask_", "chi_"))]
+        if not names:
+            raise InputError(f"{what} {entry}: folder holds no {'chi_*.nii.gz' if what == '--source' else 'field'} files")
+        return [("file", p) for p in names]
+    if suffix_of(entry) in HDF5_SUFFIXES:
+        sets = _h5_datasets(entry)
+        key = "chi" if what == "--source" else "field"
+        if key not in sets:
+            raise InputError(f"{entry}: no /{key} dataset; present: {', '.join(sets) or 'none'}")
+        shape = sets[key][0]
+        if len(shape) != 4:
+            raise InputError(f"{entry}: /{key} expected 4-D (N, x, y, z), found shape {shape}")
+        return [("h5", entry, i) for i in range(shape[0])]
+    return [("file", entry)]
+
+
+class SourceInputs:
+    """The synthetic maps with their field maps and masks, validated up front, read lazily."""
+
+    def __init__(self, sources, fields=None, masks=None, field_units="ppm", b0_tesla=None, te_s=None,
+                 voxel_size_mm=None, b0_dir=None):
+        if not sources:
+            raise InputError("--source: at least one synthetic-map input is needed")
+        self.items = [item for entry in sources for item in _expand_maps(str(entry), "--source")]
+        if fields:
+            self.fields = [item for entry in fields for item in _expand_maps(str(entry), "--source-fields")]
+        else:
+            self.fields = []
+            has_field = {}
+            for item in self.items:
+                if item[0] == "h5" and item[1] not in has_field:
+                    has_field[item[1]] = "field" in _h5_datasets(item[1])
+                if item[0] != "h5" or not has_field[item[1]]:
+                    raise InputError(f"--source {item[1]}: no field maps; give --source-fields (step 2 output "
+                                     "or your own field files)")
+                self.fields.append(item)
+        if len(self.fields) != len(self.items):
+            raise InputError(f"--source-fields: expected {len(self.items)} field maps (one per synthetic map), "
+                             f"found {len(self.fields)}")
+        masks = list(masks or [])
+        n_files = sum(1 for item in self.items if item[0] == "file")
+        if masks and len(masks) not in (1, n_files):
+            raise InputError(f"--source-masks: expected 1 or {n_files} masks, got {len(masks)}")
+        self.masks = masks
+        self.units, self.b0_tesla, self.te_s = field_units, b0_tesla, te_s
+        self.voxel_size_mm, self.b0_dir = voxel_size_mm, b0_dir
+        self.files = sorted({os.path.basename(str(e).rstrip("/")) for e in sources})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _mask_for(self, k: int, chi_path: str):
+        base = os.path.basename(chi_path)
+        if self.masks:
+            n = sum(1 for item in self.items[:k] if item[0] == "file")
+            return self.masks[0] if len(self.masks) == 1 else self.masks[n]
+        if base.startswith("chi_"):
+            candidate = os.path.join(os.path.dirname(chi_path), "mask_" + base[4:])
+            if os.path.exists(candidate):
+                return candidate
+        raise InputError(f"--source {chi_path}: no mask; give --source-masks (one for all or one per map)")
+
+    def load(self, k: int) -> PatchVolume:
+        item, field_item = self.items[k], self.fields[k]
+        if item[0] == "h5":
+            import h5py
+
+            with h5py.File(item[1], "r") as h5:
+                chi = np.asarray(h5["chi"][item[2]], dtype=np.float32)
+                mask_data = np.asarray(h5["mask"][item[2]]) if "mask" in h5 else None
+                vs = h5.attrs.get("voxel_size_mm")
+                b0 = h5.attrs.get("b0_dir")
+            if mask_data is None:
+                raise InputError(f"{item[1]}: no /mask dataset next to /chi")
+            label = f"{item[1]}[{item[2]}]"
+        else:
+            vol = read_volume(item[1])
+            chi, vs, b0, label = vol.data, vol.voxel_size_mm, vol.b0_dir, item[1]
+            mask_path = self._mask_for(k, item[1])
+            mask_data = read_volume(mask_path, dtype=None).data
+            if mask_data.shape != chi.shape:
+                raise shape_mismatch(f"mask {mask_path}", mask_data.shape, f"source {item[1]}", chi.shape)
+        mask = check_mask(mask_data, label, chi, f"source {label}")
+        field = self._load_field(field_item)
+        if field.shape != chi.shape:
+            raise shape_mismatch(f"field {self._label(field_item)}", field.shape, f"source {label}", chi.shape)
+        vs = self.voxel_size_mm or (tuple(map(float, vs)) if vs is not None else None)
+        b0 = self.b0_dir or (tuple(map(float, b0)) if b0 is not None else None)
+        return PatchVolume(label, field, mask, chi, vs, b0)
+
+    @staticmethod
+    def _label(item) -> str:
+        return f"{item[1]}[{item[2]}]" if item[0] == "h5" else item[1]
+
+    def _load_field(self, item) -> np.ndarray:
+        if item[0] == "h5":
+            import h5py
+
+            with h5py.File(item[1], "r") as h5:
+                dset = h5["field"]
+                data = np.asarray(dset[item[2]], dtype=np.float32)
+                units = dset.attrs.get("units", h5.attrs.get("field_units", "ppm"))
+            units = units.decode() if isinstance(units, bytes) else str(units)
+            data = to_ppm(data, units, self.b0_tesla, self.te_s)
+        else:
+            data = read_field(item[1], self.units, self.b0_tesla, self.te_s).data
+        if not np.all(np.isfinite(data)):
+            raise InputError(f"field {self._label(item)}: expected finite values, found NaN/Inf")
+        return data
+
+
+# --- target side -------------------------------------------------------------------------------
+
+
+def _weight_from_magnitude(magnitude, mask, echo: int, name: str) -> np.ndarray:
+    """Echo `echo` (1-based) of a 4-D magnitude (or a 3-D weight), max 1 inside the mask, 0 outside."""
+    mag = np.abs(np.asarray(magnitude, dtype=np.float32))
+    if mag.ndim == 4:
+        if not 1 <= echo <= mag.shape[3]:
+            raise InputError(f"{name}: weight echo {echo} requested, the magnitude has {mag.shape[3]} echoes")
+        mag = mag[..., echo - 1]
+    if mag.shape != mask.shape:
+        raise shape_mismatch(f"weight {name}", mag.shape, "mask", mask.shape)
+    peak = float(mag[mask].max()) if mask.any() else 0.0
+    if peak <= 0:
+        raise InputError(f"{name}: the magnitude is zero everywhere inside the mask")
+    return np.clip(mag / np.float32(peak), 0.0, 1.0) * mask
+
+
+class TargetInputs:
+    """Target datasets: case folders and/or explicit field + mask (+ weight) files, read lazily."""
+
+    def __init__(self, cases=None, fields=None, masks=None, weights=None, field_units="ppm", b0_tesla=None,
+                 te_s=None, weight_echo: int = 2):
+        self.entries = []
+        for case in cases or []:
+            if not os.path.isdir(case):
+                raise InputError(f"--target {case}: expected a case folder (local_field.nii.gz, mask.nii.gz, ...)")
+            for name in ("local_field.nii.gz", "mask.nii.gz"):
+                if not os.path.exists(os.path.join(case, name)):
+                    what = "target field without a mask" if name == "mask.nii.gz" else "no local field"
+                    raise InputError(f"--target {case}: {what} (missing {name})")
+            self.entries.append(("case", case))
+        fields, masks, weights = list(fields or []), list(masks or []), list(weights or [])
+        if len(masks) != len(fields):
+            raise InputError(f"--target-mask: target field without a mask: {len(fields)} --target-field "
+                             f"file(s) but {len(masks)} --target-mask file(s)")
+        if weights and len(weights) != len(fields):
+            raise InputError(f"--target-weight: expected {len(fields)} weight files (one per target field), "
+                             f"got {len(weights)}")
+        for i, (f, m) in enumerate(zip(fields, masks)):
+            self.entries.append(("files", f, m, weights[i] if weights else None))
+        self.units, self.b0_tesla, self.te_s, self.weight_echo = field_units, b0_tesla, te_s, weight_echo
+        self.files = [os.path.basename(str(e[1]).rstrip("/")) for e in self.entries]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def load(self, k: int) -> PatchVolume:
+        entry = self.entries[k]
+        if entry[0] == "case":
+            case = entry[1]
+            meta = {}
+            if os.path.exists(os.path.join(case, "case.json")):
+                with open(os.path.join(case, "case.json"), encoding="utf-8") as fh:
+                    meta = json.load(fh)
+            vol = read_volume(os.path.join(case, "local_field.nii.gz"))
+            mask_path = os.path.join(case, "mask.nii.gz")
+            mask = check_mask(read_volume(mask_path, dtype=None).data, mask_path, vol.data, "local_field")
+            mag_path = os.path.join(case, "magnitude.nii.gz")
+            if os.path.exists(mag_path):
+                weight = _weight_from_magnitude(read_volume(mag_path, ndim=(3, 4)).data, mask, self.weight_echo, mag_path)
+            else:
+                weight = mask.astype(np.float32)
+            te_list = meta.get("te_s") or []
+            te = te_list[self.weight_echo - 1] if len(te_list) >= self.weight_echo else None
+            vs = tuple(meta["voxel_size_mm"]) if meta.get("voxel_size_mm") else vol.voxel_size_mm
+            b0 = tuple(meta["b0_dir"]) if meta.get("b0_dir") else vol.b0_dir
+            return PatchVolume(case, vol.data, mask, weight, vs, b0, meta.get("b0_tesla"), te)
+        _, field_path, mask_path, weight_path = entry
+        vol = read_field(field_path, self.units, self.b0_tesla, self.te_s)
+        mask_data = read_volume(mask_path, dtype=None).data
+        mask = check_mask(mask_data, str(mask_path), vol.data, f"target field {field_path}")
+        if weight_path:
+            weight = _weight_from_magnitude(read_volume(weight_path, ndim=(3, 4)).data, mask, self.weight_echo,
+                                            str(weight_path))
+        else:
+            weight = mask.astype(np.float32)
+        return PatchVolume(str(field_path), vol.data, mask, weight, vol.voxel_size_mm, vol.b0_dir,
+                           self.b0_tesla, self.te_s)
