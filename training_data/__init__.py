@@ -7,8 +7,11 @@ volume_io.py       read/write NIfTI, MAT v5/v7.3, HDF5, .npy with voxel size, af
 dipole.py          the one dipole kernel and forward model (numpy and TensorFlow)       step 2
 phantom.py         built-in head phantom (MNI ICBM152 anatomy, RC2 labels, texture)
 simulate.py        RC2-like multi-echo GRE simulator -> target-domain case folders
-augment.py         elastic deformation, contrast changes, added sources                 step 1
+augment.py         elastic deformation, small affine, contrast changes                 step 1
+strong_sources.py  added high-susceptibility sources (haemorrhage/vein/calcification)  step 1
+step_config.py     frozen step configs <- config file <- command-line options
 genChi.py          synthetic susceptibility maps from a COSMOS map                     step 1
 qsmFmapCal_gpu.py  field maps of susceptibility maps by dipole convolution             step 2
 patches.py         patch cutting and the patch HDF5 layout                             step 3
+patch_inputs.py    source/target volumes for step 3, read one at a time                step 3
 """
