@@ -234,6 +234,8 @@ def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(
     s_z = np.zeros_like(z)
     v = phi.copy()
     s_v = np.zeros_like(phi)
+    weighted = w2 > 0
+    phi_w, w2_w, v_w = phi[weighted], w2[weighted], phi[weighted]
     u = np.zeros_like(phi)
     converged, it = False, 0
     for it in range(1, p.iterations + 1):
@@ -245,7 +247,10 @@ def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(
         z = gu + s_z
         z = np.sign(z) * np.maximum(np.abs(z) - alpha / mu_grad, 0.0)
         s_z += gu - z
-        v = solve_v(du + s_v, phi, w2, mu_data, v0=v, steps=p.newton_steps)
+        # where W = 0 the v-update is v = D u + s_v exactly; Newton only on the weighted voxels
+        v = du + s_v
+        v[weighted] = solve_v(v[weighted], phi_w, w2_w, mu_data, v0=v_w, steps=p.newton_steps)
+        v_w = v[weighted]
         s_v += du - v
         change = np.linalg.norm(u_new - u) / max(np.linalg.norm(u_new), 1e-12)
         u = u_new
