@@ -122,7 +122,8 @@ def load_config_file(path) -> dict:
             raise InputError(f"--config {path}: columns[{i}] must be a mapping")
         bad = sorted(set(col) - col_keys)
         if bad:
-            raise InputError(f"--config {path}: columns[{i}] unknown key(s) {', '.join(bad)}; expected {', '.join(sorted(col_keys))}")
+            raise InputError(f"--config {path}: columns[{i}] unknown key(s) {', '.join(bad)}; "
+                             f"expected {', '.join(sorted(col_keys))}")
         if "recon" not in col:
             raise InputError(f"--config {path}: columns[{i}] has no 'recon'")
         columns.append({k: (resolve(v) if k != "name" else v) for k, v in col.items()})
@@ -142,7 +143,8 @@ def resolve_config(args) -> EvaluateConfig:
     if cli_columns:
         columns = cli_columns
     else:
-        columns = [_fill_column(ColumnSpec(**{"name": None, **c}), i) for i, c in enumerate(settings.get("columns", []))]
+        columns = [_fill_column(ColumnSpec(**{"name": None, **c}), i)
+                   for i, c in enumerate(settings.get("columns", []))]
     for key in ("json", "csv", "markdown", "extra", "overwrite", "challenge2016", "title"):
         value = getattr(args, key)
         if value is not None:
@@ -256,7 +258,8 @@ def _run_challenge2016(config: EvaluateConfig, table) -> None:
     paths = {k: os.path.join(folder, v) for k, v in CHALLENGE_2016_FILES.items()}
     for key in ("truth", "mask"):
         if not os.path.exists(paths[key]):
-            raise InputError(f"--challenge2016 {folder}: no {CHALLENGE_2016_FILES[key]} (expected the 2016 challenge layout)")
+            raise InputError(f"--challenge2016 {folder}: no {CHALLENGE_2016_FILES[key]} "
+                             "(expected the 2016 challenge layout)")
     chi_33 = read_volume(paths["truth"]).data
     mask = check_mask(read_volume(paths["mask"], dtype=None).data, paths["mask"], chi_33, "chi_33")
     rois = read_volume(paths["rois"], dtype=None).data if os.path.exists(paths["rois"]) else None
