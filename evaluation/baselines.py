@@ -10,8 +10,9 @@ Command: `python -m evaluation.baselines tkd|l2|ndi-tv --field F --mask M [--wei
 
 References:
     TKD: Shmueli K, et al. Magn Reson Med 2009;62:1510-1522 (thresholded k-space division);
-        threshold 0.19 as in Wharton S, et al. Magn Reson Med 2010;63:1292-1304 and
-        Schweser F, et al. Magn Reson Med 2013;69:1582-1594.
+        threshold 0.19, the value commonly used for TKD (e.g. Schweser F, et al. Toward online
+        reconstruction of quantitative susceptibility maps: superfast dipole inversion.
+        Magn Reson Med 2013;69:1582-1594).
     L2: Bilgic B, et al. Fast image reconstruction with L2-regularization. J Magn Reson Imaging
         2014;40:181-191 (closed-form Tikhonov with a gradient regulariser).
     Nonlinear TV: Milovic C, Bilgic B, Zhao B, Acosta-Cabronero J, Tejos C. Fast nonlinear
@@ -124,7 +125,7 @@ def grad_adjoint(g, voxel_size_mm) -> np.ndarray:
 
 def tkd(field_ppm, mask, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),
         threshold: float = TKD_THRESHOLD, pad=None) -> np.ndarray:
-    """Thresholded k-space division: 1/D where |D| > threshold, sign(D)/threshold elsewhere.
+    """Thresholded k-space division: 1/D where |D| > threshold, sign(D)/threshold elsewhere (0 where D = 0).
 
     Args:
         field_ppm: float32 (x, y, z) local field, ppm.
