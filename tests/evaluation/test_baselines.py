@@ -148,3 +148,19 @@ def test_command_bad_inputs_exit_2(tmp_path, capsys):
     assert not (tmp_path / "out.nii.gz").exists()
     assert B.main(["tkd"] + base) == 0
     assert B.main(["tkd"] + base) == 2  # exists, no --overwrite
+
+
+@pytest.mark.realdata
+def test_direct_inversions_on_2016_data(shared_data):
+    """Regression on the 2016 challenge data (benchmarks/results_baselines.md: TKD 110.6 %, L2 81.3 %)."""
+    from evaluation.metrics import nrmse_2016
+
+    folder = shared_data / "qsm2016"
+    field = read_volume(folder / "phs_tissue.nii.gz")
+    mask = read_volume(folder / "msk.nii.gz").data > 0.5
+    chi_33 = read_volume(folder / "chi_33.nii.gz").data
+    vs = field.voxel_size_mm
+    tkd_err = nrmse_2016(B.tkd(field.data, mask, vs), chi_33, mask)
+    l2_err = nrmse_2016(B.l2_gradient(field.data, mask, vs), chi_33, mask)
+    assert tkd_err == pytest.approx(110.6, abs=1.0)
+    assert l2_err == pytest.approx(81.3, abs=1.0)
