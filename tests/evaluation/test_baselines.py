@@ -1,0 +1,166 @@
+"""Classic inversions on a small sphere/ellipsoid phantom, operator identities, and the command."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from evaluation import baselines as B
+from evaluation.metrics import nrmse_pair
+from training_data.dipole import dipole_kernel, forward_field
+from training_data.volume_io import read_volume, write_volume
+
+N = 32
+
+
+def phantom(n=N):
+    """Ellipsoidal 'brain' (0.02 ppm) holding four spheres of different chi; returns chi, brain, spheres."""
+    g = np.indices((n, n, n)).astype(np.float32) - (n - 1) / 2
+    brain = (g[0] / (0.42 * n)) ** 2 + (g[1] / (0.36 * n)) ** 2 + (g[2] / (0.40 * n)) ** 2 <= 1
+    chi = np.where(brain, 0.02, 0.0).astype(np.float32)
+    spheres = np.zeros_like(brain)
+    for centre, radius, value in (((-4, 0, 3), 3.5, 0.1), ((5, -3, -2), 3.0, -0.08), ((0, 6, -4), 3.0, 0.15)):
+        inside = sum((g[a] - centre[a]) ** 2 for a in range(3)) <= radius**2
+        chi[inside] = value
+        spheres |= inside
+    return chi, brain, spheres
+
+
+def _interior(region, voxels=1):
+    import scipy.ndimage as ndi
+
+    return ndi.binary_erosion(region, iterations=voxels)
+
+
+def test_tkd_tiny_threshold_recovers_noise_free_chi():
+    chi, brain, spheres = phantom()
+    field = forward_field(chi)
+    full = np.ones_like(brain)  # the whole field is known: only the threshold limits the inversion
+    recon = B.tkd(field, full, threshold=1e-3)
+    inner = _interior(brain, 2)
+    # mean fixed to 0 by D(0) = 0: compare demeaned maps
+    err = (recon - recon[inner].mean()) - (chi - chi[inner].mean())
+    # grid frequencies where D is exactly 0 (e.g. k = (1, 1, 1)) carry no information: a ~9 % floor
+    assert np.abs(err[_interior(spheres)]).max() < 0.01  # ppm, < 7 % of the largest contrast (0.15)
+    assert nrmse_pair(recon, chi, inner)[0] < 12.0
+    # the default threshold biases the result (underestimation), the tiny one does not
+    assert nrmse_pair(B.tkd(field, full), chi, inner)[0] > nrmse_pair(recon, chi, inner)[0]
+
+
+def test_l2_approaches_truth_as_lambda_vanishes():
+    chi, brain, _ = phantom()
+    field = forward_field(chi)
+    full = np.ones_like(brain)
+    inner = _interior(brain, 2)
+    errors = [nrmse_pair(B.l2_gradient(field, full, lambda_grad=lam), chi, inner)[0] for lam in (1e-1, 1e-3, 1e-6)]
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 12.0  # the same information floor as TKD (zeros of D on the grid)
+
+
+def test_nonlinear_tv_beats_tkd_on_noisy_phantom():
+    chi, brain, _ = phantom()
+    rng = np.random.default_rng(0)
+    field = (forward_field(chi) + rng.normal(0.0, 0.002, chi.shape).astype(np.float32)) * brain
+    tkd_err = nrmse_pair(B.tkd(field, brain), chi, brain)[0]
+    tv, info = B.ndi_tv(field, brain, params=B.NDITVParams(alpha=3e-3, iterations=100), return_info=True)
+    tv_err = nrmse_pair(tv, chi, brain)[0]
+    assert tv_err < 0.7 * tkd_err, (tv_err, tkd_err)
+    assert np.all(tv[~brain] == 0) and tv.dtype == np.float32
+    assert info["iterations"] <= 100
+
+
+def test_ndi_data_gradient_identity():
+    rng = np.random.default_rng(1)
+    a, b = rng.uniform(-4, 4, 50), rng.uniform(-4, 4, 50)
+    w = rng.uniform(0, 1, 50)
+    # |e^{ia} - e^{ib}|^2 = 2 - 2 cos(a - b)
+    direct = np.sum(w**2 * np.abs(np.exp(1j * a) - np.exp(1j * b)) ** 2)
+    assert B.ndi_data_term(a, b, w) == pytest.approx(direct, rel=1e-12)
+    # d/da = 2 w^2 sin(a - b), by central differences
+    h = 1e-6
+    for i in (0, 17, 42):
+        e = np.zeros(50)
+        e[i] = h
+        numeric = (B.ndi_data_term(a + e, b, w) - B.ndi_data_term(a - e, b, w)) / (2 * h)
+        assert B.ndi_data_gradient(a, b, w)[i] == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+
+
+def test_solve_v_reaches_stationarity():
+    rng = np.random.default_rng(2)
+    phi = rng.uniform(-1, 1, 1000).astype(np.float32)
+    target = (phi + rng.normal(0, 0.3, 1000)).astype(np.float32)
+    w2 = rng.uniform(0, 1, 1000).astype(np.float32)
+    v = B.solve_v(target, phi, w2, 1.0, steps=8)
+    stationarity = 2 * w2 * np.sin(v - phi) + (v - target)
+    assert np.abs(stationarity).max() < 1e-4
+
+
+def test_gradient_operators_match_k_space():
+    rng = np.random.default_rng(3)
+    shape, vs = (8, 10, 12), (1.0, 0.5, 2.0)
+    x = rng.normal(size=shape).astype(np.float32)
+    y = rng.normal(size=(3,) + shape).astype(np.float32)
+    assert np.sum(B.grad(x, vs) * y) == pytest.approx(np.sum(x * B.grad_adjoint(y, vs)), rel=1e-4)
+    lhs = np.fft.rfftn(B.grad_adjoint(B.grad(x, vs), vs))
+    rhs = B.gradient_eigenvalues(shape, vs) * np.fft.rfftn(x)
+    assert np.allclose(lhs, rhs, atol=1e-3)
+
+
+def test_shared_kernel_and_anisotropic_voxels():
+    chi, brain, _ = phantom(24)
+    vs, b0 = (1.0, 1.2, 0.8), (0.1, 0.2, 1.0)
+    field = forward_field(chi, vs, b0)
+    recon = B.l2_gradient(field, np.ones_like(brain), vs, b0, lambda_grad=1e-6)
+    assert nrmse_pair(recon, chi, _interior(brain, 2))[0] < 12.0
+    assert dipole_kernel((24, 24, 24), vs, b0) is dipole_kernel((24, 24, 24), vs, b0)  # one cached kernel
+
+
+@pytest.mark.parametrize("method", ["tkd", "l2", "ndi-tv"])
+def test_command_writes_ppm_with_affine(tmp_path, method):
+    chi, brain, _ = phantom(24)
+    affine = np.diag([1.1, 1.1, 1.2, 1.0])
+    affine[:3, 3] = (5, -3, 2)
+    f = write_volume(tmp_path / "field.nii.gz", forward_field(chi, (1.1, 1.1, 1.2)) * brain, affine)
+    m = write_volume(tmp_path / "mask.nii.gz", brain.astype(np.uint8), affine)
+    out = tmp_path / f"{method}.nii.gz"
+    extra = ["--iterations", "5"] if method == "ndi-tv" else []
+    assert B.main([method, "--field", f, "--mask", m, "-o", str(out)] + extra) == 0
+    vol = read_volume(out)
+    assert np.allclose(vol.affine, affine) and vol.data.shape == chi.shape
+    assert np.all(vol.data[~brain] == 0)
+
+
+def test_command_bad_inputs_exit_2(tmp_path, capsys):
+    chi, brain, _ = phantom(16)
+    f = write_volume(tmp_path / "field.nii.gz", forward_field(chi))
+    m = write_volume(tmp_path / "mask.nii.gz", brain.astype(np.uint8))
+    small = write_volume(tmp_path / "small.nii.gz", np.ones((16, 16, 15), np.uint8))
+    out = str(tmp_path / "out.nii.gz")
+    base = ["--field", f, "--mask", m, "-o", out]
+    for argv in (["tdk"] + base,                                  # unknown method
+                 ["tkd", "--field", f, "--mask", small, "-o", out],  # shape mismatch
+                 ["tkd", "--weight", f] + base,                   # weight only for ndi-tv
+                 ["tkd", "--threshold", "0"] + base,              # bad threshold
+                 ["l2", "--lambda", "-1"] + base,                 # bad lambda
+                 ["ndi-tv", "--alpha", "0"] + base,               # bad alpha
+                 ["tkd", "--field", str(tmp_path / "none.nii.gz"), "--mask", m, "-o", out]):
+        assert B.main(argv) == 2, argv
+        assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "out.nii.gz").exists()
+    assert B.main(["tkd"] + base) == 0
+    assert B.main(["tkd"] + base) == 2  # exists, no --overwrite
+
+
+@pytest.mark.realdata
+def test_direct_inversions_on_2016_data(shared_data):
+    """Regression on the 2016 challenge data (benchmarks/results_baselines.md: TKD 110.6 %, L2 81.3 %)."""
+    from evaluation.metrics import nrmse_2016
+
+    folder = shared_data / "qsm2016"
+    field = read_volume(folder / "phs_tissue.nii.gz")
+    mask = read_volume(folder / "msk.nii.gz").data > 0.5
+    chi_33 = read_volume(folder / "chi_33.nii.gz").data
+    vs = field.voxel_size_mm
+    tkd_err = nrmse_2016(B.tkd(field.data, mask, vs), chi_33, mask)
+    l2_err = nrmse_2016(B.l2_gradient(field.data, mask, vs), chi_33, mask)
+    assert tkd_err == pytest.approx(110.6, abs=1.0)
+    assert l2_err == pytest.approx(81.3, abs=1.0)
