@@ -184,7 +184,8 @@ def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossL
         batches: iterator of batches (distributed or not, as `step_fn` expects).
         step_var: int64 variable holding the number of completed steps (checkpointed).
         max_steps: total number of steps of the run (resume continues up to it).
-        log: where loss terms go every `log_every` steps (and validation terms).
+        log: where loss terms go every `log_every` steps (and validation terms), with `elapsed_s`,
+            the wall time since the loop started (includes the first step's tracing).
         manager: checkpoint manager, saved every `checkpoint_every` steps and at the end.
         validate: callable() -> dict of validation terms, every `validate_every` steps and at the end.
         convergence: optional early stop on a flat loss.
@@ -195,7 +196,10 @@ def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossL
     """
     from tqdm import tqdm
 
+    import time
+
     start = int(step_var.numpy())
+    t0 = time.perf_counter()
     bar = tqdm(total=max_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True,
                file=sys.stderr, leave=False)
     result = LoopResult(start, "done")
@@ -214,7 +218,7 @@ def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossL
                 terms = {**terms, **validate()}
             converged = convergence is not None and convergence.update(terms["loss"])
             if step % max(1, log_every) == 0 or is_last or converged or len(terms) > len(result.terms):
-                log.write(step, terms)
+                log.write(step, {**terms, "elapsed_s": time.perf_counter() - t0})
             if manager is not None and checkpoint_every and step % checkpoint_every == 0:
                 manager.save(checkpoint_number=step)
             if converged:
