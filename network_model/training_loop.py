@@ -118,6 +118,17 @@ class LossLog:
                 self._columns = next(csv.reader(fh), None)
         self._writer = tf.summary.create_file_writer(tensorboard_dir) if tensorboard_dir else None
 
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged after `step` (a run killed after its last checkpoint logged them)."""
+        if self._columns is None:
+            return
+        with open(self.csv_path, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(float(r["step"])) <= step]
+        with open(self.csv_path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, self._columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+
     def write(self, step: int, terms: dict) -> None:
         row = {"step": int(step), **{k: float(v) for k, v in terms.items()}}
         if self._columns is None or not set(row) <= set(self._columns):

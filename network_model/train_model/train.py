@@ -186,7 +186,11 @@ def pretrain(cfg: PretrainConfig) -> int:
     checkpoint = tf.train.Checkpoint(step=step_var, model=model, optimizer=optimizer)
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=cfg.keep_checkpoints)
     if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        try:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as err:
+            raise InputError(f"{manager.latest_checkpoint}: does not match this network (depth/base_filters "
+                             f"changed?): {str(err).splitlines()[0][:200]}") from None
         print(f"{PROG}: resuming from {manager.latest_checkpoint} (step {int(step_var.numpy())})", file=sys.stderr)
 
     dipole = dipole_operator_tf(target.patch_size, target.voxel_size_mm, target.b0_dir, cfg.dipole_pad)
@@ -198,6 +202,7 @@ def pretrain(cfg: PretrainConfig) -> int:
     validate = make_validate(model, dipole, phase, cfg, source, target, src_val, tgt_val)
 
     log = LossLog(os.path.join(cfg.run_dir, "log.csv"), os.path.join(cfg.run_dir, "tensorboard"))
+    log.truncate_after(int(step_var.numpy()))
     result = run_loop(step_fn, batches, step_var, total, log, manager=manager,
                       checkpoint_every=cfg.checkpoint_every or steps_per_epoch, validate=validate,
                       validate_every=cfg.validate_every or steps_per_epoch, progress=cfg.progress,

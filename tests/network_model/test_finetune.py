@@ -143,3 +143,12 @@ def test_case_folder_weight_and_phase(case, tmp_path):
     out = tmp_path / "q.nii.gz"
     assert finetune.main(["--model", str(case / "pre.keras"), "--case", str(folder), "-o", str(out),
                           "--iterations", "1", "--progress", "false"]) == 0
+
+
+def test_every_field_is_a_cli_option():
+    import dataclasses
+
+    parser = finetune.build_parser()
+    for f in dataclasses.fields(finetune.FinetuneConfig):
+        assert getattr(parser.parse_args([f"--{f.name}", "1"]), f.name) == "1"
+    assert parser.parse_args(["-o", "x.nii.gz"]).output == "x.nii.gz"

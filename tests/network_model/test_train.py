@@ -165,3 +165,40 @@ def test_mirrored_matches_default():
     assert res["mirrored"]["replicas"] == 2 and res["default"]["replicas"] == 1
     for key in ("loss", "l1", "ndi", "tv", "after"):
         np.testing.assert_allclose(res["mirrored"][key], res["default"][key], rtol=2e-4, err_msg=key)
+
+
+def test_resume_with_another_network_is_an_input_error(patches, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--datasets_path", patches, "--run_dir", str(run), *TINY, "--val_fraction", "0"]
+    assert train.main(args + ["--max_steps", "1", "--checkpoint_every", "1"]) == 0
+    capsys.readouterr()
+    assert train.main(args + ["--max_steps", "2", "--base_filters", "6"]) == 2
+    assert "does not match this network" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_checkpoint(patches, tmp_path, capsys):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = ["--datasets_path", patches, "--run_dir", str(run), *TINY, "--val_fraction", "0",
+            "--checkpoint_every", "2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "network_model/train_model/train.py"), *args,
+                             "--max_steps", "1000"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not list((run / "checkpoints").glob("ckpt-4.index")):
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # a hard kill, no clean-up code runs
+        proc.wait()
+    import tensorflow as tf
+
+    saved = int(tf.train.latest_checkpoint(str(run / "checkpoints")).rsplit("-", 1)[1])
+    assert saved >= 4
+    assert train.main(args + ["--max_steps", str(saved + 1)]) == 0
+    assert f"(step {saved})" in capsys.readouterr().err
+    steps = [int(r["step"]) for r in _log(run)]
+    assert steps == list(range(1, saved + 2))  # rows after the checkpoint were dropped, then continued
