@@ -1,0 +1,235 @@
+"""Step 5 — per-dataset fine-tuning: pre-trained target model + one field map (ppm) -> QSM (ppm, NIfTI).
+
+Minimises L = NDI + lambda_tv * TV (network_model.losses) on the whole volume, starting from the
+pre-trained target model (data contract 3), then writes the susceptibility map (input affine kept,
+ppm, zero outside the mask), the fine-tuned model and a loss log.
+
+BN during fine-tuning: the target model's batch normalisations run in **inference mode** (the
+target-domain moving statistics learned in pre-training); gamma/beta and all convolutions are
+updated. With a single whole volume as the batch, batch statistics would change the network's
+function at iteration 0 (the volume's statistics differ from the patches'), so fine-tuning would
+start from a different map than the pre-trained prediction; frozen statistics keep the start equal to
+it and make the result independent of how much background padding the volume has.
+
+Padding: the network needs sizes divisible by 2**depth, so the field and mask are zero-padded
+(centred); the mask zeroes the network output there. The output is cropped back to the original
+grid **before** the dipole model, so the FFT sees the true geometry (voxel size, B0 direction) and
+the padding never enters the loss; `dipole_pad` additionally zero-pads the FFT grid (default
+'auto') so the dipole convolution is linear, not circular.
+
+Usage:
+    python network_model/model_finetune/train.py --model runs/pre/target_model.keras \\
+        --field field.nii.gz --mask mask.nii.gz [--weight mag.nii.gz] [--units hz --b0 3 --te 0.025] \\
+        [--iterations 300] -o qsm.nii.gz
+    python network_model/model_finetune/train.py --model M.keras --case cases/Sim1Snr1 -o qsm.nii.gz
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from network_model.config import add_config_arguments, resolve_config, write_resolved_config  # noqa: E402
+from training_data.errors import InputError, run_cli  # noqa: E402
+
+PROG = "model_finetune/train.py (step 5)"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Parameters of step 5 (every field is a config key and a `--key value` option)."""
+
+    model: str = ""                  # pre-trained target model (.keras) or a step-4 run folder
+    case: str = ""                   # case folder (contract 1) instead of field/mask/weight
+    field: str = ""                  # local field map (NIfTI, .mat v5/v7.3, .h5, .npy; FILE:VAR picks a variable)
+    mask: str = ""                   # brain mask (0/1), same grid
+    weight: str = ""                 # optional NDI weight / magnitude (normalised to max 1 in the mask)
+    units: str = "ppm"               # field units: ppm | ppb | hz | rad
+    b0: float | None = None          # tesla (hz/rad input, and the NDI phase scale)
+    te: float | None = None          # seconds, echo time of the weighting echo (rad input, phase scale)
+    phase_rad_per_ppm: float | None = None  # explicit NDI phase scale; else 2 pi gamma_bar b0 te
+    voxel_size_mm: tuple[float, float, float] | None = None  # override the file's voxel size
+    b0_dir: tuple[float, float, float] | None = None         # override (voxel axes); else from the affine
+    iterations: int = 300
+    learning_rate: float = 1e-5
+    lr_schedule: str = "constant"    # constant | cosine | exponential
+    lambda_tv: float = 0.002         # TV weight (network units; original 0.002 SNR1, 0.001 SNR2)
+    dipole_pad: str = "auto"         # FFT zero-padding of the dipole model (training_data.dipole)
+    convergence_window: int = 20     # iterations per window of the convergence test
+    convergence_tol: float = 1e-4    # stop when a window improves the loss by less than this (relative); 0: off
+    output: str = ""                 # QSM NIfTI (ppm); also writes OUT_model.keras, OUT_loss.csv, OUT_config.json
+    overwrite: bool = False
+    seed: int = 0
+    progress: bool = True
+
+
+HELPS = {"model": "pre-trained target model (.keras) or step-4 run folder", "output": "output QSM NIfTI (ppm)",
+         "units": "field units: ppm, ppb, hz or rad", "b0": "B0 in tesla", "te": "echo time in seconds"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, FinetuneConfig, flags={"output": ["-o"]}, helps=HELPS)
+    return parser
+
+
+def output_paths(output: str) -> dict:
+    """Companion files of OUT.nii.gz: OUT_model.keras, OUT_loss.csv, OUT_config.json."""
+    stem = output[:-7] if output.endswith(".nii.gz") else os.path.splitext(output)[0]
+    return {"qsm": output, "model": stem + "_model.keras", "log": stem + "_loss.csv",
+            "config": stem + "_config.json"}
+
+
+def load_target_model(path: str):
+    """Load an exported target model (contract 3); InputError when it is missing or foreign."""
+    import keras
+
+    import network_model.dsbn  # noqa: F401  (registers the custom layers)
+    from network_model.unet import describe_target_model
+
+    if os.path.isdir(path):
+        path = os.path.join(path, "target_model.keras")
+    if not os.path.isfile(path):
+        raise InputError(f"model {path}: file not found")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as err:  # not a zip / not a Keras archive / unknown layers
+        raise InputError(f"model {path}: cannot load as a Keras model ({type(err).__name__})") from None
+    try:
+        info = describe_target_model(model)
+    except (ValueError, KeyError) as err:
+        raise InputError(f"model {path}: not a target model of this package ({err})") from None
+    return model, info
+
+
+def centred_padding(shape, step: int) -> list:
+    """[(before, after)] per axis to reach the next multiple of `step` (split evenly)."""
+    pads = []
+    for n in shape:
+        extra = (-int(n)) % step
+        pads.append((extra // 2, extra - extra // 2))
+    return pads
+
+
+def load_inputs(cfg: FinetuneConfig):
+    from network_model.target_data import load_case, load_files
+
+    if cfg.case:
+        if cfg.field or cfg.mask:
+            raise InputError("give either --case or --field/--mask, not both")
+        return load_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir)
+    if not cfg.field or not cfg.mask:
+        raise InputError("input: give --field and --mask (or --case DIR)")
+    return load_files(cfg.field, cfg.mask, cfg.weight or None, cfg.units, cfg.b0, cfg.te,
+                      cfg.voxel_size_mm, cfg.b0_dir)
+
+
+def finetune(cfg: FinetuneConfig) -> int:
+    """Run step 5; returns the exit status (0, or 1 when stopped on a non-finite loss)."""
+    if not cfg.output:
+        raise InputError("output: give the QSM file with -o OUT.nii.gz")
+    paths = output_paths(cfg.output)
+    existing = [p for p in paths.values() if os.path.exists(p)]
+    if existing and not cfg.overwrite:
+        raise InputError(f"output {existing[0]} exists; use --overwrite true to replace it")
+    if cfg.iterations < 1:
+        raise InputError(f"iterations: expected >= 1, got {cfg.iterations}")
+    if not cfg.model:
+        raise InputError("model: give the pre-trained model with --model FILE.keras")
+    target = load_inputs(cfg)
+    phase = cfg.phase_rad_per_ppm or target.phase_rad_per_ppm
+    if phase is None or not (phase > 0 and math.isfinite(phase)):
+        raise InputError("phase scale unknown: give --b0 TESLA and --te SECONDS (or --phase_rad_per_ppm)")
+
+    from training_data.tf_env import import_tensorflow
+
+    tf = import_tensorflow()
+    import keras
+    import numpy as np
+
+    from network_model.losses import ndi_loss, tv_loss
+    from network_model.train_model.train import save_model_atomic
+    from network_model.training_loop import (Convergence, LossLog, make_optimizer, make_train_step,
+                                             run_loop)
+    from training_data.dipole import dipole_operator_tf
+    from training_data.volume_io import write_volume
+
+    model, info = load_target_model(cfg.model)
+    keras.utils.set_random_seed(cfg.seed)
+    shape = target.geometry.shape
+    pads = centred_padding(shape, 2 ** info["depth"])
+    crop = tuple(slice(b, b + n) for (b, _), n in zip(pads, shape))
+
+    def padded(a):
+        return tf.constant(np.pad(a, pads)[None, ..., None], tf.float32)
+
+    field_in, mask_in = padded(target.field_ppm), padded(target.mask)
+    field_c = tf.constant(target.field_ppm[None], tf.float32)
+    mask_c = tf.constant(target.mask[None], tf.float32)
+    weight_c = tf.constant(target.weight[None], tf.float32)
+    dipole = dipole_operator_tf(shape, target.geometry.voxel_size_mm, target.geometry.b0_dir, cfg.dipole_pad)
+
+    def predict():
+        chi = model([field_in, mask_in], training=False)  # inference-mode BN (module docstring)
+        return chi[(0, *crop, 0)][None]                   # (1, x, y, z): original grid
+
+    def loss_fn(_batch):
+        chi = predict()
+        ndi = tf.reduce_mean(ndi_loss(chi, field_c, weight_c, mask_c, dipole, phase))
+        tv = tf.reduce_mean(tv_loss(chi, info["label_scale"]))
+        return {"loss": ndi + cfg.lambda_tv * tv, "ndi": ndi, "tv": tv}
+
+    strategy = tf.distribute.get_strategy()
+    optimizer = make_optimizer(cfg.learning_rate, cfg.lr_schedule, cfg.iterations)
+    optimizer.build(model.trainable_variables)
+    step_fn = make_train_step(strategy, model, optimizer, loss_fn)
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
+    tmp_log = paths["log"] + ".part"
+    if os.path.exists(tmp_log):
+        os.remove(tmp_log)
+    initial = {k: float(v) for k, v in tf.function(loss_fn)(None).items()}
+    log = LossLog(tmp_log)
+    log.write(0, initial)
+    result = run_loop(step_fn, itertools.repeat(None), tf.Variable(0, dtype=tf.int64), cfg.iterations, log,
+                      convergence=Convergence(cfg.convergence_window, cfg.convergence_tol),
+                      progress=cfg.progress, desc="fine-tuning")
+    if result.reason == "nan":
+        os.remove(tmp_log)
+        print(f"{PROG}: stopped: non-finite loss at iteration {result.step}; nothing written "
+              "(lower --learning_rate or check the field units)", file=sys.stderr)
+        return 1
+    chi = (predict()[0].numpy() * target.mask).astype(np.float32)
+    write_volume(paths["qsm"], chi, target.affine, target.header)
+    save_model_atomic(model, paths["model"])
+    os.replace(tmp_log, paths["log"])
+    write_resolved_config(cfg, paths["config"])
+    how = "converged" if result.reason == "converged" else "done"
+    print(f"{PROG}: {how} after {result.step} iterations: loss {initial['loss']:.5g} -> "
+          f"{result.terms['loss']:.5g} (ndi {initial['ndi']:.5g} -> {result.terms['ndi']:.5g}); "
+          f"wrote {paths['qsm']}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        return finetune(resolve_config(FinetuneConfig, args))
+
+    return run_cli(body, PROG)
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,250 @@
+"""Step 4 — domain-adaptive pre-training: patch HDF5 (ppm) -> DSBN U-Net -> target model (.keras).
+
+Each step runs one source batch (synthetic field, mask, chi label; BN domain 0) and one target
+batch (measured field, mask, weight; BN domain 1) through the same network and minimises
+
+    L = L1(source) + lambda_ndi * NDI(target) + lambda_tv * TV(target)
+
+(network_model.losses; NDI in radians with the phase scale from the `/target` attrs `b0_tesla`
+and `te_s`, or `phase_rad_per_ppm`). The run folder holds `config.json` (resolved config),
+`log.csv`, `tensorboard/`, `checkpoints/` (resume after a kill: rerun the same command) and, at
+the end, `target_model.keras` (data contract 3).
+
+Usage:
+    python network_model/train_model/train.py --datasets_path patches.h5 --run_dir runs/pre
+    python network_model/train_model/train.py --config pretrain.yaml --batch_size 4
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from network_model.config import add_config_arguments, resolve_config, write_resolved_config  # noqa: E402
+from training_data.errors import InputError, run_cli  # noqa: E402
+
+PROG = "train.py (step 4)"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Parameters of step 4 (every field is a config key and a `--key value` option)."""
+
+    datasets_path: str = ""          # patch HDF5 holding /source (synthetic, labelled)
+    targetdata_path: str = ""        # patch HDF5 holding /target (may be the same file; empty = datasets_path)
+    run_dir: str = "runs/pretrain"   # outputs, checkpoints, logs
+    depth: int = 4                   # poolings; patch sizes must be divisible by 2**depth
+    base_filters: int = 16           # filters of level 0 (doubling per level)
+    input_scale: float = 100.0       # network input = field_ppm * input_scale (original x100)
+    label_scale: float = 100.0 / 3.0  # network output = chi_ppm * label_scale (original x100/3)
+    bn_momentum: float = 0.99        # Keras BN momentum (PyTorch 0.01)
+    batch_size: int = 2              # patches per domain per step (global, over replicas)
+    epochs: int = 6
+    steps_per_epoch: int = 0         # 0: the larger training split / batch_size
+    max_steps: int = 0               # 0: epochs * steps_per_epoch; else stop (checkpointed) at this step
+    learning_rate: float = 1e-4
+    lr_schedule: str = "constant"    # constant | cosine | exponential
+    lr_decay_steps: int = 0          # 0: the run length
+    lr_decay_rate: float = 0.5
+    lambda_ndi: float = 20.0         # weight of the NDI term (radians)
+    lambda_tv: float = 0.05          # weight of the TV term (network units)
+    phase_rad_per_ppm: float | None = None  # None: rad_per_ppm(/target b0_tesla, te_s)
+    dipole_pad: str = "none"         # FFT padding of the patch dipole model (training_data.dipole)
+    val_fraction: float = 0.1        # held-out patches per domain
+    validate_every: int = 0          # steps; 0: once per epoch
+    checkpoint_every: int = 0        # steps; 0: once per epoch
+    keep_checkpoints: int = 3
+    seed: int = 0
+    strategy: str = "default"        # default | mirrored | multiworker
+    resume: bool = True              # continue from the run folder's last checkpoint
+    progress: bool = True            # tqdm bar
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, PretrainConfig, flags={"run_dir": ["-o"]})
+    return parser
+
+
+def phase_scale(cfg: PretrainConfig, target) -> float:
+    """Radians per ppm for NDI: the config value, else from the target group's B0 and TE."""
+    from training_data.units import rad_per_ppm
+
+    if cfg.phase_rad_per_ppm is not None:
+        if not (cfg.phase_rad_per_ppm > 0 and math.isfinite(cfg.phase_rad_per_ppm)):
+            raise InputError(f"phase_rad_per_ppm: expected a positive number, got {cfg.phase_rad_per_ppm}")
+        return float(cfg.phase_rad_per_ppm)
+    if target.b0_tesla is None or target.te_s is None:
+        raise InputError(f"{target.path}: /target has no b0_tesla/te_s attributes; "
+                         "set phase_rad_per_ppm (radians per ppm, 2*pi*gamma_bar*B0*TE)")
+    return rad_per_ppm(target.b0_tesla, target.te_s)
+
+
+def build_loss_fn(model, dipole, phase_rad_per_ppm: float, cfg: PretrainConfig, training: bool = True):
+    """Per-replica loss of one (source, target) batch pair -> dict of scalar terms."""
+    from network_model.losses import l1_loss, ndi_loss, tv_loss
+    from network_model.training_loop import replica_mean
+
+    def loss_fn(batch):
+        (s_field, s_mask, s_chi), (t_field, t_mask, t_weight) = batch
+        chi_s = model([s_field, s_mask], domain=0, training=training)
+        chi_t = model([t_field, t_mask], domain=1, training=training)
+        l1 = replica_mean(l1_loss(chi_s, s_chi, s_mask, cfg.label_scale))
+        ndi = replica_mean(ndi_loss(chi_t, t_field, t_weight, t_mask, dipole, phase_rad_per_ppm))
+        tv = replica_mean(tv_loss(chi_t, cfg.label_scale))
+        return {"loss": l1 + cfg.lambda_ndi * ndi + cfg.lambda_tv * tv, "l1": l1, "ndi": ndi, "tv": tv}
+
+    return loss_fn
+
+
+def make_validate(model, dipole, phase: float, cfg: PretrainConfig, source, target, src_val, tgt_val):
+    """Validation on the held-out patches (inference-mode BN), or None when there are none."""
+    import numpy as np
+    import tensorflow as tf
+
+    from network_model.data import patch_dataset
+    from network_model.losses import l1_loss, ndi_loss, tv_loss
+
+    if len(src_val) == 0 or len(tgt_val) == 0:
+        return None
+    src_ds = patch_dataset(source, src_val, cfg.batch_size, shuffle=False, repeat=False, drop_remainder=False)
+    tgt_ds = patch_dataset(target, tgt_val, cfg.batch_size, shuffle=False, repeat=False, drop_remainder=False)
+
+    @tf.function
+    def src_terms(field, mask, chi):
+        return l1_loss(model([field, mask], domain=0, training=False), chi, mask, cfg.label_scale)
+
+    @tf.function
+    def tgt_terms(field, mask, weight):
+        chi = model([field, mask], domain=1, training=False)
+        return ndi_loss(chi, field, weight, mask, dipole, phase), tv_loss(chi, cfg.label_scale)
+
+    def validate():
+        l1 = np.concatenate([src_terms(*b).numpy() for b in src_ds]).mean()
+        pairs = [tgt_terms(*b) for b in tgt_ds]
+        ndi = np.concatenate([p[0].numpy() for p in pairs]).mean()
+        tv = np.concatenate([p[1].numpy() for p in pairs]).mean()
+        return {"val_loss": l1 + cfg.lambda_ndi * ndi + cfg.lambda_tv * tv, "val_l1": l1, "val_ndi": ndi,
+                "val_tv": tv}
+
+    return validate
+
+
+def pretrain(cfg: PretrainConfig) -> int:
+    """Run (or resume) step 4; returns the exit status (0 done, 1 stopped on a non-finite loss)."""
+    from training_data.tf_env import import_tensorflow
+
+    tf = import_tensorflow()
+    import keras
+
+    from network_model.data import patch_dataset, read_patch_group, split_indices
+    from network_model.training_loop import LossLog, make_optimizer, make_strategy, make_train_step, run_loop
+    from network_model.unet import DomainAdaptiveUNet, check_spatial_shape, export_target_model
+    from training_data.dipole import dipole_operator_tf
+
+    if not cfg.datasets_path:
+        raise InputError("datasets_path: give the patch HDF5 file (--datasets_path FILE)")
+    source = read_patch_group(cfg.datasets_path, "source")
+    target = read_patch_group(cfg.targetdata_path or cfg.datasets_path, "target")
+    for info in (source, target):
+        try:
+            check_spatial_shape(info.patch_size, cfg.depth)
+        except ValueError as err:
+            raise InputError(f"{info.path}: /{info.group} patches {info.patch_size}: {err}") from None
+    if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.max_steps < 0:
+        raise InputError("batch_size and epochs must be >= 1 and max_steps >= 0")
+    phase = phase_scale(cfg, target)
+    strategy = make_strategy(cfg.strategy)
+    if cfg.batch_size % strategy.num_replicas_in_sync:
+        raise InputError(f"batch_size {cfg.batch_size} must be divisible by the {strategy.num_replicas_in_sync} replicas")
+
+    src_train, src_val = split_indices(source.count, cfg.val_fraction, cfg.seed)
+    tgt_train, tgt_val = split_indices(target.count, cfg.val_fraction, cfg.seed + 1)
+    steps_per_epoch = cfg.steps_per_epoch or max(1, math.ceil(max(len(src_train), len(tgt_train)) / cfg.batch_size))
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
+    if not cfg.resume and tf.train.latest_checkpoint(ckpt_dir):
+        raise InputError(f"{cfg.run_dir}: holds checkpoints; use --resume true or another --run_dir")
+    write_resolved_config(cfg, os.path.join(cfg.run_dir, "config.json"))
+
+    keras.utils.set_random_seed(cfg.seed)
+    with strategy.scope():
+        model = DomainAdaptiveUNet(cfg.depth, cfg.base_filters, 2, cfg.input_scale, cfg.label_scale,
+                                   cfg.bn_momentum).build_for(target.patch_size)
+        optimizer = make_optimizer(cfg.learning_rate, cfg.lr_schedule, cfg.lr_decay_steps or total,
+                                   cfg.lr_decay_rate)
+        optimizer.build(model.trainable_variables)
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    checkpoint = tf.train.Checkpoint(step=step_var, model=model, optimizer=optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=cfg.keep_checkpoints)
+    if manager.latest_checkpoint:
+        try:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as err:
+            raise InputError(f"{manager.latest_checkpoint}: does not match this network (depth/base_filters "
+                             f"changed?): {str(err).splitlines()[0][:200]}") from None
+        print(f"{PROG}: resuming from {manager.latest_checkpoint} (step {int(step_var.numpy())})", file=sys.stderr)
+
+    dipole = dipole_operator_tf(target.patch_size, target.voxel_size_mm, target.b0_dir, cfg.dipole_pad)
+    epoch = int(step_var.numpy()) // steps_per_epoch  # reshuffle differently after a resume
+    src_ds = patch_dataset(source, src_train, cfg.batch_size, seed=cfg.seed + 7919 * epoch)
+    tgt_ds = patch_dataset(target, tgt_train, cfg.batch_size, seed=cfg.seed + 1 + 7919 * epoch)
+    batches = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.zip((src_ds, tgt_ds))))
+    step_fn = make_train_step(strategy, model, optimizer, build_loss_fn(model, dipole, phase, cfg))
+    validate = make_validate(model, dipole, phase, cfg, source, target, src_val, tgt_val)
+
+    log = LossLog(os.path.join(cfg.run_dir, "log.csv"), os.path.join(cfg.run_dir, "tensorboard"))
+    log.truncate_after(int(step_var.numpy()))
+    result = run_loop(step_fn, batches, step_var, total, log, manager=manager,
+                      checkpoint_every=cfg.checkpoint_every or steps_per_epoch, validate=validate,
+                      validate_every=cfg.validate_every or steps_per_epoch, progress=cfg.progress,
+                      desc="pre-training")
+    if result.reason == "nan":
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in result.terms.items())
+        print(f"{PROG}: stopped: non-finite loss at step {result.step} ({terms}); nothing exported; "
+              f"last checkpoint: {manager.latest_checkpoint or 'none'} (lower learning_rate or check the "
+              "patches)", file=sys.stderr)
+        return 1
+    out = os.path.join(cfg.run_dir, "target_model.keras")
+    if result.step < total:
+        print(f"{PROG}: stopped at step {result.step} of {total}", file=sys.stderr)
+    save_model_atomic(export_target_model(model, domain=1), out)
+    terms = ", ".join(f"{k}={v:.4g}" for k, v in result.terms.items())
+    print(f"{PROG}: step {result.step}/{total} {terms}; target model: {out}")
+    return 0
+
+
+def save_model_atomic(model, path: str) -> str:
+    """model.save to a temp .keras beside `path`, then rename (a killed run leaves no half file)."""
+    from training_data.volume_io import atomic_path
+
+    with atomic_path(path) as tmp:
+        os.remove(tmp)  # Keras refuses to overwrite silently only when asked; start clean
+        model.save(tmp)
+    return path
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        return pretrain(resolve_config(PretrainConfig, args))
+
+    return run_cli(body, PROG)
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,90 @@
+"""DomainSpecificBatchNormalization: per-domain statistics, inference mode, serialisation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+from network_model.dsbn import DomainSpecificBatchNormalization  # noqa: E402
+
+
+def _data(mean, seed, shape=(4, 4, 4, 4, 3)):
+    return (np.random.default_rng(seed).standard_normal(shape) * 2.0 + mean).astype(np.float32)
+
+
+def test_weights_per_domain():
+    layer = DomainSpecificBatchNormalization(num_domains=3)
+    layer.build((None, 4, 4, 4, 5))
+    assert len(layer.trainable_weights) == 6      # gamma, beta per domain
+    assert len(layer.non_trainable_weights) == 6  # moving mean, variance per domain
+    assert sum(int(np.prod(w.shape)) for w in layer.weights) == 3 * 4 * 5
+
+
+def test_each_domain_tracks_its_own_statistics():
+    layer = DomainSpecificBatchNormalization(num_domains=2, momentum=0.9)
+    steps = 5
+    for k in range(steps):
+        layer(_data(5.0, k), domain=0, training=True)
+        layer(_data(-3.0, 100 + k), domain=1, training=True)
+    mean0, mean1 = (np.asarray(v) for v in layer.moving_means)
+    # moving = m^k * 0 + (1 - m^k) * batch mean  (batch means ~ 5 and -3 within sampling noise)
+    expected = 1 - 0.9**steps
+    np.testing.assert_allclose(mean0, 5.0 * expected, atol=0.15)
+    np.testing.assert_allclose(mean1, -3.0 * expected, atol=0.15)
+    var0 = np.asarray(layer.moving_variances[0])
+    np.testing.assert_allclose(var0, 0.9**steps + 4.0 * expected, atol=0.4)
+    # domain 0 calls never touch domain 1 and vice versa: one more domain-0 call leaves domain 1 as is
+    layer(_data(5.0, 50), domain=0, training=True)
+    np.testing.assert_array_equal(np.asarray(layer.moving_means[1]), mean1)
+
+
+def test_inference_uses_the_chosen_domain():
+    layer = DomainSpecificBatchNormalization(num_domains=2, momentum=0.0, epsilon=1e-6)
+    x0, x1 = _data(5.0, 1), _data(-3.0, 2)
+    layer(x0, domain=0, training=True)
+    layer(x1, domain=1, training=True)  # momentum 0: moving stats = these batch stats
+    out = np.asarray(layer(x1, domain=1, training=False))
+    np.testing.assert_allclose(out.mean(axis=(0, 1, 2, 3)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out.std(axis=(0, 1, 2, 3)), 1.0, atol=1e-3)
+    wrong = np.asarray(layer(x1, domain=0, training=False))
+    assert np.all(wrong.mean(axis=(0, 1, 2, 3)) < -3.0)  # domain 0 stats put mean -3 data at ~ -4 sd
+    layer.trainable = False  # Keras rule: a frozen BN runs in inference mode even with training=True
+    np.testing.assert_allclose(np.asarray(layer(x1, domain=1, training=True)), out, atol=1e-6)
+
+
+def test_tf_function_traces_each_domain():
+    layer = DomainSpecificBatchNormalization(num_domains=2)
+    x = tf.constant(_data(1.0, 3))
+
+    @tf.function
+    def both(x):
+        return layer(x, domain=0, training=True), layer(x, domain=1, training=False)
+
+    a, b = both(x)
+    assert a.shape == b.shape == x.shape
+    assert not np.allclose(np.asarray(layer.moving_means[0]), 0.0)
+    np.testing.assert_array_equal(np.asarray(layer.moving_means[1]), 0.0)
+
+
+def test_bad_domain():
+    layer = DomainSpecificBatchNormalization(num_domains=2)
+    with pytest.raises(ValueError, match="domain"):
+        layer(_data(0.0, 0), domain=2)
+
+
+def test_save_load_round_trip(tmp_path):
+    inputs = keras.Input((4, 4, 4, 3))
+    layer = DomainSpecificBatchNormalization(num_domains=2, momentum=0.5, name="dsbn")
+    model = keras.Model(inputs, layer(inputs, domain=1))
+    layer(_data(5.0, 4), domain=0, training=True)
+    layer(_data(-3.0, 5), domain=1, training=True)
+    layer.gammas[1].assign(np.array([0.5, 2.0, 3.0], np.float32))
+    path = tmp_path / "dsbn.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    x = _data(-2.0, 6)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+    cfg = loaded.get_layer("dsbn").get_config()
+    assert cfg["num_domains"] == 2 and cfg["momentum"] == 0.5

@@ -1,0 +1,154 @@
+"""Step 5 script: fine-tuning lowers the data-consistency loss, keeps geometry and mask, bad input."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from network_model.model_finetune import train as finetune  # noqa: E402
+from tests.network_model.synthetic import smooth_chi  # noqa: E402
+from training_data.dipole import forward_field  # noqa: E402
+from training_data.units import hz_per_ppm  # noqa: E402
+from training_data.volume_io import read_volume, write_volume  # noqa: E402
+
+SHAPE = (18, 20, 22)  # not divisible by 2**depth: exercises the padding
+AFFINE = np.array([[0.9, 0.0, 0.0, -10.0], [0.0, 1.1, 0.1, 5.0], [0.0, -0.1, 1.1, 2.0], [0, 0, 0, 1]])
+
+
+def _phantom():
+    n = max(SHAPE)
+    chi = smooth_chi(n, 7, amplitude_ppm=0.1)[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    idx = [np.arange(s) - (s - 1) / 2 for s in SHAPE]
+    r2 = sum((i / (0.4 * s)) ** 2 for i, s in zip(np.meshgrid(*idx, indexing="ij"), SHAPE))
+    mask = (r2 <= 1).astype(np.uint8)
+    chi = chi * mask
+    field = forward_field(chi, (0.9, 1.1, 1.1), (0.0, 0.1, 1.0), pad="auto") * mask
+    return chi, field.astype(np.float32), mask
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    import keras
+
+    from network_model.unet import build_target_model
+
+    root = tmp_path_factory.mktemp("ft")
+    chi, field, mask = _phantom()
+    write_volume(root / "field.nii.gz", field, AFFINE)
+    write_volume(root / "mask.nii.gz", mask, AFFINE)
+    keras.utils.set_random_seed(3)
+    build_target_model(depth=2, base_filters=4).save(root / "pre.keras")
+    return root
+
+
+def _run(case, out, *extra):
+    return finetune.main(["--model", str(case / "pre.keras"), "-o", str(out), "--progress", "false",
+                          "--b0", "3", "--te", "0.02", "--learning_rate", "2e-3", "--lambda_tv", "0.0005",
+                          *extra])
+
+
+def test_finetune_lowers_dc_keeps_geometry(case, tmp_path):
+    import keras
+
+    out = tmp_path / "qsm.nii.gz"
+    assert _run(case, out, "--field", str(case / "field.nii.gz"), "--mask", str(case / "mask.nii.gz"),
+                "--iterations", "25", "--convergence_tol", "0") == 0
+    with open(tmp_path / "qsm_loss.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == list(range(26))
+    assert float(rows[-1]["ndi"]) < 0.7 * float(rows[0]["ndi"])
+    vol = read_volume(out)
+    np.testing.assert_allclose(vol.affine, AFFINE, atol=1e-6)
+    mask = read_volume(case / "mask.nii.gz").data
+    assert vol.data.shape == SHAPE and np.all(vol.data[mask == 0] == 0) and np.any(vol.data != 0)
+    tuned = keras.saving.load_model(tmp_path / "qsm_model.keras")
+    assert tuned.name == "daqsm_target_unet"
+    assert (tmp_path / "qsm_config.json").is_file()
+    # existing outputs are kept without --overwrite
+    assert _run(case, out, "--field", str(case / "field.nii.gz"), "--mask", str(case / "mask.nii.gz")) == 2
+
+
+def test_matlab_field_in_hz(case, tmp_path):
+    import scipy.io
+
+    _, field, _ = _phantom()
+    scipy.io.savemat(tmp_path / "f.mat", {"fieldHz": field * hz_per_ppm(3.0)})
+    out = tmp_path / "q.nii.gz"
+    assert _run(case, out, "--field", str(tmp_path / "f.mat"), "--mask", str(case / "mask.nii.gz"),
+                "--units", "hz", "--voxel_size_mm", "[0.9,1.1,1.1]", "--iterations", "2") == 0
+    vol = read_volume(out)
+    np.testing.assert_allclose(np.diag(vol.affine)[:3], (0.9, 1.1, 1.1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("missing", "file not found"),
+    ("foreign", "not a target model of this package"),
+    ("garbage", "cannot load as a Keras model"),
+    ("shape", "shape mismatch"),
+    ("phase", "phase scale unknown"),
+])
+def test_bad_input_exit_2(case, tmp_path, capsys, kind, message):
+    import keras
+
+    model, mask = case / "pre.keras", case / "mask.nii.gz"
+    extra = ["--b0", "3", "--te", "0.02"]
+    if kind == "missing":
+        model = tmp_path / "none.keras"
+    elif kind == "foreign":
+        model = tmp_path / "other.keras"
+        keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)]).save(model)
+    elif kind == "garbage":
+        model = tmp_path / "bad.keras"
+        model.write_text("not a model")
+    elif kind == "shape":
+        mask = tmp_path / "m.nii.gz"
+        write_volume(mask, np.ones((18, 20, 21), np.uint8), AFFINE)
+    elif kind == "phase":
+        extra = []
+    out = tmp_path / "q.nii.gz"
+    code = finetune.main(["--model", str(model), "--field", str(case / "field.nii.gz"), "--mask", str(mask),
+                          "-o", str(out), "--progress", "false", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_padding_is_centred():
+    assert finetune.centred_padding((18, 20, 16), 4) == [(1, 1), (0, 0), (0, 0)]
+    assert finetune.centred_padding((17,), 16) == [(7, 8)]
+
+
+def test_case_folder_weight_and_phase(case, tmp_path):
+    import json
+
+    from network_model.target_data import load_case
+    from training_data.units import rad_per_ppm
+
+    _, field, mask = _phantom()
+    folder = tmp_path / "Sim1Snr1"
+    mag = np.stack([np.full(SHAPE, 5.0), np.linspace(1, 2, np.prod(SHAPE)).reshape(SHAPE)], axis=-1)
+    write_volume(folder / "local_field.nii.gz", field, AFFINE)
+    write_volume(folder / "mask.nii.gz", mask, AFFINE)
+    write_volume(folder / "magnitude.nii.gz", mag.astype(np.float32), AFFINE)
+    (folder / "case.json").write_text(json.dumps({"b0_tesla": 7.0, "te_s": [0.004, 0.012],
+                                                  "voxel_size_mm": [0.9, 1.1, 1.1], "b0_dir": [0, 0.1, 1]}))
+    vol = load_case(folder)
+    assert vol.phase_rad_per_ppm == pytest.approx(rad_per_ppm(7.0, 0.012))  # 2nd echo
+    second = mag[..., 1] * mask
+    np.testing.assert_allclose(vol.weight, second / second.max(), rtol=1e-6)
+    assert vol.geometry.voxel_size_mm == (0.9, 1.1, 1.1)
+    out = tmp_path / "q.nii.gz"
+    assert finetune.main(["--model", str(case / "pre.keras"), "--case", str(folder), "-o", str(out),
+                          "--iterations", "1", "--progress", "false"]) == 0
+
+
+def test_every_field_is_a_cli_option():
+    import dataclasses
+
+    parser = finetune.build_parser()
+    for f in dataclasses.fields(finetune.FinetuneConfig):
+        assert getattr(parser.parse_args([f"--{f.name}", "1"]), f.name) == "1"
+    assert parser.parse_args(["-o", "x.nii.gz"]).output == "x.nii.gz"

@@ -1,0 +1,204 @@
+"""Step 4 script: loss goes down, checkpoint resume, NaN stop, config handling, mirrored strategy."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from network_model.train_model import train  # noqa: E402
+from tests.network_model.synthetic import make_patch_file  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--depth", "2", "--base_filters", "4", "--batch_size", "2", "--learning_rate", "3e-3",
+        "--progress", "false", "--val_fraction", "0.2"]
+
+
+@pytest.fixture(scope="module")
+def patches(tmp_path_factory):
+    return make_patch_file(tmp_path_factory.mktemp("patches") / "patches.h5", count=6, n=16)
+
+
+def _log(run):
+    with open(Path(run) / "log.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_train_resume_export(patches, tmp_path):
+    import keras
+
+    run = tmp_path / "run"
+    args = ["--datasets_path", patches, "--run_dir", str(run), *TINY, "--checkpoint_every", "2",
+            "--validate_every", "4"]
+    assert train.main(args + ["--max_steps", "4"]) == 0  # a run stopped at step 4 ...
+    first = _log(run)
+    assert [int(r["step"]) for r in first] == [1, 2, 3, 4]
+    assert first[-1]["val_loss"] != ""
+    model_a = keras.saving.load_model(run / "target_model.keras")
+
+    assert train.main(args + ["--max_steps", "4"]) == 0  # nothing left: re-export from the checkpoint
+    model_b = keras.saving.load_model(run / "target_model.keras")
+    x = np.random.default_rng(0).standard_normal((1, 16, 16, 16, 1)).astype(np.float32) * 0.05
+    m = np.ones_like(x)
+    np.testing.assert_array_equal(np.asarray(model_a([x, m])), np.asarray(model_b([x, m])))
+
+    assert train.main(args + ["--max_steps", "12"]) == 0  # ... resumed: continues at step 5
+    rows = _log(run)
+    steps = [int(r["step"]) for r in rows]
+    assert steps == list(range(1, 13))
+    assert sorted(os.listdir(run / "checkpoints"))[-1].startswith("ckpt-")
+    loss = np.array([float(r["loss"]) for r in rows])
+    assert loss[-3:].mean() < loss[:3].mean()  # training reduces the total loss
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["max_steps"] == 12 and cfg["datasets_path"] == patches and cfg["depth"] == 2
+    assert (run / "tensorboard").is_dir() and os.listdir(run / "tensorboard")
+
+
+def test_nan_loss_stops_cleanly(patches, tmp_path, capsys):
+    import h5py
+
+    bad = tmp_path / "nan.h5"
+    bad.write_bytes(Path(patches).read_bytes())
+    with h5py.File(bad, "r+") as h5:
+        h5["target/field"][:, 8, 8, 8] = np.nan
+    run = tmp_path / "run"
+    code = train.main(["--datasets_path", str(bad), "--run_dir", str(run), *TINY, "--max_steps", "3",
+                       "--val_fraction", "0"])
+    assert code == 1
+    assert "non-finite loss at step 1" in capsys.readouterr().err
+    assert not (run / "target_model.keras").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--datasets_path", "missing.h5"], "patch file not found"),
+    (["--lambda_ndi", "much"], "expected a number"),
+    (["--strategy", "mirrorred"], "did you mean 'mirrored'"),
+    (["--phase_rad_per_ppm", "-1"], "phase_rad_per_ppm"),
+])
+def test_bad_input_exit_2(patches, tmp_path, capsys, extra, message):
+    args = ["--datasets_path", patches, "--run_dir", str(tmp_path / "r"), *TINY, "--max_steps", "1"]
+    assert train.main(args + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_config_file_and_unknown_key(patches, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("datasets_path: nothere.h5\nbase_filter: 8\n")
+    assert train.main(["--config", str(cfg)]) == 2
+    assert "unknown key 'base_filter' (did you mean 'base_filters'?)" in capsys.readouterr().err
+    from network_model.config import resolve_config
+
+    cfg.write_text(f"datasets_path: {patches}\nbase_filters: 8\nlearning_rate: 1e-3\n")
+    args = train.build_parser().parse_args(["--config", str(cfg), "--base_filters", "6"])
+    resolved = resolve_config(train.PretrainConfig, args)
+    assert resolved.base_filters == 6 and resolved.learning_rate == 1e-3 and resolved.datasets_path == patches
+
+
+def test_every_field_is_a_cli_option():
+    parser = train.build_parser()
+    for f in dataclasses.fields(train.PretrainConfig):
+        value = "1" if f.type in ("int", "float", "float | None") else "true" if f.type == "bool" else "x"
+        assert getattr(parser.parse_args([f"--{f.name}", value]), f.name) == value
+
+
+MIRRORED = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from network_model.train_model.train import PretrainConfig, build_loss_fn
+    from network_model.training_loop import make_strategy, make_optimizer, make_train_step
+    from network_model.unet import DomainAdaptiveUNet
+    from training_data.dipole import dipole_operator_tf
+    from tests.network_model.synthetic import ball_mask, smooth_chi
+    from training_data.dipole import forward_field
+    cfg = PretrainConfig(depth=2, base_filters=2)
+    n = 8
+    mask = np.stack([ball_mask(n)] * 2)[..., None]
+    chi = np.stack([smooth_chi(n, 1), smooth_chi(n, 2)])[..., None]
+    field = forward_field(chi[..., 0])[..., None] * mask
+    batch = ((field, mask, chi), (field[::-1] * 1.5, mask, mask))
+    dipole = dipole_operator_tf((n, n, n))
+    results = {}
+    weights = None
+    for name in ("default", "mirrored"):
+        strategy = make_strategy(name)
+        with strategy.scope():
+            model = DomainAdaptiveUNet(2, 2).build_for()
+            if weights is None:
+                weights = model.get_weights()
+            model.set_weights(weights)
+            opt = make_optimizer(1e-3)
+            opt.build(model.trainable_variables)  # slots created in the strategy scope, not in tf.function
+        loss_fn = build_loss_fn(model, dipole, 20.0, cfg, training=True)
+        ds = tf.data.Dataset.from_tensors(batch)
+        dist = iter(strategy.experimental_distribute_dataset(ds.repeat()))
+        step = make_train_step(strategy, model, opt, loss_fn)
+        terms = step(next(dist))  # terms at the initial weights, then one update
+        after = step(next(dist))  # terms after the (all-reduced) update
+        results[name] = {"replicas": strategy.num_replicas_in_sync,
+                         **{k: float(v) for k, v in terms.items()},
+                         "after": float(after["loss"])}
+    print("RESULT" + json.dumps(results))
+""")
+
+
+@pytest.mark.slow
+def test_mirrored_matches_default():
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-c", MIRRORED], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
+    assert line, proc.stderr[-3000:]
+    res = json.loads(line[0][len("RESULT"):])
+    assert res["mirrored"]["replicas"] == 2 and res["default"]["replicas"] == 1
+    for key in ("loss", "l1", "ndi", "tv", "after"):
+        np.testing.assert_allclose(res["mirrored"][key], res["default"][key], rtol=2e-4, err_msg=key)
+
+
+def test_resume_with_another_network_is_an_input_error(patches, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--datasets_path", patches, "--run_dir", str(run), *TINY, "--val_fraction", "0"]
+    assert train.main(args + ["--max_steps", "1", "--checkpoint_every", "1"]) == 0
+    capsys.readouterr()
+    assert train.main(args + ["--max_steps", "2", "--base_filters", "6"]) == 2
+    assert "does not match this network" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_checkpoint(patches, tmp_path, capsys):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = ["--datasets_path", patches, "--run_dir", str(run), *TINY, "--val_fraction", "0",
+            "--checkpoint_every", "2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "network_model/train_model/train.py"), *args,
+                             "--max_steps", "1000"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not list((run / "checkpoints").glob("ckpt-4.index")):
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # a hard kill, no clean-up code runs
+        proc.wait()
+    import tensorflow as tf
+
+    saved = int(tf.train.latest_checkpoint(str(run / "checkpoints")).rsplit("-", 1)[1])
+    assert saved >= 4
+    assert train.main(args + ["--max_steps", str(saved + 1)]) == 0
+    assert f"(step {saved})" in capsys.readouterr().err
+    steps = [int(r["step"]) for r in _log(run)]
+    assert steps == list(range(1, saved + 2))  # rows after the checkpoint were dropped, then continued
