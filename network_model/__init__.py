@@ -6,6 +6,7 @@ losses.py           L1 (source), NDI data consistency (target, radians), anisotr
 data.py             tf.data pipelines from the step-3 patch HDF5
 training_loop.py    GradientTape loop shared by pre-training and fine-tuning
 config.py           dataclass configs, config files and --key value overrides
+target_data.py      one target dataset (case folder or files) for fine-tuning
 tiling.py           overlapping-tile inference with smooth blending
 train_model/        step 4: domain-adaptive pre-training
 model_finetune/     step 5: per-dataset fine-tuning
