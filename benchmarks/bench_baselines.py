@@ -16,7 +16,6 @@ import sys
 import time
 
 
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=os.path.join("..", "shared", "data", "qsm2016"))

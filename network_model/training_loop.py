@@ -14,8 +14,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import tensorflow as tf
 import keras
+import tensorflow as tf
 
 from training_data.errors import choices_message
 
@@ -205,9 +205,9 @@ def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossL
     Returns:
         LoopResult. On a non-finite loss the loop stops without saving and reason is 'nan'.
     """
-    from tqdm import tqdm
-
     import time
+
+    from tqdm import tqdm
 
     start = int(step_var.numpy())
     t0 = time.perf_counter()

@@ -5,8 +5,11 @@ units.py           Hz / rad / ppb -> ppm conversions, gamma_bar
 geometry.py        Geometry (shape, voxel_size_mm, b0_dir); B0 direction from a NIfTI affine
 volume_io.py       read/write NIfTI, MAT v5/v7.3, HDF5, .npy with voxel size, affine, B0
 dipole.py          the one dipole kernel and forward model (numpy and TensorFlow)       step 2
+tissue.py          per-label chi (RC2 chiref, Sim1/Sim2), M0 and R2* at 7 T
+texture.py         correlated texture and deep-grey iron gradients
 phantom.py         built-in head phantom (MNI ICBM152 anatomy, RC2 labels, texture)
-simulate.py        RC2-like multi-echo GRE simulator -> target-domain case folders
+gre.py             multi-echo GRE signal, k-space crop, noise, RC2 field estimate
+simulate.py        RC2-like target cases Sim{1,2}Snr{1,2} (builtin or RC2 phantom)
 augment.py         elastic deformation, small affine, contrast changes                 step 1
 strong_sources.py  added high-susceptibility sources (haemorrhage/vein/calcification)  step 1
 step_config.py     frozen step configs <- config file <- command-line options

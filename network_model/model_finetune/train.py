@@ -156,8 +156,7 @@ def finetune(cfg: FinetuneConfig) -> int:
 
     from network_model.losses import ndi_loss, tv_loss
     from network_model.train_model.train import save_model_atomic
-    from network_model.training_loop import (Convergence, LossLog, make_optimizer, make_train_step,
-                                             run_loop)
+    from network_model.training_loop import Convergence, LossLog, make_optimizer, make_train_step, run_loop
     from training_data.dipole import dipole_operator_tf
     from training_data.volume_io import write_volume
 

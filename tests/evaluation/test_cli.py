@@ -9,8 +9,8 @@ import pytest
 
 from evaluation import metrics
 from evaluation.__main__ import main
-from training_data.volume_io import write_volume
 from tests.evaluation.test_metrics import _case
+from training_data.volume_io import write_volume
 
 
 @pytest.fixture()

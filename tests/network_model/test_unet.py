@@ -6,8 +6,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from network_model.unet import (DomainAdaptiveUNet, build_target_model, describe_target_model,  # noqa: E402
-                                export_target_model)
+from network_model.unet import DomainAdaptiveUNet, build_target_model, describe_target_model, export_target_model  # noqa: E402
 from tests.network_model.synthetic import ball_mask, smooth_chi  # noqa: E402
 from training_data.dipole import forward_field  # noqa: E402
 

@@ -1,0 +1,142 @@
+"""RC2-like simulator: field estimate, noise level, determinism, labels and the RC2 grid."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from training_data import simulate
+from training_data.dipole import forward_field
+from training_data.gre import add_noise, crop_kspace, estimate_local_field
+from training_data.volume_io import read_volume
+
+COARSE_MM = 4.0  # the built-in phantom at 4 mm: 46 x 55 x 46 voxels, fast
+
+
+def nrmse(a, b, mask):
+    a, b = a[mask] - a[mask].mean(), b[mask] - b[mask].mean()
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def noise_free_case(tmp_path_factory):
+    """Sim1 without resampling (native = output grid) and without noise."""
+    out = tmp_path_factory.mktemp("sim")
+    anatomy = simulate.load_builtin(COARSE_MM)
+    (path,) = simulate.simulate_cases(anatomy, out, COARSE_MM, seed=3, quiet=True,
+                                      peak_snr={"Snr0": np.inf}, variants=("Sim1",))
+    return path
+
+
+def test_noise_free_field_estimate_equals_dipole_field(noise_free_case):
+    local = read_volume(f"{noise_free_case}/local_field.nii.gz").data
+    chi = read_volume(f"{noise_free_case}/chi.nii.gz").data
+    mask = read_volume(f"{noise_free_case}/mask.nii.gz").data > 0
+    case = json.loads(open(f"{noise_free_case}/case.json").read())
+    expected = forward_field(chi, case["voxel_size_mm"], case["b0_dir"], pad="auto")
+    assert nrmse(local, expected, mask) <= 0.02
+    assert np.all(local[~mask] == 0)
+    assert case["peak_snr"] is None and case["te_s"] == [0.004, 0.012, 0.020, 0.028]
+
+
+def test_wrapped_phase_is_unwrapped():
+    """A smooth field reaching 0.6 ppm wraps at every echo difference; the estimate recovers it."""
+    shape, vs = (32, 32, 32), (1.0, 1.0, 1.0)
+    grid = np.indices(shape).astype(np.float32)
+    field = 0.6 * np.exp(-(((grid - 16) ** 2).sum(0)) / (2 * 8.0**2)).astype(np.float32)
+    te = (0.004, 0.012, 0.020, 0.028)
+    from training_data.units import rad_per_ppm
+
+    echoes = [np.exp(1j * rad_per_ppm(7.0, t) * field).astype(np.complex64) for t in te]
+    assert rad_per_ppm(7.0, 0.008) * field.max() > np.pi
+    mask = np.ones(shape, bool)
+    estimate = estimate_local_field(echoes, te, 7.0, mask, vs)
+    np.testing.assert_allclose(estimate - estimate.mean(), field - field.mean(), atol=1e-4)
+
+
+def test_peak_snr_sets_background_noise(tmp_path):
+    anatomy = simulate.load_builtin(COARSE_MM)
+    simulate.simulate_cases(anatomy, tmp_path, COARSE_MM, seed=0, quiet=True, peak_snr={"Snr1": 100.0},
+                            variants=("Sim2",))
+    magnitude = read_volume(tmp_path / "Sim2Snr1" / "magnitude.nii.gz", ndim=4).data
+    seg = read_volume(tmp_path / "Sim2Snr1" / "segmentation.nii.gz").data
+    air = seg == 14
+    # In air the magnitude is |complex noise|: E|n|^2 = 2 sigma^2 (sigma per channel)
+    sigma = np.sqrt(np.mean(magnitude[..., 0][air] ** 2) / 2)
+    assert sigma == pytest.approx(magnitude[..., 0].max() / 100.0, rel=0.05)
+    assert magnitude.shape[-1] == 4
+
+
+def test_noise_std_exact():
+    rng = np.random.default_rng(0)
+    noisy = add_noise(np.zeros((64, 64, 64), np.complex64), 0.25, rng)
+    assert noisy.real.std() == pytest.approx(0.25, rel=0.01) and noisy.imag.std() == pytest.approx(0.25, rel=0.01)
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.rglob("*.nii.gz"))}
+
+
+def test_same_seed_same_files_other_seed_differs(tmp_path):
+    anatomy = simulate.load_builtin(COARSE_MM)
+    kwargs = dict(quiet=True, peak_snr={"Snr1": 100.0}, variants=("Sim2",))
+    simulate.simulate_cases(anatomy, tmp_path / "a", COARSE_MM, seed=1, **kwargs)
+    simulate.simulate_cases(anatomy, tmp_path / "b", COARSE_MM, seed=1, **kwargs)
+    simulate.simulate_cases(anatomy, tmp_path / "c", COARSE_MM, seed=2, **kwargs)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    chi_a = read_volume(tmp_path / "a" / "Sim2Snr1" / "chi.nii.gz").data
+    chi_c = read_volume(tmp_path / "c" / "Sim2Snr1" / "chi.nii.gz").data
+    mag_a = read_volume(tmp_path / "a" / "Sim2Snr1" / "magnitude.nii.gz", ndim=4).data
+    mag_c = read_volume(tmp_path / "c" / "Sim2Snr1" / "magnitude.nii.gz", ndim=4).data
+    assert not np.allclose(chi_a, chi_c)     # texture
+    seg = read_volume(tmp_path / "a" / "Sim2Snr1" / "segmentation.nii.gz").data
+    assert not np.allclose(mag_a[seg == 14], mag_c[seg == 14])  # noise
+
+
+def test_labels_survive_resampling_and_texture_in_range():
+    from training_data.phantom import make_phantom
+    from training_data.tissue import TEXTURE_STD_RANGE_PPB
+
+    native = simulate.load_builtin(2.0)
+    out_shape, _, _ = simulate.output_grid(native, 5.0)
+    resampled = simulate.resample_labels(native.labels, out_shape)
+    assert set(np.unique(native.labels)) == set(np.unique(resampled))
+    assert 16 in resampled
+    phantom = make_phantom(2.0, seed=0)
+    for label in (8, 9):
+        std_ppb = 1e3 * phantom.texture_ppm[phantom.labels == label].std()
+        assert TEXTURE_STD_RANGE_PPB[0] <= std_ppb <= TEXTURE_STD_RANGE_PPB[1]
+        assert phantom.chi_ppm[phantom.labels == label].std() > 0
+
+
+def test_kspace_crop_preserves_low_frequencies():
+    rng = np.random.default_rng(0)
+    smooth = np.real(np.fft.ifftn(np.fft.fftn(rng.standard_normal((40, 40, 40))) *
+                                  (np.abs(np.fft.fftfreq(40))[:, None, None] < 0.1) *
+                                  (np.abs(np.fft.fftfreq(40))[None, :, None] < 0.1) *
+                                  (np.abs(np.fft.fftfreq(40))[None, None, :] < 0.1))).astype(np.float32)
+    cropped = crop_kspace(smooth, (20, 20, 20))
+    np.testing.assert_allclose(cropped, smooth[::2, ::2, ::2], atol=1e-5 * np.abs(smooth).max() * 10)
+
+
+def test_cli_bad_input_and_overwrite(tmp_path, capsys):
+    assert simulate.main(["--source", str(tmp_path / "nowhere"), "-o", str(tmp_path / "o")]) == 2
+    assert "SegmentedModel.nii.gz" in capsys.readouterr().err
+    assert simulate.main(["--source", "builtin", "-o", str(tmp_path / "o"), "--resolution", "20"]) == 2
+    (tmp_path / "o" / "Sim1Snr1").mkdir(parents=True)
+    assert simulate.main(["--source", "builtin", "-o", str(tmp_path / "o"), "--resolution", "6", "--quiet"]) == 2
+    assert "exist" in capsys.readouterr().err
+
+
+@pytest.mark.realdata
+def test_rc2_phantom_grid_is_164_205_205(shared_data):
+    anatomy = simulate.load_rc2_phantom(shared_data / "rc2_phantom")
+    shape, vs, _ = simulate.output_grid(anatomy, 1.0)
+    assert anatomy.labels.shape == (256, 320, 320)
+    assert shape == (164, 205, 205)
+    assert vs == pytest.approx((1.0, 1.0, 1.0), abs=0.002)
+    assert anatomy.chiref_ppm[16] == pytest.approx(-3.3) and anatomy.chiref_ppm[8] == pytest.approx(-0.03)
+    small = anatomy.labels[::2, ::2, ::2]  # labels survive the majority resampling (on a 2x subsample for speed)
+    resampled = simulate.resample_labels(small, (82, 102, 102))
+    assert set(np.unique(small)) <= set(np.unique(resampled))

@@ -1,0 +1,236 @@
+"""RC2-like target-domain simulator: four cases Sim{1,2} x Snr{1,2} from a head phantom.
+
+    python -m training_data.simulate --source builtin|RC2_PHANTOM_DIR -o OUT [--seed S]
+        [--resolution MM] [--overwrite]
+
+Recipe (docs/physics.md, after Marques et al., MRM 2021;86:526, the QSM Challenge 2.0):
+chi = per-label susceptibility (Sim1 lower GM/WM contrast and no calcification, Sim2 RC2 chiref and
+the calcification) + texture; field = D * chi of the brain tissue only (padded FFT) at the native
+grid (0.64 mm for RC2); multi-echo GRE at 7 T, TE 4/12/20/28 ms; k-space cropped to the output
+grid (1 mm: 164 x 205 x 205 for RC2); complex noise at peak SNR 100 (Snr1) / 1000 (Snr2); local
+field estimated from the noisy phase (training_data.gre). Ground truth chi is cropped in k-space
+the same way; labels are resampled by majority (every label of the input survives).
+
+Each case folder: local_field.nii.gz (ppm), magnitude.nii.gz (4-D, echoes last), mask.nii.gz,
+chi.nii.gz (ppm), segmentation.nii.gz (RC2 labels), case.json (b0_tesla, te_s, voxel_size_mm,
+b0_dir, peak_snr, seed, source, variant).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.ndimage as ndi
+
+from training_data.dipole import forward_field
+from training_data.errors import InputError, run_cli
+from training_data.gre import add_noise, crop_kspace, echo_signals, estimate_local_field
+from training_data.texture import texture_ppm
+from training_data.tissue import BRAIN_LABELS, CALCIFICATION, CHIREF_PPM, tissue_maps
+
+PROG = "simulate"
+B0_TESLA = 7.0
+TE_S = (0.004, 0.012, 0.020, 0.028)
+PEAK_SNR = {"Snr1": 100.0, "Snr2": 1000.0}
+VARIANTS = ("Sim1", "Sim2")
+RC2_NATIVE_MM = 0.64
+
+
+@dataclass
+class Anatomy:
+    """Labels and brain mask on the native (fine) grid."""
+
+    labels: np.ndarray
+    mask: np.ndarray
+    voxel_size_mm: tuple
+    affine: np.ndarray
+    chiref_ppm: dict
+    name: str
+
+
+def load_rc2_phantom(folder) -> Anatomy:
+    """RC2 segmentation (0.64 mm), brain mask and chiref values from SusceptibilityValues.mat."""
+    from training_data.volume_io import read_volume
+
+    folder = Path(folder)
+    for name in ("SegmentedModel.nii.gz", "BrainMask.nii.gz"):
+        if not (folder / name).exists():
+            raise InputError(f"--source {folder}: expected an RC2 phantom folder with {name}, not found")
+    seg = read_volume(folder / "SegmentedModel.nii.gz", dtype=None)
+    mask = read_volume(folder / "BrainMask.nii.gz", dtype=None).data > 0
+    chiref = dict(CHIREF_PPM)
+    mat = folder / "SusceptibilityValues.mat"
+    if mat.exists():
+        import scipy.io
+
+        labels = scipy.io.loadmat(mat, squeeze_me=True, struct_as_record=False).get("label")
+        if labels is not None:
+            for index, entry in enumerate(np.atleast_1d(labels), start=1):
+                chiref[index] = float(getattr(entry, "chiref", chiref.get(index, 0.0)))
+    return Anatomy(seg.data.astype(np.uint8), mask, seg.voxel_size_mm, seg.affine, chiref, str(folder))
+
+
+def load_builtin(native_mm: float) -> Anatomy:
+    """The built-in phantom's anatomy at the native resolution."""
+    from training_data.phantom import phantom_anatomy
+
+    labels, mask, affine = phantom_anatomy(native_mm, True)
+    return Anatomy(np.array(labels), np.array(mask), (native_mm,) * 3, np.array(affine), dict(CHIREF_PPM), "builtin")
+
+
+def output_grid(anatomy: Anatomy, resolution_mm: float):
+    """Output shape (FOV kept), voxel size and affine for a target resolution."""
+    shape = tuple(int(round(n * v / resolution_mm)) for n, v in zip(anatomy.labels.shape, anatomy.voxel_size_mm))
+    vs = tuple(n * v / m for n, v, m in zip(anatomy.labels.shape, anatomy.voxel_size_mm, shape))
+    affine = anatomy.affine.copy()
+    affine[:3, :3] = anatomy.affine[:3, :3] * (np.array(vs) / np.array(anatomy.voxel_size_mm))[None, :]
+    return shape, vs, affine
+
+
+def resample_labels(labels, out_shape, present=None):
+    """Majority resampling (area-weighted label fractions); labels of the input never vanish."""
+    factors = [m / n for m, n in zip(out_shape, labels.shape)]
+    best = np.zeros(out_shape, np.float32)
+    out = np.zeros(out_shape, np.uint8)
+    fractions = {}
+    for label in np.unique(labels):
+        frac = ndi.zoom((labels == label).astype(np.float32), factors, order=1, grid_mode=True, mode="grid-constant")
+        frac = frac[: out_shape[0], : out_shape[1], : out_shape[2]]
+        better = frac > best
+        out[better], best[better] = label, frac[better]
+        fractions[int(label)] = frac
+    for label, frac in fractions.items():
+        if label and not np.any(out == label):
+            out[np.unravel_index(np.argmax(frac), out_shape)] = label
+    return out
+
+
+def remove_calcification(labels):
+    """Sim1: relabel the calcification to the most common label around it."""
+    calc = labels == CALCIFICATION
+    if not calc.any():
+        return labels
+    shell = ndi.binary_dilation(calc, iterations=2) & ~calc
+    values, counts = np.unique(labels[shell], return_counts=True)
+    out = labels.copy()
+    out[calc] = values[np.argmax(counts)]
+    return out
+
+
+def simulate_cases(anatomy: Anatomy, out_dir, resolution_mm: float = 1.0, seed: int = 0,
+                   quiet: bool = False, peak_snr: dict | None = None, variants=VARIANTS) -> list[str]:
+    """Write the case folders {variant}{snr name} (default Sim{1,2}Snr{1,2}) into out_dir.
+
+    Args:
+        anatomy: native-grid labels and mask (load_builtin / load_rc2_phantom).
+        out_dir: parent folder of the cases.
+        resolution_mm: output voxel size (k-space crop; equal to the native size: no resampling).
+        seed: texture seed (shared by all cases: one head) and noise seed (per case).
+        quiet: no progress bar.
+        peak_snr: {name: peak SNR}, default {"Snr1": 100, "Snr2": 1000}; inf gives noise-free data.
+        variants: subset of ("Sim1", "Sim2").
+
+    Returns:
+        The case folder paths.
+    """
+    peak_snr = dict(PEAK_SNR if peak_snr is None else peak_snr)
+    from tqdm import tqdm
+
+    out_shape, out_vs, out_affine = output_grid(anatomy, resolution_mm)
+    texture = texture_ppm(anatomy.labels, anatomy.voxel_size_mm, seed)
+    mask_out = resample_labels(anatomy.mask.astype(np.uint8), out_shape) > 0
+    written = []
+    progress = tqdm(total=len(variants) * len(peak_snr), desc="RC2-like cases", disable=quiet, file=sys.stderr)
+    for variant in variants:
+        variant_index = VARIANTS.index(variant)
+        labels = anatomy.labels if variant == "Sim2" else remove_calcification(anatomy.labels)
+        brain = anatomy.mask & np.isin(labels, BRAIN_LABELS)
+        chi, m0, r2star = tissue_maps(labels, brain, texture, variant, chiref_ppm=anatomy.chiref_ppm)
+        field = forward_field(chi, anatomy.voxel_size_mm, (0.0, 0.0, 1.0), pad="auto")
+        echoes = [crop_kspace(s, out_shape) for s in echo_signals(m0, r2star, field, B0_TESLA, TE_S)]
+        del field, m0, r2star
+        chi_out = crop_kspace(chi, out_shape) * mask_out
+        seg_out = resample_labels(labels, out_shape)
+        for snr_index, (snr_name, snr) in enumerate(peak_snr.items()):
+            rng = np.random.default_rng([int(seed), variant_index, snr_index])
+            sigma = float(np.abs(echoes[0]).max()) / snr
+            noisy = [add_noise(e, sigma, rng) for e in echoes]
+            local = estimate_local_field(noisy, TE_S, B0_TESLA, mask_out, out_vs)
+            case = {"b0_tesla": B0_TESLA, "te_s": list(TE_S), "voxel_size_mm": list(out_vs), "b0_dir": [0.0, 0.0, 1.0],
+                    "peak_snr": snr if np.isfinite(snr) else None, "noise_sigma": sigma, "seed": int(seed), "source": anatomy.name,
+                    "variant": variant, "resolution_mm": resolution_mm}
+            arrays = {"local_field": local, "magnitude": np.stack([np.abs(e) for e in noisy], -1),
+                      "mask": mask_out.astype(np.uint8), "chi": chi_out.astype(np.float32), "segmentation": seg_out}
+            written.append(write_case(Path(out_dir) / f"{variant}{snr_name}", arrays, case, out_affine))
+            progress.update()
+    progress.close()
+    return written
+
+
+def write_case(folder: Path, arrays: dict, case: dict, affine) -> str:
+    """Write one case folder atomically (temp folder, then rename)."""
+    from training_data.volume_io import write_volume
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    try:
+        for name, data in arrays.items():
+            write_volume(tmp / f"{name}.nii.gz", data, affine=affine)
+        (tmp / "case.json").write_text(json.dumps(case, indent=2) + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return str(folder)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m training_data.{PROG}", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", required=True, help="'builtin' or an RC2 phantom folder (SegmentedModel.nii.gz, ...)")
+    parser.add_argument("-o", "--output", required=True, help="output folder (one sub-folder per case)")
+    parser.add_argument("--seed", type=int, default=0, help="texture and noise seed (default 0)")
+    parser.add_argument("--resolution", type=float, default=1.0, help="output voxel size in mm (default 1, as RC2)")
+    parser.add_argument("--native", type=float, default=None,
+                        help="builtin only: native voxel size in mm (default 0.64 x resolution, as RC2)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing case folders")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: _run(args), PROG)
+
+
+def _run(args) -> int:
+    if not (0.3 <= args.resolution <= 8):
+        raise InputError(f"--resolution: expected 0.3 to 8 mm, got {args.resolution:g}")
+    existing = [Path(args.output) / f"{v}{s}" for v in VARIANTS for s in PEAK_SNR]
+    if any(p.exists() for p in existing) and not args.overwrite:
+        raise InputError(f"-o {args.output}: case folders exist; use --overwrite to replace them")
+    if args.source.lower() == "builtin":
+        anatomy = load_builtin(args.native or RC2_NATIVE_MM * args.resolution)
+    else:
+        anatomy = load_rc2_phantom(args.source)
+    if any(args.resolution < v - 1e-6 for v in anatomy.voxel_size_mm):
+        raise InputError(f"--resolution {args.resolution:g}: expected at least the native voxel size {anatomy.voxel_size_mm}")
+    cases = simulate_cases(anatomy, args.output, args.resolution, args.seed, args.quiet)
+    print(f"{PROG}: wrote {len(cases)} cases to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()
