@@ -25,8 +25,8 @@ def test_ramp_weights_shape_floor_and_symmetry():
     assert w.shape == (32,) and w.dtype == np.float32
     assert np.allclose(w, w[::-1])
     assert w.min() >= tiling.WEIGHT_FLOOR and np.all(w[8:24] == 1)
-    # mirrored ramp samples sum to 1: two tiles overlapping by exactly the ramp blend to a partition of unity
-    assert np.allclose(w[:8] + w[:8][::-1], 1.0, atol=1e-6)
+    assert np.all(np.diff(w[:8]) > 0) and w[0] < 0.01  # smooth rise from ~0 over the overlap
+    assert np.all(tiling.ramp_weights(32, 0) == 1)
 
 
 @pytest.mark.parametrize("length,tile,overlap,divisor", [(64, 32, 16, 4), (100, 32, 8, 4), (32, 32, 16, 4),
