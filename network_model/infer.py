@@ -1,0 +1,281 @@
+"""Inference: trained target model (contract 3) + local field + mask -> QSM (NIfTI, ppm).
+
+    python network_model/infer.py --model MODEL.keras --field F --mask M \
+        [--units ppm|ppb|hz|rad --b0 TESLA --te SECONDS] [--tile 96 --overlap 32 | --whole] -o OUT.nii.gz
+    python network_model/infer.py --model MODEL.keras --case CASE_DIR -o OUT.nii.gz
+
+Inputs in any format training_data.volume_io reads (NIfTI, .mat v5/v7.3 as FILE.mat[:VAR], .h5,
+.npy); the field is converted to ppm. The output keeps the field's affine and header (for non-NIfTI
+inputs an affine from --voxel-size), is 0 outside the mask, and a sidecar OUT.json records the
+resolved settings, the input geometry and the model's training geometry (MODEL.keras.json, see
+network_model/model_info.py); a one-line warning goes to stderr when the two differ.
+
+Default is overlapping-tile inference (bounded memory); --whole runs one pass on the volume
+zero-padded to a multiple of 2**depth.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+if __package__ in (None, ""):  # `python network_model/infer.py` from a checkout
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from training_data.errors import InputError, run_cli  # noqa: E402
+from training_data.volume_io import (NIFTI_SUFFIXES, atomic_path, read_field, read_mask,  # noqa: E402
+                                     suffix_of, write_volume)
+
+PROG = "daqsm-infer"
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Settings of one inference run (config-file keys = field names).
+
+    Attributes:
+        model: exported target model (.keras, contract 3).
+        field: local field map file; unit given by `units`.
+        mask: brain mask file (0/1) on the field's grid.
+        case: case folder (contract 1) instead of field/mask: local_field.nii.gz (ppm), mask.nii.gz.
+        units: field unit, ppm | ppb | hz | rad.
+        b0_tesla: main field in tesla (needed for hz and rad).
+        te_s: echo time in seconds (needed for rad).
+        voxel_size_mm: input voxel size override (3 floats; else from the file / case.json).
+        b0_dir: input B0 direction override in voxel axes (else from the affine / case.json).
+        tile: tile size in voxels (multiple of 2**depth), 1 or 3 ints.
+        overlap: overlap between tiles in voxels, 1 or 3 ints.
+        whole: run the whole volume in one pass instead of tiles.
+        batch_size: tiles per network call.
+        divisor: 2**depth override (else from the model info or its pooling layers).
+        output: output NIfTI (.nii or .nii.gz), chi in ppm.
+        overwrite: replace an existing output.
+    """
+
+    model: str | None = None
+    field: str | None = None
+    mask: str | None = None
+    case: str | None = None
+    units: str = "ppm"
+    b0_tesla: float | None = None
+    te_s: float | None = None
+    voxel_size_mm: tuple | None = None
+    b0_dir: tuple | None = None
+    tile: tuple = (96,)
+    overlap: tuple = (32,)
+    whole: bool = False
+    batch_size: int = 1
+    divisor: int | None = None
+    output: str | None = None
+    overwrite: bool = False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Defaults are None so that a config file value is only overridden by options actually given.
+    p.add_argument("--config", help="JSON/YAML file with InferConfig keys (options override it)")
+    p.add_argument("--model", help="trained target model, .keras (contract 3)")
+    p.add_argument("--field", help="local field map (NIfTI, FILE.mat[:VAR], .h5, .npy)")
+    p.add_argument("--mask", help="brain mask (0/1) on the field's grid")
+    p.add_argument("--case", help="case folder with local_field.nii.gz (ppm) and mask.nii.gz")
+    p.add_argument("--units", help="field unit: ppm (default), ppb, hz, rad")
+    p.add_argument("--b0", dest="b0_tesla", type=float, help="B0 in tesla (hz, rad)")
+    p.add_argument("--te", dest="te_s", type=float, help="echo time in seconds (rad)")
+    p.add_argument("--voxel-size", dest="voxel_size_mm", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="input voxel size in mm (default: from the file)")
+    p.add_argument("--b0-dir", dest="b0_dir", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="input B0 direction in voxel axes (default: from the affine, else z)")
+    p.add_argument("--tile", type=int, nargs="+", help="tile size, 1 or 3 ints (default 96)")
+    p.add_argument("--overlap", type=int, nargs="+", help="tile overlap in voxels (default 32)")
+    p.add_argument("--whole", action="store_const", const=True, help="no tiling: one pass on the padded volume")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="tiles per network call (default 1)")
+    p.add_argument("--divisor", type=int, help="2**depth of the model (default: model info / its layers)")
+    p.add_argument("-o", "--output", help="output NIfTI, chi in ppm")
+    p.add_argument("--overwrite", action="store_const", const=True, help="replace an existing output")
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> InferConfig:
+    """Config file values, then command-line options; unknown file keys are rejected."""
+    values = {}
+    if args.config:
+        values.update(load_config_file(args.config))
+    values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
+    for key in ("tile", "overlap", "voxel_size_mm", "b0_dir"):
+        if key in values and values[key] is not None:
+            values[key] = tuple(np.ravel(values[key]).tolist())
+    return InferConfig(**values)
+
+
+def load_config_file(path) -> dict:
+    """Read a JSON or YAML mapping of InferConfig keys."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: config file not found")
+    try:
+        with open(path) as fh:
+            if str(path).lower().endswith((".yaml", ".yml")):
+                import yaml
+
+                data = yaml.safe_load(fh)
+            else:
+                data = json.load(fh)
+    except Exception as err:
+        raise InputError(f"{path}: cannot parse config ({type(err).__name__}: {err})".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of settings, found {type(data).__name__}")
+    known = [f.name for f in dataclasses.fields(InferConfig)]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise InputError(f"{path}: unknown config keys {', '.join(unknown)}; expected some of {', '.join(known)}")
+    return data
+
+
+def sidecar_path(output: str) -> str:
+    """OUT.nii.gz -> OUT.json."""
+    suffix = suffix_of(output)
+    return output[: -len(suffix)] + ".json"
+
+
+def read_inputs(cfg: InferConfig):
+    """Field (Volume, ppm), mask (bool) and input geometry (voxel size, B0 dir, affine)."""
+    case_info = {}
+    field_path, mask_path, units = cfg.field, cfg.mask, cfg.units
+    b0_tesla, te_s = cfg.b0_tesla, cfg.te_s
+    if cfg.case:
+        if cfg.field or cfg.mask:
+            raise InputError("--case: give either a case folder or --field/--mask, not both")
+        if not os.path.isdir(cfg.case):
+            raise InputError(f"{cfg.case}: expected a case folder, not found")
+        field_path = os.path.join(cfg.case, "local_field.nii.gz")
+        mask_path = os.path.join(cfg.case, "mask.nii.gz")
+        units = "ppm"  # contract 1: the case's local field is in ppm
+        case_json = os.path.join(cfg.case, "case.json")
+        if os.path.isfile(case_json):
+            try:
+                with open(case_json) as fh:
+                    case_info = json.load(fh)
+            except ValueError as err:
+                raise InputError(f"{case_json}: cannot parse JSON ({err})") from None
+            b0_tesla = b0_tesla if b0_tesla is not None else case_info.get("b0_tesla")
+    if not field_path or not mask_path:
+        raise InputError("inputs: expected --field and --mask, or --case")
+    field = read_field(field_path, units, b0_tesla, te_s)
+    mask = read_mask(mask_path, like=field.data, like_name=f"field {field_path}")
+    voxel_size = cfg.voxel_size_mm or case_info.get("voxel_size_mm") or field.voxel_size_mm
+    b0_dir = cfg.b0_dir or case_info.get("b0_dir") or field.b0_dir
+    affine = field.affine
+    if field.header is None and voxel_size is not None:  # .mat/.npy: build the affine from the voxel size
+        affine = np.diag(list(map(float, voxel_size)) + [1.0])
+    return field, mask, voxel_size, b0_dir, affine, b0_tesla
+
+
+def load_target_model(path):
+    """Load and check an exported target model: two 5-D single-channel inputs, 5-D output."""
+    if not path:
+        raise InputError("--model: expected a .keras model file")
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: model file not found")
+    if not str(path).endswith(".keras"):
+        raise InputError(f"{path}: expected a Keras 3 model file ending in .keras")
+    from training_data.tf_env import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    try:  # registers the package's custom layers (DSBN) when that module exists
+        import network_model.dsbn  # noqa: F401
+    except ImportError:
+        pass
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as err:
+        msg = f"{path}: cannot load as a Keras model ({type(err).__name__}: {err})".splitlines()[0]
+        raise InputError(msg[:300]) from None
+    inputs = getattr(model, "inputs", None) or []
+    if len(inputs) != 2:
+        raise InputError(f"{path}: expected a model with 2 inputs [field_ppm, mask], found {len(inputs)}")
+    for name, tensor in zip(("field_ppm", "mask"), inputs):
+        shape = tuple(tensor.shape)
+        if len(shape) != 5 or shape[-1] != 1:
+            raise InputError(f"{path}: input {name}: expected shape (batch, x, y, z, 1), found {shape}")
+    out_shape = tuple(model.outputs[0].shape) if getattr(model, "outputs", None) else ()
+    if len(out_shape) != 5 or out_shape[-1] != 1:
+        raise InputError(f"{path}: expected output chi (batch, x, y, z, 1), found {out_shape}")
+    return model
+
+
+def run(cfg: InferConfig, log=print, warn=None) -> dict:
+    """Run inference as configured; returns the record written to the sidecar."""
+    from network_model import tiling
+    from network_model.model_info import geometry_warning, read_model_info, spatial_divisor
+
+    warn = warn or (lambda msg: print(f"{PROG}: warning: {msg}", file=sys.stderr))
+    if not cfg.output:
+        raise InputError("-o/--output: expected an output NIfTI path")
+    if suffix_of(cfg.output) not in NIFTI_SUFFIXES:
+        raise InputError(f"{cfg.output}: expected an output ending in .nii or .nii.gz")
+    if os.path.exists(cfg.output) and not cfg.overwrite:
+        raise InputError(f"{cfg.output}: output exists; give --overwrite to replace it")
+    tiling.check_tiling(cfg.tile, cfg.overlap, 1)
+    if cfg.batch_size < 1:
+        raise InputError(f"--batch-size: expected a positive integer, got {cfg.batch_size}")
+    field, mask, voxel_size, b0_dir, affine, b0_tesla = read_inputs(cfg)
+    info = read_model_info(cfg.model) if cfg.model and os.path.isfile(cfg.model) else {}
+    model = load_target_model(cfg.model)
+    divisor = cfg.divisor or info.get("divisor") or spatial_divisor(model)
+    message = geometry_warning(info, voxel_size, b0_dir)
+    if message:
+        warn(message)
+    start = time.perf_counter()
+    predict = tiling.keras_predictor(model)
+    if cfg.whole:
+        chi = tiling.predict_whole(predict, field.data, mask, divisor)
+        n_tiles = 1
+    else:
+        tiling.check_tiling(cfg.tile, cfg.overlap, divisor)
+        n_tiles = tiling.count_tiles(field.data.shape, cfg.tile, cfg.overlap, divisor)
+        chi = tiling.predict_tiled(predict, field.data, mask, cfg.tile, cfg.overlap, divisor, cfg.batch_size)
+    seconds = time.perf_counter() - start
+    if not np.all(np.isfinite(chi)):
+        raise InputError(f"{cfg.model}: the model produced NaN/Inf values; nothing written")
+    record = {
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
+        "output": cfg.output, "units": "ppm", "shape": list(chi.shape),
+        "input_voxel_size_mm": list(map(float, voxel_size)) if voxel_size is not None else None,
+        "input_b0_dir": list(map(float, b0_dir)) if b0_dir is not None else None,
+        "b0_tesla": b0_tesla, "model_info": {k: (list(v) if isinstance(v, tuple) else v) for k, v in info.items()},
+        "geometry_warning": message, "divisor": int(divisor), "mode": "whole" if cfg.whole else "tiled",
+        "tiles": int(n_tiles), "seconds": round(seconds, 3),
+    }
+    write_volume(cfg.output, chi.astype(np.float32), affine=affine, header=field.header)
+    with atomic_path(sidecar_path(cfg.output)) as tmp, open(tmp, "w") as fh:
+        json.dump(record, fh, indent=2)
+    log(f"wrote {cfg.output}: chi in ppm, shape {chi.shape}, {record['mode']} ({n_tiles} tiles), "
+        f"{seconds:.1f} s")
+    return record
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        run(resolve_config(args))
+        return 0
+
+    return run_cli(body, PROG)
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()
