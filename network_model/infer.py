@@ -29,8 +29,7 @@ if __package__ in (None, ""):  # `python network_model/infer.py` from a checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from training_data.errors import InputError, run_cli  # noqa: E402
-from training_data.volume_io import (NIFTI_SUFFIXES, atomic_path, read_field, read_mask,  # noqa: E402
-                                     suffix_of, write_volume)
+from training_data.volume_io import NIFTI_SUFFIXES, atomic_path, read_field, read_mask, suffix_of, write_volume  # noqa: E402
 
 PROG = "daqsm-infer"
 

@@ -164,8 +164,8 @@ def simulate_cases(anatomy: Anatomy, out_dir, resolution_mm: float = 1.0, seed: 
             noisy = [add_noise(e, sigma, rng) for e in echoes]
             local = estimate_local_field(noisy, TE_S, B0_TESLA, mask_out, out_vs)
             case = {"b0_tesla": B0_TESLA, "te_s": list(TE_S), "voxel_size_mm": list(out_vs), "b0_dir": [0.0, 0.0, 1.0],
-                    "peak_snr": snr if np.isfinite(snr) else None, "noise_sigma": sigma, "seed": int(seed), "source": anatomy.name,
-                    "variant": variant, "resolution_mm": resolution_mm}
+                    "peak_snr": snr if np.isfinite(snr) else None, "noise_sigma": sigma, "seed": int(seed),
+                    "source": anatomy.name, "variant": variant, "resolution_mm": resolution_mm}
             arrays = {"local_field": local, "magnitude": np.stack([np.abs(e) for e in noisy], -1),
                       "mask": mask_out.astype(np.uint8), "chi": chi_out.astype(np.float32), "segmentation": seg_out}
             written.append(write_case(Path(out_dir) / f"{variant}{snr_name}", arrays, case, out_affine))
