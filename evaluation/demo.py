@@ -44,9 +44,9 @@ class DemoSize:
     patch_size: int = 32
     depth: int = 3
     base_filters: int = 12
-    pretrain_steps: int = 400
-    finetune_iterations: int = 80
-    finetune_lr: float = 1e-4
+    pretrain_steps: int = 500
+    finetune_iterations: int = 150
+    finetune_lr: float = 1e-3
     lambda_tv_finetune: float = 0.002
     tile: int = 0
 
@@ -55,8 +55,9 @@ SIZES = {
     "tiny": DemoSize(resolution_mm=6.0, n_maps=2, patch_size=16, depth=2, base_filters=4, pretrain_steps=3,
                      finetune_iterations=3),
     "small": DemoSize(),
-    "real": DemoSize(resolution_mm=1.0, n_maps=24, patch_size=64, depth=4, base_filters=16, pretrain_steps=600,
-                     finetune_iterations=200, tile=96),
+    # the method's geometry (1 mm RC2 grid, 64^3 patches, 4 poolings) with a CPU-sized network
+    "real": DemoSize(resolution_mm=1.0, n_maps=24, patch_size=64, depth=4, base_filters=8, pretrain_steps=500,
+                     finetune_iterations=60),
 }
 
 

@@ -56,7 +56,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, flags: dict | Non
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else None
         text = helps.get(f.name, "")
-        parser.add_argument(*flags.get(f.name, []), f"--{f.name}", dest=f.name, default=None,
+        # a bare boolean option means true (`--overwrite`); `--overwrite false` still works
+        as_flag = {"nargs": "?", "const": "true"} if f.type in (bool, "bool") else {}
+        parser.add_argument(*flags.get(f.name, []), f"--{f.name}", dest=f.name, default=None, **as_flag,
                             metavar=f.name.split("_")[-1].upper() if f.name != "output" else "PATH",
                             help=f"{text} (default: {default})".strip())
 

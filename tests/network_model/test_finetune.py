@@ -152,3 +152,12 @@ def test_every_field_is_a_cli_option():
     for f in dataclasses.fields(finetune.FinetuneConfig):
         assert getattr(parser.parse_args([f"--{f.name}", "1"]), f.name) == "1"
     assert parser.parse_args(["-o", "x.nii.gz"]).output == "x.nii.gz"
+
+
+def test_boolean_options_work_as_bare_flags():
+    from network_model.config import resolve_config
+
+    parser = finetune.build_parser()
+    bare = resolve_config(finetune.FinetuneConfig, parser.parse_args(["--overwrite", "--progress", "false"]))
+    assert bare.overwrite is True and bare.progress is False
+    assert resolve_config(finetune.FinetuneConfig, parser.parse_args([])).overwrite is False
