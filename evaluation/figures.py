@@ -1,0 +1,245 @@
+"""Figures: orthogonal slices of a reconstruction against its ground truth, and loss curves (PNG).
+
+    python -m evaluation.figures slices --recon R --truth T [--mask M] [--window PPM] -o OUT.png
+    python -m evaluation.figures losses LOG.csv [--columns loss ndi tv] -o OUT.png
+
+Slices: a 3 x 3 grid - rows reconstruction, ground truth, difference (reconstruction - truth),
+columns the three orthogonal planes through the centre of the mask - all in one colour window in
+ppm, symmetric about 0: [-w, w] with w the 99th percentile of |truth| inside the mask (or --window),
+so that the difference row reads on the same scale as the maps; one colour bar per row, in ppm.
+Voxel aspect ratios come from the truth file's voxel size.
+
+Losses: a CSV log with a header; the x axis is the column named step / iteration / epoch (else the
+first), every other numeric column is a curve; the y axis is logarithmic when all values are > 0.
+
+Figures have a fixed pixel size (slices 900 x 900, losses 800 x 500) and are written atomically.
+Uses matplotlib's Agg backend; imports no TensorFlow.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+
+import numpy as np
+
+if __package__ in (None, ""):  # `python evaluation/figures.py` from a checkout
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from training_data.errors import InputError, run_cli, shape_mismatch  # noqa: E402
+from training_data.volume_io import atomic_path, check_mask, read_volume  # noqa: E402
+
+PROG = "daqsm-figures"
+SLICES_SIZE_IN, LOSSES_SIZE_IN, DPI = (9.0, 9.0), (8.0, 5.0), 100
+WINDOW_PERCENTILE = 99.0
+X_COLUMNS = ("step", "iteration", "iter", "epoch")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; must precede pyplot's first import in this process
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def colour_window(truth_ppm, mask=None, percentile: float = WINDOW_PERCENTILE) -> float:
+    """Half-width w (ppm) of the symmetric window [-w, w]: a percentile of |truth| inside the mask."""
+    values = np.abs(np.asarray(truth_ppm)[mask] if mask is not None else np.asarray(truth_ppm))
+    w = float(np.percentile(values, percentile)) if values.size else 0.0
+    return w if w > 0 else max(float(values.max(initial=0.0)), 1e-3)
+
+
+def centre_index(mask, shape) -> tuple[int, int, int]:
+    """Slice indices through the centre of the mask's bounding box (volume centre without a mask)."""
+    if mask is None or not np.any(mask):
+        return tuple(n // 2 for n in shape)
+    idx = np.nonzero(mask)
+    return tuple(int((i.min() + i.max()) // 2) for i in idx)
+
+
+def _planes(volume, centre):
+    """The three orthogonal slices through `centre`, each transposed for imshow (origin lower)."""
+    cx, cy, cz = centre
+    return [volume[cx, :, :].T, volume[:, cy, :].T, volume[:, :, cz].T]
+
+
+def slice_figure(recon_ppm, truth_ppm, path, mask=None, voxel_size_mm=(1.0, 1.0, 1.0), window_ppm=None,
+                 title: str | None = None) -> str:
+    """Write the 3 x 3 slice figure (module doc) as PNG; returns the path.
+
+    Args:
+        recon_ppm: float (x, y, z) reconstruction in ppm.
+        truth_ppm: float (x, y, z) ground truth in ppm.
+        path: output .png.
+        mask: optional bool (x, y, z); outside it both maps are shown as 0.
+        voxel_size_mm: 3 floats, for the pixel aspect ratios.
+        window_ppm: half-width of the colour window (default: colour_window of the truth).
+        title: figure title.
+    """
+    recon = np.asarray(recon_ppm, dtype=np.float32)
+    truth = np.asarray(truth_ppm, dtype=np.float32)
+    if recon.shape != truth.shape:
+        raise shape_mismatch("reconstruction", recon.shape, "truth", truth.shape)
+    if recon.ndim != 3:
+        raise InputError(f"reconstruction: expected a 3-D volume, found shape {recon.shape}")
+    if mask is not None:
+        mask = check_mask(mask, "mask", truth, "truth")
+        recon, truth = recon * mask, truth * mask
+    w = float(window_ppm) if window_ppm is not None else colour_window(truth, mask)
+    if not (math.isfinite(w) and w > 0):
+        raise InputError(f"window: expected a positive number of ppm, got {window_ppm!r}")
+    centre = centre_index(mask, truth.shape)
+    vs = [float(v) for v in voxel_size_mm]
+    # imshow aspect = physical height / width of a pixel, for each plane (rows = 2nd axis shown)
+    aspects = [vs[2] / vs[1], vs[2] / vs[0], vs[1] / vs[0]]
+    plane_names = [f"x = {centre[0]}", f"y = {centre[1]}", f"z = {centre[2]}"]
+    rows = [("reconstruction", recon), ("ground truth", truth), ("difference", recon - truth)]
+    plt = _pyplot()
+    fig, axes = plt.subplots(3, 3, figsize=SLICES_SIZE_IN, dpi=DPI, layout="constrained")
+    for r, (label, volume) in enumerate(rows):
+        for c, plane in enumerate(_planes(volume, centre)):
+            ax = axes[r, c]
+            image = ax.imshow(plane, cmap="gray", vmin=-w, vmax=w, origin="lower", aspect=aspects[c],
+                              interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(plane_names[c])
+            if c == 0:
+                ax.set_ylabel(label)
+        bar = fig.colorbar(image, ax=axes[r, :].tolist(), shrink=0.9)
+        bar.set_label("ppm")
+    fig.suptitle(title or f"window \u00b1{w:.3g} ppm")
+    return _save(fig, path, plt)
+
+
+def read_loss_log(path) -> tuple[str, np.ndarray, dict[str, np.ndarray]]:
+    """Read a CSV loss log: (x column name, x values, {column: values}); non-numeric cells are NaN."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: loss log not found")
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if len(rows) < 2 or not rows[0]:
+        raise InputError(f"{path}: expected a CSV with a header row and at least one data row, found {len(rows)} rows")
+    header = [h.strip() for h in rows[0]]
+    table = np.full((len(rows) - 1, len(header)), np.nan)
+    for i, row in enumerate(rows[1:]):
+        for j, cell in enumerate(row[: len(header)]):
+            try:
+                table[i, j] = float(cell)
+            except ValueError:
+                pass
+    lower = [h.lower() for h in header]
+    x_col = next((lower.index(n) for n in X_COLUMNS if n in lower), 0)
+    curves = {h: table[:, j] for j, h in enumerate(header) if j != x_col and np.any(np.isfinite(table[:, j]))}
+    if not curves:
+        raise InputError(f"{path}: expected numeric loss columns besides {header[x_col]!r}, found none "
+                         f"(columns: {', '.join(header)})")
+    x = table[:, x_col]
+    if not np.all(np.isfinite(x)):
+        x = np.arange(len(x), dtype=float)
+    return header[x_col], x, curves
+
+
+def loss_figure(log_path, path, columns=None, title: str | None = None) -> str:
+    """Write the loss curves of a CSV log (module doc) as PNG; returns the path.
+
+    Args:
+        log_path: CSV file with a header (step column plus loss columns).
+        path: output .png.
+        columns: loss columns to plot (default all numeric ones).
+        title: figure title (default the log's file name).
+    """
+    x_name, x, curves = read_loss_log(log_path)
+    if columns:
+        missing = [c for c in columns if c not in curves]
+        if missing:
+            raise InputError(f"{log_path}: no numeric column {missing[0]!r}; present: {', '.join(curves)}")
+        curves = {c: curves[c] for c in columns}
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=LOSSES_SIZE_IN, dpi=DPI, layout="constrained")
+    for name, values in curves.items():
+        ok = np.isfinite(values)
+        ax.plot(x[ok], values[ok], label=name, linewidth=1.2)
+    finite = np.concatenate([v[np.isfinite(v)] for v in curves.values()])
+    if finite.size and np.all(finite > 0):  # log scale shows the slow late decrease of a loss
+        ax.set_yscale("log")
+    ax.set_xlabel(x_name)
+    ax.set_ylabel("loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title(title or os.path.basename(str(log_path)))
+    return _save(fig, path, plt)
+
+
+def _save(fig, path, plt) -> str:
+    path = str(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _check_output(path, overwrite: bool) -> None:
+    if not str(path).lower().endswith(".png"):
+        raise InputError(f"{path}: expected an output ending in .png")
+    if os.path.exists(path) and not overwrite:
+        raise InputError(f"{path}: output exists; give --overwrite to replace it")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("slices", help="reconstruction / truth / difference in three orthogonal planes")
+    s.add_argument("--recon", required=True, help="reconstruction (ppm), any volume_io format")
+    s.add_argument("--truth", required=True, help="ground truth (ppm) on the same grid")
+    s.add_argument("--mask", help="brain mask (0/1); sets the window and the slice centre")
+    s.add_argument("--window", type=float, help="colour window half-width in ppm (default: 99th percentile of |truth|)")
+    s.add_argument("--title")
+    s.add_argument("-o", "--output", required=True, help="output .png")
+    s.add_argument("--overwrite", action="store_true")
+    loss = sub.add_parser("losses", help="loss curves from a CSV log")
+    loss.add_argument("log", help="CSV log: step column + loss columns")
+    loss.add_argument("--columns", nargs="+", help="columns to plot (default all numeric)")
+    loss.add_argument("--title")
+    loss.add_argument("-o", "--output", required=True, help="output .png")
+    loss.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        _check_output(args.output, args.overwrite)
+        if args.command == "slices":
+            truth = read_volume(args.truth)
+            recon = read_volume(args.recon)
+            if recon.data.shape != truth.data.shape:
+                raise shape_mismatch(f"reconstruction {args.recon}", recon.data.shape, f"truth {args.truth}",
+                                     truth.data.shape)
+            mask = None
+            if args.mask:
+                mask = check_mask(read_volume(args.mask, dtype=None).data, args.mask, truth.data, "truth")
+            slice_figure(recon.data, truth.data, args.output, mask, truth.voxel_size_mm or (1.0, 1.0, 1.0),
+                         args.window, args.title)
+        else:
+            loss_figure(args.log, args.output, args.columns, args.title)
+        print(f"wrote {args.output}")
+        return 0
+
+    return run_cli(body, PROG)
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()
