@@ -20,7 +20,7 @@ float32 (b, tx, ty, tz, 1) field and mask batches to (b, tx, ty, tz, 1) chi in p
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 

@@ -61,7 +61,7 @@ def test_losses_png_written_with_expected_size(loss_log, tmp_path):
 
 
 def test_log_scale_only_for_positive_losses(tmp_path):
-    x_name, x, curves = figures.read_loss_log(_write(tmp_path / "a.csv", "iteration,loss\n0,2\n1,-1\n"))
+    x_name, _, curves = figures.read_loss_log(_write(tmp_path / "a.csv", "iteration,loss\n0,2\n1,-1\n"))
     assert x_name == "iteration" and list(curves) == ["loss"] and curves["loss"][1] == -1
     assert figures.loss_figure(str(tmp_path / "a.csv"), tmp_path / "a.png")  # negative values: linear axis, still drawn
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -129,7 +130,7 @@ def test_case_folder_and_geometry_warning(model_path, phantom, tmp_path, capsys)
     (case / "case.json").write_text(json.dumps({"b0_tesla": 7.0, "te_s": [0.004], "voxel_size_mm": [1, 1.2, 0.9],
                                                 "b0_dir": [0, 1, 0]}))
     model_copy = tmp_path / "m.keras"
-    model_copy.write_bytes(open(model_path, "rb").read())
+    model_copy.write_bytes(Path(model_path).read_bytes())
     write_model_info(model_copy, voxel_size_mm=(1, 1, 1), b0_dir=(0, 0, 1), divisor=4)
     assert infer.main(["--model", str(model_copy), "--case", str(case), "-o", str(tmp_path / "out.nii.gz")]) == 0
     err = capsys.readouterr().err
