@@ -155,6 +155,7 @@ def finetune(cfg: FinetuneConfig) -> int:
     import numpy as np
 
     from network_model.losses import ndi_loss, tv_loss
+    from network_model.model_info import spatial_divisor, write_model_info
     from network_model.train_model.train import save_model_atomic
     from network_model.training_loop import Convergence, LossLog, make_optimizer, make_train_step, run_loop
     from training_data.dipole import dipole_operator_tf
@@ -207,6 +208,8 @@ def finetune(cfg: FinetuneConfig) -> int:
     chi = (predict()[0].numpy() * target.mask).astype(np.float32)
     write_volume(paths["qsm"], chi, target.affine, target.header)
     save_model_atomic(model, paths["model"])
+    write_model_info(paths["model"], target.geometry.voxel_size_mm, target.geometry.b0_dir,
+                     spatial_divisor(model), fine_tuned_on=str(cfg.case or cfg.field))
     os.replace(tmp_log, paths["log"])
     write_resolved_config(cfg, paths["config"])
     how = "converged" if result.reason == "converged" else "done"

@@ -145,6 +145,7 @@ def pretrain(cfg: PretrainConfig) -> int:
 
     from network_model.data import patch_dataset, read_patch_group, split_indices
     from network_model.training_loop import LossLog, make_optimizer, make_strategy, make_train_step, run_loop
+    from network_model.model_info import write_model_info
     from network_model.unet import DomainAdaptiveUNet, check_spatial_shape, export_target_model
     from training_data.dipole import dipole_operator_tf
 
@@ -217,6 +218,8 @@ def pretrain(cfg: PretrainConfig) -> int:
     if result.step < total:
         print(f"{PROG}: stopped at step {result.step} of {total}", file=sys.stderr)
     save_model_atomic(export_target_model(model, domain=1), out)
+    # the training geometry beside the model, so inference can warn on a different one
+    write_model_info(out, target.voxel_size_mm, target.b0_dir, 2**cfg.depth, step=result.step)
     terms = ", ".join(f"{k}={v:.4g}" for k, v in result.terms.items())
     print(f"{PROG}: step {result.step}/{total} {terms}; target model: {out}")
     return 0
