@@ -15,11 +15,9 @@ Units: all volumes in ppm. Exit status 2 on bad input; nothing is written then.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 from training_data.errors import InputError, run_cli
 
@@ -95,20 +93,9 @@ def cli() -> None:
 
 def load_config_file(path) -> dict:
     """Read a JSON or YAML mapping; relative paths in it are resolved against its folder."""
-    if not os.path.isfile(path):
-        raise InputError(f"--config {path}: file not found")
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        if str(path).lower().endswith((".yaml", ".yml")):
-            import yaml
+    from training_data.step_config import read_config_file
 
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as err:
-        raise InputError(f"--config {path}: cannot parse ({type(err).__name__}: {err})".splitlines()[0]) from None
-    if not isinstance(data, dict):
-        raise InputError(f"--config {path}: expected a mapping of options, found {type(data).__name__}")
+    data = read_config_file(path)
     known = {f.name for f in fields(EvaluateConfig)}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import typing
 
 from training_data.errors import InputError
@@ -17,28 +16,10 @@ from training_data.volume_io import atomic_path
 
 
 def load_config_file(path) -> dict:
-    """Read a JSON or YAML mapping (by suffix; .yml/.yaml are YAML, anything else tries JSON then YAML)."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise InputError(f"config {path}: file not found")
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
-    try:
-        if path.lower().endswith((".yml", ".yaml")):
-            raise ValueError("yaml")
-        data = json.loads(text)
-    except ValueError:
-        import yaml
+    """Read a JSON or YAML mapping (training_data.step_config.read_config_file)."""
+    from training_data.step_config import read_config_file
 
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise InputError(f"config {path}: not valid JSON or YAML ({str(err).splitlines()[0]})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise InputError(f"config {path}: expected a mapping of keys to values, found {type(data).__name__}")
-    return data
+    return read_config_file(path)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls, flags: dict | None = None,

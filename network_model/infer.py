@@ -115,20 +115,9 @@ def resolve_config(args: argparse.Namespace) -> InferConfig:
 
 def load_config_file(path) -> dict:
     """Read a JSON or YAML mapping of InferConfig keys."""
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: config file not found")
-    try:
-        with open(path) as fh:
-            if str(path).lower().endswith((".yaml", ".yml")):
-                import yaml
+    from training_data.step_config import read_config_file
 
-                data = yaml.safe_load(fh)
-            else:
-                data = json.load(fh)
-    except Exception as err:
-        raise InputError(f"{path}: cannot parse config ({type(err).__name__}: {err})".splitlines()[0]) from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a mapping of settings, found {type(data).__name__}")
+    data = read_config_file(path)
     known = [f.name for f in dataclasses.fields(InferConfig)]
     unknown = sorted(set(data) - set(known))
     if unknown:

@@ -59,24 +59,29 @@ def add_config_options(parser: argparse.ArgumentParser, cls, group_title: str = 
 
 
 def read_config_file(path) -> dict:
-    """Read a JSON or YAML mapping of parameter names to values."""
+    """Read a JSON or YAML mapping of parameter names to values: the one config reader of all steps.
+
+    .yaml/.yml files are YAML; anything else is tried as JSON, then YAML. An empty file is {}.
+    """
     if not os.path.isfile(str(path)):
-        raise InputError(f"{path}: config file not found")
+        raise InputError(f"config {path}: file not found")
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
     try:
         if str(path).lower().endswith((".yaml", ".yml")):
-            import yaml
+            raise ValueError("YAML by suffix")
+        data = json.loads(text)
+    except ValueError:
+        import yaml
 
+        try:
             data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as err:  # parse errors: one line naming the file
-        raise InputError(f"{path}: cannot parse config ({type(err).__name__}: {err})".splitlines()[0]) from None
+        except yaml.YAMLError as err:  # parse errors: one line naming the file
+            raise InputError(f"config {path}: cannot parse as JSON or YAML ({str(err).splitlines()[0]})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a mapping of parameter names to values, found {type(data).__name__}")
+        raise InputError(f"config {path}: expected a mapping of parameter names to values, found {type(data).__name__}")
     return data
 
 

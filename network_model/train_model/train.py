@@ -144,8 +144,8 @@ def pretrain(cfg: PretrainConfig) -> int:
     import keras
 
     from network_model.data import patch_dataset, read_patch_group, split_indices
-    from network_model.training_loop import LossLog, make_optimizer, make_strategy, make_train_step, run_loop
     from network_model.model_info import write_model_info
+    from network_model.training_loop import LossLog, make_optimizer, make_strategy, make_train_step, run_loop
     from network_model.unet import DomainAdaptiveUNet, check_spatial_shape, export_target_model
     from training_data.dipole import dipole_operator_tf
 
