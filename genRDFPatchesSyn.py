@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from training_data.errors import InputError, run_cli
+from training_data.geometry import int_triple
 from training_data.patch_inputs import SourceInputs, TargetInputs
 from training_data.patches import PatchFileWriter, bbox_crop_origin, select_origins
 from training_data.step_config import add_config_options, config_to_dict, resolve_config, write_config
@@ -63,9 +64,9 @@ class PatchConfig:
                                                          "help": "override the source B0 direction"})
 
     def __post_init__(self):
-        size = _three(self.patch_size, "--patch-size")
+        size = int_triple(self.patch_size, "--patch-size")
         object.__setattr__(self, "patch_size", size)
-        stride = size if self.stride is None else _three(self.stride, "--stride")
+        stride = size if self.stride is None else int_triple(self.stride, "--stride")
         object.__setattr__(self, "stride", stride)
         if min(size) <= 0:
             raise InputError(f"--patch-size: expected positive sizes, got {size}")
@@ -79,15 +80,6 @@ class PatchConfig:
             raise InputError(f"--weight-echo: expected an echo number >= 1, got {self.weight_echo}")
         if self.mode == "patches" and not self.grid and not self.random_crops:
             raise InputError("--no-grid needs --random-crops > 0 (no patch would be cut)")
-
-
-def _three(values, name) -> tuple:
-    values = tuple(int(v) for v in np.ravel(values))
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3:
-        raise InputError(f"{name}: expected 1 or 3 numbers, got {len(values)}")
-    return values
 
 
 def _same(a, b, tol=1e-3) -> bool:

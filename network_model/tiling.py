@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from training_data.errors import InputError
+from training_data.geometry import int_triple
 
 #: Predictor: (field_ppm, mask), each float32 (b, x, y, z, 1) -> chi_ppm (b, x, y, z, 1).
 Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -36,16 +37,6 @@ WEIGHT_FLOOR = 1e-3
 def round_up(n: int, divisor: int) -> int:
     """Smallest multiple of `divisor` that is >= n."""
     return int(math.ceil(n / divisor) * divisor)
-
-
-def as_triple(value, name: str) -> tuple[int, int, int]:
-    """An int or 3 ints -> 3 ints (tile sizes and overlaps may differ per axis)."""
-    values = tuple(int(v) for v in np.ravel(value))
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3:
-        raise InputError(f"{name}: expected 1 or 3 integers, got {values}")
-    return values
 
 
 def ramp_weights(size: int, overlap: int, floor: float = WEIGHT_FLOOR) -> np.ndarray:
@@ -75,7 +66,7 @@ def ramp_weights(size: int, overlap: int, floor: float = WEIGHT_FLOOR) -> np.nda
 
 def tile_weights(tile, overlap, floor: float = WEIGHT_FLOOR) -> np.ndarray:
     """Separable 3-D blending weights, float32 (tx, ty, tz)."""
-    wx, wy, wz = (ramp_weights(t, o, floor) for t, o in zip(as_triple(tile, "tile"), as_triple(overlap, "overlap")))
+    wx, wy, wz = (ramp_weights(t, o, floor) for t, o in zip(int_triple(tile, "tile"), int_triple(overlap, "overlap")))
     return wx[:, None, None] * wy[None, :, None] * wz[None, None, :]
 
 
@@ -114,8 +105,8 @@ def effective_tile(shape, tile, divisor: int) -> tuple[int, int, int]:
 
 def check_tiling(tile, overlap, divisor: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """Validate tile sizes and overlaps; returns them as triples."""
-    tile = as_triple(tile, "tile")
-    overlap = as_triple(overlap, "overlap")
+    tile = int_triple(tile, "tile")
+    overlap = int_triple(overlap, "overlap")
     if divisor < 1:
         raise InputError(f"divisor: expected a positive integer, got {divisor}")
     for t, o in zip(tile, overlap):

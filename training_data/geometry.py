@@ -58,6 +58,16 @@ def normalise_b0_dir(b0_dir) -> tuple[float, float, float]:
     return tuple(float(v) for v in b / norm)
 
 
+def int_triple(value, name: str) -> tuple[int, int, int]:
+    """An int or 3 ints -> 3 ints (patch, stride, tile and overlap sizes may differ per axis)."""
+    values = tuple(int(v) for v in np.ravel(value))
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise InputError(f"{name}: expected 1 or 3 integers, got {values}")
+    return values
+
+
 def voxel_size_from_affine(affine) -> tuple[float, float, float]:
     """Voxel size in mm: the column norms of the affine's 3x3 block."""
     a = np.asarray(affine, dtype=np.float64)
