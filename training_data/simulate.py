@@ -94,34 +94,96 @@ def output_grid(anatomy: Anatomy, resolution_mm: float):
     return shape, vs, affine
 
 
-def resample_labels(labels, out_shape, present=None):
-    """Majority resampling (area-weighted label fractions); labels of the input never vanish."""
-    factors = [m / n for m, n in zip(out_shape, labels.shape)]
+def linear_resample_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of 1-D linear interpolation between voxel-centre grids, zeros outside.
+
+    Row o interpolates at input coordinate (o + 0.5) * n_in / n_out - 0.5, so applying it along
+    every axis equals `scipy.ndimage.zoom(order=1, grid_mode=True, mode="grid-constant")`.
+    """
+    coords = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    lower = np.floor(coords).astype(int)
+    upper_weight = coords - lower
+    matrix = np.zeros((n_out, n_in))
+    for index, weight in ((lower, 1.0 - upper_weight), (lower + 1, upper_weight)):
+        inside = (index >= 0) & (index < n_in)
+        matrix[np.nonzero(inside)[0], index[inside]] += weight[inside]
+    return matrix
+
+
+def label_fractions(labels, out_shape) -> dict:
+    """{label: fraction of each output voxel covered by it} by separable linear resampling.
+
+    The resampling is linear, so the fraction of a union of labels is the sum of their fractions
+    (used to derive Sim1 from Sim2 without resampling again). Each label is resampled only inside
+    its bounding box, which keeps the small structures (nuclei, veins, calcification) cheap.
+    """
+    matrices = [linear_resample_matrix(n, m) for n, m in zip(labels.shape, out_shape)]
+    present = np.unique(labels)
+    boxes = ndi.find_objects(labels.astype(np.int32) + 1)  # labels shifted so that 0 has a box too
+    fractions = {}
+    for label in present:
+        box = boxes[int(label)]
+        indicator = (labels[box] == label).astype(np.float32)
+        rows = []
+        for axis, (matrix, span) in enumerate(zip(matrices, box)):
+            columns = matrix[:, span].astype(np.float32)
+            used = np.nonzero(columns.any(axis=1))[0]
+            rows.append(slice(used[0], used[-1] + 1))
+            indicator = np.moveaxis(np.tensordot(columns[rows[-1]], indicator, axes=([1], [axis])), 0, axis)
+        frac = np.zeros(out_shape, np.float32)
+        frac[tuple(rows)] = indicator
+        fractions[int(label)] = frac
+    return fractions
+
+
+def majority_labels(fractions: dict, out_shape) -> np.ndarray:
+    """Label of the largest fraction per voxel (first label wins ties); no label of the input vanishes."""
     best = np.zeros(out_shape, np.float32)
     out = np.zeros(out_shape, np.uint8)
-    fractions = {}
-    for label in np.unique(labels):
-        frac = ndi.zoom((labels == label).astype(np.float32), factors, order=1, grid_mode=True, mode="grid-constant")
-        frac = frac[: out_shape[0], : out_shape[1], : out_shape[2]]
+    for label, frac in fractions.items():
         better = frac > best
         out[better], best[better] = label, frac[better]
-        fractions[int(label)] = frac
     for label, frac in fractions.items():
         if label and not np.any(out == label):
             out[np.unravel_index(np.argmax(frac), out_shape)] = label
     return out
 
 
-def remove_calcification(labels):
-    """Sim1: relabel the calcification to the most common label around it."""
+def resample_labels(labels, out_shape):
+    """Majority resampling (area-weighted label fractions); labels of the input never vanish."""
+    return majority_labels(label_fractions(labels, out_shape), out_shape)
+
+
+def calcification_replacement(labels):
+    """The most common label in a 2-voxel shell around the calcification (None without one)."""
     calc = labels == CALCIFICATION
     if not calc.any():
+        return None
+    # work in the calcification's bounding box (plus the shell) instead of the whole head
+    box = tuple(slice(max(s.start - 3, 0), s.stop + 3) for s in ndi.find_objects(calc.astype(np.uint8))[0])
+    calc_box = calc[box]
+    shell = ndi.binary_dilation(calc_box, iterations=2) & ~calc_box
+    values, counts = np.unique(labels[box][shell], return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
+def remove_calcification(labels):
+    """Sim1: relabel the calcification to the most common label around it."""
+    replacement = calcification_replacement(labels)
+    if replacement is None:
         return labels
-    shell = ndi.binary_dilation(calc, iterations=2) & ~calc
-    values, counts = np.unique(labels[shell], return_counts=True)
     out = labels.copy()
-    out[calc] = values[np.argmax(counts)]
+    out[labels == CALCIFICATION] = replacement
     return out
+
+
+def merge_label_fractions(fractions: dict, label: int, into: int | None) -> dict:
+    """Fractions after relabelling `label` as `into` (exact: resampling is linear)."""
+    if into is None or label not in fractions:
+        return fractions
+    merged = {k: v for k, v in fractions.items() if k != label}
+    merged[into] = merged.get(into, 0) + fractions[label]
+    return dict(sorted(merged.items()))
 
 
 def simulate_cases(anatomy: Anatomy, out_dir, resolution_mm: float = 1.0, seed: int = 0,
@@ -146,18 +208,24 @@ def simulate_cases(anatomy: Anatomy, out_dir, resolution_mm: float = 1.0, seed: 
     out_shape, out_vs, out_affine = output_grid(anatomy, resolution_mm)
     texture = texture_ppm(anatomy.labels, anatomy.voxel_size_mm, seed)
     mask_out = resample_labels(anatomy.mask.astype(np.uint8), out_shape) > 0
+    # labels resampled once: Sim1 only relabels the calcification, and resampling is linear
+    fractions = label_fractions(anatomy.labels, out_shape)
+    replacement = calcification_replacement(anatomy.labels)
     written = []
     progress = tqdm(total=len(variants) * len(peak_snr), desc="RC2-like cases", disable=quiet, file=sys.stderr)
     for variant in variants:
         variant_index = VARIANTS.index(variant)
-        labels = anatomy.labels if variant == "Sim2" else remove_calcification(anatomy.labels)
+        labels = anatomy.labels
+        if variant == "Sim1" and replacement is not None:
+            labels = np.where(anatomy.labels == CALCIFICATION, np.uint8(replacement), anatomy.labels)
         brain = anatomy.mask & np.isin(labels, BRAIN_LABELS)
         chi, m0, r2star = tissue_maps(labels, brain, texture, variant, chiref_ppm=anatomy.chiref_ppm)
         field = forward_field(chi, anatomy.voxel_size_mm, (0.0, 0.0, 1.0), pad="auto")
         echoes = [crop_kspace(s, out_shape) for s in echo_signals(m0, r2star, field, B0_TESLA, TE_S)]
         del field, m0, r2star
         chi_out = crop_kspace(chi, out_shape) * mask_out
-        seg_out = resample_labels(labels, out_shape)
+        seg_out = majority_labels(fractions if variant == "Sim2" else
+                                  merge_label_fractions(fractions, CALCIFICATION, replacement), out_shape)
         for snr_index, (snr_name, snr) in enumerate(peak_snr.items()):
             rng = np.random.default_rng([int(seed), variant_index, snr_index])
             sigma = float(np.abs(echoes[0]).max()) / snr

@@ -110,6 +110,40 @@ def test_labels_survive_resampling_and_texture_in_range():
         assert phantom.chi_ppm[phantom.labels == label].std() > 0
 
 
+def blocky_labels(seed=0):
+    """Random 6-label blocks with a small calcification (label 16)."""
+    import scipy.ndimage as ndi
+
+    labels = ndi.zoom(np.random.default_rng(seed).integers(0, 6, (12, 15, 11)), 3, order=0).astype(np.uint8)
+    labels[5:9, 20:23, 10:12] = 16
+    return labels
+
+
+def test_label_fractions_equal_linear_zoom_and_sum_to_one():
+    import scipy.ndimage as ndi
+
+    labels, out_shape = blocky_labels(), (23, 28, 21)
+    fractions = simulate.label_fractions(labels, out_shape)
+    assert sorted(fractions) == sorted(int(v) for v in np.unique(labels))
+    factors = [m / n for m, n in zip(out_shape, labels.shape)]
+    for label, frac in fractions.items():
+        reference = ndi.zoom((labels == label).astype(np.float32), factors, order=1, grid_mode=True,
+                             mode="grid-constant")
+        np.testing.assert_allclose(frac, reference, atol=1e-6)
+    np.testing.assert_allclose(sum(fractions.values()), 1.0, atol=1e-5)
+
+
+def test_sim1_segmentation_from_merged_fractions_equals_resampling_sim1_labels():
+    labels, out_shape = blocky_labels(1), (23, 28, 21)
+    replacement = simulate.calcification_replacement(labels)
+    assert replacement is not None and replacement != 16
+    merged = simulate.merge_label_fractions(simulate.label_fractions(labels, out_shape), 16, replacement)
+    sim1 = simulate.remove_calcification(labels)
+    assert 16 not in sim1
+    np.testing.assert_array_equal(simulate.majority_labels(merged, out_shape),
+                                  simulate.resample_labels(sim1, out_shape))
+
+
 def test_kspace_crop_preserves_low_frequencies():
     rng = np.random.default_rng(0)
     smooth = np.real(np.fft.ifftn(np.fft.fftn(rng.standard_normal((40, 40, 40))) *
