@@ -1,6 +1,7 @@
 """Step configs: frozen dataclass defaults <- config file (JSON/YAML) <- `--key value` overrides.
 
-Every dataclass field is a command-line option `--key value` (values parsed like YAML scalars:
+Every dataclass field is a command-line option `--key value` (also spelled with dashes,
+`--learning-rate` for `learning_rate`; values parsed like YAML scalars:
 `--lr 1e-4`, `--patch_size [64,64,64]`, `--resume false`), unknown keys in a config file are
 rejected with a "did you mean", and the resolved config is written next to the outputs.
 """
@@ -39,7 +40,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, flags: dict | Non
         text = helps.get(f.name, "")
         # a bare boolean option means true (`--overwrite`); `--overwrite false` still works
         as_flag = {"nargs": "?", "const": "true"} if f.type in (bool, "bool") else {}
-        parser.add_argument(*flags.get(f.name, []), f"--{f.name}", dest=f.name, default=None, **as_flag,
+        # the dashed spelling too (`--learning-rate`), as in steps 1-3; config keys keep underscores
+        dashed = [f"--{f.name.replace('_', '-')}"] if "_" in f.name else []
+        parser.add_argument(*flags.get(f.name, []), f"--{f.name}", *dashed, dest=f.name, default=None, **as_flag,
                             metavar=f.name.split("_")[-1].upper() if f.name != "output" else "PATH",
                             help=f"{text} (default: {default})".strip())
 

@@ -151,6 +151,7 @@ def test_every_field_is_a_cli_option():
     parser = finetune.build_parser()
     for f in dataclasses.fields(finetune.FinetuneConfig):
         assert getattr(parser.parse_args([f"--{f.name}", "1"]), f.name) == "1"
+        assert getattr(parser.parse_args([f"--{f.name.replace('_', '-')}", "1"]), f.name) == "1"
     assert parser.parse_args(["-o", "x.nii.gz"]).output == "x.nii.gz"
 
 

@@ -109,6 +109,8 @@ def test_every_field_is_a_cli_option():
     for f in dataclasses.fields(train.PretrainConfig):
         value = "1" if f.type in ("int", "float", "float | None") else "true" if f.type == "bool" else "x"
         assert getattr(parser.parse_args([f"--{f.name}", value]), f.name) == value
+        # the dashed spelling of steps 1-3 reaches the same key
+        assert getattr(parser.parse_args([f"--{f.name.replace('_', '-')}", value]), f.name) == value
 
 
 MIRRORED = textwrap.dedent("""
