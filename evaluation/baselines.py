@@ -10,9 +10,9 @@ Command: `python -m evaluation.baselines tkd|l2|ndi-tv --field F --mask M [--wei
 
 References:
     TKD: Shmueli K, et al. Magn Reson Med 2009;62:1510-1522 (thresholded k-space division);
-        threshold 0.19, the value commonly used for TKD (e.g. Schweser F, et al. Toward online
-        reconstruction of quantitative susceptibility maps: superfast dipole inversion.
-        Magn Reson Med 2013;69:1582-1594).
+        threshold 0.19, inside the 0.15-0.2 range that open implementations default to (QSM.jl
+        0.15, several deep-QSM codebases 0.2); a scan on the 2016 data is in
+        benchmarks/results_baselines.md.
     L2: Bilgic B, et al. Fast image reconstruction with L2-regularization. J Magn Reson Imaging
         2014;40:181-191 (closed-form Tikhonov with a gradient regulariser).
     Nonlinear TV: Milovic C, Bilgic B, Zhao B, Acosta-Cabronero J, Tejos C. Fast nonlinear
