@@ -164,45 +164,10 @@ def read_inputs(cfg: InferConfig):
     return field, mask, voxel_size, b0_dir, affine, b0_tesla
 
 
-def load_target_model(path):
-    """Load and check an exported target model: two 5-D single-channel inputs, 5-D output."""
-    if not path:
-        raise InputError("--model: expected a .keras model file")
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: model file not found")
-    if not str(path).endswith(".keras"):
-        raise InputError(f"{path}: expected a Keras 3 model file ending in .keras")
-    from training_data.tf_env import import_tensorflow
-
-    import_tensorflow()
-    import keras
-
-    try:  # registers the package's custom layers (DSBN) when that module exists
-        import network_model.dsbn  # noqa: F401
-    except ImportError:
-        pass
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as err:
-        msg = f"{path}: cannot load as a Keras model ({type(err).__name__}: {err})".splitlines()[0]
-        raise InputError(msg[:300]) from None
-    inputs = getattr(model, "inputs", None) or []
-    if len(inputs) != 2:
-        raise InputError(f"{path}: expected a model with 2 inputs [field_ppm, mask], found {len(inputs)}")
-    for name, tensor in zip(("field_ppm", "mask"), inputs):
-        shape = tuple(tensor.shape)
-        if len(shape) != 5 or shape[-1] != 1:
-            raise InputError(f"{path}: input {name}: expected shape (batch, x, y, z, 1), found {shape}")
-    out_shape = tuple(model.outputs[0].shape) if getattr(model, "outputs", None) else ()
-    if len(out_shape) != 5 or out_shape[-1] != 1:
-        raise InputError(f"{path}: expected output chi (batch, x, y, z, 1), found {out_shape}")
-    return model
-
-
 def run(cfg: InferConfig, log=print, warn=None) -> dict:
     """Run inference as configured; returns the record written to the sidecar."""
     from network_model import tiling
-    from network_model.model_info import geometry_warning, read_model_info, spatial_divisor
+    from network_model.model_info import geometry_warning, load_model_file, read_model_info, resolve_model_path, spatial_divisor
 
     warn = warn or (lambda msg: print(f"{PROG}: warning: {msg}", file=sys.stderr))
     if not cfg.output:
@@ -215,8 +180,8 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
     if cfg.batch_size < 1:
         raise InputError(f"--batch-size: expected a positive integer, got {cfg.batch_size}")
     field, mask, voxel_size, b0_dir, affine, b0_tesla = read_inputs(cfg)
-    info = read_model_info(cfg.model) if cfg.model and os.path.isfile(cfg.model) else {}
-    model = load_target_model(cfg.model)
+    model = load_model_file(cfg.model)
+    info = read_model_info(resolve_model_path(cfg.model))
     divisor = cfg.divisor or info.get("divisor") or spatial_divisor(model)
     message = geometry_warning(info, voxel_size, b0_dir)
     if message:

@@ -133,3 +133,51 @@ def spatial_divisor(model) -> int:
 
 def _fmt(values) -> str:
     return "(" + ", ".join(f"{float(v):.3g}" for v in values) + ")"
+
+
+def resolve_model_path(path) -> str:
+    """A run folder (steps 4-5 output) stands for its target_model.keras."""
+    path = str(path)
+    return os.path.join(path, "target_model.keras") if os.path.isdir(path) else path
+
+
+def load_model_file(path) -> "keras.Model":  # noqa: F821
+    """Load a `.keras` model (or a run folder's target_model.keras) that follows contract 3.
+
+    Any model with two 5-D single-channel inputs [field_ppm, mask] and one 5-D single-channel
+    output is accepted (inference of a user's own network); fine-tuning additionally checks that it
+    is this package's target model (`unet.describe_target_model`).
+
+    Raises:
+        InputError: missing file, not a Keras archive, or inputs/outputs of another shape.
+    """
+    if not path:
+        raise InputError("--model: expected a .keras model file")
+    path = resolve_model_path(path)
+    if not os.path.isfile(path):
+        raise InputError(f"model {path}: file not found")
+    if not path.endswith(".keras"):
+        raise InputError(f"model {path}: expected a Keras 3 model file ending in .keras")
+    from training_data.tf_env import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    import network_model.dsbn  # noqa: F401  (registers the package's custom layers)
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as err:  # not a zip / not a Keras archive / unknown layers
+        msg = f"model {path}: cannot load as a Keras model ({type(err).__name__}: {err})".splitlines()[0]
+        raise InputError(msg[:300]) from None
+    inputs = getattr(model, "inputs", None) or []
+    if len(inputs) != 2:
+        raise InputError(f"model {path}: expected a model with 2 inputs [field_ppm, mask], found {len(inputs)}")
+    for name, tensor in zip(("field_ppm", "mask"), inputs):
+        shape = tuple(tensor.shape)
+        if len(shape) != 5 or shape[-1] != 1:
+            raise InputError(f"model {path}: input {name}: expected shape (batch, x, y, z, 1), found {shape}")
+    out_shape = tuple(model.outputs[0].shape) if getattr(model, "outputs", None) else ()
+    if len(out_shape) != 5 or out_shape[-1] != 1:
+        raise InputError(f"model {path}: expected output chi (batch, x, y, z, 1), found {out_shape}")
+    return model

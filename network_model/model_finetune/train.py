@@ -88,20 +88,11 @@ def output_paths(output: str) -> dict:
 
 
 def load_target_model(path: str):
-    """Load an exported target model (contract 3); InputError when it is missing or foreign."""
-    import keras
-
-    import network_model.dsbn  # noqa: F401  (registers the custom layers)
+    """Load an exported target model of this package (contract 3): (model, depth and scales)."""
+    from network_model.model_info import load_model_file
     from network_model.unet import describe_target_model
 
-    if os.path.isdir(path):
-        path = os.path.join(path, "target_model.keras")
-    if not os.path.isfile(path):
-        raise InputError(f"model {path}: file not found")
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as err:  # not a zip / not a Keras archive / unknown layers
-        raise InputError(f"model {path}: cannot load as a Keras model ({type(err).__name__})") from None
+    model = load_model_file(path)
     try:
         info = describe_target_model(model)
     except (ValueError, KeyError) as err:

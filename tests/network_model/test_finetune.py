@@ -86,6 +86,7 @@ def test_matlab_field_in_hz(case, tmp_path):
 @pytest.mark.parametrize("kind,message", [
     ("missing", "file not found"),
     ("foreign", "not a target model of this package"),
+    ("wrong_io", "expected a model with 2 inputs"),
     ("garbage", "cannot load as a Keras model"),
     ("shape", "shape mismatch"),
     ("phase", "phase scale unknown"),
@@ -97,8 +98,13 @@ def test_bad_input_exit_2(case, tmp_path, capsys, kind, message):
     extra = ["--b0", "3", "--te", "0.02"]
     if kind == "missing":
         model = tmp_path / "none.keras"
-    elif kind == "foreign":
+    elif kind == "foreign":  # right inputs and output, but not this package's target model
         model = tmp_path / "other.keras"
+        field_in, mask_in = keras.Input((None, None, None, 1)), keras.Input((None, None, None, 1))
+        chi = keras.layers.Conv3D(1, 3, padding="same")(keras.layers.Concatenate()([field_in, mask_in]))
+        keras.Model([field_in, mask_in], chi).save(model)
+    elif kind == "wrong_io":
+        model = tmp_path / "dense.keras"
         keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)]).save(model)
     elif kind == "garbage":
         model = tmp_path / "bad.keras"

@@ -139,6 +139,17 @@ def test_case_folder_and_geometry_warning(model_path, phantom, tmp_path, capsys)
     assert record["model_info"]["voxel_size_mm"] == [1.0, 1.0, 1.0] and record["b0_tesla"] == 7.0
 
 
+def test_run_folder_stands_for_its_target_model_and_sidecar(model_path, phantom, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "target_model.keras").write_bytes(Path(model_path).read_bytes())
+    write_model_info(run / "target_model.keras", voxel_size_mm=(2, 2, 2), divisor=4)
+    out = tmp_path / "out.nii.gz"
+    assert infer.main(["--model", str(run), "--field", phantom["field"], "--mask", phantom["mask"], "-o", str(out)]) == 0
+    assert "voxel size" in capsys.readouterr().err  # the folder's sidecar was read
+    assert json.loads((tmp_path / "out.json").read_text())["model_info"]["voxel_size_mm"] == [2.0, 2.0, 2.0]
+
+
 @pytest.fixture(scope="session")
 def bad_models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad")
