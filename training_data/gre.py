@@ -33,9 +33,14 @@ from training_data.units import rad_per_ppm
 def echo_signals(m0, r2star_hz, field_ppm, b0_tesla: float, te_s):
     """Yield the complex64 noise-free signal of each echo (x, y, z)."""
     for te in te_s:
-        phase = np.float32(rad_per_ppm(b0_tesla, te)) * field_ppm
-        decay = m0 * np.exp(-r2star_hz * np.float32(te))
-        yield (decay * np.exp(1j * phase)).astype(np.complex64)
+        phase = np.float32(rad_per_ppm(b0_tesla, te)) * np.asarray(field_ppm, np.float32)
+        decay = np.asarray(m0, np.float32) * np.exp(-np.asarray(r2star_hz, np.float32) * np.float32(te))
+        # cos/sin in float32 straight into a complex64 array: exp(1j * phase) would go through
+        # complex128 and take several times longer on a 0.64 mm head
+        signal = np.empty(phase.shape, np.complex64)
+        signal.real = decay * np.cos(phase)
+        signal.imag = decay * np.sin(phase)
+        yield signal
 
 
 def crop_kspace(volume, out_shape):

@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,33 +212,39 @@ def simulate_cases(anatomy: Anatomy, out_dir, resolution_mm: float = 1.0, seed: 
     # labels resampled once: Sim1 only relabels the calcification, and resampling is linear
     fractions = label_fractions(anatomy.labels, out_shape)
     replacement = calcification_replacement(anatomy.labels)
-    written = []
+    pending = []
     progress = tqdm(total=len(variants) * len(peak_snr), desc="RC2-like cases", disable=quiet, file=sys.stderr)
-    for variant in variants:
-        variant_index = VARIANTS.index(variant)
-        labels = anatomy.labels
-        if variant == "Sim1" and replacement is not None:
-            labels = np.where(anatomy.labels == CALCIFICATION, np.uint8(replacement), anatomy.labels)
-        brain = anatomy.mask & np.isin(labels, BRAIN_LABELS)
-        chi, m0, r2star = tissue_maps(labels, brain, texture, variant, chiref_ppm=anatomy.chiref_ppm)
-        field = forward_field(chi, anatomy.voxel_size_mm, (0.0, 0.0, 1.0), pad="auto")
-        echoes = [crop_kspace(s, out_shape) for s in echo_signals(m0, r2star, field, B0_TESLA, TE_S)]
-        del field, m0, r2star
-        chi_out = crop_kspace(chi, out_shape) * mask_out
-        seg_out = majority_labels(fractions if variant == "Sim2" else
-                                  merge_label_fractions(fractions, CALCIFICATION, replacement), out_shape)
-        for snr_index, (snr_name, snr) in enumerate(peak_snr.items()):
-            rng = np.random.default_rng([int(seed), variant_index, snr_index])
-            sigma = float(np.abs(echoes[0]).max()) / snr
-            noisy = [add_noise(e, sigma, rng) for e in echoes]
-            local = estimate_local_field(noisy, TE_S, B0_TESLA, mask_out, out_vs)
-            case = {"b0_tesla": B0_TESLA, "te_s": list(TE_S), "voxel_size_mm": list(out_vs), "b0_dir": [0.0, 0.0, 1.0],
-                    "peak_snr": snr if np.isfinite(snr) else None, "noise_sigma": sigma, "seed": int(seed),
-                    "source": anatomy.name, "variant": variant, "resolution_mm": resolution_mm}
-            arrays = {"local_field": local, "magnitude": np.stack([np.abs(e) for e in noisy], -1),
-                      "mask": mask_out.astype(np.uint8), "chi": chi_out.astype(np.float32), "segmentation": seg_out}
-            written.append(write_case(Path(out_dir) / f"{variant}{snr_name}", arrays, case, out_affine))
-            progress.update()
+    # gzip of the NIfTI files (zlib releases the GIL) overlaps the next case's computation
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        for variant in variants:
+            variant_index = VARIANTS.index(variant)
+            labels = anatomy.labels
+            if variant == "Sim1" and replacement is not None:
+                labels = np.where(anatomy.labels == CALCIFICATION, np.uint8(replacement), anatomy.labels)
+            brain = anatomy.mask & np.isin(labels, BRAIN_LABELS)
+            chi, m0, r2star = tissue_maps(labels, brain, texture, variant, chiref_ppm=anatomy.chiref_ppm)
+            field = forward_field(chi, anatomy.voxel_size_mm, (0.0, 0.0, 1.0), pad="auto")
+            echoes = [crop_kspace(s, out_shape) for s in echo_signals(m0, r2star, field, B0_TESLA, TE_S)]
+            del field, m0, r2star
+            chi_out = crop_kspace(chi, out_shape) * mask_out
+            seg_out = majority_labels(fractions if variant == "Sim2" else
+                                      merge_label_fractions(fractions, CALCIFICATION, replacement), out_shape)
+            for snr_index, (snr_name, snr) in enumerate(peak_snr.items()):
+                rng = np.random.default_rng([int(seed), variant_index, snr_index])
+                sigma = float(np.abs(echoes[0]).max()) / snr
+                noisy = [add_noise(e, sigma, rng) for e in echoes]
+                local = estimate_local_field(noisy, TE_S, B0_TESLA, mask_out, out_vs)
+                case = {"b0_tesla": B0_TESLA, "te_s": list(TE_S), "voxel_size_mm": list(out_vs), "b0_dir": [0.0, 0.0, 1.0],
+                        "peak_snr": snr if np.isfinite(snr) else None, "noise_sigma": sigma, "seed": int(seed),
+                        "source": anatomy.name, "variant": variant, "resolution_mm": resolution_mm}
+                arrays = {"local_field": local, "magnitude": np.stack([np.abs(e) for e in noisy], -1),
+                          "mask": mask_out.astype(np.uint8), "chi": chi_out.astype(np.float32), "segmentation": seg_out}
+                if len(pending) >= 2:  # at most two cases in memory waiting for their files
+                    pending[-2].result()
+                future = writer.submit(write_case, Path(out_dir) / f"{variant}{snr_name}", arrays, case, out_affine)
+                future.add_done_callback(lambda _: progress.update())
+                pending.append(future)
+    written = [future.result() for future in pending]
     progress.close()
     return written
 

@@ -30,10 +30,12 @@ def run_tiny(out_dir) -> int:
     return main(["-o", str(out_dir)] + DEMO_ARGS)
 
 
-def _stats(name: str, volume: np.ndarray, out: dict) -> None:
+def _stats(name: str, volume: np.ndarray, out: dict, trained: bool = False) -> None:
     volume = np.asarray(volume, np.float64)
-    out[f"{name}/stats"] = np.array([volume.mean(), volume.std(), volume.min(), volume.max(),
-                                     np.sqrt(np.mean(volume**2))])
+    # a trained network's single extreme voxel moves by ~0.5 % when its input changes by 1e-7
+    # (float32 rounding upstream): compare the 0.1 / 99.9 percentiles instead of min / max there
+    low, high = np.percentile(volume, (0.1, 99.9)) if trained else (volume.min(), volume.max())
+    out[f"{name}/stats"] = np.array([volume.mean(), volume.std(), low, high, np.sqrt(np.mean(volume**2))])
     if volume.ndim >= 3:
         middle = volume.shape[-1] // 2
         out[f"{name}/slice"] = np.asarray(volume[(0,) * (volume.ndim - 3) + (slice(None), slice(None), middle)],
@@ -58,7 +60,7 @@ def summarise(out_dir) -> tuple[dict, dict]:
             _stats(f"step3_{name.replace('/', '_')}", h5[name][()], summary)
     log = np.genfromtxt(out_dir / "step4_pretrain" / "log.csv", delimiter=",", names=True)
     summary["step4/first_step_losses"] = np.array([log["loss"][0], log["l1"][0], log["ndi"][0], log["tv"][0]])
-    _stats("step5_finetuned", read_volume(out_dir / "finetuned" / "Sim2Snr1.nii.gz").data, summary)
+    _stats("step5_finetuned", read_volume(out_dir / "finetuned" / "Sim2Snr1.nii.gz").data, summary, trained=True)
     _stats("case_local_field", read_volume(out_dir / "targets" / "Sim2Snr1" / "local_field.nii.gz").data, summary)
     table = json.loads((out_dir / "table.json").read_text())
     return summary, table
