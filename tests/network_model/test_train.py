@@ -152,15 +152,18 @@ MIRRORED = textwrap.dedent("""
         results[name] = {"replicas": strategy.num_replicas_in_sync,
                          **{k: float(v) for k, v in terms.items()},
                          "after": float(after["loss"])}
-    print("RESULT" + json.dumps(results))
+    print("RESULT" + json.dumps(results), flush=True)
+    import os
+    os._exit(0)  # skip interpreter teardown: the distributed iterators' threads can stall it for minutes
 """)
 
 
 @pytest.mark.slow
 def test_mirrored_matches_default():
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # the timeout only guards against a hang (a loaded CI machine needs minutes), it is not a benchmark
     proc = subprocess.run([sys.executable, "-c", MIRRORED], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=900)
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
     assert line, proc.stderr[-3000:]
     res = json.loads(line[0][len("RESULT"):])
