@@ -119,11 +119,12 @@ def label_fractions(labels, out_shape) -> dict:
     its bounding box, which keeps the small structures (nuclei, veins, calcification) cheap.
     """
     matrices = [linear_resample_matrix(n, m) for n, m in zip(labels.shape, out_shape)]
-    present = np.unique(labels)
-    boxes = ndi.find_objects(labels.astype(np.int32) + 1)  # labels shifted so that 0 has a box too
+    # labels shifted so that 0 has a box too; absent labels have none (no separate np.unique pass)
+    boxes = ndi.find_objects(labels.astype(np.int32) + 1)
     fractions = {}
-    for label in present:
-        box = boxes[int(label)]
+    for label, box in enumerate(boxes):
+        if box is None:
+            continue
         indicator = (labels[box] == label).astype(np.float32)
         rows = []
         for axis, (matrix, span) in enumerate(zip(matrices, box)):
@@ -168,9 +169,10 @@ def calcification_replacement(labels):
     return int(values[np.argmax(counts)])
 
 
-def remove_calcification(labels):
-    """Sim1: relabel the calcification to the most common label around it."""
-    replacement = calcification_replacement(labels)
+def remove_calcification(labels, replacement: int | None = None):
+    """Sim1: relabel the calcification to `replacement` (default: the most common label around it)."""
+    if replacement is None:
+        replacement = calcification_replacement(labels)
     if replacement is None:
         return labels
     out = labels.copy()
@@ -218,9 +220,7 @@ def simulate_cases(anatomy: Anatomy, out_dir, resolution_mm: float = 1.0, seed: 
     with ThreadPoolExecutor(max_workers=1) as writer:
         for variant in variants:
             variant_index = VARIANTS.index(variant)
-            labels = anatomy.labels
-            if variant == "Sim1" and replacement is not None:
-                labels = np.where(anatomy.labels == CALCIFICATION, np.uint8(replacement), anatomy.labels)
+            labels = anatomy.labels if variant == "Sim2" else remove_calcification(anatomy.labels, replacement)
             brain = anatomy.mask & np.isin(labels, BRAIN_LABELS)
             chi, m0, r2star = tissue_maps(labels, brain, texture, variant, chiref_ppm=anatomy.chiref_ppm)
             field = forward_field(chi, anatomy.voxel_size_mm, (0.0, 0.0, 1.0), pad="auto")
