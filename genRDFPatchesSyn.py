@@ -4,6 +4,12 @@
         --target CASE [CASE ...] -o patches.h5 [--patch-size 64] [--stride 64] [--brain-threshold 0.2]
     python genRDFPatchesSyn.py --source SYNTH.h5 --target CASE --mode crop --patch-size 160 -o crops.h5
 
+Target crops: by default one crop per target volume around its whole brain (bounding box plus
+`--target-margin`, rounded up to a multiple of 16, one size for all targets), because the target
+data-consistency loss needs the field's sources inside the crop; `--target-patch-size P` cuts
+grid patches (and `--random-crops`) of size P instead, e.g. 128 (the original's crop) when memory
+is short. Every field is written x mask (the network's input contract).
+
 Inputs and their formats: training_data/patch_inputs.py. Patch grid, crop mode and the HDF5 layout
 (contract 2): training_data/patches.py. Stride defaults to the patch size (no overlap; the last
 patch of an axis is moved back flush with the end): the augmented maps already vary enough, and a
@@ -23,7 +29,7 @@ import numpy as np
 from training_data.errors import InputError, run_cli
 from training_data.geometry import int_triple
 from training_data.patch_inputs import SourceInputs, TargetInputs
-from training_data.patches import PatchFileWriter, bbox_crop_origin, select_origins
+from training_data.patches import PatchFileWriter, bbox_crop_origin, bbox_crop_size, select_origins
 from training_data.step_config import add_config_options, config_to_dict, resolve_config, write_config
 from training_data.units import FIELD_UNITS
 from training_data.volume_io import HDF5_SUFFIXES, atomic_path, suffix_of
@@ -42,6 +48,10 @@ class PatchConfig:
         "type": int, "nargs": "+", "help": "grid step, voxels: 1 or 3 numbers; default the patch size"})
     mode: str = field(default="patches", metadata={"choices": MODES,
                                                    "help": "grid patches, or one crop per volume around the mask"})
+    target_patch_size: tuple | None = field(default=None, metadata={
+        "type": int, "nargs": "+",
+        "help": "target patch size, voxels (1 or 3 numbers); default: one whole-brain crop per target"})
+    target_margin: int = field(default=8, metadata={"help": "voxels around the brain in whole-brain target crops"})
     brain_threshold: float = field(default=0.2, metadata={"help": "keep patches with this brain fraction or more"})
     grid: bool = field(default=True, metadata={"help": "cut the grid patches (patches mode)"})
     random_crops: int = field(default=0, metadata={"help": "extra randomly placed patches per volume"})
@@ -72,6 +82,13 @@ class PatchConfig:
             raise InputError(f"--patch-size: expected positive sizes, got {size}")
         if min(stride) <= 0:
             raise InputError(f"--stride: expected positive steps, got {stride}")
+        if self.target_patch_size is not None:
+            target = int_triple(self.target_patch_size, "--target-patch-size")
+            if min(target) <= 0:
+                raise InputError(f"--target-patch-size: expected positive sizes, got {target}")
+            object.__setattr__(self, "target_patch_size", target)
+        if self.target_margin < 0:
+            raise InputError(f"--target-margin: expected >= 0 voxels, got {self.target_margin}")
         if not 0.0 <= self.brain_threshold <= 1.0:
             raise InputError(f"--brain-threshold: expected a fraction in [0, 1], got {self.brain_threshold}")
         if self.random_crops < 0:
@@ -99,8 +116,13 @@ def write_patches(out, sources: SourceInputs, targets: TargetInputs, config: Pat
              "config": json.dumps(config_to_dict(config)), "step": PROG}
     t0 = time.perf_counter()
     counts = {}
+    target_bbox = config.target_patch_size is None
+    target_size = config.target_patch_size
+    if target_bbox and len(targets):
+        target_size = bbox_crop_size((targets.load(k).mask for k in range(len(targets))), config.target_margin)
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
-        writer = PatchFileWriter(h5, config.patch_size, stride, config.mode, config.compression, extra)
+        writer = PatchFileWriter(h5, config.patch_size, stride, config.mode, config.compression, extra,
+                                 target_patch_size=target_size, target_mode="bbox" if target_bbox else "patches")
         for group_id, (group, inputs) in enumerate((("source", sources), ("target", targets))):
             first = None
             third = "chi" if group == "source" else "weight"
@@ -114,11 +136,13 @@ def write_patches(out, sources: SourceInputs, targets: TargetInputs, config: Pat
                     if not _same(getattr(vol, attr), getattr(first, attr)):
                         raise InputError(f"{group} {vol.label}: {name} {getattr(vol, attr)} differs from "
                                          f"{first.label} {getattr(first, attr)}; write separate patch files")
-                if crop:
-                    origins = bbox_crop_origin(vol.mask, config.patch_size)[None]
+                size = writer.sizes[group]
+                if crop or (group == "target" and target_bbox):
+                    origins = bbox_crop_origin(vol.mask, size)[None]
                 else:
+                    stride_g = config.stride if group == "source" else size
                     rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(group_id, k)))
-                    origins = select_origins(vol.mask, config.patch_size, config.stride, config.brain_threshold,
+                    origins = select_origins(vol.mask, size, stride_g, config.brain_threshold,
                                              config.random_crops, rng, config.grid)
                 writer.append(group, k, origins, field=vol.field_ppm, mask=vol.mask, **{third: vol.third})
             counts[group] = writer.count(group)

@@ -81,11 +81,24 @@ def read_patch_group(path, group: str) -> PatchGroup:
                 raise InputError(f"{path}: /{group}/{key} has shape {shape}, expected {first} (N, px, py, pz)")
         if first[0] < 1:
             raise InputError(f"{path}: /{group} holds no patches")
+        check_input_contract(path, group, grp, first[0])
         attrs = dict(grp.attrs)
     return PatchGroup(path, group, int(first[0]), tuple(int(n) for n in first[1:]),
                       tuple(float(v) for v in attrs.get("voxel_size_mm", (1.0, 1.0, 1.0))),
                       tuple(float(v) for v in attrs.get("b0_dir", (0.0, 0.0, 1.0))),
                       _attr_float(attrs, "b0_tesla"), _attr_float(attrs, "te_s"), keys)
+
+
+def check_input_contract(path: str, group: str, grp, count: int, samples: int = 4) -> None:
+    """The network's input is field x mask in both domains (network_model/unet.py): check a few
+    patches (first, last, evenly spaced) and refuse a file whose field is non-zero outside the mask."""
+    for i in sorted(set(np.linspace(0, count - 1, min(samples, count)).astype(int).tolist())):
+        field, mask = np.asarray(grp["field"][i]), np.asarray(grp["mask"][i])
+        outside = np.abs(field[mask <= 0])
+        if outside.size and float(outside.max()) > 0:
+            raise InputError(f"{path}: /{group}/field patch {i} is non-zero outside the mask (max |field| "
+                             f"{float(outside.max()):.3g} ppm there); expected field x mask: rewrite the file "
+                             "with step 3 (genRDFPatchesSyn.py) of this version")
 
 
 def split_indices(count: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -169,8 +182,11 @@ def write_patch_file(path, source: dict, target: dict, voxel_size_mm=(1.0, 1.0, 
         with h5py.File(tmp, "w") as h5:
             for name, items in (("source", source), ("target", target)):
                 grp = h5.create_group(name)
+                inside = np.asarray(items["mask"]) > 0
                 for key, arr in items.items():
                     arr = np.asarray(arr, np.float32)
+                    if key != "mask":
+                        arr = np.where(inside, arr, np.float32(0))  # the input contract (field x mask)
                     grp.create_dataset(key, data=arr, chunks=(1, *arr.shape[1:]), compression="lzf")
                 grp.attrs["voxel_size_mm"] = np.asarray(voxel_size_mm, np.float64)
                 grp.attrs["b0_dir"] = np.asarray(b0_dir, np.float64)
@@ -181,5 +197,6 @@ def write_patch_file(path, source: dict, target: dict, voxel_size_mm=(1.0, 1.0, 
             h5.attrs["stride"] = np.asarray(first.shape[1:], np.int64)
             h5.attrs["mode"] = "patches"
             h5.attrs["units"] = "ppm"
-            h5.attrs["format_version"] = 1
+            h5.attrs["format_version"] = 2
+            h5.attrs["input_contract"] = "field*mask"
     return str(path)

@@ -5,6 +5,12 @@ Architecture (the original QSMInvNet+ layout): `depth` 2x2x2 max-poolings; at ev
 concatenation on the way up; a final 1x1x1 linear convolution. Filters double per level from
 `base_filters`. Inputs: the local field (ppm) and the brain mask, as two channels.
 
+Input contract (both domains, pre-training, fine-tuning and inference): the network sees the
+local field x mask, zero outside the brain. Step 2 and step 3 already write masked fields; the
+models multiply once more, so a field map with values outside the mask (a MATLAB background-removed
+field, a synthetic field computed over the whole volume) cannot feed the network signal that the
+other domain never shows it.
+
 Scaling (a config value, not a hidden constant): the network sees `field_ppm * input_scale` and
 its last convolution predicts `chi_ppm * label_scale`; the models here return chi in **ppm**,
 multiplied by the mask. Defaults follow the original method: input x100, label x100/3.
@@ -85,7 +91,7 @@ class DomainAdaptiveUNet(keras.Model):
     def call(self, inputs, domain=0, training=None):
         field_ppm, mask = inputs
         check_spatial_shape(field_ppm.shape[1:4], self.depth)
-        x = ops.concatenate([field_ppm * self.input_scale, mask], axis=-1)
+        x = ops.concatenate([field_ppm * mask * self.input_scale, mask], axis=-1)
         skips = []
         for block, _ in _level_plan(self.depth, self.base_filters):
             if block.startswith("dec"):
@@ -137,7 +143,8 @@ def build_target_model(depth: int = 4, base_filters: int = 16, input_scale: floa
     """
     field = keras.Input((None, None, None, 1), name="field_ppm")
     mask = keras.Input((None, None, None, 1), name="mask")
-    x = layers.Concatenate(name="input_concat")([layers.Rescaling(input_scale, name="input_scale")(field), mask])
+    masked = layers.Multiply(name="field_masked")([field, mask])  # input contract (module docstring)
+    x = layers.Concatenate(name="input_concat")([layers.Rescaling(input_scale, name="input_scale")(masked), mask])
     skips = []
     for block, filters in _level_plan(depth, base_filters):
         if block.startswith("dec"):

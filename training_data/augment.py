@@ -30,6 +30,8 @@ from training_data.strong_sources import add_sources, random_rotation, source_fo
 
 CONTRAST_FAMILIES = ("none", "linear", "gamma", "log", "sigmoid")
 SOURCE_SHAPES = ("sphere", "ellipsoid", "cylinder")
+#: The recipe's sources (haemorrhage- and calcification-like solids); cylinders only on request.
+DEFAULT_SOURCE_SHAPES = ("sphere", "ellipsoid")
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,8 @@ class AugmentParams:
     sources_probability: float = field(default=1.0 / 3.0, metadata={"help": "fraction of samples with sources"})
     sources_count: tuple = field(default=(1, 5), metadata={"nargs": 2, "type": int,
                                                           "help": "min and max number of sources"})
-    sources_shapes: tuple = field(default=SOURCE_SHAPES, metadata={"choices": SOURCE_SHAPES,
-                                                                  "help": "shapes drawn from"})
+    sources_shapes: tuple = field(default=DEFAULT_SOURCE_SHAPES, metadata={
+        "choices": SOURCE_SHAPES, "help": "shapes drawn from; 'cylinder' (vein-like) is never negative"})
     sources_semi_axes_vox: tuple = field(default=(1.0, 5.0), metadata={
         "nargs": 2, "type": float, "help": "semi-axis (radius) range, voxels"})
     sources_cylinder_half_length_vox: tuple = field(default=(4.0, 12.0), metadata={
@@ -69,7 +71,7 @@ class AugmentParams:
     sources_value_ppm: float = field(default=2.0, metadata={"help": "mean |chi| of a source, ppm"})
     sources_value_sd_ppm: float = field(default=0.1, metadata={"help": "sd of a source's chi, ppm"})
     sources_negative_fraction: float = field(default=0.5, metadata={
-        "help": "fraction of negative (calcification-like) sources"})
+        "help": "fraction of negative (calcification-like) spheres/ellipsoids; cylinders are positive"})
     largest_component: bool = field(default=True, metadata={"help": "keep the mask's largest component"})
     erode_vox: int = field(default=1, metadata={"help": "mask erosion after the warp, voxels"})
 

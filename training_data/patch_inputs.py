@@ -31,7 +31,13 @@ from training_data.volume_io import HDF5_SUFFIXES, check_mask, read_field, read_
 
 @dataclass
 class PatchVolume:
-    """One volume to cut: field (ppm), mask (bool), and chi (source, ppm) or weight (target, [0, 1])."""
+    """One volume to cut: field (ppm), mask (bool), and chi (source, ppm) or weight (target, [0, 1]).
+
+    The field and the third volume are multiplied by the mask on construction: the network's input
+    contract (network_model/unet.py) is the local field x mask in both domains, so a synthetic field
+    computed over the whole volume (or a MATLAB field with values outside the brain) never gives the
+    source patches signal that target patches and inference inputs do not have.
+    """
 
     label: str
     field_ppm: np.ndarray
@@ -41,6 +47,11 @@ class PatchVolume:
     b0_dir: tuple | None = None
     b0_tesla: float | None = None
     te_s: float | None = None
+
+    def __post_init__(self):
+        inside = np.asarray(self.mask, dtype=bool)
+        self.field_ppm = np.where(inside, np.asarray(self.field_ppm, np.float32), np.float32(0))
+        self.third = np.where(inside, np.asarray(self.third, np.float32), np.float32(0))
 
 
 # --- source side -------------------------------------------------------------------------------

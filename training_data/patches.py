@@ -7,14 +7,21 @@ over the axes, before the brain-fraction filter (keep a patch when mean(mask) >=
 Crop (mode "crop"): one crop of the given size per volume, centred on the mask's bounding box,
 zero-padded where it leaves the volume (volumes smaller than the crop are padded).
 
-HDF5 layout (contract 2, format_version 1):
+Target crops ("bbox", step 3's default): one crop per target volume centred on its mask's bounding
+box, the same size for every target: the largest bounding box plus a margin, rounded up to a
+multiple of 16 (`bbox_crop_size`). Data consistency needs the sources of the field: the true chi's
+NDI inside a 32^3 patch is several times its whole-volume value (benchmarks/results_ndi_floor.md).
+
+HDF5 layout (contract 2, format_version 2):
     /source/field, /source/mask, /source/chi     float32 (N, px, py, pz)
-    /target/field, /target/mask, /target/weight  float32 (M, px, py, pz)
-        chunks (1, px, py, pz), lzf or gzip; field and chi in ppm, mask 0/1, weight in [0, 1]
-    /source, /target attrs: voxel_size_mm (3), b0_dir (3), files (list of str);
+    /target/field, /target/mask, /target/weight  float32 (M, qx, qy, qz)  (sizes may differ)
+        chunks (1, px, py, pz), lzf or gzip; field and chi in ppm, mask 0/1, weight in [0, 1];
+        field, chi and weight are 0 outside the mask (the network's input contract)
+    /source, /target attrs: voxel_size_mm (3), b0_dir (3), files (list of str), patch_size (3);
         /target also b0_tesla, te_s (TE of the weighting echo) — NaN when unknown
-    root attrs: patch_size (3 ints), stride (3 ints, -1s in crop mode), mode, units="ppm",
-        format_version=1 (+ brain_threshold, seed, config JSON)
+    root attrs: patch_size (3 ints, the source's), stride (3 ints, -1s in crop mode), mode,
+        target_mode ("bbox" | "patches"), units="ppm", input_contract="field*mask",
+        format_version=2 (+ brain_threshold, seed, config JSON)
     /index/source_volume, /index/target_volume   int32 (N,), (M,)  which input volume
     /index/source_origin, /index/target_origin   int32 (N, 3), (M, 3) patch start (may be < 0
         in crop mode, where the crop is padded)
@@ -28,7 +35,10 @@ import numpy as np
 
 from training_data.errors import InputError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+INPUT_CONTRACT = "field*mask"
+#: Target crop sizes are rounded up to this (2**depth for networks up to 4 poolings).
+CROP_MULTIPLE = 16
 GROUP_DATASETS = {"source": ("field", "mask", "chi"), "target": ("field", "mask", "weight")}
 
 
@@ -100,6 +110,18 @@ def bbox_crop_origin(mask, crop_size) -> np.ndarray:
     return (centre2 + 1) // 2 - np.asarray(crop_size) // 2
 
 
+def bbox_crop_size(masks, margin_vox: int = 8, multiple: int = CROP_MULTIPLE) -> tuple:
+    """Size of a crop holding every mask's bounding box plus `margin_vox` per side, per axis rounded
+    up to a multiple of `multiple` (raises InputError on an empty mask)."""
+    size = np.zeros(3, dtype=np.int64)
+    for mask in masks:
+        idx = np.argwhere(np.asarray(mask) > 0)
+        if idx.size == 0:
+            raise InputError("target crop: a mask is empty")
+        size = np.maximum(size, idx.max(0) - idx.min(0) + 1 + 2 * int(margin_vox))
+    return tuple(int(-(-n // multiple) * multiple) for n in size)
+
+
 def select_origins(mask, patch_size, stride, brain_threshold: float = 0.0, random_crops: int = 0,
                    rng: np.random.Generator | None = None, grid: bool = True, max_tries: int = 20) -> np.ndarray:
     """Patch origins of one volume: grid patches and random crops with enough brain; int (k, 3).
@@ -144,16 +166,21 @@ class PatchFileWriter:
             writer.set_group_attrs("source", voxel_size_mm, b0_dir, files)
     """
 
-    def __init__(self, h5, patch_size, stride, mode: str, compression: str = "lzf", extra_attrs=None):
+    def __init__(self, h5, patch_size, stride, mode: str, compression: str = "lzf", extra_attrs=None,
+                 target_patch_size=None, target_mode: str = "patches"):
         self.h5 = h5
         self.patch_size = tuple(int(p) for p in patch_size)
+        self.sizes = {"source": self.patch_size,
+                      "target": tuple(int(p) for p in (target_patch_size or patch_size))}
         comp = None if compression == "none" else compression
         opts = 1 if comp == "gzip" else None
         for group_name, names in GROUP_DATASETS.items():
             group = h5.create_group(group_name)
+            size = self.sizes[group_name]
+            group.attrs["patch_size"] = np.asarray(size, dtype=np.int64)
             for name in names:
-                group.create_dataset(name, (0,) + self.patch_size, np.float32, maxshape=(None,) + self.patch_size,
-                                     chunks=(1,) + self.patch_size, compression=comp, compression_opts=opts)
+                group.create_dataset(name, (0,) + size, np.float32, maxshape=(None,) + size,
+                                     chunks=(1,) + size, compression=comp, compression_opts=opts)
             group["field"].attrs["units"] = "ppm"
             if "chi" in group:
                 group["chi"].attrs["units"] = "ppm"
@@ -164,6 +191,8 @@ class PatchFileWriter:
         h5.attrs["patch_size"] = np.asarray(self.patch_size, dtype=np.int64)
         h5.attrs["stride"] = np.asarray(stride, dtype=np.int64)
         h5.attrs["mode"] = mode
+        h5.attrs["target_mode"] = target_mode
+        h5.attrs["input_contract"] = INPUT_CONTRACT
         h5.attrs["units"] = "ppm"
         h5.attrs["format_version"] = FORMAT_VERSION
         for key, value in (extra_attrs or {}).items():
@@ -191,7 +220,8 @@ class PatchFileWriter:
             dset = group[name]
             dset.resize(start + k, axis=0)
             # One write per volume and dataset (h5py's per-call overhead dominates per-patch writes).
-            dset[start:start + k] = np.stack([extract_patch(volumes[name], o, self.patch_size) for o in origins])
+            size = self.sizes[group_name]
+            dset[start:start + k] = np.stack([extract_patch(volumes[name], o, size) for o in origins])
         index = self.h5["index"]
         vol, org = index[f"{group_name}_volume"], index[f"{group_name}_origin"]
         vol.resize(start + k, axis=0)

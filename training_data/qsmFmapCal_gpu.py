@@ -1,7 +1,7 @@
 """Step 2: field maps (ppm) of susceptibility maps (ppm) by FFT dipole convolution.
 
     python training_data/qsmFmapCal_gpu.py INPUT... -o OUTPUT [--mask M] [--voxel-size X Y Z]
-        [--b0-dir X Y Z] [--pad none|fast|auto|N] [--demean] [--overwrite]
+        [--b0-dir X Y Z] [--pad none|fast|auto|N] [--demean] [--keep-background] [--overwrite]
 
 INPUT: susceptibility maps (NIfTI, .mat v5/v7.3, .h5, .npy), folders of them, or the HDF5 output of
 step 1 (dataset `/chi`, (N, x, y, z), optional `/mask`). OUTPUT: a .nii/.nii.gz file (one input),
@@ -9,6 +9,11 @@ a folder (one `<name>_field.nii.gz` per map, input affine kept) or a .h5 file (d
 (N, x, y, z) float32 ppm, attrs voxel_size_mm, b0_dir, files). Runs on the GPU when TensorFlow
 sees one, else on the CPU. Voxel size and B0 direction come from the file header (NIfTI affine,
 HDF5 attrs) unless given; without either, 1 mm and B0 along the third axis.
+
+Where a mask is known (a step-1 HDF5 carries one, or --mask) the field is set to 0 outside it: the
+network's input is the local field x mask in both domains (network_model/unet.py). The dipole field
+a synthetic map makes outside its mask is real, but measured local fields are zero there, so
+training on it would teach the network from signal it never sees. `--keep-background` keeps it.
 """
 from __future__ import annotations
 
@@ -67,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="zero padding: none, fast, auto (quarter of each axis per side) or voxels per side")
     parser.add_argument("--d0", type=float, default=0.0, help="kernel value at k=0 (0 default; 1/3 as SEPIA)")
     parser.add_argument("--demean", action="store_true", help="subtract the mean field inside the mask")
-    parser.add_argument("--mask-output", action="store_true", help="set the field outside the mask to 0")
+    parser.add_argument("--mask-output", action="store_true",
+                        help="require a mask and set the field outside it to 0 (the default whenever a mask is known)")
+    parser.add_argument("--keep-background", action="store_true",
+                        help="keep the field outside the mask (not the network's input contract)")
     parser.add_argument("--example", action="store_true", help="use a built-in example (spheres phantom) as input")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return parser
@@ -93,6 +101,8 @@ def _run(args) -> int:
         shared_mask = read_mask(args.mask, like=maps[0].chi_ppm, like_name=f"input {maps[0].name}")
     if (args.demean or args.mask_output) and shared_mask is None and any(m.mask is None for m in maps):
         raise InputError("--demean/--mask-output: expected a mask (--mask M), found none")
+    if args.mask_output and args.keep_background:
+        raise InputError("--mask-output and --keep-background: expected one of them, got both")
     out_kind = _output_kind(args.output, len(maps))
     _refuse_existing(args.output, out_kind, maps, args.overwrite)
 
@@ -112,7 +122,7 @@ def _run(args) -> int:
                 raise InputError(f"shape mismatch: mask {mask.shape} vs input {item.name} {field.shape}")
             if args.demean:
                 field = field - np.float32(field[mask].mean())
-            if args.mask_output:
+            if mask is not None and not args.keep_background:
                 field = field * mask
             out.add(item, field.astype(np.float32), vs, b0)
     print(f"{PROG}: wrote {len(maps)} field map(s) (ppm) to {args.output}", file=sys.stderr)

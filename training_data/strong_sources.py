@@ -1,5 +1,6 @@
-"""Strong susceptibility sources added to synthetic maps (step 1): haemorrhage-, calcification- and
-vein-like solids (spheres, ellipsoids, thin cylinders) of random size, orientation and sign.
+"""Strong susceptibility sources added to synthetic maps (step 1): haemorrhage- and calcification-like
+solids (spheres, ellipsoids; the recipe's default) of random size, orientation and sign, and on
+request vein-like thin cylinders, always positive (venous blood is paramagnetic: no negative veins).
 
 Parameters come from training_data.augment.AugmentParams (the `sources_*` fields). Sizes in voxels,
 values in ppm. A source replaces the tissue value inside its solid and is kept inside the mask and
@@ -67,6 +68,8 @@ def add_sources(chi, mask, rng: np.random.Generator, params, count: int | None =
             if shape_name == "sphere":
                 rot = np.eye(3)  # a digital sphere's voxel set depends on its rotation; keep it canonical
             sign = -1.0 if rng.uniform() < params.sources_negative_fraction else 1.0
+            if shape_name == "cylinder":
+                sign = 1.0  # veins are paramagnetic
             value = sign * abs(rng.normal(params.sources_value_ppm, params.sources_value_sd_ppm))
             centre = inside[rng.integers(len(inside))]
             vox = source_footprint(shape_name, semi, rot, half) + centre

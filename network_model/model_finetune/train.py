@@ -174,7 +174,7 @@ def finetune(cfg: FinetuneConfig) -> int:
     def loss_fn(_batch):
         chi = predict()
         ndi = tf.reduce_mean(ndi_loss(chi, field_c, weight_c, mask_c, dipole, phase))
-        tv = tf.reduce_mean(tv_loss(chi, info["label_scale"]))
+        tv = tf.reduce_mean(tv_loss(chi, mask_c, info["label_scale"]))
         return {"loss": ndi + cfg.lambda_tv * tv, "ndi": ndi, "tv": tv}
 
     strategy = tf.distribute.get_strategy()

@@ -6,7 +6,11 @@ batch (measured field, mask, weight; BN domain 1) through the same network and m
     L = L1(source) + lambda_ndi * NDI(target) + lambda_tv * TV(target)
 
 (network_model.losses; NDI in radians with the phase scale from the `/target` attrs `b0_tesla`
-and `te_s`, or `phase_rad_per_ppm`). The run folder holds `config.json` (resolved config),
+and `te_s`, or `phase_rad_per_ppm`, normalised so the original weights 1 : 20 : 0.05 keep their
+meaning at every B0 and TE; TV inside the mask per mask voxel). The log has each raw term and each
+weighted term (`ndi_weighted` = lambda_ndi * ndi, `tv_weighted` = lambda_tv * tv). Source and target
+batches may differ in size: large target crops (the field inside a patch has sources outside it,
+so data consistency needs them) with `target_batch_size` crops per step. The run folder holds `config.json` (resolved config),
 `log.csv`, `tensorboard/`, `checkpoints/` (resume after a kill: rerun the same command) and, at
 the end, `target_model.keras` (data contract 3).
 
@@ -43,7 +47,8 @@ class PretrainConfig:
     input_scale: float = 100.0       # network input = field_ppm * input_scale (original x100)
     label_scale: float = 100.0 / 3.0  # network output = chi_ppm * label_scale (original x100/3)
     bn_momentum: float = 0.99        # Keras BN momentum (PyTorch 0.01)
-    batch_size: int = 2              # patches per domain per step (global, over replicas)
+    batch_size: int = 2              # source patches per step (global, over replicas)
+    target_batch_size: int = 0       # target crops per step; 0: batch_size
     epochs: int = 6
     steps_per_epoch: int = 0         # 0: the larger training split / batch_size
     max_steps: int = 0               # 0: epochs * steps_per_epoch; else stop (checkpointed) at this step
@@ -51,8 +56,8 @@ class PretrainConfig:
     lr_schedule: str = "constant"    # constant | cosine | exponential
     lr_decay_steps: int = 0          # 0: the run length
     lr_decay_rate: float = 0.5
-    lambda_ndi: float = 20.0         # weight of the NDI term (radians)
-    lambda_tv: float = 0.05          # weight of the TV term (network units)
+    lambda_ndi: float = 20.0         # weight of the NDI term (normalised to the original's 100*ppm argument)
+    lambda_tv: float = 0.05          # weight of the TV term (network units, inside the mask)
     phase_rad_per_ppm: float | None = None  # None: rad_per_ppm(/target b0_tesla, te_s)
     dipole_pad: str = "none"         # FFT padding of the patch dipole model (training_data.dipole)
     val_fraction: float = 0.1        # held-out patches per domain
@@ -97,10 +102,16 @@ def build_loss_fn(model, dipole, phase_rad_per_ppm: float, cfg: PretrainConfig, 
         chi_t = model([t_field, t_mask], domain=1, training=training)
         l1 = replica_mean(l1_loss(chi_s, s_chi, s_mask, cfg.label_scale))
         ndi = replica_mean(ndi_loss(chi_t, t_field, t_weight, t_mask, dipole, phase_rad_per_ppm))
-        tv = replica_mean(tv_loss(chi_t, cfg.label_scale))
-        return {"loss": l1 + cfg.lambda_ndi * ndi + cfg.lambda_tv * tv, "l1": l1, "ndi": ndi, "tv": tv}
+        tv = replica_mean(tv_loss(chi_t, t_mask, cfg.label_scale))
+        return {"loss": l1 + cfg.lambda_ndi * ndi + cfg.lambda_tv * tv, "l1": l1, "ndi": ndi, "tv": tv,
+                "ndi_weighted": cfg.lambda_ndi * ndi, "tv_weighted": cfg.lambda_tv * tv}
 
     return loss_fn
+
+
+def target_batch(cfg: PretrainConfig) -> int:
+    """Target crops per step (`target_batch_size`, or `batch_size` when 0)."""
+    return cfg.target_batch_size or cfg.batch_size
 
 
 def make_validate(model, dipole, phase: float, cfg: PretrainConfig, source, target, src_val, tgt_val):
@@ -114,7 +125,7 @@ def make_validate(model, dipole, phase: float, cfg: PretrainConfig, source, targ
     if len(src_val) == 0 or len(tgt_val) == 0:
         return None
     src_ds = patch_dataset(source, src_val, cfg.batch_size, shuffle=False, repeat=False, drop_remainder=False)
-    tgt_ds = patch_dataset(target, tgt_val, cfg.batch_size, shuffle=False, repeat=False, drop_remainder=False)
+    tgt_ds = patch_dataset(target, tgt_val, target_batch(cfg), shuffle=False, repeat=False, drop_remainder=False)
 
     @tf.function
     def src_terms(field, mask, chi):
@@ -123,7 +134,7 @@ def make_validate(model, dipole, phase: float, cfg: PretrainConfig, source, targ
     @tf.function
     def tgt_terms(field, mask, weight):
         chi = model([field, mask], domain=1, training=False)
-        return ndi_loss(chi, field, weight, mask, dipole, phase), tv_loss(chi, cfg.label_scale)
+        return ndi_loss(chi, field, weight, mask, dipole, phase), tv_loss(chi, mask, cfg.label_scale)
 
     def validate():
         l1 = np.concatenate([src_terms(*b).numpy() for b in src_ds]).mean()
@@ -158,16 +169,18 @@ def pretrain(cfg: PretrainConfig) -> int:
             check_spatial_shape(info.patch_size, cfg.depth)
         except ValueError as err:
             raise InputError(f"{info.path}: /{info.group} patches {info.patch_size}: {err}") from None
-    if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.max_steps < 0:
-        raise InputError("batch_size and epochs must be >= 1 and max_steps >= 0")
+    if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.max_steps < 0 or cfg.target_batch_size < 0:
+        raise InputError("batch_size and epochs must be >= 1, max_steps and target_batch_size >= 0")
     phase = phase_scale(cfg, target)
     strategy = make_strategy(cfg.strategy)
-    if cfg.batch_size % strategy.num_replicas_in_sync:
-        raise InputError(f"batch_size {cfg.batch_size} must be divisible by the {strategy.num_replicas_in_sync} replicas")
+    for name, size in (("batch_size", cfg.batch_size), ("target_batch_size", target_batch(cfg))):
+        if size % strategy.num_replicas_in_sync:
+            raise InputError(f"{name} {size} must be divisible by the {strategy.num_replicas_in_sync} replicas")
 
     src_train, src_val = split_indices(source.count, cfg.val_fraction, cfg.seed)
     tgt_train, tgt_val = split_indices(target.count, cfg.val_fraction, cfg.seed + 1)
-    steps_per_epoch = cfg.steps_per_epoch or max(1, math.ceil(max(len(src_train), len(tgt_train)) / cfg.batch_size))
+    steps_per_epoch = cfg.steps_per_epoch or max(1, math.ceil(len(src_train) / cfg.batch_size),
+                                                  math.ceil(len(tgt_train) / target_batch(cfg)))
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
 
     os.makedirs(cfg.run_dir, exist_ok=True)
@@ -197,7 +210,7 @@ def pretrain(cfg: PretrainConfig) -> int:
     dipole = dipole_operator_tf(target.patch_size, target.voxel_size_mm, target.b0_dir, cfg.dipole_pad)
     epoch = int(step_var.numpy()) // steps_per_epoch  # reshuffle differently after a resume
     src_ds = patch_dataset(source, src_train, cfg.batch_size, seed=cfg.seed + 7919 * epoch)
-    tgt_ds = patch_dataset(target, tgt_train, cfg.batch_size, seed=cfg.seed + 1 + 7919 * epoch)
+    tgt_ds = patch_dataset(target, tgt_train, target_batch(cfg), seed=cfg.seed + 1 + 7919 * epoch)
     batches = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.zip((src_ds, tgt_ds))))
     step_fn = make_train_step(strategy, model, optimizer, build_loss_fn(model, dipole, phase, cfg))
     validate = make_validate(model, dipole, phase, cfg, source, target, src_val, tgt_val)

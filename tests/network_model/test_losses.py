@@ -6,7 +6,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from network_model.losses import l1_loss, ndi_loss, tv_loss  # noqa: E402
+from network_model.losses import NDI_REFERENCE_RAD_PER_PPM, l1_loss, ndi_loss, tv_loss  # noqa: E402
 from training_data.dipole import dipole_operator_tf, forward_field  # noqa: E402
 from training_data.units import rad_per_ppm  # noqa: E402
 
@@ -36,11 +36,32 @@ def test_ndi_closed_form_and_wrap_invariance():
     mask = np.ones_like(chi)
     scale = 20.0
     expected = np.mean(weight**2 * (2 - 2 * np.cos(scale * (field - chi))), axis=(1, 2, 3))
+    raw = ndi_loss(chi[..., None], field[..., None], weight[..., None], mask[..., None], tf.identity, scale,
+                   reference_rad_per_ppm=None)
+    np.testing.assert_allclose(raw.numpy(), expected, rtol=1e-5)
     got = ndi_loss(chi[..., None], field[..., None], weight[..., None], mask[..., None], tf.identity, scale)
-    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(got.numpy(), expected * (NDI_REFERENCE_RAD_PER_PPM / scale) ** 2, rtol=1e-5)
     wrapped = field + np.float32(2 * np.pi / scale)  # a 2 pi phase wrap of the measurement
-    got2 = ndi_loss(chi[..., None], wrapped[..., None], weight[..., None], mask[..., None], tf.identity, scale)
+    got2 = ndi_loss(chi[..., None], wrapped[..., None], weight[..., None], mask[..., None], tf.identity, scale,
+                    reference_rad_per_ppm=None)
     np.testing.assert_allclose(got2.numpy(), expected, rtol=1e-3, atol=1e-5)
+
+
+def test_ndi_same_ppm_residual_same_loss_at_3t_and_7t():
+    # a lambda must mean the same at every B0 and TE: small-angle residual of 0.002 ppm
+    rng = np.random.default_rng(7)
+    residual = rng.uniform(-0.002, 0.002, (1, 6, 6, 6)).astype(np.float32)
+    weight = rng.uniform(0.3, 1, (1, 6, 6, 6)).astype(np.float32)
+    zeros, ones = np.zeros_like(residual), np.ones_like(residual)
+    at_3t = ndi_loss(zeros, residual, weight, ones, tf.identity, rad_per_ppm(3.0, 0.025)).numpy()
+    at_7t = ndi_loss(zeros, residual, weight, ones, tf.identity, rad_per_ppm(7.0, 0.012)).numpy()
+    np.testing.assert_allclose(at_3t, at_7t, rtol=2e-3)
+    # and it is the original's scale: 100^2 * mean(W^2 residual^2)
+    np.testing.assert_allclose(at_7t, [1e4 * np.mean(weight**2 * residual**2)], rtol=2e-3)
+    raw_3t = ndi_loss(zeros, residual, weight, ones, tf.identity, rad_per_ppm(3.0, 0.025), None).numpy()
+    raw_7t = ndi_loss(zeros, residual, weight, ones, tf.identity, rad_per_ppm(7.0, 0.012), None).numpy()
+    assert raw_3t[0] / raw_7t[0] > 0.75  # the raw phase term does depend on B0 and TE (20.06 vs 22.47 rad/ppm)
+    assert abs(raw_3t[0] / raw_7t[0] - 1) > 0.15
 
 
 def test_ndi_masked_mean_counts_mask_voxels():
@@ -48,7 +69,7 @@ def test_ndi_masked_mean_counts_mask_voxels():
     field = np.full_like(chi, np.pi / 2 / 10.0)  # phase difference pi/2 -> 2 - 2 cos = 2
     mask = np.zeros_like(chi)
     mask[:, :2] = 1
-    got = ndi_loss(chi, field, mask, mask, tf.identity, 10.0)
+    got = ndi_loss(chi, field, mask, mask, tf.identity, 10.0, reference_rad_per_ppm=None)
     np.testing.assert_allclose(got.numpy(), [2.0], rtol=1e-5)
 
 
@@ -80,13 +101,32 @@ def test_ndi_gradient_matches_finite_differences():
 
 
 def test_tv_constant_and_ramp():
-    np.testing.assert_allclose(tv_loss(_vol(np.full((5, 6, 7), 3.0))).numpy(), [0.0])
+    ones = _vol(np.ones((5, 6, 7)))
+    np.testing.assert_allclose(tv_loss(_vol(np.full((5, 6, 7), 3.0)), ones).numpy(), [0.0])
     n, a = 8, 0.25
     ramp = np.broadcast_to(a * np.arange(n)[None, :, None], (4, n, 5))
-    np.testing.assert_allclose(tv_loss(_vol(ramp)).numpy(), [a * (n - 1) / n], rtol=1e-6)
+    ones = _vol(np.ones(ramp.shape))
+    np.testing.assert_allclose(tv_loss(_vol(ramp), ones).numpy(), [a * (n - 1) / n], rtol=1e-6)
     both = ramp + 2 * a * np.arange(5)[None, None, :]  # slopes a along y, 2a along z
     expected = a * (n - 1) / n + 2 * a * 4 / 5
-    np.testing.assert_allclose(tv_loss(_vol(both), label_scale=3.0).numpy(), [3.0 * expected], rtol=1e-5)
+    np.testing.assert_allclose(tv_loss(_vol(both), ones, label_scale=3.0).numpy(), [3.0 * expected], rtol=1e-5)
+
+
+def test_tv_does_not_depend_on_the_background():
+    rng = np.random.default_rng(3)
+    mask = np.zeros((12, 12, 12), np.float32)
+    mask[2:10, 3:9, 2:11] = 1
+    chi = (rng.standard_normal(mask.shape).astype(np.float32) * 0.05 + 0.1) * mask  # zero outside, edge jump
+    tv = tv_loss(_vol(chi), _vol(mask)).numpy()
+    padded = tv_loss(_vol(np.pad(chi, 16)), _vol(np.pad(mask, 16))).numpy()
+    np.testing.assert_allclose(padded, tv, rtol=1e-6)
+    # the jump to the zeroed background is not counted: a constant inside the mask has TV 0
+    np.testing.assert_allclose(tv_loss(_vol(0.3 * mask), _vol(mask)).numpy(), [0.0], atol=1e-8)
+    inside = mask.astype(bool)
+    expected = sum(np.abs(np.diff(chi, axis=ax))[np.logical_and(np.take(inside, range(1, 12), ax),
+                                                                np.take(inside, range(11), ax))].sum()
+                   for ax in range(3)) / mask.sum()
+    np.testing.assert_allclose(tv, [expected], rtol=1e-5)
 
 
 def test_l1_inside_mask_in_network_units():

@@ -156,3 +156,19 @@ def test_clean_mask_keeps_largest_component_and_erodes():
 def test_bad_parameters_are_input_errors(kwargs):
     with pytest.raises(InputError):
         AugmentParams(**kwargs)
+
+
+def test_default_sources_are_the_recipes_solids_and_veins_are_never_negative():
+    # recipe (docs/physics.md): spheres/ellipsoids at +-2 ppm; no cylinders unless asked for
+    assert set(AugmentParams().sources_shapes) == {"sphere", "ellipsoid"}
+    n = 40
+    mask = np.ones((n, n, n), bool)
+    shapes = []
+    for seed in range(6):
+        _, drawn = add_sources(np.zeros((n, n, n), np.float32), mask, np.random.default_rng(seed), AugmentParams(),
+                               count=4)
+        shapes += [d["shape"] for d in drawn]
+    assert shapes and "cylinder" not in shapes
+    veins = AugmentParams(sources_shapes=("cylinder",), sources_negative_fraction=1.0)
+    _, drawn = add_sources(np.zeros((n, n, n), np.float32), mask, np.random.default_rng(1), veins, count=3)
+    assert drawn and all(d["shape"] == "cylinder" and d["value_ppm"] > 0 for d in drawn)

@@ -46,8 +46,12 @@ def test_overrides_demean_and_overwrite(tmp_path, chi_file):
     field = read_volume(out).data
     mask = read_volume(tmp_path / "mask.nii.gz").data > 0
     expected = forward_field(chi, (1, 1, 1), (0, 1, 1))
-    np.testing.assert_allclose(field, expected - expected[mask].mean(), atol=1e-6)
-    assert abs(field[mask].mean()) < 1e-6
+    # a known mask: the field is demeaned inside it and 0 outside (the network's input contract)
+    np.testing.assert_allclose(field, (expected - expected[mask].mean()) * mask, atol=1e-6)
+    assert abs(field[mask].mean()) < 1e-6 and np.all(field[~mask] == 0)
+    kept = tmp_path / "kept.nii.gz"
+    assert qsmFmapCal_gpu.main(args[:2] + [str(kept)] + args[3:] + ["--keep-background"]) == 0
+    np.testing.assert_allclose(read_volume(kept).data, expected - expected[mask].mean(), atol=1e-6)
     assert qsmFmapCal_gpu.main(args) == 2          # exists, no --overwrite
     assert qsmFmapCal_gpu.main(args + ["--overwrite"]) == 0
 
@@ -67,7 +71,9 @@ def test_folder_and_step1_hdf5_inputs(tmp_path, chi_file):
     assert qsmFmapCal_gpu.main([str(tmp_path / "syn.h5"), "-o", str(tmp_path / "fields.h5"), "--pad", "4"]) == 0
     with h5py.File(tmp_path / "fields.h5") as h5:
         assert h5["field"].shape == (2,) + chi.shape
-        np.testing.assert_allclose(h5["field"][1], forward_field(2 * chi, (1, 1, 2), pad=4), atol=1e-6)
+        # the step-1 file carries masks: the fields are 0 outside them
+        np.testing.assert_allclose(h5["field"][1], forward_field(2 * chi, (1, 1, 2), pad=4) * (chi != 0), atol=1e-6)
+        assert np.abs(forward_field(2 * chi, (1, 1, 2), pad=4)[chi == 0]).max() > 1e-3
         assert list(h5.attrs["voxel_size_mm"]) == [1.0, 1.0, 2.0] and h5.attrs["units"] == "ppm"
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import genRDFPatchesSyn
+from training_data.errors import InputError
 from tests.training_data.test_augment import blob
 from training_data import genChi
 from training_data.dipole import forward_field
@@ -120,7 +121,7 @@ def patch_main(*argv):
 def test_layout_and_metadata_follow_contract_2(synth, tmp_path):
     out = tmp_path / "patches.h5"
     assert patch_main("--source", synth["maps"], "--target", synth["case"], "-o", out, "--patch-size", P,
-                      "--brain-threshold", 0.1) == 0
+                      "--target-patch-size", P, "--brain-threshold", 0.1) == 0
     with h5py.File(out, "r") as h5:
         for group, names in (("source", ("field", "mask", "chi")), ("target", ("field", "mask", "weight"))):
             for name in names:
@@ -132,7 +133,7 @@ def test_layout_and_metadata_follow_contract_2(synth, tmp_path):
         assert list(h5["source"].attrs["files"]) == ["synth.h5"] and list(h5["target"].attrs["files"]) == ["Sim1Snr1"]
         assert h5["target"].attrs["b0_tesla"] == 7.0 and h5["target"].attrs["te_s"] == 0.012
         assert list(h5.attrs["patch_size"]) == [P] * 3 and list(h5.attrs["stride"]) == [P] * 3
-        assert h5.attrs["mode"] == "patches" and h5.attrs["units"] == "ppm" and h5.attrs["format_version"] == 1
+        assert h5.attrs["mode"] == "patches" and h5.attrs["units"] == "ppm" and h5.attrs["format_version"] == 2
         # counts: the grid patches of each volume that pass the threshold
         with h5py.File(synth["maps"], "r") as maps:
             expected = sum(len(select_origins(maps["mask"][i], (P,) * 3, (P,) * 3, 0.1)) for i in range(2))
@@ -140,7 +141,8 @@ def test_layout_and_metadata_follow_contract_2(synth, tmp_path):
             assert n_src == expected > 0
             j = n_src - 1
             vol, origin = h5["index/source_volume"][j], h5["index/source_origin"][j]
-            assert np.array_equal(h5["source/field"][j], extract_patch(maps["field"][vol], origin, (P,) * 3))
+            masked_field = maps["field"][vol] * (maps["mask"][vol] > 0)  # the input contract: field x mask
+            assert np.array_equal(h5["source/field"][j], extract_patch(masked_field, origin, (P,) * 3))
             assert np.array_equal(h5["source/chi"][j], extract_patch(maps["chi"][vol], origin, (P,) * 3))
         assert set(np.unique(h5["source/mask"][()])) <= {0.0, 1.0}
         weight = h5["target/weight"][()]
@@ -155,7 +157,7 @@ def test_layout_and_metadata_follow_contract_2(synth, tmp_path):
 def test_target_weight_is_second_echo_normalised_in_mask(synth, tmp_path):
     out = tmp_path / "crop.h5"
     assert patch_main("--source", synth["maps"], "--target", synth["case"], "-o", out, "--mode", "crop",
-                      "--patch-size", 32) == 0
+                      "--patch-size", 32, "--target-patch-size", 32) == 0
     with h5py.File(out, "r") as h5:
         assert list(h5.attrs["stride"]) == [-1, -1, -1] and h5.attrs["mode"] == "crop"
         assert h5["source/field"].shape == (2, 32, 32, 32) and h5["target/field"].shape == (1, 32, 32, 32)
@@ -163,8 +165,46 @@ def test_target_weight_is_second_echo_normalised_in_mask(synth, tmp_path):
         echo2 = synth["magnitude"][..., 1] * synth["tmask"]
         expected = extract_patch(echo2 / echo2.max(), origin, (32,) * 3)
         assert np.allclose(h5["target/weight"][0], expected, atol=1e-6)
-        assert np.array_equal(h5["target/field"][0], extract_patch(synth["tfield"], origin, (32,) * 3))
+        assert np.array_equal(h5["target/field"][0], extract_patch(synth["tfield"] * synth["tmask"], origin, (32,) * 3))
         assert h5["target/mask"][0].sum() == synth["tmask"].sum()  # the crop holds the whole brain
+
+
+def test_default_target_crop_holds_the_whole_brain_and_both_domains_are_zero_outside_their_masks(synth, tmp_path):
+    # the fixture's fields are computed over the whole volume: non-zero outside the masks
+    with h5py.File(synth["maps"], "r") as maps:
+        assert np.abs(maps["field"][0][maps["mask"][0] == 0]).max() > 1e-4
+    assert np.abs(synth["tfield"][~synth["tmask"]]).max() > 1e-4
+    out = tmp_path / "patches.h5"
+    assert patch_main("--source", synth["maps"], "--target", synth["case"], "-o", out, "--patch-size", P) == 0
+    with h5py.File(out, "r") as h5:
+        idx = np.argwhere(synth["tmask"])
+        expected = tuple(int(-(-(n + 16) // 16) * 16) for n in idx.max(0) - idx.min(0) + 1)  # bbox + 2 x 8, to 16
+        assert h5["target/field"].shape == (1, *expected) and tuple(h5["target"].attrs["patch_size"]) == expected
+        assert h5["source/field"].shape[1:] == (P,) * 3 and h5.attrs["target_mode"] == "bbox"
+        assert h5["target/mask"][0].sum() == synth["tmask"].sum()  # the whole brain is inside the crop
+        for group in ("source", "target"):
+            outside = h5[f"{group}/mask"][()] == 0
+            assert np.all(h5[f"{group}/field"][()][outside] == 0), group
+            assert np.abs(h5[f"{group}/field"][()][~outside]).max() > 0
+        assert h5.attrs["input_contract"] == "field*mask"
+
+
+def test_patch_reader_refuses_fields_outside_the_mask(tmp_path):
+    import h5py as h5lib
+
+    from network_model.data import read_patch_group, write_patch_file
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((2, 8, 8, 8), np.float32)
+    mask[:, 2:6, 2:6, 2:6] = 1
+    field = rng.standard_normal(mask.shape).astype(np.float32)
+    path = write_patch_file(tmp_path / "p.h5", {"field": field, "mask": mask, "chi": field},
+                            {"field": field, "mask": mask, "weight": mask})
+    assert read_patch_group(path, "source").count == 2  # written by this version: masked
+    with h5lib.File(path, "a") as h5:
+        h5["source/field"][1] = field[1]  # an old file: the field outside the mask kept
+    with pytest.raises(InputError, match="non-zero outside the mask"):
+        read_patch_group(path, "source")
 
 
 def test_separate_field_files_with_units(synth, tmp_path):
@@ -267,7 +307,8 @@ def test_genchi_nifti_folder_with_a_folder_of_field_maps(tmp_path):
     with h5py.File(out, "r") as h5:
         j = h5["source/field"].shape[0] - 1
         vol, origin = h5["index/source_volume"][j], h5["index/source_origin"][j]
-        expected = extract_patch(nib.load(fields / f"field_{vol:04d}.nii.gz").get_fdata(dtype=np.float32),
-                                 origin, (P,) * 3)
+        field = nib.load(fields / f"field_{vol:04d}.nii.gz").get_fdata(dtype=np.float32)
+        mask_vol = nib.load(maps / f"mask_{vol:04d}.nii.gz").get_fdata() > 0
+        expected = extract_patch(field * mask_vol, origin, (P,) * 3)  # field x mask
         assert vol == 1 and np.array_equal(h5["source/field"][j], expected)
         assert list(h5["source"].attrs["files"]) == ["maps"]
