@@ -11,7 +11,8 @@ resolved settings, the input geometry and the model's training geometry (MODEL.k
 network_model/model_info.py); a one-line warning goes to stderr when the two differ.
 
 Default is overlapping-tile inference (bounded memory); --whole runs one pass on the volume
-zero-padded to a multiple of 2**depth.
+zero-padded to a multiple of 2**depth. Either way the network runs on the brain's bounding box plus
+2**depth voxels (network_model.tiling.brain_box), as fine-tuning does; the output is on the full grid.
 """
 from __future__ import annotations
 
@@ -188,13 +189,16 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
         warn(message)
     start = time.perf_counter()
     predict = tiling.keras_predictor(model)
+    box = tiling.brain_box(mask, divisor)
+    field_b, mask_b = field.data[box], np.asarray(mask)[box]
+    chi = np.zeros(field.data.shape, np.float32)
     if cfg.whole:
-        chi = tiling.predict_whole(predict, field.data, mask, divisor)
+        chi[box] = tiling.predict_whole(predict, field_b, mask_b, divisor)
         n_tiles = 1
     else:
         tiling.check_tiling(cfg.tile, cfg.overlap, divisor)
-        n_tiles = tiling.count_tiles(field.data.shape, cfg.tile, cfg.overlap, divisor)
-        chi = tiling.predict_tiled(predict, field.data, mask, cfg.tile, cfg.overlap, divisor, cfg.batch_size)
+        n_tiles = tiling.count_tiles(field_b.shape, cfg.tile, cfg.overlap, divisor)
+        chi[box] = tiling.predict_tiled(predict, field_b, mask_b, cfg.tile, cfg.overlap, divisor, cfg.batch_size)
     seconds = time.perf_counter() - start
     if not np.all(np.isfinite(chi)):
         raise InputError(f"{cfg.model}: the model produced NaN/Inf values; nothing written")
@@ -205,7 +209,7 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
         "input_b0_dir": list(map(float, b0_dir)) if b0_dir is not None else None,
         "b0_tesla": b0_tesla, "model_info": {k: (list(v) if isinstance(v, tuple) else v) for k, v in info.items()},
         "geometry_warning": message, "divisor": int(divisor), "mode": "whole" if cfg.whole else "tiled",
-        "tiles": int(n_tiles), "seconds": round(seconds, 3),
+        "tiles": int(n_tiles), "seconds": round(seconds, 3), "box": [[b.start, b.stop] for b in box],
     }
     write_volume(cfg.output, chi.astype(np.float32), affine=affine, header=field.header)
     with atomic_path(sidecar_path(cfg.output)) as tmp, open(tmp, "w") as fh:

@@ -134,6 +134,21 @@ def count_tiles(shape, tile, overlap, divisor: int = 1) -> int:
     return int(np.prod([len(tile_starts(n, t, o, divisor)) for n, t, o in zip(padded, tile, overlap)]))
 
 
+def brain_box(mask, margin: int) -> tuple[slice, slice, slice]:
+    """The mask's bounding box plus `margin` voxels per side, clipped to the volume.
+
+    Fine-tuning and inference run on this box, as the original did: the network's input and
+    output are zero outside the mask, and the dipole model zero-pads its FFT grid, so the
+    background beyond a margin changes nothing but the cost.
+    """
+    idx = np.argwhere(np.asarray(mask) > 0)
+    if idx.size == 0:
+        raise InputError("mask: expected at least one brain voxel, found an empty mask")
+    lo = np.maximum(idx.min(0) - int(margin), 0)
+    hi = np.minimum(idx.max(0) + 1 + int(margin), np.shape(mask)[:3])
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
 def _pad(volume: np.ndarray, shape) -> np.ndarray:
     """Zero-pad at the end of each axis (zeros = no field, outside the mask)."""
     if tuple(volume.shape) == tuple(shape):

@@ -37,8 +37,29 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     raise choices_message("strategy", name, STRATEGIES)
 
 
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """rate(step) = base(step) * min(1, (step + 1) / warmup_steps): a linear ramp into any schedule.
+
+    Fine-tuning starts from a trained network: full-size Adam steps at once (Adam's first steps have
+    size ~lr whatever the gradient) first degrade the pre-trained map; the ramp avoids that.
+    """
+
+    def __init__(self, base, warmup_steps: int):
+        self.base, self.warmup_steps = base, int(warmup_steps)
+
+    def __call__(self, step):
+        base = self.base(step) if callable(self.base) else tf.constant(self.base, tf.float32)
+        ramp = tf.minimum(1.0, (tf.cast(step, tf.float32) + 1.0) / float(max(1, self.warmup_steps)))
+        return tf.cast(base, tf.float32) * ramp
+
+    def get_config(self):
+        base = keras.optimizers.schedules.serialize(self.base) if callable(self.base) else self.base
+        return {"base": base, "warmup_steps": self.warmup_steps}
+
+
 def make_optimizer(learning_rate: float, schedule: str = "constant", decay_steps: int = 1000,
-                   decay_rate: float = 0.5, clipnorm: float | None = None) -> keras.optimizers.Optimizer:
+                   decay_rate: float = 0.5, clipnorm: float | None = None,
+                   warmup_steps: int = 0) -> keras.optimizers.Optimizer:
     """Adam with a learning-rate schedule.
 
     Args:
@@ -48,6 +69,7 @@ def make_optimizer(learning_rate: float, schedule: str = "constant", decay_steps
         decay_steps: schedule length in steps.
         decay_rate: factor of the exponential schedule.
         clipnorm: optional gradient-norm clipping.
+        warmup_steps: linear ramp of the rate over the first steps (`LinearWarmup`); 0: none.
     """
     key = str(schedule).lower()
     if key == "constant":
@@ -59,6 +81,8 @@ def make_optimizer(learning_rate: float, schedule: str = "constant", decay_steps
                                                          staircase=True)
     else:
         raise choices_message("lr_schedule", schedule, SCHEDULES)
+    if warmup_steps and warmup_steps > 0:
+        lr = LinearWarmup(lr, warmup_steps)
     return keras.optimizers.Adam(learning_rate=lr, clipnorm=clipnorm)
 
 
@@ -175,6 +199,14 @@ class Convergence:
         return (before - recent) < self.rel_tol * abs(before)
 
 
+def _stop_reason(rule, terms: dict) -> str | None:
+    if rule is None:
+        return None
+    if hasattr(rule, "check"):
+        return rule.check(terms)
+    return "converged" if rule.update(terms["loss"]) else None
+
+
 @dataclass
 class LoopResult:
     """How the loop ended: last completed step, reason ('done', 'converged', 'nan'), last terms."""
@@ -199,11 +231,13 @@ def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossL
             the wall time since the loop started (includes the first step's tracing).
         manager: checkpoint manager, saved every `checkpoint_every` steps and at the end.
         validate: callable() -> dict of validation terms, every `validate_every` steps and at the end.
-        convergence: optional early stop on a flat loss.
+        convergence: optional early stop: a `Convergence` (flat loss, reason 'converged') or any
+            object with `check(terms) -> reason or None` (network_model.stopping.StoppingRule).
         progress: show a tqdm bar with the loss terms.
 
     Returns:
-        LoopResult. On a non-finite loss the loop stops without saving and reason is 'nan'.
+        LoopResult. On a non-finite loss the loop stops without saving and reason is 'nan'; an early
+        stop gives the stopping rule's reason ('converged', 'discrepancy').
     """
     import time
 
@@ -227,13 +261,13 @@ def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossL
             is_last = step == max_steps
             if validate is not None and validate_every and (step % validate_every == 0 or is_last):
                 terms = {**terms, **validate()}
-            converged = convergence is not None and convergence.update(terms["loss"])
-            if step % max(1, log_every) == 0 or is_last or converged or len(terms) > len(result.terms):
+            stop = _stop_reason(convergence, terms)
+            if step % max(1, log_every) == 0 or is_last or stop or len(terms) > len(result.terms):
                 log.write(step, {**terms, "elapsed_s": time.perf_counter() - t0})
             if manager is not None and checkpoint_every and step % checkpoint_every == 0:
                 manager.save(checkpoint_number=step)
-            if converged:
-                result = LoopResult(step, "converged", terms)
+            if stop:
+                result = LoopResult(step, stop, terms)
                 break
         else:
             result = LoopResult(result.step, "done", result.terms)

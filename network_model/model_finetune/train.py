@@ -1,8 +1,15 @@
 """Step 5 — per-dataset fine-tuning: pre-trained target model + one field map (ppm) -> QSM (ppm, NIfTI).
 
-Minimises L = NDI + lambda_tv * TV (network_model.losses) on the whole volume, starting from the
-pre-trained target model (data contract 3), then writes the susceptibility map (input affine kept,
-ppm, zero outside the mask), the fine-tuned model and a loss log.
+Minimises L = NDI + lambda_tv * TV (network_model.losses) on the brain's bounding box (plus a
+margin of 2**depth voxels), starting from the pre-trained target model (data contract 3), then
+writes the susceptibility map (input affine kept, ppm, zero outside the mask), the fine-tuned model,
+a loss log and a sidecar OUT.json with the chosen iteration and why the run stopped.
+
+Stopping rule (network_model/stopping.py; needs no ground truth): the discrepancy principle stops at
+the first iteration whose NDI term reaches the noise energy estimated from the field (`tau`), else
+a flat loss stops it (`convergence_window`, `convergence_tol`), else `iterations`. The learning
+rate ramps up linearly over `warmup_iterations` (full-size Adam steps at once first degrade the
+pre-trained map).
 
 BN during fine-tuning: the target model's batch normalisations run in **inference mode** (the
 target-domain moving statistics learned in pre-training); gamma/beta and all convolutions are
@@ -17,6 +24,9 @@ grid **before** the dipole model, so the FFT sees the true geometry (voxel size,
 the padding never enters the loss; `dipole_pad` additionally zero-pads the FFT grid (default
 'auto') so the dipole convolution is linear, not circular.
 
+Output: OUT.nii.gz, OUT_model.keras, OUT_loss.csv, OUT_config.json and OUT.json (iterations,
+stop reason, noise estimate, residual / noise energy).
+
 Usage:
     python network_model/model_finetune/train.py --model runs/pre/target_model.keras \\
         --field field.nii.gz --mask mask.nii.gz [--weight mag.nii.gz] [--units hz --b0 3 --te 0.025] \\
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import os
 import sys
@@ -56,13 +67,16 @@ class FinetuneConfig:
     phase_rad_per_ppm: float | None = None  # explicit NDI phase scale; else 2 pi gamma_bar b0 te
     voxel_size_mm: tuple[float, float, float] | None = None  # override the file's voxel size
     b0_dir: tuple[float, float, float] | None = None         # override (voxel axes); else from the affine
-    iterations: int = 300
-    learning_rate: float = 1e-5
+    iterations: int = 300            # at most
+    learning_rate: float = 1e-4
     lr_schedule: str = "constant"    # constant | cosine | exponential
+    warmup_iterations: int = 10      # linear learning-rate ramp at the start
     lambda_tv: float = 0.002         # TV weight (network units; original 0.002 SNR1, 0.001 SNR2)
     dipole_pad: str = "auto"         # FFT zero-padding of the dipole model (training_data.dipole)
-    convergence_window: int = 20     # iterations per window of the convergence test
-    convergence_tol: float = 1e-4    # stop when a window improves the loss by less than this (relative); 0: off
+    tau: float = 1.0                 # discrepancy principle: stop when NDI <= tau * noise energy; 0: off
+    noise_ppm: float | None = None   # std of W * field noise (ppm); None: estimated from the field
+    convergence_window: int = 20     # iterations per window of the flat-loss test
+    convergence_tol: float = 1e-3    # stop when a window improves the loss by less than this (relative); 0: off
     output: str = ""                 # QSM NIfTI (ppm); also writes OUT_model.keras, OUT_loss.csv, OUT_config.json
     overwrite: bool = False
     seed: int = 0
@@ -81,10 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def output_paths(output: str) -> dict:
-    """Companion files of OUT.nii.gz: OUT_model.keras, OUT_loss.csv, OUT_config.json."""
+    """Companion files of OUT.nii.gz: OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json (sidecar)."""
     stem = output[:-7] if output.endswith(".nii.gz") else os.path.splitext(output)[0]
     return {"qsm": output, "model": stem + "_model.keras", "log": stem + "_loss.csv",
-            "config": stem + "_config.json"}
+            "config": stem + "_config.json", "sidecar": stem + ".json"}
 
 
 def load_target_model(path: str):
@@ -132,6 +146,15 @@ def finetune(cfg: FinetuneConfig) -> int:
         raise InputError(f"output {existing[0]} exists; use --overwrite true to replace it")
     if cfg.iterations < 1:
         raise InputError(f"iterations: expected >= 1, got {cfg.iterations}")
+    for name in ("learning_rate", "tau", "convergence_tol", "lambda_tv"):
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value >= 0) or (name == "learning_rate" and value <= 0):
+            raise InputError(f"{name}: expected a {'positive' if name == 'learning_rate' else 'non-negative'} "
+                             f"number, got {value}")
+    if cfg.noise_ppm is not None and not (math.isfinite(cfg.noise_ppm) and cfg.noise_ppm >= 0):
+        raise InputError(f"noise_ppm: expected a non-negative number of ppm, got {cfg.noise_ppm}")
+    if cfg.warmup_iterations < 0:
+        raise InputError(f"warmup_iterations: expected >= 0, got {cfg.warmup_iterations}")
     if not cfg.model:
         raise InputError("model: give the pre-trained model with --model FILE.keras")
     target = load_inputs(cfg)
@@ -147,66 +170,91 @@ def finetune(cfg: FinetuneConfig) -> int:
 
     from network_model.losses import ndi_loss, tv_loss
     from network_model.model_info import spatial_divisor, write_model_info
+    from network_model.stopping import StoppingRule, estimate_weighted_noise_ppm, noise_energy
+    from network_model.tiling import brain_box
     from network_model.train_model.train import save_model_atomic
-    from network_model.training_loop import Convergence, LossLog, make_optimizer, make_train_step, run_loop
+    from network_model.training_loop import LossLog, make_optimizer, make_train_step, run_loop
     from training_data.dipole import dipole_operator_tf
-    from training_data.volume_io import write_volume
+    from training_data.volume_io import atomic_path, write_volume
 
     model, info = load_target_model(cfg.model)
     keras.utils.set_random_seed(cfg.seed)
-    shape = target.geometry.shape
-    pads = centred_padding(shape, 2 ** info["depth"])
+    divisor = 2 ** info["depth"]
+    # the brain's bounding box plus a margin (module docstring); the output goes back on the full grid
+    box = brain_box(target.mask, divisor)
+    field_b, mask_b, weight_b = target.field_ppm[box], target.mask[box], target.weight[box]
+    shape = field_b.shape
+    pads = centred_padding(shape, divisor)
     crop = tuple(slice(b, b + n) for (b, _), n in zip(pads, shape))
 
     def padded(a):
         return tf.constant(np.pad(a, pads)[None, ..., None], tf.float32)
 
-    field_in, mask_in = padded(target.field_ppm), padded(target.mask)
-    field_c = tf.constant(target.field_ppm[None], tf.float32)
-    mask_c = tf.constant(target.mask[None], tf.float32)
-    weight_c = tf.constant(target.weight[None], tf.float32)
+    field_in, mask_in = padded(field_b), padded(mask_b)
+    field_c = tf.constant(field_b[None], tf.float32)
+    mask_c = tf.constant(mask_b[None], tf.float32)
+    weight_c = tf.constant(weight_b[None], tf.float32)
     dipole = dipole_operator_tf(shape, target.geometry.voxel_size_mm, target.geometry.b0_dir, cfg.dipole_pad)
 
     def predict():
         chi = model([field_in, mask_in], training=False)  # inference-mode BN (module docstring)
-        return chi[(0, *crop, 0)][None]                   # (1, x, y, z): original grid
+        return chi[(0, *crop, 0)][None]                   # (1, x, y, z): the box's grid
 
     def loss_fn(_batch):
         chi = predict()
         ndi = tf.reduce_mean(ndi_loss(chi, field_c, weight_c, mask_c, dipole, phase))
         tv = tf.reduce_mean(tv_loss(chi, mask_c, info["label_scale"]))
-        return {"loss": ndi + cfg.lambda_tv * tv, "ndi": ndi, "tv": tv}
+        return {"loss": ndi + cfg.lambda_tv * tv, "ndi": ndi, "tv": tv, "tv_weighted": cfg.lambda_tv * tv}
 
+    sigma = cfg.noise_ppm if cfg.noise_ppm is not None else estimate_weighted_noise_ppm(field_b, weight_b, mask_b)
+    energy = noise_energy(sigma, phase) if cfg.tau > 0 else None
+    rule = StoppingRule(energy, cfg.tau, cfg.convergence_window, cfg.convergence_tol,
+                        min_iterations=cfg.warmup_iterations)
     strategy = tf.distribute.get_strategy()
-    optimizer = make_optimizer(cfg.learning_rate, cfg.lr_schedule, cfg.iterations)
+    optimizer = make_optimizer(cfg.learning_rate, cfg.lr_schedule, cfg.iterations,
+                               warmup_steps=cfg.warmup_iterations)
     optimizer.build(model.trainable_variables)
     step_fn = make_train_step(strategy, model, optimizer, loss_fn)
     os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
     tmp_log = paths["log"] + ".part"
     if os.path.exists(tmp_log):
         os.remove(tmp_log)
-    initial = {k: float(v) for k, v in tf.function(loss_fn)(None).items()}
+    evaluate = tf.function(loss_fn)
+    initial = {k: float(v) for k, v in evaluate(None).items()}
     log = LossLog(tmp_log)
     log.write(0, initial)
     result = run_loop(step_fn, itertools.repeat(None), tf.Variable(0, dtype=tf.int64), cfg.iterations, log,
-                      convergence=Convergence(cfg.convergence_window, cfg.convergence_tol),
-                      progress=cfg.progress, desc="fine-tuning")
+                      convergence=rule, progress=cfg.progress, desc="fine-tuning")
     if result.reason == "nan":
         os.remove(tmp_log)
         print(f"{PROG}: stopped: non-finite loss at iteration {result.step}; nothing written "
               "(lower --learning_rate or check the field units)", file=sys.stderr)
         return 1
-    chi = (predict()[0].numpy() * target.mask).astype(np.float32)
+    final = {k: float(v) for k, v in evaluate(None).items()}  # the map that is written
+    chi = np.zeros(target.mask.shape, np.float32)
+    chi[box] = predict()[0].numpy() * mask_b
+    if not np.all(np.isfinite(chi)):
+        os.remove(tmp_log)
+        raise InputError(f"model {cfg.model}: fine-tuning produced NaN/Inf values; nothing written")
     write_volume(paths["qsm"], chi, target.affine, target.header)
     save_model_atomic(model, paths["model"])
     write_model_info(paths["model"], target.geometry.voxel_size_mm, target.geometry.b0_dir,
                      spatial_divisor(model), fine_tuned_on=str(cfg.case or cfg.field))
     os.replace(tmp_log, paths["log"])
     write_resolved_config(cfg, paths["config"])
-    how = "converged" if result.reason == "converged" else "done"
-    print(f"{PROG}: {how} after {result.step} iterations: loss {initial['loss']:.5g} -> "
-          f"{result.terms['loss']:.5g} (ndi {initial['ndi']:.5g} -> {result.terms['ndi']:.5g}); "
-          f"wrote {paths['qsm']}")
+    reason = "done" if result.reason == "running" else result.reason
+    record = {"Units": "ppm", "Description": "susceptibility map, fine-tuned domain-adaptive network (step 5)",
+              "FineTuning": {"iterations": int(result.step), "stop_reason": reason,
+                             "max_iterations": int(cfg.iterations), "noise_ppm": float(sigma),
+                             "noise_estimated": cfg.noise_ppm is None, "noise_energy": energy, "tau": cfg.tau,
+                             "initial": initial, "final": final,
+                             "residual_over_noise": (final["ndi"] / energy) if energy else None},
+              "Box": [[b.start, b.stop] for b in box], "PhaseRadPerPpm": float(phase)}
+    with atomic_path(paths["sidecar"]) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(record, fh, indent=2)
+    ratio = f", ndi / noise energy {final['ndi'] / energy:.3g}" if energy else ""
+    print(f"{PROG}: stopped ({reason}) after {result.step} iterations: loss {initial['loss']:.5g} -> "
+          f"{final['loss']:.5g} (ndi {initial['ndi']:.5g} -> {final['ndi']:.5g}{ratio}); wrote {paths['qsm']}")
     return 0
 
 

@@ -1,0 +1,81 @@
+"""Fine-tuning's stopping rule: the noise estimate, the discrepancy test, and a run that stops at the noise."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from network_model.stopping import StoppingRule, estimate_weighted_noise_ppm, noise_energy
+from tests.network_model.synthetic import ball_mask, smooth_chi
+from training_data.dipole import forward_field
+from training_data.units import rad_per_ppm
+
+
+def _noisy_field(n=40, sigma=0.004, seed=0, weight=None):
+    chi = smooth_chi(n, seed, amplitude_ppm=0.1)
+    mask = ball_mask(n, 0.45)
+    rng = np.random.default_rng(seed + 1)
+    w = np.ones((n, n, n), np.float32) if weight is None else weight
+    # phase-like noise: proportional to 1 / magnitude, so W * noise has std sigma everywhere
+    noise = rng.standard_normal((n, n, n)).astype(np.float32) * sigma / np.maximum(w, 1e-3)
+    return (forward_field(chi, pad="auto") + noise) * mask, mask, w, chi
+
+
+@pytest.mark.parametrize("sigma", [0.001, 0.004, 0.02])
+def test_noise_estimate_recovers_known_white_noise(sigma):
+    field, mask, w, _ = _noisy_field(sigma=sigma)
+    est = estimate_weighted_noise_ppm(field, w, mask)
+    assert est == pytest.approx(sigma, rel=0.1)
+
+
+def test_noise_estimate_with_a_magnitude_weight():
+    n = 40
+    x = np.linspace(0.3, 1.0, n, dtype=np.float32)
+    weight = np.broadcast_to(x[:, None, None], (n, n, n)).copy()
+    field, mask, w, _ = _noisy_field(n, 0.003, 2, weight)
+    assert estimate_weighted_noise_ppm(field, w * mask, mask) == pytest.approx(0.003, rel=0.1)
+    # without the weight the estimate is the (larger) mean field noise, not sigma_w
+    assert estimate_weighted_noise_ppm(field, mask, mask) > 1.3 * 0.003
+
+
+def test_noise_energy_small_angle_and_saturation():
+    s = rad_per_ppm(7.0, 0.012)
+    assert noise_energy(1e-4, s) == pytest.approx(1e4 * 1e-8, rel=1e-3)  # ref^2 sigma^2
+    assert noise_energy(10.0, s) == pytest.approx(2 * (100 / s) ** 2, rel=1e-6)  # uniform phase noise
+
+
+def test_rule_discrepancy_then_flat_loss():
+    rule = StoppingRule(noise_energy=1.0, tau=1.0, window=3, rel_tol=1e-3, min_iterations=2)
+    assert rule.check({"loss": 5.0, "ndi": 0.5}) is None  # below the noise, but inside the warm-up
+    assert rule.check({"loss": 4.0, "ndi": 1.5}) is None
+    assert rule.check({"loss": 3.0, "ndi": 0.99}) == "discrepancy"
+    flat = StoppingRule(noise_energy=None, window=3, rel_tol=1e-3)
+    reasons = [flat.check({"loss": v, "ndi": 9.0}) for v in (5, 4, 3, 3, 3, 3, 3, 3, 3)]
+    assert reasons[:5] == [None] * 5 and "converged" in reasons
+
+
+def test_finetuning_stops_where_the_residual_meets_the_noise(tmp_path):
+    pytest.importorskip("tensorflow")
+    import keras
+
+    from network_model.model_finetune import train as finetune
+    from network_model.unet import build_target_model
+    from training_data.volume_io import write_volume
+
+    sigma = 0.004
+    field, mask, _, _ = _noisy_field(n=24, sigma=sigma, seed=4)
+    write_volume(tmp_path / "field.nii.gz", field.astype(np.float32))
+    write_volume(tmp_path / "mask.nii.gz", mask.astype(np.uint8))
+    keras.utils.set_random_seed(0)
+    build_target_model(depth=2, base_filters=4).save(tmp_path / "pre.keras")
+    out = tmp_path / "qsm.nii.gz"
+    assert finetune.main(["--model", str(tmp_path / "pre.keras"), "--field", str(tmp_path / "field.nii.gz"),
+                          "--mask", str(tmp_path / "mask.nii.gz"), "--b0", "3", "--te", "0.02", "-o", str(out),
+                          "--learning_rate", "1e-2", "--lambda_tv", "0", "--iterations", "300",
+                          "--convergence_tol", "0", "--progress", "false"]) == 0
+    record = json.loads((tmp_path / "qsm.json").read_text())["FineTuning"]
+    assert record["stop_reason"] == "discrepancy" and record["iterations"] < 300
+    assert record["noise_ppm"] == pytest.approx(sigma, rel=0.1)
+    assert record["initial"]["ndi"] > 3 * record["noise_energy"]  # it had to fit the data first
+    assert record["residual_over_noise"] == pytest.approx(1.0, abs=0.1)  # stopped at the noise energy
