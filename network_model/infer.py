@@ -12,7 +12,7 @@ network_model/model_info.py); a one-line warning goes to stderr when the two dif
 
 Default is overlapping-tile inference (bounded memory); --whole runs one pass on the volume
 zero-padded to a multiple of 2**depth. Either way the network runs on the brain's bounding box plus
-2**depth voxels (network_model.tiling.brain_box), as fine-tuning does; the output is on the full grid.
+2**(depth-1) voxels (network_model.tiling.brain_box), as fine-tuning does; the output is on the full grid.
 """
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
         warn(message)
     start = time.perf_counter()
     predict = tiling.keras_predictor(model)
-    box = tiling.brain_box(mask, divisor)
+    box = tiling.brain_box(mask, divisor // 2)
     field_b, mask_b = field.data[box], np.asarray(mask)[box]
     chi = np.zeros(field.data.shape, np.float32)
     if cfg.whole:
