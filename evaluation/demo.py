@@ -42,6 +42,8 @@ class DemoSize:
     resolution_mm: float = 3.0
     n_maps: int = 16
     patch_size: int = 32
+    target_patch_size: int = 0       # 0: step 3's whole-brain target crops
+    target_batch_size: int = 1
     depth: int = 3
     base_filters: int = 12
     pretrain_steps: int = 500
@@ -54,7 +56,8 @@ class DemoSize:
 SIZES = {
     "tiny": DemoSize(resolution_mm=6.0, n_maps=2, patch_size=16, depth=2, base_filters=4, pretrain_steps=3,
                      finetune_iterations=3),
-    "small": DemoSize(),
+    # 48^3 target crops hold most of a 3 mm brain (144 mm) at a CPU demo's cost
+    "small": DemoSize(target_patch_size=48),
     # the method's geometry (1 mm RC2 grid, 64^3 patches, 4 poolings) with a CPU-sized network
     "real": DemoSize(resolution_mm=1.0, n_maps=24, patch_size=64, depth=4, base_filters=8, pretrain_steps=500,
                      finetune_iterations=60),
@@ -129,11 +132,13 @@ def run_demo(args) -> int:
     _step("step 2: field maps", qsmFmapCal_gpu.main, [out / "step1_chi.h5", "-o", out / "step2_fields.h5"] + over)
     _step("step 3: patches", genRDFPatchesSyn.main,
           ["--source", out / "step1_chi.h5", "--source-fields", out / "step2_fields.h5", "--target", *cases,
-           "--patch-size", size.patch_size, "-o", out / "step3_patches.h5", "--seed", args.seed, "--quiet"] + over)
+           "--patch-size", size.patch_size, "-o", out / "step3_patches.h5", "--seed", args.seed, "--quiet"]
+          + (["--target-patch-size", size.target_patch_size] if size.target_patch_size else []) + over)
     run_dir = out / "step4_pretrain"
     _step("step 4: domain-adaptive pre-training", pretrain.main,
           ["--datasets_path", out / "step3_patches.h5", "-o", run_dir, "--depth", size.depth,
            "--base_filters", size.base_filters, "--max_steps", size.pretrain_steps, "--batch_size", 2,
+           "--target_batch_size", size.target_batch_size,
            "--learning_rate", 1e-3 if size.pretrain_steps < 2000 else 1e-4, "--lr_schedule", "cosine",
            "--validate_every", max(size.pretrain_steps // 4, 1), "--seed", args.seed, "--progress", "false",
            "--resume", "false"])
