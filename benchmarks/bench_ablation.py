@@ -111,7 +111,6 @@ def run_row(args) -> dict:
 def run_finetune(args) -> dict:
     from network_model.config import resolve_config
     from network_model.model_finetune.train import FinetuneConfig, finetune
-    from network_model.stopping import StoppingRule
 
     work, row = Path(args.work), Path(args.work) / args.name
     model = row / "pretrain" / "target_model.keras"
@@ -128,19 +127,7 @@ def run_finetune(args) -> dict:
         assert finetune(cfg, monitor=lambda k, chi, c=case: trace.append((k, _rmse(chi, c))),
                         monitor_every=args.every) == 0
         seconds = time.perf_counter() - t0
-        sidecar = json.loads((row / f"{name}_finetuned.json").read_text())["FineTuning"]
-        with open(row / f"{name}_finetuned_loss.csv", newline="") as fh:
-            rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(fh)]
-        # the rule as step 5 applies it (defaults of FinetuneConfig), on the logged terms of iterations 1..N
-        defaults = FinetuneConfig()
-        rule = StoppingRule(sidecar["noise_energy"] if sidecar["noise_energy"] else None, defaults.tau,
-                            defaults.convergence_window, defaults.convergence_tol, defaults.warmup_iterations)
-        stop, reason = args.iterations, "done"
-        for r in rows[1:]:
-            why = rule.check(r)
-            if why:
-                stop, reason = int(r["step"]), why
-                break
+        stop, reason, sidecar = apply_rule(row, name, args.iterations)
         monitored = dict(trace)
         at_stop = monitored[min(monitored, key=lambda k: abs(k - stop))]
         best_k = min(monitored, key=monitored.get)
@@ -156,6 +143,27 @@ def run_finetune(args) -> dict:
                                      "finetune_settings": {"lr": args.lr, "lambda_tv": args.lambda_tv,
                                                            "iterations": args.iterations}})
     return results
+
+
+def apply_rule(row: Path, name: str, iterations: int):
+    """The stopping rule as step 5 applies it (FinetuneConfig defaults) on the logged terms of a run
+    made with the rule off -> (stop iteration, reason, sidecar's FineTuning record)."""
+    from network_model.model_finetune.train import FinetuneConfig
+    from network_model.stopping import StoppingRule, noise_energy
+
+    record = json.loads((row / f"{name}_finetuned.json").read_text())
+    sidecar = record["FineTuning"]
+    with open(row / f"{name}_finetuned_loss.csv", newline="") as fh:
+        rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(fh)]
+    defaults = FinetuneConfig()
+    energy = noise_energy(sidecar["noise_ppm"], record["PhaseRadPerPpm"])
+    rule = StoppingRule(energy, defaults.tau, defaults.convergence_window, defaults.convergence_tol,
+                        defaults.warmup_iterations)
+    for r in rows[1:]:
+        why = rule.check(r)
+        if why:
+            return int(r["step"]), why, sidecar
+    return iterations, "done", sidecar
 
 
 def _load(path: Path) -> dict:

@@ -214,8 +214,8 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
         return {"loss": ndi + cfg.lambda_tv * tv, "ndi": ndi, "tv": tv, "tv_weighted": cfg.lambda_tv * tv}
 
     sigma = cfg.noise_ppm if cfg.noise_ppm is not None else estimate_weighted_noise_ppm(field_b, weight_b, mask_b)
-    energy = noise_energy(sigma, phase) if cfg.tau > 0 else None
-    rule = StoppingRule(energy, cfg.tau, cfg.convergence_window, cfg.convergence_tol,
+    energy = noise_energy(sigma, phase)  # recorded even when the rule is off (tau 0)
+    rule = StoppingRule(energy if cfg.tau > 0 else None, cfg.tau, cfg.convergence_window, cfg.convergence_tol,
                         min_iterations=cfg.warmup_iterations)
     strategy = tf.distribute.get_strategy()
     optimizer = make_optimizer(cfg.learning_rate, cfg.lr_schedule, cfg.iterations,
