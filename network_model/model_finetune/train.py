@@ -139,10 +139,9 @@ def finetune(cfg: FinetuneConfig) -> int:
     if phase is None or not (phase > 0 and math.isfinite(phase)):
         raise InputError("phase scale unknown: give --b0 TESLA and --te SECONDS (or --phase_rad_per_ppm)")
 
-    from training_data.tf_env import import_tensorflow
+    from training_data.tf_env import import_tensorflow, seed_everything
 
     tf = import_tensorflow()
-    import keras
     import numpy as np
 
     from network_model.losses import ndi_loss, tv_loss
@@ -153,7 +152,7 @@ def finetune(cfg: FinetuneConfig) -> int:
     from training_data.volume_io import write_volume
 
     model, info = load_target_model(cfg.model)
-    keras.utils.set_random_seed(cfg.seed)
+    seed_everything(cfg.seed)
     shape = target.geometry.shape
     pads = centred_padding(shape, 2 ** info["depth"])
     crop = tuple(slice(b, b + n) for (b, _), n in zip(pads, shape))
