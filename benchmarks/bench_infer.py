@@ -39,7 +39,9 @@ def build_unet(depth: int = 4, base: int = 16, seed: int = 0):
     import keras
     from keras import layers
 
-    keras.utils.set_random_seed(seed)
+    from training_data.tf_env import seed_everything
+
+    seed_everything(seed)
     field = keras.Input((None, None, None, 1), name="field_ppm")
     mask = keras.Input((None, None, None, 1), name="mask")
     x = layers.Concatenate()([field, mask])

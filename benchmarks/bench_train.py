@@ -96,11 +96,10 @@ def bench_throughput(steps, warmup, n=64, count=16, batch=2):
 
 
 def bench_finetune(iterations, n=160):
-    import keras
-
     from network_model.model_finetune import train as finetune
     from network_model.unet import build_target_model
     from training_data.dipole import forward_field
+    from training_data.tf_env import seed_everything
     from training_data.volume_io import write_volume
 
     tmp = tempfile.mkdtemp()
@@ -109,7 +108,7 @@ def bench_finetune(iterations, n=160):
     chi = smooth(rng, (n, n, n)) * 0.1 * mask
     write_volume(os.path.join(tmp, "f.nii.gz"), forward_field(chi, pad="auto") * mask)
     write_volume(os.path.join(tmp, "m.nii.gz"), mask)
-    keras.utils.set_random_seed(0)
+    seed_everything(0)
     build_target_model().save(os.path.join(tmp, "pre.keras"))
     out = os.path.join(tmp, "q.nii.gz")
     code = finetune.main(["--model", os.path.join(tmp, "pre.keras"), "--field", os.path.join(tmp, "f.nii.gz"),

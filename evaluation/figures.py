@@ -10,7 +10,9 @@ so that the difference row reads on the same scale as the maps; one colour bar p
 Voxel aspect ratios come from the truth file's voxel size.
 
 Losses: a CSV log with a header; the x axis is the column named step / iteration / epoch (else the
-first), every other numeric column is a curve; the y axis is logarithmic when all values are > 0.
+first), every other numeric column is a loss curve except the wall time `elapsed_s`, which is not a
+loss: it goes on its own panel below (seconds, linear axis). The loss axis is logarithmic when all
+its values are > 0.
 
 Figures have a fixed pixel size (slices 900 x 900, losses 800 x 500) and are written atomically.
 Uses matplotlib's Agg backend; imports no TensorFlow.
@@ -35,6 +37,8 @@ PROG = "daqsm-figures"
 SLICES_SIZE_IN, LOSSES_SIZE_IN, DPI = (9.0, 9.0), (8.0, 5.0), 100
 WINDOW_PERCENTILE = 99.0
 X_COLUMNS = ("step", "iteration", "iter", "epoch")
+#: columns of a loss log that are not losses: wall time since the loop started (training_loop.run_loop)
+TIME_COLUMNS = ("elapsed_s",)
 
 
 def _pyplot():
@@ -135,8 +139,10 @@ def read_loss_log(path) -> tuple[str, np.ndarray, dict[str, np.ndarray]]:
                 pass
     lower = [h.lower() for h in header]
     x_col = next((lower.index(n) for n in X_COLUMNS if n in lower), 0)
-    curves = {h: table[:, j] for j, h in enumerate(header) if j != x_col and np.any(np.isfinite(table[:, j]))}
-    if not curves:
+    # other step-like columns (a log with both step and epoch) are axes, not curves
+    curves = {h: table[:, j] for j, h in enumerate(header)
+              if j != x_col and lower[j] not in X_COLUMNS and np.any(np.isfinite(table[:, j]))}
+    if not [c for c in curves if c.lower() not in TIME_COLUMNS]:
         raise InputError(f"{path}: expected numeric loss columns besides {header[x_col]!r}, found none "
                          f"(columns: {', '.join(header)})")
     x = table[:, x_col]
@@ -151,29 +157,52 @@ def loss_figure(log_path, path, columns=None, title: str | None = None) -> str:
     Args:
         log_path: CSV file with a header (step column plus loss columns).
         path: output .png.
-        columns: loss columns to plot (default all numeric ones).
+        columns: columns to plot (default all numeric ones); `elapsed_s` goes on the time panel.
         title: figure title (default the log's file name).
     """
+    plt = _pyplot()
+    return _save(build_loss_figure(log_path, columns, title), path, plt)
+
+
+def build_loss_figure(log_path, columns=None, title: str | None = None):
+    """The matplotlib Figure of `loss_figure`: axes[0] the losses, axes[1] (if any) elapsed seconds."""
     x_name, x, curves = read_loss_log(log_path)
     if columns:
         missing = [c for c in columns if c not in curves]
         if missing:
             raise InputError(f"{log_path}: no numeric column {missing[0]!r}; present: {', '.join(curves)}")
         curves = {c: curves[c] for c in columns}
+    times = {k: v for k, v in curves.items() if k.lower() in TIME_COLUMNS}
+    losses = {k: v for k, v in curves.items() if k not in times}
+    if not losses:
+        raise InputError(f"{log_path}: --columns {' '.join(columns)}: none of them is a loss "
+                         f"({', '.join(TIME_COLUMNS)} is wall time)")
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=LOSSES_SIZE_IN, dpi=DPI, layout="constrained")
-    for name, values in curves.items():
+    if times:
+        fig, (ax, ax_time) = plt.subplots(2, 1, figsize=LOSSES_SIZE_IN, dpi=DPI, layout="constrained", sharex=True,
+                                          gridspec_kw={"height_ratios": (3, 1)})
+    else:
+        fig, ax = plt.subplots(figsize=LOSSES_SIZE_IN, dpi=DPI, layout="constrained")
+    for name, values in losses.items():
         ok = np.isfinite(values)
         ax.plot(x[ok], values[ok], label=name, linewidth=1.2)
-    finite = np.concatenate([v[np.isfinite(v)] for v in curves.values()])
+    finite = np.concatenate([v[np.isfinite(v)] for v in losses.values()])
     if finite.size and np.all(finite > 0):  # log scale shows the slow late decrease of a loss
         ax.set_yscale("log")
-    ax.set_xlabel(x_name)
     ax.set_ylabel("loss")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     ax.set_title(title or os.path.basename(str(log_path)))
-    return _save(fig, path, plt)
+    if times:
+        for name, values in times.items():
+            ok = np.isfinite(values)
+            ax_time.plot(x[ok], values[ok], label=name, linewidth=1.2, color="0.3")
+        ax_time.set_ylabel("elapsed (s)")
+        ax_time.grid(True, alpha=0.3)
+        ax_time.set_xlabel(x_name)
+    else:
+        ax.set_xlabel(x_name)
+    return fig
 
 
 def _save(fig, path, plt) -> str:
@@ -206,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     loss = sub.add_parser("losses", help="loss curves from a CSV log")
     loss.add_argument("log", help="CSV log: step column + loss columns")
-    loss.add_argument("--columns", nargs="+", help="columns to plot (default all numeric)")
+    loss.add_argument("--columns", nargs="+", help="columns to plot (default all numeric; elapsed_s on its own panel)")
     loss.add_argument("--title")
     loss.add_argument("-o", "--output", required=True, help="output .png")
     loss.add_argument("--overwrite", action="store_true")

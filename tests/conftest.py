@@ -18,3 +18,25 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "qsm2016").is_dir():
         pytest.skip(f"real challenge data not found at {SHARED_DATA}; set QSM_SHARED_DATA to enable")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The tiny demo (`python -m evaluation.demo --size tiny --seed 0`) run once in a fresh process."""
+    from tests.golden.generate import finish, run_tiny
+
+    out = tmp_path_factory.mktemp("tiny_demo") / "run1"
+    error = finish(run_tiny(out))
+    assert not error, error
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_rerun(tiny_run) -> Path:
+    """A second run of the same command, same seed and environment, into another folder."""
+    from tests.golden.generate import finish, run_tiny
+
+    out = tiny_run.parent / "run2"
+    error = finish(run_tiny(out))
+    assert not error, error
+    return out

@@ -169,10 +169,9 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
     if phase is None or not (phase > 0 and math.isfinite(phase)):
         raise InputError("phase scale unknown: give --b0 TESLA and --te SECONDS (or --phase_rad_per_ppm)")
 
-    from training_data.tf_env import import_tensorflow
+    from training_data.tf_env import import_tensorflow, seed_everything
 
     tf = import_tensorflow()
-    import keras
     import numpy as np
 
     from network_model.losses import ndi_loss, tv_loss
@@ -185,7 +184,7 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
     from training_data.volume_io import atomic_path, write_volume
 
     model, info = load_target_model(cfg.model)
-    keras.utils.set_random_seed(cfg.seed)
+    seed_everything(cfg.seed)
     divisor = 2 ** info["depth"]
     # the brain's bounding box plus a margin (module docstring); the output goes back on the full grid
     box = brain_box(target.mask, divisor // 2)

@@ -149,10 +149,9 @@ def make_validate(model, dipole, phase: float, cfg: PretrainConfig, source, targ
 
 def pretrain(cfg: PretrainConfig) -> int:
     """Run (or resume) step 4; returns the exit status (0 done, 1 stopped on a non-finite loss)."""
-    from training_data.tf_env import import_tensorflow
+    from training_data.tf_env import import_tensorflow, seed_everything
 
     tf = import_tensorflow()
-    import keras
 
     from network_model.data import patch_dataset, read_patch_group, split_indices
     from network_model.model_info import write_model_info
@@ -189,7 +188,7 @@ def pretrain(cfg: PretrainConfig) -> int:
         raise InputError(f"{cfg.run_dir}: holds checkpoints; use --resume true or another --run_dir")
     write_resolved_config(cfg, os.path.join(cfg.run_dir, "config.json"))
 
-    keras.utils.set_random_seed(cfg.seed)
+    seed_everything(cfg.seed)
     with strategy.scope():
         model = DomainAdaptiveUNet(cfg.depth, cfg.base_filters, 2, cfg.input_scale, cfg.label_scale,
                                    cfg.bn_momentum).build_for(target.patch_size)

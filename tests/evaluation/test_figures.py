@@ -66,6 +66,36 @@ def test_log_scale_only_for_positive_losses(tmp_path):
     assert figures.loss_figure(str(tmp_path / "a.csv"), tmp_path / "a.png")  # negative values: linear axis, still drawn
 
 
+def test_elapsed_time_is_not_drawn_as_a_loss(tmp_path):
+    """A training log's wall-time column goes on its own panel, never on the (log) loss axis."""
+    rows = ["step,loss,ndi,tv,elapsed_s", "0,0.5,0.4,0.02,"]  # step-5 logs: iteration 0 has no time
+    rows += [f"{s},{0.5 / s:.6f},{0.4 / s:.6f},0.02,{3.0 + 0.5 * s:.3f}" for s in range(1, 21)]
+    log = _write(tmp_path / "run_loss.csv", "\n".join(rows) + "\n")
+    fig = figures.build_loss_figure(log)
+    try:
+        loss_ax, time_ax = fig.axes[:2]
+        assert [line.get_label() for line in loss_ax.get_lines()] == ["loss", "ndi", "tv"]
+        assert max(float(np.max(line.get_ydata())) for line in loss_ax.get_lines()) <= 0.5
+        assert loss_ax.get_yscale() == "log" and loss_ax.get_ylabel() == "loss"
+        assert [line.get_label() for line in time_ax.get_lines()] == ["elapsed_s"]
+        assert time_ax.get_ylabel() == "elapsed (s)" and time_ax.get_yscale() == "linear"
+        assert time_ax.get_xlabel() == "step" and len(fig.axes) == 2
+    finally:
+        figures._pyplot().close(fig)
+    out = tmp_path / "run_loss.png"
+    assert figures.main(["losses", log, "-o", str(out)]) == 0
+    assert png_size(out) == (800, 500)
+
+
+def test_log_without_time_column_has_one_panel_without_step_curve(loss_log):
+    fig = figures.build_loss_figure(loss_log)
+    try:
+        assert len(fig.axes) == 1
+        assert [line.get_label() for line in fig.axes[0].get_lines()] == ["loss", "ndi", "tv"]
+    finally:
+        figures._pyplot().close(fig)
+
+
 def test_colour_window_is_symmetric_percentile_of_truth_inside_mask():
     truth = np.zeros((10, 10, 10), np.float32)
     truth[2:8, 2:8, 2:8] = np.linspace(-0.2, 0.1, 216).reshape(6, 6, 6)
@@ -91,7 +121,8 @@ def _write(path, text):
 
 
 @pytest.mark.parametrize("case", ["shape_mismatch", "missing_truth", "nan_recon", "bad_mask", "not_png",
-                                  "exists", "bad_window", "empty_log", "no_numeric_columns", "unknown_column"])
+                                  "exists", "bad_window", "empty_log", "no_numeric_columns", "unknown_column",
+                                  "only_time_column"])
 def test_bad_input_exits_2_and_writes_nothing(case, volumes, loss_log, tmp_path, capsys):
     out = tmp_path / "out.png"
     slices = ["slices", "--recon", volumes["recon"], "--truth", volumes["truth"]]
@@ -119,6 +150,8 @@ def test_bad_input_exits_2_and_writes_nothing(case, volumes, loss_log, tmp_path,
         argv = ["losses", _write(tmp_path / "e.csv", "step,loss\n")]
     elif case == "no_numeric_columns":
         argv = ["losses", _write(tmp_path / "n.csv", "step,note\n1,a\n2,b\n")]
+    elif case == "only_time_column":
+        argv = ["losses", _write(tmp_path / "t.csv", "step,loss,elapsed_s\n1,0.5,2.0\n"), "--columns", "elapsed_s"]
     else:
         argv = ["losses", loss_log, "--columns", "l1"]
     rc = figures.main(argv + ["-o", str(out)])

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import genRDFPatchesSyn
-from training_data.errors import InputError
 from tests.training_data.test_augment import blob
 from training_data import genChi
 from training_data.dipole import forward_field
+from training_data.errors import InputError
 from training_data.patches import (
     assemble_patches,
     axis_starts,
