@@ -68,7 +68,7 @@ class FinetuneConfig:
     voxel_size_mm: tuple[float, float, float] | None = None  # override the file's voxel size
     b0_dir: tuple[float, float, float] | None = None         # override (voxel axes); else from the affine
     iterations: int = 300            # at most
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-3      # measured: demo Sim2Snr1 rmse 49.0 at 150 it. vs 52.1 with 1e-4
     lr_schedule: str = "constant"    # constant | cosine | exponential
     warmup_iterations: int = 10      # linear learning-rate ramp at the start
     lambda_tv: float = 0.002         # TV weight (network units; original 0.002 SNR1, 0.001 SNR2)
