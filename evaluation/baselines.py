@@ -8,6 +8,10 @@ brain mask; output: susceptibility in ppm, zero outside the mask. The mean of ch
 Command: `python -m evaluation.baselines tkd|l2|ndi-tv --field F --mask M [--weight W]
 [--voxel-size X Y Z] [--b0-dir X Y Z] [--pad none|fast|auto|N] [method options] -o OUT.nii.gz`.
 
+Padding: every inversion zero-pads its FFT grid by default (`pad="auto"`, a quarter of each axis per
+side, `training_data.dipole.fft_shape`), like the field simulation: a circular FFT wraps the field of
+a source near one face onto the opposite face and the inversion writes a copy of it there.
+
 References:
     TKD: Shmueli K, et al. Magn Reson Med 2009;62:1510-1522 (thresholded k-space division);
         threshold 0.19, inside the 0.15-0.2 range that open implementations default to (QSM.jl
@@ -124,13 +128,14 @@ def grad_adjoint(g, voxel_size_mm) -> np.ndarray:
 
 
 def tkd(field_ppm, mask, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),
-        threshold: float = TKD_THRESHOLD, pad=None) -> np.ndarray:
+        threshold: float = TKD_THRESHOLD, pad="auto") -> np.ndarray:
     """Thresholded k-space division: 1/D where |D| > threshold, sign(D)/threshold elsewhere (0 where D = 0).
 
     Args:
         field_ppm: float32 (x, y, z) local field, ppm.
         mask: (x, y, z) 0/1 brain mask.
         threshold: truncation level of |D| (0.19 default; smaller -> less bias, more streaking).
+        pad: FFT zero padding (`training_data.dipole.fft_shape`); "auto" default, "none" circular.
 
     Returns:
         float32 (x, y, z) chi in ppm, 0 outside the mask.
@@ -145,7 +150,7 @@ def tkd(field_ppm, mask, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),
 
 
 def l2_gradient(field_ppm, mask, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),
-                lambda_grad: float = L2_LAMBDA, pad=None) -> np.ndarray:
+                lambda_grad: float = L2_LAMBDA, pad="auto") -> np.ndarray:
     """Closed-form L2-gradient (Tikhonov) inversion: argmin ||D chi - f||^2 + lambda ||G chi||^2.
 
     chi = IFFT( D F(f) / (D^2 + lambda sum_i |E_i|^2) ), E_i the forward-difference eigenvalues per mm.
@@ -154,6 +159,7 @@ def l2_gradient(field_ppm, mask, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0
         field_ppm: float32 (x, y, z) local field, ppm.
         mask: (x, y, z) 0/1 brain mask.
         lambda_grad: regularisation weight (> 0).
+        pad: FFT zero padding, as `tkd`.
 
     Returns:
         float32 (x, y, z) chi in ppm, 0 outside the mask.
@@ -199,7 +205,7 @@ def solve_v(target, phase_meas, weight2, mu_data, v0=None, steps: int = 4) -> np
 
 
 def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),
-           params: NDITVParams = NDITVParams(), pad=None, return_info: bool = False):
+           params: NDITVParams = NDITVParams(), pad="auto", return_info: bool = False):
     """Weighted nonlinear TV inversion by ADMM (FANSI-style; Milovic et al. 2018).
 
     Problem (phase units phi = s f, u = s chi, s = 2 pi gamma_bar B0 TE in rad/ppm):
@@ -217,6 +223,7 @@ def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(
         weight: (x, y, z) data weight >= 0 (e.g. magnitude), normalised to max 1 inside the mask;
             None -> the mask.
         params: NDITVParams.
+        pad: FFT zero padding, as `tkd` (the padding has weight 0 in the data term).
         return_info: also return {"iterations", "converged", "seconds"}.
 
     Returns:
@@ -298,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--voxel-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="mm; default from the file")
     parser.add_argument("--b0-dir", type=float, nargs=3, metavar=("X", "Y", "Z"),
                         help="B0 in voxel axes; default from the affine, else 0 0 1")
-    parser.add_argument("--pad", default=None, help="FFT zero padding: none (default), fast, auto or voxels per side")
+    parser.add_argument("--pad", default="auto",
+                        help="FFT zero padding: auto (default, a quarter of each axis per side), fast, none "
+                             "(circular) or voxels per side")
     parser.add_argument("--threshold", type=float, default=TKD_THRESHOLD, help="tkd: |D| threshold (0.19)")
     parser.add_argument("--lambda", dest="lambda_grad", type=float, default=L2_LAMBDA, help=f"l2: weight ({L2_LAMBDA})")
     d = NDITVParams()
