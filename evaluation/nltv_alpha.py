@@ -55,8 +55,10 @@ from training_data.errors import InputError, shape_mismatch
 # simulations' (~3e-3) both inside, 10 solves
 ALPHA_GRID = tuple(float(a) for a in np.logspace(-4, -1, 10))
 _MAD_TO_STD = 0.6745  # median |N(0, 1)|
-# Residual floor factor of the stage-1 rule (module doc): chosen once on the four built-in 2 mm cases
-# (benchmarks/results_baselines.md; 1.2-1.45 give the same picks there), not per case
+# Residual floor factor of the stage-1 rule (module doc), inside the usual 1.1-2 range of the
+# discrepancy principle's tau; set once on the four built-in 2 mm cases of the simulator that kept the
+# Gibbs ringing in its truth (1.2-1.45 gave the same picks there), not per case and not retuned
+# (benchmarks/results_baselines.md)
 FLOOR_FACTOR = 1.3
 
 
