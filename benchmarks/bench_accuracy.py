@@ -79,11 +79,11 @@ def main(argv=None):
         seconds["fine-tuned"] = time.perf_counter() - start
         recon["fine-tuned"] = fine
         te_weight = info["te_s"][1] if len(info["te_s"]) > 1 else info["te_s"][0]
-        for method, fn in (("TKD", lambda: tkd(field, mask, vs, b0)),
-                           ("L2", lambda: l2_gradient(field, mask, vs, b0)),
+        for method, fn in (("TKD", lambda: tkd(field, mask, vs, b0, pad="auto")),
+                           ("L2", lambda: l2_gradient(field, mask, vs, b0, pad="auto")),
                            ("NLTV", lambda: ndi_tv(field, mask, None, vs, b0,
                                                   NDITVParams(alpha=args.ndi_alpha, b0_tesla=info["b0_tesla"],
-                                                              te_s=te_weight)))):
+                                                              te_s=te_weight), pad="auto"))):
             start = time.perf_counter()
             chi = fn()
             seconds[method] = time.perf_counter() - start

@@ -5,8 +5,12 @@ D(0) = 0) and use scipy.fft rfftn/irfftn in float32/complex64. Inputs: local fie
 brain mask; output: susceptibility in ppm, zero outside the mask. The mean of chi is undetermined
 (D(0) = 0) and is returned as 0 over the FFT grid; compare maps after demeaning (RC2 metrics do).
 
-Command: `python -m evaluation.baselines tkd|l2|ndi-tv --field F --mask M [--weight W]
+Command: `python -m evaluation.baselines tkd|l2|ndi-tv --field F --mask M [--weight W] [--alpha A|auto]
 [--voxel-size X Y Z] [--b0-dir X Y Z] [--pad none|fast|auto|N] [method options] -o OUT.nii.gz`.
+
+Padding: every inversion zero-pads its FFT grid by default (`pad="auto"`, a quarter of each axis per
+side, `training_data.dipole.fft_shape`), like the field simulation: a circular FFT wraps the field of
+a source near one face onto the opposite face and the inversion writes a copy of it there.
 
 References:
     TKD: Shmueli K, et al. Magn Reson Med 2009;62:1510-1522 (thresholded k-space division);
@@ -124,13 +128,14 @@ def grad_adjoint(g, voxel_size_mm) -> np.ndarray:
 
 
 def tkd(field_ppm, mask, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),
-        threshold: float = TKD_THRESHOLD, pad=None) -> np.ndarray:
+        threshold: float = TKD_THRESHOLD, pad="auto") -> np.ndarray:
     """Thresholded k-space division: 1/D where |D| > threshold, sign(D)/threshold elsewhere (0 where D = 0).
 
     Args:
         field_ppm: float32 (x, y, z) local field, ppm.
         mask: (x, y, z) 0/1 brain mask.
         threshold: truncation level of |D| (0.19 default; smaller -> less bias, more streaking).
+        pad: FFT zero padding (`training_data.dipole.fft_shape`); "auto" default, "none" circular.
 
     Returns:
         float32 (x, y, z) chi in ppm, 0 outside the mask.
@@ -145,7 +150,7 @@ def tkd(field_ppm, mask, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),
 
 
 def l2_gradient(field_ppm, mask, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),
-                lambda_grad: float = L2_LAMBDA, pad=None) -> np.ndarray:
+                lambda_grad: float = L2_LAMBDA, pad="auto") -> np.ndarray:
     """Closed-form L2-gradient (Tikhonov) inversion: argmin ||D chi - f||^2 + lambda ||G chi||^2.
 
     chi = IFFT( D F(f) / (D^2 + lambda sum_i |E_i|^2) ), E_i the forward-difference eigenvalues per mm.
@@ -154,6 +159,7 @@ def l2_gradient(field_ppm, mask, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0
         field_ppm: float32 (x, y, z) local field, ppm.
         mask: (x, y, z) 0/1 brain mask.
         lambda_grad: regularisation weight (> 0).
+        pad: FFT zero padding, as `tkd`.
 
     Returns:
         float32 (x, y, z) chi in ppm, 0 outside the mask.
@@ -199,7 +205,7 @@ def solve_v(target, phase_meas, weight2, mu_data, v0=None, steps: int = 4) -> np
 
 
 def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),
-           params: NDITVParams = NDITVParams(), pad=None, return_info: bool = False):
+           params: NDITVParams = NDITVParams(), pad="auto", return_info: bool = False, chi0=None):
     """Weighted nonlinear TV inversion by ADMM (FANSI-style; Milovic et al. 2018).
 
     Problem (phase units phi = s f, u = s chi, s = 2 pi gamma_bar B0 TE in rad/ppm):
@@ -217,7 +223,10 @@ def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(
         weight: (x, y, z) data weight >= 0 (e.g. magnitude), normalised to max 1 inside the mask;
             None -> the mask.
         params: NDITVParams.
+        pad: FFT zero padding, as `tkd` (the padding has weight 0 in the data term).
         return_info: also return {"iterations", "converged", "seconds"}.
+        chi0: optional float32 (x, y, z) start, ppm (warm start, e.g. the solution at a nearby alpha
+            in an alpha scan); the splits start consistent with it (z = G u0, v = D u0).
 
     Returns:
         float32 (x, y, z) chi in ppm (0 outside the mask) [, info].
@@ -239,13 +248,21 @@ def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(
     kernel = dipole_kernel(full, voxel_size_mm, b0_dir)
     denom = mu_grad * gradient_eigenvalues(full, voxel_size_mm) + mu_data * kernel**2
     denom[0, 0, 0] = 1.0  # both numerator terms vanish at k = 0: mean fixed to 0
-    z = np.zeros((3,) + full, np.float32)
-    s_z = np.zeros_like(z)
-    v = phi.copy()
-    s_v = np.zeros_like(phi)
     weighted = w2 > 0
-    phi_w, w2_w, v_w = phi[weighted], w2[weighted], phi[weighted]
-    u = np.zeros_like(phi)
+    if chi0 is None:
+        u = np.zeros_like(phi)
+        z = np.zeros((3,) + full, np.float32)
+        v = phi.copy()
+    else:
+        chi0 = np.asarray(chi0, np.float32)
+        if chi0.shape != field.shape:
+            raise shape_mismatch("chi0", chi0.shape, "field", field.shape)
+        u = np.pad(chi0 * scale, padding)
+        z = grad(u, voxel_size_mm)
+        v = _irfft(_rfft(u, full) * kernel, full)
+    s_z = np.zeros_like(z)
+    s_v = np.zeros_like(phi)
+    phi_w, w2_w, v_w = phi[weighted], w2[weighted], v[weighted]
     converged, it = False, 0
     for it in range(1, p.iterations + 1):
         rhs = _rfft(mu_grad * grad_adjoint(z - s_z, voxel_size_mm), full) + mu_data * kernel * _rfft(v - s_v, full)
@@ -298,11 +315,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--voxel-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="mm; default from the file")
     parser.add_argument("--b0-dir", type=float, nargs=3, metavar=("X", "Y", "Z"),
                         help="B0 in voxel axes; default from the affine, else 0 0 1")
-    parser.add_argument("--pad", default=None, help="FFT zero padding: none (default), fast, auto or voxels per side")
+    parser.add_argument("--pad", default="auto",
+                        help="FFT zero padding: auto (default, a quarter of each axis per side), fast, none "
+                             "(circular) or voxels per side")
     parser.add_argument("--threshold", type=float, default=TKD_THRESHOLD, help="tkd: |D| threshold (0.19)")
     parser.add_argument("--lambda", dest="lambda_grad", type=float, default=L2_LAMBDA, help=f"l2: weight ({L2_LAMBDA})")
     d = NDITVParams()
-    parser.add_argument("--alpha", type=float, default=d.alpha, help=f"ndi-tv: TV weight ({d.alpha})")
+    parser.add_argument("--alpha", default=str(d.alpha),
+                        help=f"ndi-tv: TV weight ({d.alpha}), or 'auto': scan --alpha-grid and take the discrepancy "
+                             "principle's alpha (evaluation.nltv_alpha; needs no ground truth)")
+    parser.add_argument("--alpha-grid", type=float, nargs="+", metavar="A",
+                        help="ndi-tv --alpha auto: the scanned values (default nltv_alpha.ALPHA_GRID, 1e-4 .. 0.1)")
     parser.add_argument("--mu", dest="mu_grad", type=float, default=None,
                         help="ndi-tv: gradient consistency (10*alpha)")
     parser.add_argument("--mu-data", type=float, default=d.mu_data, help=f"ndi-tv: data split weight ({d.mu_data})")
@@ -317,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     return run_cli(lambda: _run(args), "python -m evaluation.baselines")
+
+
+def _alpha(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"--alpha: expected a positive number or 'auto', got {text!r}") from None
 
 
 def cli() -> None:
@@ -334,6 +364,8 @@ def _run(args) -> int:
         raise choices_message("method", args.method, METHODS)
     if os.path.exists(args.output) and not args.overwrite:
         raise InputError(f"{args.output}: output exists; pass --overwrite to replace it")
+    if args.alpha_grid and args.alpha.strip().lower() != "auto":
+        raise InputError("--alpha-grid: only with --alpha auto")
     if args.weight and args.method != "ndi-tv":
         raise InputError(f"--weight: only ndi-tv uses a data weight, not {args.method}")
     field = read_volume(args.field)
@@ -346,10 +378,22 @@ def _run(args) -> int:
         chi = l2_gradient(field.data, mask, lambda_grad=args.lambda_grad, **common)
     else:
         weight = read_volume(args.weight).data if args.weight else None
-        params = NDITVParams(alpha=args.alpha, mu_grad=args.mu_grad, mu_data=args.mu_data,
+        auto = args.alpha.strip().lower() == "auto"
+        params = NDITVParams(alpha=NDITVParams.alpha if auto else _alpha(args.alpha), mu_grad=args.mu_grad, mu_data=args.mu_data,
                              iterations=args.iterations, tol=args.tol, b0_tesla=args.b0_tesla, te_s=args.te_s)
-        chi, info = ndi_tv(field.data, mask, weight, params=params, return_info=True, **common)
-        print(f"ndi-tv: {info['iterations']} iterations, converged={info['converged']}, {info['seconds']:.1f} s")
+        if auto:
+            from evaluation import nltv_alpha
+
+            scan = nltv_alpha.scan_alpha(field.data, mask, weight, params=params,
+                                         alphas=args.alpha_grid or nltv_alpha.ALPHA_GRID, **common)
+            choice = nltv_alpha.choose_alpha_discrepancy(scan)
+            for a, r, it in zip(scan.alphas, scan.residual, scan.iterations):
+                print(f"ndi-tv: alpha {a:.3g}: residual {r:.4g}, {it} iterations")
+            print(f"ndi-tv: alpha {choice.alpha:.3g} by the discrepancy principle ({choice.note}), {scan.seconds:.1f} s")
+            chi = scan.maps[choice.index]
+        else:
+            chi, info = ndi_tv(field.data, mask, weight, params=params, return_info=True, **common)
+            print(f"ndi-tv: {info['iterations']} iterations, converged={info['converged']}, {info['seconds']:.1f} s")
     write_volume(args.output, chi.astype(np.float32), affine=field.affine, header=field.header)
     print(f"wrote {args.output}")
     return 0

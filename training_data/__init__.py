@@ -9,6 +9,7 @@ tissue.py          per-label chi (RC2 chiref, Sim1/Sim2), M0 and R2* at 7 T
 texture.py         correlated texture and deep-grey iron gradients
 phantom.py         built-in head phantom (MNI ICBM152 anatomy, RC2 labels, texture)
 gre.py             multi-echo GRE signal, k-space crop, noise, RC2 field estimate
+gibbs.py           Gibbs ringing removal of the cropped ground truth (dipy), ringing measure
 simulate.py        RC2-like target cases Sim{1,2}Snr{1,2} (builtin or RC2 phantom)
 augment.py         elastic deformation, small affine, contrast changes                 step 1
 strong_sources.py  added high-susceptibility sources (haemorrhage/vein/calcification)  step 1

@@ -9,7 +9,9 @@ the calcification) + texture; field = D * chi of the brain tissue only (padded F
 grid (0.64 mm for RC2); multi-echo GRE at 7 T, TE 4/12/20/28 ms; k-space cropped to the output
 grid (1 mm: 164 x 205 x 205 for RC2); complex noise at peak SNR 100 (Snr1) / 1000 (Snr2); local
 field estimated from the noisy phase (training_data.gre). Ground truth chi is cropped in k-space
-the same way; labels are resampled by majority (every label of the input survives).
+the same way and then freed of the Gibbs ringing the crop leaves (sub-voxel shifts along all three
+axes, as RC2: training_data.gibbs; the echoes keep theirs, it is part of the measured data); labels
+are resampled by majority (every label of the input survives).
 
 Each case folder: local_field.nii.gz (ppm), magnitude.nii.gz (4-D, echoes last), mask.nii.gz,
 chi.nii.gz (ppm), segmentation.nii.gz (RC2 labels), case.json (b0_tesla, te_s, voxel_size_mm,
@@ -32,6 +34,7 @@ import scipy.ndimage as ndi
 
 from training_data.dipole import forward_field
 from training_data.errors import InputError, run_cli
+from training_data.gibbs import remove_gibbs_ringing
 from training_data.gre import add_noise, crop_kspace, echo_signals, estimate_local_field
 from training_data.texture import texture_ppm
 from training_data.tissue import BRAIN_LABELS, CALCIFICATION, CHIREF_PPM, tissue_maps
@@ -190,7 +193,8 @@ def merge_label_fractions(fractions: dict, label: int, into: int | None) -> dict
 
 
 def simulate_cases(anatomy: Anatomy, out_dir, resolution_mm: float = 1.0, seed: int = 0,
-                   quiet: bool = False, peak_snr: dict | None = None, variants=VARIANTS) -> list[str]:
+                   quiet: bool = False, peak_snr: dict | None = None, variants=VARIANTS,
+                   gibbs_removal: bool = True) -> list[str]:
     """Write the case folders {variant}{snr name} (default Sim{1,2}Snr{1,2}) into out_dir.
 
     Args:
@@ -201,6 +205,8 @@ def simulate_cases(anatomy: Anatomy, out_dir, resolution_mm: float = 1.0, seed: 
         quiet: no progress bar.
         peak_snr: {name: peak SNR}, default {"Snr1": 100, "Snr2": 1000}; inf gives noise-free data.
         variants: subset of ("Sim1", "Sim2").
+        gibbs_removal: remove the k-space crop's Gibbs ringing from the ground truth chi (as RC2);
+            False keeps the ringing (the simulator before issue 16).
 
     Returns:
         The case folder paths.
@@ -216,17 +222,23 @@ def simulate_cases(anatomy: Anatomy, out_dir, resolution_mm: float = 1.0, seed: 
     replacement = calcification_replacement(anatomy.labels)
     pending = []
     progress = tqdm(total=len(variants) * len(peak_snr), desc="RC2-like cases", disable=quiet, file=sys.stderr)
-    # gzip of the NIfTI files (zlib releases the GIL) overlaps the next case's computation
-    with ThreadPoolExecutor(max_workers=1) as writer:
+    cropped = out_shape != anatomy.labels.shape
+    # gzip of the NIfTI files (zlib releases the GIL) overlaps the next case's computation; the
+    # Gibbs removal of the truth (numpy/FFT, releases it too) overlaps the echoes of its variant
+    with ThreadPoolExecutor(max_workers=1) as writer, ThreadPoolExecutor(max_workers=1) as truth_worker:
         for variant in variants:
             variant_index = VARIANTS.index(variant)
             labels = anatomy.labels if variant == "Sim2" else remove_calcification(anatomy.labels, replacement)
             brain = anatomy.mask & np.isin(labels, BRAIN_LABELS)
             chi, m0, r2star = tissue_maps(labels, brain, texture, variant, chiref_ppm=anatomy.chiref_ppm)
+            chi_out = crop_kspace(chi, out_shape)
+            # without a crop there is no ringing to remove
+            derung = truth_worker.submit(remove_gibbs_ringing, chi_out, mask_out) if gibbs_removal and cropped else None
             field = forward_field(chi, anatomy.voxel_size_mm, (0.0, 0.0, 1.0), pad="auto")
+            del chi
             echoes = [crop_kspace(s, out_shape) for s in echo_signals(m0, r2star, field, B0_TESLA, TE_S)]
             del field, m0, r2star
-            chi_out = crop_kspace(chi, out_shape) * mask_out
+            chi_out = (chi_out if derung is None else derung.result()) * mask_out
             seg_out = majority_labels(fractions if variant == "Sim2" else
                                       merge_label_fractions(fractions, CALCIFICATION, replacement), out_shape)
             for snr_index, (snr_name, snr) in enumerate(peak_snr.items()):
@@ -276,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resolution", type=float, default=1.0, help="output voxel size in mm (default 1, as RC2)")
     parser.add_argument("--native", type=float, default=None,
                         help="builtin only: native voxel size in mm (default 0.64 x resolution, as RC2)")
+    parser.add_argument("--keep-gibbs-ringing", action="store_true",
+                        help="do not remove the k-space crop's Gibbs ringing from the ground truth chi")
     parser.add_argument("--overwrite", action="store_true", help="replace existing case folders")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -298,7 +312,8 @@ def _run(args) -> int:
         anatomy = load_rc2_phantom(args.source)
     if any(args.resolution < v - 1e-6 for v in anatomy.voxel_size_mm):
         raise InputError(f"--resolution {args.resolution:g}: expected at least the native voxel size {anatomy.voxel_size_mm}")
-    cases = simulate_cases(anatomy, args.output, args.resolution, args.seed, args.quiet)
+    cases = simulate_cases(anatomy, args.output, args.resolution, args.seed, args.quiet,
+                           gibbs_removal=not args.keep_gibbs_ringing)
     print(f"{PROG}: wrote {len(cases)} cases to {args.output}", file=sys.stderr)
     return 0
 

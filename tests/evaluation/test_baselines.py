@@ -33,9 +33,9 @@ def _interior(region, voxels=1):
 
 def test_tkd_tiny_threshold_recovers_noise_free_chi():
     chi, brain, spheres = phantom()
-    field = forward_field(chi)
+    field = forward_field(chi)  # circular forward model: its exact inverse is the circular one
     full = np.ones_like(brain)  # the whole field is known: only the threshold limits the inversion
-    recon = B.tkd(field, full, threshold=1e-3)
+    recon = B.tkd(field, full, threshold=1e-3, pad="none")
     inner = _interior(brain, 2)
     # mean fixed to 0 by D(0) = 0: compare demeaned maps
     err = (recon - recon[inner].mean()) - (chi - chi[inner].mean())
@@ -43,7 +43,7 @@ def test_tkd_tiny_threshold_recovers_noise_free_chi():
     assert np.abs(err[_interior(spheres)]).max() < 0.01  # ppm, < 7 % of the largest contrast (0.15)
     assert nrmse_pair(recon, chi, inner)[0] < 12.0
     # the default threshold biases the result (underestimation), the tiny one does not
-    assert nrmse_pair(B.tkd(field, full), chi, inner)[0] > nrmse_pair(recon, chi, inner)[0]
+    assert nrmse_pair(B.tkd(field, full, pad="none"), chi, inner)[0] > nrmse_pair(recon, chi, inner)[0]
 
 
 def test_l2_approaches_truth_as_lambda_vanishes():
@@ -66,6 +66,41 @@ def test_nonlinear_tv_beats_tkd_on_noisy_phantom():
     assert tv_err < 0.7 * tkd_err, (tv_err, tkd_err)
     assert np.all(tv[~brain] == 0) and tv.dtype == np.float32
     assert info["iterations"] <= 100
+
+
+def _edge_source(n=N):
+    """A 0.2 ppm sphere 4 voxels from the z = 0 face; its field from a 4x larger (non-periodic) grid."""
+    g = np.indices((n, n, n)).astype(np.float32)
+    chi = np.where(((g[0] - n / 2) ** 2 + (g[1] - n / 2) ** 2 + (g[2] - 4) ** 2) <= 9.0, 0.2, 0.0)
+    return chi.astype(np.float32), forward_field(chi.astype(np.float32), pad=2 * n)
+
+
+@pytest.mark.parametrize("method", ["tkd", "l2", "ndi-tv"])
+def test_baselines_zero_pad_by_default(method):
+    """The default FFT is zero-padded ('auto'): no wrapped-around copy of an edge source.
+
+    A circular FFT puts the field of a source 4 voxels from one face next to the opposite face; the
+    inversion then writes a spurious copy there. RMS chi in the 8 slices at the far face, in % of
+    the source's 0.2 ppm (measured): TKD 1.87 unpadded vs 0.70 default, L2 1.34 vs 0.44, nonlinear
+    TV (40 iterations) 1.93 vs 0.33.
+    """
+    chi, field = _edge_source()
+    full = np.ones(chi.shape, bool)
+    run = {"tkd": lambda **kw: B.tkd(field, full, **kw),
+           "l2": lambda **kw: B.l2_gradient(field, full, **kw),
+           "ndi-tv": lambda **kw: B.ndi_tv(field, full, params=B.NDITVParams(alpha=1e-4, iterations=40), **kw)}[method]
+
+    def far_face_rms(recon):
+        recon = recon - np.median(recon)  # the mean of chi is undetermined (D(0) = 0)
+        return 100 * np.sqrt(np.mean(recon[:, :, -8:] ** 2)) / 0.2
+
+    default, circular = run(), run(pad="none")
+    np.testing.assert_array_equal(default, run(pad="auto"))
+    assert far_face_rms(default) < 0.5 * far_face_rms(circular), (far_face_rms(default), far_face_rms(circular))
+
+
+def test_command_pads_by_default():
+    assert B.build_parser().parse_args(["tkd", "--field", "f", "--mask", "m", "-o", "o"]).pad == "auto"
 
 
 def test_ndi_data_gradient_identity():
@@ -108,8 +143,8 @@ def test_gradient_operators_match_k_space():
 def test_shared_kernel_and_anisotropic_voxels():
     chi, brain, _ = phantom(24)
     vs, b0 = (1.0, 1.2, 0.8), (0.1, 0.2, 1.0)
-    field = forward_field(chi, vs, b0)
-    recon = B.l2_gradient(field, np.ones_like(brain), vs, b0, lambda_grad=1e-6)
+    field = forward_field(chi, vs, b0)  # circular, inverted exactly by the circular L2
+    recon = B.l2_gradient(field, np.ones_like(brain), vs, b0, lambda_grad=1e-6, pad="none")
     assert nrmse_pair(recon, chi, _interior(brain, 2))[0] < 12.0
     assert dipole_kernel((24, 24, 24), vs, b0) is dipole_kernel((24, 24, 24), vs, b0)  # one cached kernel
 
