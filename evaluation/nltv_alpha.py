@@ -50,11 +50,11 @@ import numpy as np
 from evaluation.baselines import NDITVParams, _check_weight, ndi_data_term, ndi_tv
 from training_data.dipole import forward_field
 from training_data.errors import InputError, shape_mismatch
+from training_data.noise import estimate_noise_ppm as shared_noise_estimate
 
 # 1e-4 .. 0.1 in steps of 10^(1/3) (x2.15): the 2016 data's best (0.1, 3 T / 25 ms) and high-SNR
 # simulations' (~3e-3) both inside, 10 solves
 ALPHA_GRID = tuple(float(a) for a in np.logspace(-4, -1, 10))
-_MAD_TO_STD = 0.6745  # median |N(0, 1)|
 # Residual floor factor of the stage-1 rule (module doc), inside the usual 1.1-2 range of the
 # discrepancy principle's tau; set once on the four built-in 2 mm cases of the simulator that kept the
 # Gibbs ringing in its truth (1.2-1.45 gave the same picks there), not per case and not retuned
@@ -104,34 +104,12 @@ def _weight(weight, mask):
 
 
 def estimate_noise_ppm(field_ppm, mask, weight=None) -> float:
-    """Robust std of W times the field noise, ppm, from the finest diagonal Haar coefficients.
-
-    d = (1/sqrt 8) sum_{2x2x2 block} (-1)^(i+j+k) W f is N(0, sigma^2) for white noise of std
-    sigma and ~0 for a smooth field (it is the mixed third difference); sigma = median |d| / 0.6745
-    over all (overlapping) blocks whose 8 voxels are inside the mask.
-
-    Args:
-        field_ppm: float (x, y, z) local field, ppm.
-        mask: (x, y, z) 0/1 brain mask.
-        weight: (x, y, z) data weight or None (the mask); normalised to max 1 inside the mask.
-
-    Returns:
-        sigma_w in ppm.
-    """
-    field = np.asarray(field_ppm, np.float64)
+    """Robust std of W times the field noise, ppm (training_data.noise.estimate_noise_ppm; W
+    normalised to max 1 inside the mask, the mask when None)."""
     mask = np.asarray(mask).astype(bool)
-    if mask.shape != field.shape:
-        raise shape_mismatch("mask", mask.shape, "field", field.shape)
-    wf = _weight(weight, mask) * field * mask
-    d = np.diff(np.diff(np.diff(wf, axis=0), axis=1), axis=2) / np.sqrt(8.0)
-    inside = mask[:-1, :-1, :-1].copy()
-    for dx in (0, 1):
-        for dy in (0, 1):
-            for dz in (0, 1):
-                inside &= mask[dx: dx + d.shape[0], dy: dy + d.shape[1], dz: dz + d.shape[2]]
-    if not inside.any():
-        raise InputError("mask: no 2x2x2 block inside the mask to estimate the noise from")
-    return float(np.median(np.abs(d[inside])) / _MAD_TO_STD)
+    if mask.shape != np.shape(field_ppm):
+        raise shape_mismatch("mask", mask.shape, "field", np.shape(field_ppm))
+    return shared_noise_estimate(field_ppm, mask, _weight(weight, mask))
 
 
 def noise_residual(noise_ppm: float, mask, weight, phase_scale: float) -> float:

@@ -12,13 +12,11 @@ whose data residual is as small as the noise alone would leave. Here:
                   angles ref^2 * sigma_w^2;
     rule          stop at the first iteration with NDI <= tau * E (tau = 1 by default).
 
-Noise estimate: the finest diagonal Haar wavelet coefficient of W * field over 2x2x2 blocks that
-lie inside the mask, sigma = median(|d|) / 0.6745 (Donoho and Johnstone, Biometrika 1994;81:425).
-The coefficient is an orthonormal +-1/sqrt(8) combination, so white noise keeps its std while a
-field that varies smoothly over 2 voxels cancels; the median ignores the few blocks on sharp
-edges (veins, the calcification). With W = the normalised magnitude and field noise proportional
-to 1 / magnitude (phase noise), W * noise is about homogeneous, which is what one sigma assumes.
-The estimate assumes white field noise; a background-field removal that smooths the field (SHARP
+Noise estimate (training_data/noise.py, shared with nonlinear TV's alpha rule): the finest diagonal
+Haar coefficient of W * field over 2x2x2 blocks inside the mask, sigma = median(|d|) / 0.6745
+(Donoho and Johnstone, Biometrika 1994;81:425): white noise keeps its std, a field smooth over 2
+voxels cancels, the median ignores the few blocks on sharp edges. The estimate assumes white field
+noise; a background-field removal that smooths the field (SHARP
 kernels) lowers it, and a model error above the noise (RC2's intra-voxel dephasing, an imperfect
 background removal) keeps the residual above E: then the flat-loss criterion stops the run
 (`reason` 'converged'), or the iteration budget ('done').
@@ -27,38 +25,19 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from network_model.losses import NDI_REFERENCE_RAD_PER_PPM
+from training_data.noise import estimate_noise_ppm
 
 
 def estimate_weighted_noise_ppm(field_ppm, weight, mask) -> float:
-    """Std of W * (field noise) in ppm from the finest diagonal Haar coefficients inside the mask.
+    """Std of W * (field noise) in ppm (training_data.noise.estimate_noise_ppm, module docstring).
 
     Args:
         field_ppm: float (x, y, z) local field in ppm.
         weight: float (x, y, z) NDI weight W in [0, 1].
         mask: (x, y, z) 0/1 brain mask.
-
-    Returns:
-        sigma_w in ppm (0.0 when fewer than 8 blocks lie inside the mask).
     """
-    x = np.asarray(field_ppm, np.float64) * np.asarray(weight, np.float64)
-    inside = np.asarray(mask) > 0
-    n = [s - s % 2 for s in x.shape]
-    x, inside = x[:n[0], :n[1], :n[2]], inside[:n[0], :n[1], :n[2]]
-    d = np.zeros(tuple(s // 2 for s in n))
-    full = np.ones(d.shape, bool)
-    for i in (0, 1):
-        for j in (0, 1):
-            for k in (0, 1):
-                sign = (-1) ** (i + j + k)
-                d += sign * x[i::2, j::2, k::2]
-                full &= inside[i::2, j::2, k::2]
-    coefficients = np.abs(d[full]) / math.sqrt(8.0)
-    if coefficients.size < 8:
-        return 0.0
-    return float(np.median(coefficients) / 0.6745)
+    return estimate_noise_ppm(field_ppm, mask, weight)
 
 
 def noise_energy(sigma_w_ppm: float, phase_rad_per_ppm: float,
