@@ -59,8 +59,8 @@ SIZES = {
     # 48^3 target crops hold most of a 3 mm brain (144 mm) at a CPU demo's cost
     "small": DemoSize(target_patch_size=48),
     # the method's geometry (1 mm RC2 grid, 64^3 patches, 4 poolings) with a CPU-sized network
-    "real": DemoSize(resolution_mm=1.0, n_maps=24, patch_size=64, depth=4, base_filters=8, pretrain_steps=500,
-                     finetune_iterations=60),
+    "real": DemoSize(resolution_mm=1.0, n_maps=24, patch_size=64, target_patch_size=128, depth=4, base_filters=8,
+                     pretrain_steps=500, finetune_iterations=100),
 }
 
 
