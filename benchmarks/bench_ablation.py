@@ -12,6 +12,9 @@ Commands (results in benchmarks/results_ablation.md):
     # fine-tuning with the stopping rule (and every 5th iterate's rmse, to find the best one)
     python benchmarks/bench_ablation.py finetune --work $W --name balanced_bbox --iterations 150
     python benchmarks/bench_ablation.py table --work $W
+    # every saved map and TKD / L2 against the cases' truth and the Gibbs-free truth
+    python -m training_data.simulate --source $D/rc2_phantom -o $W/targets_gf --seed 0 --quiet
+    python benchmarks/bench_ablation.py evaluate --work $W --truths targets targets_gf
 
 Every row uses the same data (24 synthetic maps of the 2016 COSMOS map, 64^3 source patches), the
 same CPU-sized network (U-Net depth 4, 8 base filters), batch 2 source patches, Adam 1e-3 with a
@@ -166,6 +169,42 @@ def apply_rule(row: Path, name: str, iterations: int):
     return iterations, "done", sidecar
 
 
+def evaluate(args) -> dict:
+    """rmse of every saved map of every row, and of TKD / L2 (padded), against each truth folder."""
+    from evaluation.baselines import l2_gradient, tkd
+    from training_data.volume_io import read_volume, write_volume
+
+    work = Path(args.work)
+    (work / "baselines").mkdir(exist_ok=True)
+    out: dict = {}
+    for name in CASES:
+        case = work / "targets" / name
+        info = json.loads((case / "case.json").read_text())
+        field = read_volume(case / "local_field.nii.gz").data
+        mask = read_volume(case / "mask.nii.gz", dtype=None).data > 0
+        maps = {}
+        for method, fn in (("TKD", tkd), ("L2", l2_gradient)):
+            path = work / "baselines" / f"{name}_{method}.nii.gz"
+            if not path.exists():
+                write_volume(path, fn(field, mask, info["voxel_size_mm"], info["b0_dir"]).astype(np.float32))
+            maps[method] = path
+        for row in sorted(p.parent for p in work.glob("*/result.json")):
+            for kind in ("pretrained", "finetuned"):
+                if (row / f"{name}_{kind}.nii.gz").exists():
+                    maps[f"{row.name} {kind}"] = row / f"{name}_{kind}.nii.gz"
+        for truth in args.truths:
+            folder = work / truth / name
+            for method, path in maps.items():
+                out.setdefault(truth, {}).setdefault(name, {})[method] = _rmse(read_volume(path).data, folder)
+    for truth, per_case in out.items():
+        methods = list(next(iter(per_case.values())))
+        print(f"truth {truth}:\n| case | " + " | ".join(methods) + " |")
+        for name, r in per_case.items():
+            print(f"| {name} | " + " | ".join(f"{r[m]:.2f}" for m in methods) + " |")
+    (work / "evaluation.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
 def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -204,7 +243,10 @@ def main(argv=None) -> int:
     row = sub.add_parser("row", help="steps 3-4 and the pre-trained rmse of one configuration")
     ft = sub.add_parser("finetune", help="step 5 on every case of a row, with the stopping rule")
     tab = sub.add_parser("table", help="print the rows")
-    for p in (row, ft, tab):
+    ev = sub.add_parser("evaluate", help="rmse of the saved maps and of TKD / L2 against one or more truths")
+    ev.add_argument("--truths", nargs="+", default=["targets"],
+                    help="case-folder roots under WORK whose chi.nii.gz is the truth (e.g. targets targets_gf)")
+    for p in (row, ft, tab, ev):
         p.add_argument("--work", required=True)
     for p in (row, ft):
         p.add_argument("--name", required=True)
@@ -217,7 +259,7 @@ def main(argv=None) -> int:
     ft.add_argument("--lambda-tv", type=float, default=0.002)
     ft.add_argument("--cases", nargs="*")
     args = parser.parse_args(argv)
-    {"row": run_row, "finetune": run_finetune, "table": table}[args.command](args)
+    {"row": run_row, "finetune": run_finetune, "table": table, "evaluate": evaluate}[args.command](args)
     return 0
 
 
