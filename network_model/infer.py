@@ -189,7 +189,7 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
         warn(message)
     start = time.perf_counter()
     predict = tiling.keras_predictor(model)
-    box = tiling.brain_box(mask, divisor // 2)
+    box = tiling.brain_box(mask, divisor)
     field_b, mask_b = field.data[box], np.asarray(mask)[box]
     chi = np.zeros(field.data.shape, np.float32)
     if cfg.whole:

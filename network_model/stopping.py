@@ -5,7 +5,7 @@ fits the noise of the field too; the discrepancy principle (Morozov) stops at th
 whose data residual is as small as the noise alone would leave. Here:
 
     noise level   sigma_w: std of W * noise of the field (ppm), estimated from the data
-                  (`estimate_weighted_noise_ppm`);
+                  (training_data.noise.estimate_noise_ppm);
     noise energy  E = (ref / s)^2 * 2 (1 - exp(-s^2 sigma_w^2 / 2)), the expected value of the
                   normalised NDI term (network_model.losses.ndi_loss, s = phase scale in rad/ppm,
                   ref = NDI_REFERENCE_RAD_PER_PPM) when D * chi is the true field: for small
@@ -26,18 +26,6 @@ from __future__ import annotations
 import math
 
 from network_model.losses import NDI_REFERENCE_RAD_PER_PPM
-from training_data.noise import estimate_noise_ppm
-
-
-def estimate_weighted_noise_ppm(field_ppm, weight, mask) -> float:
-    """Std of W * (field noise) in ppm (training_data.noise.estimate_noise_ppm, module docstring).
-
-    Args:
-        field_ppm: float (x, y, z) local field in ppm.
-        weight: float (x, y, z) NDI weight W in [0, 1].
-        mask: (x, y, z) 0/1 brain mask.
-    """
-    return estimate_noise_ppm(field_ppm, mask, weight)
 
 
 def noise_energy(sigma_w_ppm: float, phase_rad_per_ppm: float,

@@ -134,8 +134,9 @@ def count_tiles(shape, tile, overlap, divisor: int = 1) -> int:
     return int(np.prod([len(tile_starts(n, t, o, divisor)) for n, t, o in zip(padded, tile, overlap)]))
 
 
-def brain_box(mask, margin: int) -> tuple[slice, slice, slice]:
-    """The mask's bounding box plus `margin` voxels per side, clipped to the volume.
+def brain_box(mask, divisor: int) -> tuple[slice, slice, slice]:
+    """The mask's bounding box plus divisor // 2 voxels per side (divisor = the network's 2**depth),
+    clipped to the volume.
 
     Fine-tuning and inference run on this box, as the original did: the network's input and
     output are zero outside the mask, and the dipole model zero-pads its FFT grid, so the
@@ -144,8 +145,9 @@ def brain_box(mask, margin: int) -> tuple[slice, slice, slice]:
     idx = np.argwhere(np.asarray(mask) > 0)
     if idx.size == 0:
         raise InputError("mask: expected at least one brain voxel, found an empty mask")
-    lo = np.maximum(idx.min(0) - int(margin), 0)
-    hi = np.minimum(idx.max(0) + 1 + int(margin), np.shape(mask)[:3])
+    margin = int(divisor) // 2
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + 1 + margin, np.shape(mask)[:3])
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 

@@ -3,7 +3,8 @@
 What is common to both steps lives here: the `tf.distribute` strategy, Adam with a learning-rate
 schedule, one optimisation step (`tf.GradientTape` inside `tf.function`, run per replica and
 reduced), the outer loop with checkpoints, CSV + TensorBoard logs, a tqdm progress bar with the
-loss terms, a clean stop on a non-finite loss and an optional convergence stop. The steps differ
+loss terms, a clean stop on a non-finite loss and an optional early stop (a rule object with
+`check(terms)`, network_model.stopping.StoppingRule). The steps differ
 only in the loss function they pass in.
 """
 from __future__ import annotations
@@ -183,30 +184,6 @@ class LossLog:
             self._writer.flush()
 
 
-class Convergence:
-    """Stop when the mean loss of the last `window` steps improved by less than `rel_tol` relative
-    to the window before it (0 disables)."""
-
-    def __init__(self, window: int = 20, rel_tol: float = 0.0):
-        self.window, self.rel_tol, self.history = int(window), float(rel_tol), []
-
-    def update(self, loss: float) -> bool:
-        self.history.append(loss)
-        if self.rel_tol <= 0 or len(self.history) < 2 * self.window:
-            return False
-        recent = sum(self.history[-self.window:]) / self.window
-        before = sum(self.history[-2 * self.window:-self.window]) / self.window
-        return (before - recent) < self.rel_tol * abs(before)
-
-
-def _stop_reason(rule, terms: dict) -> str | None:
-    if rule is None:
-        return None
-    if hasattr(rule, "check"):
-        return rule.check(terms)
-    return "converged" if rule.update(terms["loss"]) else None
-
-
 @dataclass
 class LoopResult:
     """How the loop ended: last completed step, reason ('done', 'converged', 'nan'), last terms."""
@@ -218,7 +195,7 @@ class LoopResult:
 
 def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossLog, *,
              manager: tf.train.CheckpointManager | None = None, checkpoint_every: int = 0,
-             validate=None, validate_every: int = 0, convergence: Convergence | None = None,
+             validate=None, validate_every: int = 0, convergence=None,
              log_every: int = 1, progress: bool = True, desc: str = "train") -> LoopResult:
     """Run optimisation steps from `step_var` up to `max_steps`.
 
@@ -231,8 +208,8 @@ def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossL
             the wall time since the loop started (includes the first step's tracing).
         manager: checkpoint manager, saved every `checkpoint_every` steps and at the end.
         validate: callable() -> dict of validation terms, every `validate_every` steps and at the end.
-        convergence: optional early stop: a `Convergence` (flat loss, reason 'converged') or any
-            object with `check(terms) -> reason or None` (network_model.stopping.StoppingRule).
+        convergence: optional early stop, an object with `check(terms) -> reason or None`
+            (network_model.stopping.StoppingRule: discrepancy principle and/or a flat loss).
         progress: show a tqdm bar with the loss terms.
 
     Returns:
@@ -261,7 +238,7 @@ def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossL
             is_last = step == max_steps
             if validate is not None and validate_every and (step % validate_every == 0 or is_last):
                 terms = {**terms, **validate()}
-            stop = _stop_reason(convergence, terms)
+            stop = convergence.check(terms) if convergence is not None else None
             if step % max(1, log_every) == 0 or is_last or stop or len(terms) > len(result.terms):
                 log.write(step, {**terms, "elapsed_s": time.perf_counter() - t0})
             if manager is not None and checkpoint_every and step % checkpoint_every == 0:

@@ -176,18 +176,19 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
 
     from network_model.losses import ndi_loss, tv_loss
     from network_model.model_info import spatial_divisor, write_model_info
-    from network_model.stopping import StoppingRule, estimate_weighted_noise_ppm, noise_energy
+    from network_model.stopping import StoppingRule, noise_energy
     from network_model.tiling import brain_box
     from network_model.train_model.train import save_model_atomic
     from network_model.training_loop import LossLog, make_optimizer, make_train_step, run_loop
     from training_data.dipole import dipole_operator_tf
+    from training_data.noise import estimate_noise_ppm
     from training_data.volume_io import atomic_path, write_volume
 
     model, info = load_target_model(cfg.model)
     seed_everything(cfg.seed)
     divisor = 2 ** info["depth"]
     # the brain's bounding box plus a margin (module docstring); the output goes back on the full grid
-    box = brain_box(target.mask, divisor // 2)
+    box = brain_box(target.mask, divisor)
     field_b, mask_b, weight_b = target.field_ppm[box], target.mask[box], target.weight[box]
     shape = field_b.shape
     pads = centred_padding(shape, divisor)
@@ -212,7 +213,7 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
         tv = tf.reduce_mean(tv_loss(chi, mask_c, info["label_scale"]))
         return {"loss": ndi + cfg.lambda_tv * tv, "ndi": ndi, "tv": tv, "tv_weighted": cfg.lambda_tv * tv}
 
-    sigma = cfg.noise_ppm if cfg.noise_ppm is not None else estimate_weighted_noise_ppm(field_b, weight_b, mask_b)
+    sigma = cfg.noise_ppm if cfg.noise_ppm is not None else estimate_noise_ppm(field_b, mask_b, weight_b)
     energy = noise_energy(sigma, phase)  # recorded even when the rule is off (tau 0)
     rule = StoppingRule(energy if cfg.tau > 0 else None, cfg.tau, cfg.convergence_window, cfg.convergence_tol,
                         min_iterations=cfg.warmup_iterations)
