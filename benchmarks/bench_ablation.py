@@ -54,10 +54,11 @@ def _case_arrays(case: Path):
     return truth, mask, seg
 
 
-def _rmse(chi, case: Path) -> float:
+def _rmse(chi, truth_arrays) -> float:
+    """RC2 rmse of `chi` against `_case_arrays(case)` (read once per case, not per call)."""
     from evaluation.metrics import rc2_metrics
 
-    truth, mask, seg = _case_arrays(case)
+    truth, mask, seg = truth_arrays
     return float(rc2_metrics(chi, truth, seg, mask).values["rmse"])
 
 
@@ -105,7 +106,7 @@ def run_row(args) -> dict:
         out = row / f"{case.name}_pretrained.nii.gz"
         assert infer.main([str(a) for a in ["--model", model, "--case", case, "-o", out, "--whole",
                                             "--overwrite"]]) == 0
-        result["pretrained"][case.name] = _rmse(read_volume(out).data, case)
+        result["pretrained"][case.name] = _rmse(read_volume(out).data, _case_arrays(case))
         print(f"{args.name}: {case.name} pre-trained rmse {result['pretrained'][case.name]:.2f}", file=sys.stderr)
     _merge(row / "result.json", result)
     return result
@@ -127,7 +128,8 @@ def run_finetune(args) -> dict:
                              iterations=args.iterations, learning_rate=args.lr, lambda_tv=args.lambda_tv,
                              tau=0.0, convergence_tol=0.0, overwrite=True, progress=False)
         t0 = time.perf_counter()
-        assert finetune(cfg, monitor=lambda k, chi, c=case: trace.append((k, _rmse(chi, c))),
+        truth_arrays = _case_arrays(case)
+        assert finetune(cfg, monitor=lambda k, chi: trace.append((k, _rmse(chi, truth_arrays))),
                         monitor_every=args.every) == 0
         seconds = time.perf_counter() - t0
         stop, reason, sidecar = apply_rule(row, name, args.iterations)
@@ -193,9 +195,9 @@ def evaluate(args) -> dict:
                 if (row / f"{name}_{kind}.nii.gz").exists():
                     maps[f"{row.name} {kind}"] = row / f"{name}_{kind}.nii.gz"
         for truth in args.truths:
-            folder = work / truth / name
+            truth_arrays = _case_arrays(work / truth / name)
             for method, path in maps.items():
-                out.setdefault(truth, {}).setdefault(name, {})[method] = _rmse(read_volume(path).data, folder)
+                out.setdefault(truth, {}).setdefault(name, {})[method] = _rmse(read_volume(path).data, truth_arrays)
     for truth, per_case in out.items():
         methods = list(next(iter(per_case.values())))
         print(f"truth {truth}:\n| case | " + " | ".join(methods) + " |")
