@@ -46,12 +46,10 @@ CASES = ("Sim1Snr1", "Sim1Snr2", "Sim2Snr1", "Sim2Snr2")
 
 
 def _case_arrays(case: Path):
-    from training_data.volume_io import read_volume
+    from training_data.formats.case_folder import read_case
 
-    truth = read_volume(case / "chi.nii.gz").data
-    mask = read_volume(case / "mask.nii.gz", dtype=None).data > 0
-    seg = read_volume(case / "segmentation.nii.gz", dtype=None).data.astype(np.int32)
-    return truth, mask, seg
+    folder = read_case(case, magnitude=False)
+    return folder.read_extra("chi"), folder.mask, folder.read_extra("segmentation", dtype=None).astype(np.int32)
 
 
 def _rmse(chi, truth_arrays) -> float:
@@ -174,6 +172,7 @@ def apply_rule(row: Path, name: str, iterations: int):
 def evaluate(args) -> dict:
     """rmse of every saved map of every row, and of TKD / L2 (padded), against each truth folder."""
     from evaluation.baselines import l2_gradient, tkd
+    from training_data.formats.case_folder import read_case
     from training_data.volume_io import read_volume, write_volume
 
     work = Path(args.work)
@@ -181,9 +180,8 @@ def evaluate(args) -> dict:
     out: dict = {}
     for name in CASES:
         case = work / "targets" / name
-        info = json.loads((case / "case.json").read_text())
-        field = read_volume(case / "local_field.nii.gz").data
-        mask = read_volume(case / "mask.nii.gz", dtype=None).data > 0
+        folder = read_case(case, magnitude=False)
+        info, field, mask = folder.info, folder.field.data, folder.mask
         maps = {}
         for method, fn in (("TKD", tkd), ("L2", l2_gradient)):
             path = work / "baselines" / f"{name}_{method}.nii.gz"

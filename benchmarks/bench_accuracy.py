@@ -26,15 +26,6 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def load_case(case: Path):
-    from training_data.volume_io import read_volume
-
-    arrays = {name: read_volume(case / f"{name}.nii.gz", dtype=None) for name in
-              ("local_field", "chi", "mask", "segmentation")}
-    info = json.loads((case / "case.json").read_text())
-    return arrays, info
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="demo output folder (targets/, step4_pretrain/)")
@@ -60,9 +51,12 @@ def main(argv=None):
     results, timings = {}, {}
     for name in names:
         case = run / "targets" / name
-        arrays, info = load_case(case)
-        field, truth = arrays["local_field"].data, arrays["chi"].data
-        mask, seg = arrays["mask"].data > 0, arrays["segmentation"].data.astype(np.int32)
+        from training_data.formats.case_folder import read_case
+
+        folder = read_case(case)
+        info = folder.info
+        field, truth, mask = folder.field.data, folder.read_extra("chi"), folder.mask
+        seg = folder.read_extra("segmentation", dtype=None).astype(np.int32)
         vs, b0 = info["voxel_size_mm"], info["b0_dir"]
         recon, seconds = {}, {}
         pre = out / f"{name}_pretrained.nii.gz"
@@ -78,7 +72,7 @@ def main(argv=None):
                                         "-o", fine, "--overwrite", "true", "--progress", "false"]])
         seconds["fine-tuned"] = time.perf_counter() - start
         recon["fine-tuned"] = fine
-        te_weight = info["te_s"][1] if len(info["te_s"]) > 1 else info["te_s"][0]
+        te_weight = folder.weight_te_s()
         for method, fn in (("TKD", lambda: tkd(field, mask, vs, b0, pad="auto")),
                            ("L2", lambda: l2_gradient(field, mask, vs, b0, pad="auto")),
                            ("NLTV", lambda: ndi_tv(field, mask, None, vs, b0,
@@ -88,7 +82,7 @@ def main(argv=None):
             chi = fn()
             seconds[method] = time.perf_counter() - start
             path = out / f"{name}_{method}.nii.gz"
-            write_volume(path, chi.astype(np.float32), affine=arrays["chi"].affine)
+            write_volume(path, chi.astype(np.float32), affine=folder.field.affine)
             recon[method] = path
         from training_data.volume_io import read_volume
 

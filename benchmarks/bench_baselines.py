@@ -31,21 +31,18 @@ METHODS = ("TKD", "L2", "NLTV stage 1", "NLTV stage 2")
 
 
 def load_case(case):
-    """(field ppm, mask bool, truth ppm, seg int, 2nd-echo magnitude, case.json dict, affine) of a case folder."""
+    """(field ppm, mask bool, truth ppm, seg int, weighting-echo magnitude, case.json dict, affine, its TE s)."""
     import numpy as np
 
-    from training_data.volume_io import read_volume
+    from training_data.formats.case_folder import read_case
 
-    case = Path(case)
-    info = json.loads((case / "case.json").read_text())
-    field = read_volume(case / "local_field.nii.gz")
-    mask = read_volume(case / "mask.nii.gz", dtype=None).data > 0
-    truth = read_volume(case / "chi.nii.gz").data
-    seg = read_volume(case / "segmentation.nii.gz", dtype=None).data.astype(np.int32)
-    magnitude = read_volume(case / "magnitude.nii.gz", ndim=(3, 4)).data
-    echo = min(1, magnitude.shape[-1] - 1) if magnitude.ndim == 4 else None
-    weight = magnitude[..., echo] if echo is not None else magnitude
-    return field.data, mask, truth, seg, weight, info, field.affine
+    folder = read_case(case)
+    magnitude = folder.magnitude
+    if magnitude is not None and magnitude.ndim == 4:
+        magnitude = magnitude[..., folder.weight_echo_index()]
+    return (folder.field.data, folder.mask, folder.read_extra("chi"),
+            folder.read_extra("segmentation", dtype=None).astype(np.int32), magnitude, folder.info,
+            folder.field.affine, folder.weight_te_s())
 
 
 def baseline_rows(case_folder, alphas=None, iterations: int | None = None, weight: str = "magnitude",
@@ -73,9 +70,8 @@ def baseline_rows(case_folder, alphas=None, iterations: int | None = None, weigh
 
     if weight not in ("magnitude", "mask"):
         raise ValueError(f"weight: expected 'magnitude' or 'mask', got {weight!r}")
-    field, mask, truth, seg, magnitude, info, affine = load_case(case_folder)
+    field, mask, truth, seg, magnitude, info, affine, te = load_case(case_folder)
     vs, b0 = info["voxel_size_mm"], info["b0_dir"]
-    te = info["te_s"][1] if len(info["te_s"]) > 1 else info["te_s"][0]
     params = B.NDITVParams(b0_tesla=info["b0_tesla"], te_s=te)
     if iterations is not None:
         params = B.NDITVParams(b0_tesla=info["b0_tesla"], te_s=te, iterations=iterations)

@@ -140,19 +140,14 @@ def read_inputs(cfg: InferConfig):
     if cfg.case:
         if cfg.field or cfg.mask:
             raise InputError("--case: give either a case folder or --field/--mask, not both")
-        if not os.path.isdir(cfg.case):
-            raise InputError(f"{cfg.case}: expected a case folder, not found")
-        field_path = os.path.join(cfg.case, "local_field.nii.gz")
-        mask_path = os.path.join(cfg.case, "mask.nii.gz")
+        from training_data.formats import case_folder
+
+        folder = case_folder.check_case(cfg.case, "--case")
+        field_path = os.path.join(folder, case_folder.FIELD_NAME)
+        mask_path = os.path.join(folder, case_folder.MASK_NAME)
         units = "ppm"  # contract 1: the case's local field is in ppm
-        case_json = os.path.join(cfg.case, "case.json")
-        if os.path.isfile(case_json):
-            try:
-                with open(case_json) as fh:
-                    case_info = json.load(fh)
-            except ValueError as err:
-                raise InputError(f"{case_json}: cannot parse JSON ({err})") from None
-            b0_tesla = b0_tesla if b0_tesla is not None else case_info.get("b0_tesla")
+        case_info = case_folder.read_info(folder)
+        b0_tesla = b0_tesla if b0_tesla is not None else case_info.get("b0_tesla")
     if not field_path or not mask_path:
         raise InputError("inputs: expected --field and --mask, or --case")
     field = read_field(field_path, units, b0_tesla, te_s)

@@ -6,18 +6,17 @@ Two ways in:
     separate files: a field in ppm, Hz or radians (NIfTI, MATLAB .mat v5/v7.3, HDF5, .npy; units
         converted by training_data.units), a mask and an optional weight (e.g. a magnitude image).
 
-Weight W (contract 1): the 2nd echo's magnitude normalised to max 1 inside the mask, or the mask.
+Weight W (contract 1): training_data.formats.case_folder (the 2nd echo's magnitude, max 1 in the mask).
 Phase scale for NDI (radians per ppm): 2 pi gamma_bar B0 TE of the weighting echo.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from training_data.errors import InputError, shape_mismatch
+from training_data.formats import case_folder
 from training_data.geometry import Geometry
 from training_data.units import rad_per_ppm
 from training_data.volume_io import read_field, read_mask, read_volume
@@ -55,36 +54,15 @@ def normalised_weight(magnitude, mask) -> np.ndarray:
 
 
 def load_case(folder, voxel_size_mm=None, b0_dir=None) -> TargetVolume:
-    """Read a contract-1 case folder (weighting echo: the 2nd, or the only one)."""
-    folder = str(folder)
-    if not os.path.isdir(folder):
-        raise InputError(f"case {folder}: folder not found")
-    info_path = os.path.join(folder, "case.json")
-    info = {}
-    if os.path.isfile(info_path):
-        with open(info_path, encoding="utf-8") as fh:
-            info = json.load(fh)
-    field = read_volume(os.path.join(folder, "local_field.nii.gz"))
-    mask = read_mask(os.path.join(folder, "mask.nii.gz"), field.data, "local_field").astype(np.float32)
-    te_list = info.get("te_s") or []
-    te_list = [te_list] if isinstance(te_list, (int, float)) else list(te_list)
-    echo = 1 if len(te_list) >= 2 else 0
-    mag_path = os.path.join(folder, "magnitude.nii.gz")
-    if os.path.isfile(mag_path):
-        mag = read_volume(mag_path, ndim=(3, 4)).data
-        if mag.shape[:3] != field.data.shape:
-            raise shape_mismatch(f"magnitude {mag_path}", mag.shape[:3], "local_field", field.data.shape)
-        if mag.ndim == 4:
-            echo = min(echo, mag.shape[3] - 1)
-            mag = mag[..., echo]
-        weight = normalised_weight(mag, mask)
-    else:
-        weight = mask.copy()
-    b0 = info.get("b0_tesla")
-    phase = rad_per_ppm(float(b0), float(te_list[echo])) if b0 and te_list else None
-    geometry = Geometry(field.data.shape, voxel_size_mm or info.get("voxel_size_mm") or field.voxel_size_mm
-                        or (1.0, 1.0, 1.0), b0_dir or info.get("b0_dir") or field.b0_dir or (0.0, 0.0, 1.0))
-    return TargetVolume(field.data * mask, mask, weight, geometry, phase, field.affine, field.header)
+    """Read a contract-1 case folder (weighting echo: training_data.formats.case_folder decides)."""
+    case = case_folder.read_case(folder)
+    mask = case.mask.astype(np.float32)
+    b0, te = case.b0_tesla, case.weight_te_s()
+    phase = rad_per_ppm(b0, te) if b0 and te else None
+    geometry = Geometry(case.field.data.shape, voxel_size_mm or case.voxel_size_mm or (1.0, 1.0, 1.0),
+                        b0_dir or case.b0_dir or (0.0, 0.0, 1.0))
+    return TargetVolume(case.field.data * mask, mask, case.weight(), geometry, phase, case.field.affine,
+                        case.field.header)
 
 
 def load_files(field_path, mask_path, weight_path=None, units: str = "ppm", b0_tesla=None, te_s=None,

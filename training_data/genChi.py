@@ -4,15 +4,8 @@
 
 Each sample is one source map (sample i uses source i mod the number of sources) put through the
 augmentations of training_data/augment.py: elastic deformation + small affine, a contrast change,
-and (in a third of the samples) strong sources. Output (OUT ending in .h5/.hdf5):
-
-    /chi           float32 (N, x, y, z)  susceptibility, ppm, 0 outside the mask; chunks (1, x, y, z)
-    /mask          uint8   (N, x, y, z)  brain mask 0/1
-    /params        str     (N,)          JSON of the values drawn for each sample
-    /source_index  int32   (N,)          which SOURCE each sample came from
-    root attrs: units="ppm", format_version=1, voxel_size_mm (3), b0_dir (3), affine (4x4),
-                source_files, mask_files (lists of str), seed, n_maps, config (JSON), step="genChi"
-
+and (in a third of the samples) strong sources. Output (OUT ending in .h5/.hdf5): the step-1
+HDF5 (/chi (N, x, y, z) ppm, /mask, /params, /source_index; training_data/formats/chi_h5.py)
 or, when OUT is a folder (ends with '/' or exists as one): OUT/chi_0000.nii.gz, OUT/mask_0000.nii.gz
 (uint8), ..., OUT/params.json, with the source's affine. The resolved parameters go next to the
 output (OUT.config.json, or OUT/genchi_config.json).
@@ -132,45 +125,33 @@ def _progress(total: int, quiet: bool):
 
 
 def write_maps_hdf5(path, sources: list[SourceMap], config: GenChiConfig, quiet: bool = False) -> str:
-    """Generate config.n_maps maps into one HDF5 file (layout in the module docstring), atomically."""
+    """Generate config.n_maps maps into one step-1 HDF5 file (training_data/formats/chi_h5.py), atomically."""
     import h5py
 
-    shape = sources[0].chi.shape
-    comp = None if config.compression == "none" else config.compression
-    opts = 1 if comp == "gzip" else None
+    from training_data.formats.chi_h5 import ChiH5Writer
+
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
-        chunks = (1,) + shape
-        d_chi = h5.create_dataset("chi", (config.n_maps,) + shape, np.float32, chunks=chunks,
-                                  compression=comp, compression_opts=opts)
-        d_mask = h5.create_dataset("mask", (config.n_maps,) + shape, np.uint8, chunks=chunks,
-                                   compression=comp, compression_opts=opts)
-        d_params = h5.create_dataset("params", (config.n_maps,), h5py.string_dtype())
-        d_index = h5.create_dataset("source_index", (config.n_maps,), np.int32)
-        d_chi.attrs["units"] = "ppm"
-        _root_attrs(h5.attrs, sources, config)
+        writer = ChiH5Writer(h5, config.n_maps, sources[0].chi.shape, config.compression, _root_attrs(sources, config))
         with _progress(config.n_maps, quiet) as bar:
             for i in range(config.n_maps):
                 chi, mask, drawn = synthesize(sources, config, i)
-                d_chi[i] = chi
-                d_mask[i] = mask
-                d_params[i] = json.dumps(drawn)
-                d_index[i] = drawn["source_index"]
+                writer.write(i, chi, mask, drawn, drawn["source_index"])
                 bar.update(1)
     return str(path)
 
 
-def _root_attrs(attrs, sources, config):
-    attrs["units"] = "ppm"
-    attrs["format_version"] = 1
-    attrs["step"] = "genChi"
-    attrs["voxel_size_mm"] = np.asarray(sources[0].voxel_size_mm, dtype=np.float64)
-    attrs["b0_dir"] = np.asarray(sources[0].b0_dir, dtype=np.float64)
-    attrs["affine"] = np.asarray(sources[0].affine, dtype=np.float64)
-    attrs["source_files"] = [os.path.basename(s.path) for s in sources]
-    attrs["mask_files"] = [os.path.basename(s.mask_path) for s in sources]
-    attrs["seed"] = int(config.seed)
-    attrs["n_maps"] = int(config.n_maps)
-    attrs["config"] = json.dumps(config_to_dict(config))
+def _root_attrs(sources, config) -> dict:
+    return {
+        "step": "genChi",
+        "voxel_size_mm": np.asarray(sources[0].voxel_size_mm, dtype=np.float64),
+        "b0_dir": np.asarray(sources[0].b0_dir, dtype=np.float64),
+        "affine": np.asarray(sources[0].affine, dtype=np.float64),
+        "source_files": [os.path.basename(s.path) for s in sources],
+        "mask_files": [os.path.basename(s.mask_path) for s in sources],
+        "seed": int(config.seed),
+        "n_maps": int(config.n_maps),
+        "config": json.dumps(config_to_dict(config)),
+    }
 
 
 NIFTI_PATTERNS = ("chi_", "mask_")

@@ -18,14 +18,15 @@ Volumes are read lazily, one at a time, so memory stays at a few volumes for any
 from __future__ import annotations
 
 import glob
-import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from training_data.errors import InputError, shape_mismatch
-from training_data.units import to_ppm
+from training_data.formats import case_folder
+from training_data.formats.chi_h5 import read_chi_map
+from training_data.formats.field_h5 import read_field_map
 from training_data.volume_io import HDF5_SUFFIXES, check_mask, read_field, read_volume, suffix_of
 
 
@@ -143,13 +144,7 @@ class SourceInputs:
     def load(self, k: int) -> PatchVolume:
         item, field_item = self.items[k], self.fields[k]
         if item[0] == "h5":
-            import h5py
-
-            with h5py.File(item[1], "r") as h5:
-                chi = np.asarray(h5["chi"][item[2]], dtype=np.float32)
-                mask_data = np.asarray(h5["mask"][item[2]]) if "mask" in h5 else None
-                vs = h5.attrs.get("voxel_size_mm")
-                b0 = h5.attrs.get("b0_dir")
+            chi, mask_data, vs, b0 = read_chi_map(item[1], item[2])
             if mask_data is None:
                 raise InputError(f"{item[1]}: no /mask dataset next to /chi")
             label = f"{item[1]}[{item[2]}]"
@@ -174,14 +169,7 @@ class SourceInputs:
 
     def _load_field(self, item) -> np.ndarray:
         if item[0] == "h5":
-            import h5py
-
-            with h5py.File(item[1], "r") as h5:
-                dset = h5["field"]
-                data = np.asarray(dset[item[2]], dtype=np.float32)
-                units = dset.attrs.get("units", h5.attrs.get("field_units", "ppm"))
-            units = units.decode() if isinstance(units, bytes) else str(units)
-            data = to_ppm(data, units, self.b0_tesla, self.te_s)
+            data = read_field_map(item[1], item[2], self.b0_tesla, self.te_s)
         else:
             data = read_field(item[1], self.units, self.b0_tesla, self.te_s).data
         if not np.all(np.isfinite(data)):
@@ -194,17 +182,7 @@ class SourceInputs:
 
 def _weight_from_magnitude(magnitude, mask, echo: int, name: str) -> np.ndarray:
     """Echo `echo` (1-based) of a 4-D magnitude (or a 3-D weight), max 1 inside the mask, 0 outside."""
-    mag = np.abs(np.asarray(magnitude, dtype=np.float32))
-    if mag.ndim == 4:
-        if not 1 <= echo <= mag.shape[3]:
-            raise InputError(f"{name}: weight echo {echo} requested, the magnitude has {mag.shape[3]} echoes")
-        mag = mag[..., echo - 1]
-    if mag.shape != mask.shape:
-        raise shape_mismatch(f"weight {name}", mag.shape, "mask", mask.shape)
-    peak = float(mag[mask].max()) if mask.any() else 0.0
-    if peak <= 0:
-        raise InputError(f"{name}: the magnitude is zero everywhere inside the mask")
-    return np.clip(mag / np.float32(peak), 0.0, 1.0) * mask
+    return case_folder.weight_from_magnitude(magnitude, mask, echo, name)
 
 
 class TargetInputs:
@@ -214,13 +192,7 @@ class TargetInputs:
                  te_s=None, weight_echo: int = 2):
         self.entries = []
         for case in cases or []:
-            if not os.path.isdir(case):
-                raise InputError(f"--target {case}: expected a case folder (local_field.nii.gz, mask.nii.gz, ...)")
-            for name in ("local_field.nii.gz", "mask.nii.gz"):
-                if not os.path.exists(os.path.join(case, name)):
-                    what = "target field without a mask" if name == "mask.nii.gz" else "no local field"
-                    raise InputError(f"--target {case}: {what} (missing {name})")
-            self.entries.append(("case", case))
+            self.entries.append(("case", case_folder.check_case(case, "--target")))
         fields, masks, weights = list(fields or []), list(masks or []), list(weights or [])
         if len(masks) != len(fields):
             raise InputError(f"--target-mask: target field without a mask: {len(fields)} --target-field "
@@ -239,24 +211,10 @@ class TargetInputs:
     def load(self, k: int) -> PatchVolume:
         entry = self.entries[k]
         if entry[0] == "case":
-            case = entry[1]
-            meta = {}
-            if os.path.exists(os.path.join(case, "case.json")):
-                with open(os.path.join(case, "case.json"), encoding="utf-8") as fh:
-                    meta = json.load(fh)
-            vol = read_volume(os.path.join(case, "local_field.nii.gz"))
-            mask_path = os.path.join(case, "mask.nii.gz")
-            mask = check_mask(read_volume(mask_path, dtype=None).data, mask_path, vol.data, "local_field")
-            mag_path = os.path.join(case, "magnitude.nii.gz")
-            if os.path.exists(mag_path):
-                weight = _weight_from_magnitude(read_volume(mag_path, ndim=(3, 4)).data, mask, self.weight_echo, mag_path)
-            else:
-                weight = mask.astype(np.float32)
-            te_list = meta.get("te_s") or []
-            te = te_list[self.weight_echo - 1] if len(te_list) >= self.weight_echo else None
-            vs = tuple(meta["voxel_size_mm"]) if meta.get("voxel_size_mm") else vol.voxel_size_mm
-            b0 = tuple(meta["b0_dir"]) if meta.get("b0_dir") else vol.b0_dir
-            return PatchVolume(case, vol.data, mask, weight, vs, b0, meta.get("b0_tesla"), te)
+            case = case_folder.read_case(entry[1], "--target")
+            weight = case.weight(self.weight_echo)
+            return PatchVolume(case.folder, case.field.data, case.mask, weight, case.voxel_size_mm, case.b0_dir,
+                               case.info.get("b0_tesla"), case.weight_te_s(self.weight_echo))
         _, field_path, mask_path, weight_path = entry
         vol = read_field(field_path, self.units, self.b0_tesla, self.te_s)
         mask_data = read_volume(mask_path, dtype=None).data

@@ -6,7 +6,7 @@
 INPUT: susceptibility maps (NIfTI, .mat v5/v7.3, .h5, .npy), folders of them, or the HDF5 output of
 step 1 (dataset `/chi`, (N, x, y, z), optional `/mask`). OUTPUT: a .nii/.nii.gz file (one input),
 a folder (one `<name>_field.nii.gz` per map, input affine kept) or a .h5 file (dataset `/field`,
-(N, x, y, z) float32 ppm, attrs voxel_size_mm, b0_dir, files). Runs on the GPU when TensorFlow
+(N, x, y, z) float32 ppm, attrs voxel_size_mm, b0_dir, files: training_data/formats/field_h5.py). Runs on the GPU when TensorFlow
 sees one, else on the CPU. Voxel size and B0 direction come from the file header (NIfTI affine,
 HDF5 attrs) unless given; without either, 1 mm and B0 along the third axis.
 
@@ -27,6 +27,7 @@ import numpy as np
 
 from training_data.dipole import fft_shape
 from training_data.errors import InputError, run_cli
+from training_data.formats.chi_h5 import is_chi_h5
 from training_data.geometry import check_voxel_size, normalise_b0_dir
 from training_data.volume_io import (
     ALL_SUFFIXES,
@@ -154,7 +155,7 @@ def iter_chi_maps(inputs, variable=None):
                 raise InputError(f"{path}: folder holds no volume files ({', '.join(ALL_SUFFIXES)})")
             for file in files:
                 yield from iter_chi_maps([str(file)], variable)
-        elif suffix_of(path) in HDF5_SUFFIXES and _is_step1_h5(path) and variable is None:
+        elif suffix_of(path) in HDF5_SUFFIXES and is_chi_h5(path) and variable is None:
             yield from _iter_step1_h5(path)
         else:
             vol = read_volume(entry, variable)
@@ -164,30 +165,13 @@ def iter_chi_maps(inputs, variable=None):
             yield ChiMap(name, vol.data, None, vol.affine, vol.header, vol.voxel_size_mm, vol.b0_dir)
 
 
-def _is_step1_h5(path) -> bool:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as h5:
-            return "chi" in h5 and h5["chi"].ndim == 4
-    except OSError:
-        return False
-
-
 def _iter_step1_h5(path):
-    import h5py
+    from training_data.formats.chi_h5 import iter_chi_maps as iter_step1
 
-    with h5py.File(path, "r") as h5:
-        chi, masks = h5["chi"], h5.get("mask")
-        vs = tuple(map(float, chi.attrs.get("voxel_size_mm", h5.attrs.get("voxel_size_mm", (1, 1, 1)))))
-        b0 = tuple(map(float, chi.attrs.get("b0_dir", h5.attrs.get("b0_dir", (0, 0, 1)))))
-        affine = np.diag(list(vs) + [1.0])
-        for i in range(chi.shape[0]):
-            data = np.asarray(chi[i], dtype=np.float32)
-            if not np.all(np.isfinite(data)):
-                raise InputError(f"{path}: expected finite values, found NaN/Inf in /chi[{i}]")
-            mask = check_mask(masks[i], f"{path}:/mask[{i}]", data) if masks is not None else None
-            yield ChiMap(f"{Path(path).stem}_{i:04d}", data, mask, affine, None, vs, b0)
+    for i, data, mask, vs, b0 in iter_step1(path):
+        vs, b0 = vs or (1.0, 1.0, 1.0), b0 or (0.0, 0.0, 1.0)
+        mask = check_mask(mask, f"{path}:/mask[{i}]", data) if mask is not None else None
+        yield ChiMap(f"{Path(path).stem}_{i:04d}", data, mask, np.diag(list(vs) + [1.0]), None, vs, b0)
 
 
 def _example_maps():
@@ -245,27 +229,21 @@ class StagedOutput:
     def _add_h5(self, item, field, vs, b0):
         import h5py
 
+        from training_data.formats.field_h5 import FieldH5Writer
+
         if self.h5 is None:
             final = self.output
             tmp = os.path.join(os.path.dirname(os.path.abspath(final)), f".tmp-{os.path.basename(final)}")
             os.makedirs(os.path.dirname(tmp), exist_ok=True)
             self.staged.append((tmp, final))
             self.h5 = h5py.File(tmp, "w")
-            self.dset = self.h5.create_dataset("field", shape=(0,) + field.shape, maxshape=(None,) + field.shape,
-                                               dtype="f4", chunks=(1,) + field.shape, compression="lzf")
-            for key, value in {"voxel_size_mm": vs, "b0_dir": b0, "units": "ppm"}.items():
-                self.h5.attrs[key] = value
-        if field.shape != self.dset.shape[1:]:
-            raise InputError(f"-o {self.output}: maps of different shapes {self.dset.shape[1:]} and {field.shape} "
-                             "cannot share one /field dataset; give a folder")
-        n = self.dset.shape[0]
-        self.dset.resize(n + 1, axis=0)
-        self.dset[n] = field
+            self.writer = FieldH5Writer(self.h5, self.output)
+        self.writer.add(field, vs, b0)
 
     def __exit__(self, exc_type, exc, tb):
         if self.h5 is not None:
             if exc_type is None:
-                self.h5.attrs["files"] = self.names
+                self.writer.finish(self.names)
             self.h5.close()
         for tmp, final in self.staged:
             if exc_type is None:

@@ -20,11 +20,7 @@ b0_dir, peak_snr, seed, source, variant).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +30,7 @@ import scipy.ndimage as ndi
 
 from training_data.dipole import forward_field
 from training_data.errors import InputError, run_cli
+from training_data.formats.case_folder import write_case
 from training_data.gibbs import remove_gibbs_ringing
 from training_data.gre import add_noise, crop_kspace, echo_signals, estimate_local_field
 from training_data.texture import texture_ppm
@@ -259,25 +256,6 @@ def simulate_cases(anatomy: Anatomy, out_dir, resolution_mm: float = 1.0, seed: 
     written = [future.result() for future in pending]
     progress.close()
     return written
-
-
-def write_case(folder: Path, arrays: dict, case: dict, affine) -> str:
-    """Write one case folder atomically (temp folder, then rename)."""
-    from training_data.volume_io import write_volume
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
-    try:
-        for name, data in arrays.items():
-            write_volume(tmp / f"{name}.nii.gz", data, affine=affine)
-        (tmp / "case.json").write_text(json.dumps(case, indent=2) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return str(folder)
 
 
 def build_parser() -> argparse.ArgumentParser:
