@@ -1,6 +1,7 @@
 """Losses of the method: L1 on the source domain, NDI data consistency and anisotropic TV on the target.
 
 Pre-training: L = L1 + lambda_ndi * NDI + lambda_tv * TV. Fine-tuning: L = NDI + lambda_tv * TV.
+Both compositions live here (`pretrain_terms`, `finetune_terms`); the step scripts only call them.
 
 Every loss returns one value per sample, shape (batch,): the caller averages over the batch (and
 divides by the number of replicas under a distribution strategy), so a mirrored run and a
@@ -126,3 +127,33 @@ def tv_loss(chi_ppm, mask, label_scale: float = 1.0):
              + tf.reduce_sum(tf.abs(x[:, :, :, 1:] - x[:, :, :, :-1]) * m[:, :, :, 1:] * m[:, :, :, :-1],
                              axis=[1, 2, 3]))
     return tf.math.divide_no_nan(total, tf.reduce_sum(m, axis=[1, 2, 3])) * label_scale
+
+
+# --- compositions of the two training steps (network_model/train_model, model_finetune) ----------
+
+
+def pretrain_loss(l1, ndi, tv, lambda_ndi: float, lambda_tv: float):
+    """Step 4's objective: L = L1(source) + lambda_ndi * NDI(target) + lambda_tv * TV(target).
+
+    Args:
+        l1, ndi, tv: the batch-mean terms (scalars, tensors or numpy), as `l1_loss`, `ndi_loss`,
+            `tv_loss` return them averaged.
+        lambda_ndi, lambda_tv: the weights (original 20 and 0.05, see the module doc).
+    """
+    return l1 + lambda_ndi * ndi + lambda_tv * tv
+
+
+def pretrain_terms(l1, ndi, tv, lambda_ndi: float, lambda_tv: float) -> dict:
+    """Step 4's logged terms: loss, l1, ndi, tv and the weighted ndi_weighted, tv_weighted."""
+    return {"loss": pretrain_loss(l1, ndi, tv, lambda_ndi, lambda_tv), "l1": l1, "ndi": ndi, "tv": tv,
+            "ndi_weighted": lambda_ndi * ndi, "tv_weighted": lambda_tv * tv}
+
+
+def finetune_loss(ndi, tv, lambda_tv: float):
+    """Step 5's objective: L = NDI(target) + lambda_tv * TV (original 0.002 at SNR1, 0.001 at SNR2)."""
+    return ndi + lambda_tv * tv
+
+
+def finetune_terms(ndi, tv, lambda_tv: float) -> dict:
+    """Step 5's logged terms: loss, ndi, tv and tv_weighted."""
+    return {"loss": finetune_loss(ndi, tv, lambda_tv), "ndi": ndi, "tv": tv, "tv_weighted": lambda_tv * tv}

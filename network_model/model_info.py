@@ -12,6 +12,7 @@ place for such facts, so they travel in a small JSON sidecar beside it, `MODEL.k
 Training scripts write it with `write_model_info`; inference reads it with `read_model_info` and
 warns (one line) through `geometry_warning` when the input's geometry differs. Without a sidecar,
 `spatial_divisor` derives the divisor from the model's pooling / strided layers.
+Saving: `save_model_atomic` (temp .keras, then rename), shared by steps 4 and 5.
 """
 from __future__ import annotations
 
@@ -181,3 +182,13 @@ def load_model_file(path) -> "keras.Model":  # noqa: F821
     if len(out_shape) != 5 or out_shape[-1] != 1:
         raise InputError(f"model {path}: expected output chi (batch, x, y, z, 1), found {out_shape}")
     return model
+
+
+def save_model_atomic(model, path: str) -> str:
+    """model.save to a temp .keras beside `path`, then rename (a killed run leaves no half file)."""
+    from training_data.volume_io import atomic_path
+
+    with atomic_path(path) as tmp:
+        os.remove(tmp)  # Keras refuses to overwrite silently only when asked; start clean
+        model.save(tmp)
+    return path

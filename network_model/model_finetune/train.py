@@ -174,11 +174,10 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
     tf = import_tensorflow()
     import numpy as np
 
-    from network_model.losses import ndi_loss, tv_loss
-    from network_model.model_info import spatial_divisor, write_model_info
+    from network_model.losses import finetune_terms, ndi_loss, tv_loss
+    from network_model.model_info import save_model_atomic, spatial_divisor, write_model_info
     from network_model.stopping import StoppingRule, noise_energy
     from network_model.tiling import brain_box
-    from network_model.train_model.train import save_model_atomic
     from network_model.training_loop import LossLog, make_optimizer, make_train_step, run_loop
     from training_data.dipole import dipole_operator_tf
     from training_data.noise import estimate_noise_ppm
@@ -211,7 +210,7 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
         chi = predict()
         ndi = tf.reduce_mean(ndi_loss(chi, field_c, weight_c, mask_c, dipole, phase))
         tv = tf.reduce_mean(tv_loss(chi, mask_c, info["label_scale"]))
-        return {"loss": ndi + cfg.lambda_tv * tv, "ndi": ndi, "tv": tv, "tv_weighted": cfg.lambda_tv * tv}
+        return finetune_terms(ndi, tv, cfg.lambda_tv)
 
     sigma = cfg.noise_ppm if cfg.noise_ppm is not None else estimate_noise_ppm(field_b, mask_b, weight_b)
     energy = noise_energy(sigma, phase)  # recorded even when the rule is off (tau 0)

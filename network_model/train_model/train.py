@@ -93,7 +93,7 @@ def phase_scale(cfg: PretrainConfig, target) -> float:
 
 def build_loss_fn(model, dipole, phase_rad_per_ppm: float, cfg: PretrainConfig, training: bool = True):
     """Per-replica loss of one (source, target) batch pair -> dict of scalar terms."""
-    from network_model.losses import l1_loss, ndi_loss, tv_loss
+    from network_model.losses import l1_loss, ndi_loss, pretrain_terms, tv_loss
     from network_model.training_loop import replica_mean
 
     def loss_fn(batch):
@@ -103,8 +103,7 @@ def build_loss_fn(model, dipole, phase_rad_per_ppm: float, cfg: PretrainConfig, 
         l1 = replica_mean(l1_loss(chi_s, s_chi, s_mask, cfg.label_scale))
         ndi = replica_mean(ndi_loss(chi_t, t_field, t_weight, t_mask, dipole, phase_rad_per_ppm))
         tv = replica_mean(tv_loss(chi_t, t_mask, cfg.label_scale))
-        return {"loss": l1 + cfg.lambda_ndi * ndi + cfg.lambda_tv * tv, "l1": l1, "ndi": ndi, "tv": tv,
-                "ndi_weighted": cfg.lambda_ndi * ndi, "tv_weighted": cfg.lambda_tv * tv}
+        return pretrain_terms(l1, ndi, tv, cfg.lambda_ndi, cfg.lambda_tv)
 
     return loss_fn
 
@@ -120,7 +119,7 @@ def make_validate(model, dipole, phase: float, cfg: PretrainConfig, source, targ
     import tensorflow as tf
 
     from network_model.data import patch_dataset
-    from network_model.losses import l1_loss, ndi_loss, tv_loss
+    from network_model.losses import l1_loss, ndi_loss, pretrain_loss, tv_loss
 
     if len(src_val) == 0 or len(tgt_val) == 0:
         return None
@@ -141,7 +140,7 @@ def make_validate(model, dipole, phase: float, cfg: PretrainConfig, source, targ
         pairs = [tgt_terms(*b) for b in tgt_ds]
         ndi = np.concatenate([p[0].numpy() for p in pairs]).mean()
         tv = np.concatenate([p[1].numpy() for p in pairs]).mean()
-        return {"val_loss": l1 + cfg.lambda_ndi * ndi + cfg.lambda_tv * tv, "val_l1": l1, "val_ndi": ndi,
+        return {"val_loss": pretrain_loss(l1, ndi, tv, cfg.lambda_ndi, cfg.lambda_tv), "val_l1": l1, "val_ndi": ndi,
                 "val_tv": tv}
 
     return validate
@@ -154,7 +153,7 @@ def pretrain(cfg: PretrainConfig) -> int:
     tf = import_tensorflow()
 
     from network_model.data import patch_dataset, read_patch_group, split_indices
-    from network_model.model_info import write_model_info
+    from network_model.model_info import save_model_atomic, write_model_info
     from network_model.training_loop import LossLog, make_optimizer, make_strategy, make_train_step, run_loop
     from network_model.unet import DomainAdaptiveUNet, check_spatial_shape, export_target_model
     from training_data.dipole import dipole_operator_tf
@@ -235,16 +234,6 @@ def pretrain(cfg: PretrainConfig) -> int:
     terms = ", ".join(f"{k}={v:.4g}" for k, v in result.terms.items())
     print(f"{PROG}: step {result.step}/{total} {terms}; target model: {out}")
     return 0
-
-
-def save_model_atomic(model, path: str) -> str:
-    """model.save to a temp .keras beside `path`, then rename (a killed run leaves no half file)."""
-    from training_data.volume_io import atomic_path
-
-    with atomic_path(path) as tmp:
-        os.remove(tmp)  # Keras refuses to overwrite silently only when asked; start clean
-        model.save(tmp)
-    return path
 
 
 def main(argv=None) -> int:
