@@ -108,50 +108,66 @@ def _same(a, b, tol=1e-3) -> bool:
 def write_patches(out, sources: SourceInputs, targets: TargetInputs, config: PatchConfig, quiet: bool = False) -> dict:
     """Cut and write all patches to `out` (temp file + rename). Returns counts and timing."""
     import h5py
+
+    t0 = time.perf_counter()
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
+        counts = cut_patches(h5, sources, targets, config, quiet)
+    return {**counts, "seconds": time.perf_counter() - t0}
+
+
+def cut_patches(h5, sources, targets, config: PatchConfig, quiet: bool = True) -> dict:
+    """Cut the patches of every source and target volume into an open h5py.File (contract 2).
+
+    Args:
+        h5: an h5py.File open for writing (a file on disk, or in memory with driver="core").
+        sources, targets: objects with len() and load(k) -> PatchVolume (patch_inputs.SourceInputs,
+            TargetInputs or ArrayInputs) and `files` (names recorded in the group attrs).
+        config: PatchConfig.
+
+    Returns:
+        {'source': N, 'target': M} patch counts.
+    """
     from tqdm import tqdm
 
     crop = config.mode == "crop"
     stride = (-1, -1, -1) if crop else config.stride
     extra = {"brain_threshold": float(config.brain_threshold), "seed": int(config.seed),
              "config": json.dumps(config_to_dict(config)), "step": PROG}
-    t0 = time.perf_counter()
     counts = {}
     target_bbox = config.target_patch_size is None
     target_size = config.target_patch_size
     if target_bbox and len(targets):
         target_size = bbox_crop_size((targets.load(k).mask for k in range(len(targets))), config.target_margin)
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
-        writer = PatchFileWriter(h5, config.patch_size, stride, config.mode, config.compression, extra,
-                                 target_patch_size=target_size, target_mode="bbox" if target_bbox else "patches")
-        for group_id, (group, inputs) in enumerate((("source", sources), ("target", targets))):
-            first = None
-            third = "chi" if group == "source" else "weight"
-            bar = tqdm(range(len(inputs)), desc=f"{PROG} {group}", unit="vol", disable=quiet, file=sys.stderr)
-            for k in bar:
-                vol = inputs.load(k)
-                if first is None:
-                    first = vol
-                for attr, name in (("voxel_size_mm", "voxel size"), ("b0_dir", "B0 direction"),
-                                   ("b0_tesla", "B0"), ("te_s", "TE")):
-                    if not _same(getattr(vol, attr), getattr(first, attr)):
-                        raise InputError(f"{group} {vol.label}: {name} {getattr(vol, attr)} differs from "
-                                         f"{first.label} {getattr(first, attr)}; write separate patch files")
-                size = writer.sizes[group]
-                if crop or (group == "target" and target_bbox):
-                    origins = bbox_crop_origin(vol.mask, size)[None]
-                else:
-                    stride_g = config.stride if group == "source" else size
-                    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(group_id, k)))
-                    origins = select_origins(vol.mask, size, stride_g, config.brain_threshold,
-                                             config.random_crops, rng, config.grid)
-                writer.append(group, k, origins, field=vol.field_ppm, mask=vol.mask, **{third: vol.third})
-            counts[group] = writer.count(group)
-            vs = first.voxel_size_mm if first else None
-            b0 = first.b0_dir if first else None
-            writer.set_group_attrs(group, vs, b0, inputs.files, getattr(first, "b0_tesla", None),
-                                   getattr(first, "te_s", None))
-    seconds = time.perf_counter() - t0
-    return {**counts, "seconds": seconds}
+    writer = PatchFileWriter(h5, config.patch_size, stride, config.mode, config.compression, extra,
+                             target_patch_size=target_size, target_mode="bbox" if target_bbox else "patches")
+    for group_id, (group, inputs) in enumerate((("source", sources), ("target", targets))):
+        first = None
+        third = "chi" if group == "source" else "weight"
+        bar = tqdm(range(len(inputs)), desc=f"{PROG} {group}", unit="vol", disable=quiet, file=sys.stderr)
+        for k in bar:
+            vol = inputs.load(k)
+            if first is None:
+                first = vol
+            for attr, name in (("voxel_size_mm", "voxel size"), ("b0_dir", "B0 direction"),
+                               ("b0_tesla", "B0"), ("te_s", "TE")):
+                if not _same(getattr(vol, attr), getattr(first, attr)):
+                    raise InputError(f"{group} {vol.label}: {name} {getattr(vol, attr)} differs from "
+                                     f"{first.label} {getattr(first, attr)}; write separate patch files")
+            size = writer.sizes[group]
+            if crop or (group == "target" and target_bbox):
+                origins = bbox_crop_origin(vol.mask, size)[None]
+            else:
+                stride_g = config.stride if group == "source" else size
+                rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(group_id, k)))
+                origins = select_origins(vol.mask, size, stride_g, config.brain_threshold,
+                                         config.random_crops, rng, config.grid)
+            writer.append(group, k, origins, field=vol.field_ppm, mask=vol.mask, **{third: vol.third})
+        counts[group] = writer.count(group)
+        vs = first.voxel_size_mm if first else None
+        b0 = first.b0_dir if first else None
+        writer.set_group_attrs(group, vs, b0, inputs.files, getattr(first, "b0_tesla", None),
+                               getattr(first, "te_s", None))
+    return counts
 
 
 def build_parser() -> argparse.ArgumentParser:

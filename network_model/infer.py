@@ -160,6 +160,37 @@ def read_inputs(cfg: InferConfig):
     return field, mask, voxel_size, b0_dir, affine, b0_tesla
 
 
+def predict_volume(model, field_ppm, mask, divisor: int, tile=(96,), overlap=(32,), whole: bool = False,
+                   batch_size: int = 1):
+    """Apply a target model to one volume on the brain's bounding box (module doc).
+
+    Args:
+        model: Keras target model (contract 3), inputs [field, mask].
+        field_ppm: float32 (x, y, z) local field in ppm.
+        mask: (x, y, z) brain mask 0/1.
+        divisor: 2**depth of the model.
+        tile, overlap: 1 or 3 ints (voxels); whole: one pass instead of tiles.
+        batch_size: tiles per network call.
+
+    Returns:
+        (chi float32 (x, y, z) in ppm, 0 outside the box; the box (3 slices); number of tiles).
+    """
+    from network_model import tiling
+
+    field_ppm = np.asarray(field_ppm, np.float32)
+    predict = tiling.keras_predictor(model)
+    box = tiling.brain_box(mask, divisor)
+    field_b, mask_b = field_ppm[box], np.asarray(mask)[box]
+    chi = np.zeros(field_ppm.shape, np.float32)
+    if whole:
+        chi[box] = tiling.predict_whole(predict, field_b, mask_b, divisor)
+        return chi, box, 1
+    tiling.check_tiling(tile, overlap, divisor)
+    n_tiles = tiling.count_tiles(field_b.shape, tile, overlap, divisor)
+    chi[box] = tiling.predict_tiled(predict, field_b, mask_b, tile, overlap, divisor, batch_size)
+    return chi, box, n_tiles
+
+
 def run(cfg: InferConfig, log=print, warn=None) -> dict:
     """Run inference as configured; returns the record written to the sidecar."""
     from network_model import tiling
@@ -183,17 +214,8 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
     if message:
         warn(message)
     start = time.perf_counter()
-    predict = tiling.keras_predictor(model)
-    box = tiling.brain_box(mask, divisor)
-    field_b, mask_b = field.data[box], np.asarray(mask)[box]
-    chi = np.zeros(field.data.shape, np.float32)
-    if cfg.whole:
-        chi[box] = tiling.predict_whole(predict, field_b, mask_b, divisor)
-        n_tiles = 1
-    else:
-        tiling.check_tiling(cfg.tile, cfg.overlap, divisor)
-        n_tiles = tiling.count_tiles(field_b.shape, cfg.tile, cfg.overlap, divisor)
-        chi[box] = tiling.predict_tiled(predict, field_b, mask_b, cfg.tile, cfg.overlap, divisor, cfg.batch_size)
+    chi, box, n_tiles = predict_volume(model, field.data, mask, divisor, cfg.tile, cfg.overlap, cfg.whole,
+                                       cfg.batch_size)
     seconds = time.perf_counter() - start
     if not np.all(np.isfinite(chi)):
         raise InputError(f"{cfg.model}: the model produced NaN/Inf values; nothing written")

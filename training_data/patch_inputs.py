@@ -226,3 +226,17 @@ class TargetInputs:
             weight = mask.astype(np.float32)
         return PatchVolume(str(field_path), vol.data, mask, weight, vol.voxel_size_mm, vol.b0_dir,
                            self.b0_tesla, self.te_s)
+
+
+class ArrayInputs:
+    """Volumes already in memory (the Python API, daqsm.make_patches), with the Source/TargetInputs interface."""
+
+    def __init__(self, volumes: list[PatchVolume]):
+        self.volumes = list(volumes)
+        self.files = [v.label for v in self.volumes]
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def load(self, k: int) -> PatchVolume:
+        return self.volumes[k]

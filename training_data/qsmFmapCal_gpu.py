@@ -117,15 +117,12 @@ def _run(args) -> int:
         for item in progress:
             vs = tuple(args.voxel_size) if args.voxel_size else (item.voxel_size_mm or (1.0, 1.0, 1.0))
             b0 = tuple(args.b0_dir) if args.b0_dir else (item.b0_dir or (0.0, 0.0, 1.0))
-            field = engine(item.chi_ppm, vs, b0)
             mask = item.mask if item.mask is not None else shared_mask
-            if mask is not None and mask.shape != field.shape:
-                raise InputError(f"shape mismatch: mask {mask.shape} vs input {item.name} {field.shape}")
-            if args.demean:
-                field = field - np.float32(field[mask].mean())
-            if mask is not None and not args.keep_background:
-                field = field * mask
-            out.add(item, field.astype(np.float32), vs, b0)
+            if mask is not None and mask.shape != item.chi_ppm.shape:
+                raise InputError(f"shape mismatch: mask {mask.shape} vs input {item.name} {item.chi_ppm.shape}")
+            field = compute_field(item.chi_ppm, vs, b0, mask, demean=args.demean,
+                                  keep_background=args.keep_background, engine=engine)
+            out.add(item, field, vs, b0)
     print(f"{PROG}: wrote {len(maps)} field map(s) (ppm) to {args.output}", file=sys.stderr)
     return 0
 
@@ -143,6 +140,31 @@ class FieldEngine:
         if key not in self._ops:
             self._ops[key] = dipole_operator_tf(chi_ppm.shape, voxel_size_mm, b0_dir, self.pad, self.d0)
         return self._ops[key](chi_ppm.astype(np.float32)).numpy()
+
+
+def compute_field(chi_ppm, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), mask=None, pad="auto",
+                  d0: float = 0.0, demean: bool = False, keep_background: bool = False, engine=None) -> np.ndarray:
+    """Step 2 on one map: the field of a susceptibility map by dipole convolution.
+
+    Args:
+        chi_ppm: float32 (x, y, z) susceptibility in ppm.
+        voxel_size_mm: 3 floats; b0_dir: B0 direction in voxel axes.
+        mask: optional (x, y, z) 0/1: the field is 0 outside it unless keep_background.
+        pad, d0: FFT padding and D(k=0) (training_data.dipole).
+        demean: subtract the field's mean inside the mask.
+        engine: a FieldEngine to reuse (its kernels are cached per geometry).
+
+    Returns:
+        float32 (x, y, z) field in ppm.
+    """
+    engine = engine or FieldEngine(pad, d0)
+    mask = None if mask is None else np.asarray(mask) > 0
+    field = engine(np.asarray(chi_ppm, np.float32), tuple(voxel_size_mm), tuple(b0_dir))
+    if demean:
+        field = field - np.float32(field[mask].mean())
+    if mask is not None and not keep_background:
+        field = field * mask
+    return field.astype(np.float32)
 
 
 def iter_chi_maps(inputs, variable=None):

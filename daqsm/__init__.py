@@ -1,0 +1,29 @@
+"""daqsm: domain-adaptive deep QSM, as a Python API on arrays in memory (the commands are thin over it).
+
+Steps (daqsm/api.py; units in each docstring):
+    synthesize_maps  step 1  chi map (ppm) + mask -> N synthetic chi maps (ppm) + masks
+    field_maps       step 2  chi maps (ppm) + geometry -> field maps (ppm)
+    make_patches     step 3  source (field, mask, chi) + target (field, mask, weight) -> patch arrays
+    pretrain         step 4  patch arrays or a patch file -> target model (Keras) + loss log
+    finetune         step 5  target model + one volume (field ppm, mask, weight) -> chi (ppm) + log
+    infer                    target model + field (ppm) + mask -> chi (ppm)
+    metrics                  chi, truth (ppm), segmentation, mask -> the eight RC2 metrics
+
+Names are imported on first use (module __getattr__), so `import daqsm` does not import TensorFlow.
+"""
+from __future__ import annotations
+
+__all__ = ["synthesize_maps", "field_maps", "make_patches", "pretrain", "finetune", "infer", "metrics"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from daqsm import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'daqsm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,153 @@
+"""The Python API (`import daqsm`) on arrays in memory gives the same arrays as each step's command."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.network_model.synthetic import ball_mask, smooth_chi
+from training_data.volume_io import read_volume, write_volume
+
+N = 16
+VOXEL = (1.0, 1.0, 1.25)  # exact in a NIfTI header (float32), so command and API see the same geometry
+AFFINE = np.diag(list(VOXEL) + [1.0])
+
+
+def test_import_daqsm_is_light():
+    code = ("import sys, daqsm; assert callable(daqsm.metrics); "
+            "print(any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    import daqsm
+
+    with pytest.raises(AttributeError):
+        daqsm.no_such_step  # noqa: B018
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    mask = ball_mask(N).astype(np.uint8)
+    return {"chi": smooth_chi(N, 1) * mask, "mask": mask}
+
+
+def test_step1_synthesize_maps_matches_genchi(arrays, tmp_path):
+    import daqsm
+    from training_data import genChi
+
+    write_volume(tmp_path / "chi.nii.gz", arrays["chi"], AFFINE)
+    write_volume(tmp_path / "mask.nii.gz", arrays["mask"], AFFINE)
+    assert genChi.main([str(tmp_path / "chi.nii.gz"), "--mask", str(tmp_path / "mask.nii.gz"), "-n", "2",
+                        "--seed", "4", "-o", str(tmp_path / "syn.h5"), "--quiet"]) == 0
+    chi, masks, params = daqsm.synthesize_maps(arrays["chi"], arrays["mask"], 2, seed=4, voxel_size_mm=VOXEL)
+    with h5py.File(tmp_path / "syn.h5", "r") as h5:
+        np.testing.assert_array_equal(chi, h5["chi"][()])
+        np.testing.assert_array_equal(masks, h5["mask"][()].astype(bool))
+    assert len(params) == 2 and params[1]["index"] == 1
+
+
+def test_step2_field_maps_matches_command(arrays, tmp_path):
+    pytest.importorskip("tensorflow")
+    import daqsm
+    from training_data import qsmFmapCal_gpu
+
+    write_volume(tmp_path / "chi.nii.gz", arrays["chi"], AFFINE)
+    write_volume(tmp_path / "mask.nii.gz", arrays["mask"], AFFINE)
+    assert qsmFmapCal_gpu.main([str(tmp_path / "chi.nii.gz"), "--mask", str(tmp_path / "mask.nii.gz"),
+                                "--pad", "4", "-o", str(tmp_path / "field.nii.gz")]) == 0
+    field = daqsm.field_maps(arrays["chi"], VOXEL, mask=arrays["mask"], pad=4)
+    np.testing.assert_array_equal(field, read_volume(tmp_path / "field.nii.gz").data)
+    stacked = daqsm.field_maps(np.stack([arrays["chi"]] * 2), VOXEL, mask=arrays["mask"], pad=4)
+    np.testing.assert_array_equal(stacked[1], field)
+
+
+def test_step3_make_patches_matches_command(arrays, tmp_path):
+    import daqsm
+    import genRDFPatchesSyn
+    from training_data.dipole import forward_field
+
+    field = (forward_field(arrays["chi"], VOXEL) * arrays["mask"]).astype(np.float32)
+    for name, data in (("chi", arrays["chi"]), ("mask", arrays["mask"]), ("field", field)):
+        write_volume(tmp_path / f"{name}.nii.gz", data, AFFINE)
+    assert genRDFPatchesSyn.main(["--source", str(tmp_path / "chi.nii.gz"), "--source-masks",
+                                  str(tmp_path / "mask.nii.gz"), "--source-fields", str(tmp_path / "field.nii.gz"),
+                                  "--target-field", str(tmp_path / "field.nii.gz"), "--target-mask",
+                                  str(tmp_path / "mask.nii.gz"), "--patch-size", "8", "-o",
+                                  str(tmp_path / "p.h5"), "--quiet"]) == 0
+    patches = daqsm.make_patches([field], [arrays["mask"]], [arrays["chi"]], [field], [arrays["mask"]],
+                                 voxel_size_mm=VOXEL, patch_size=8)
+    with h5py.File(tmp_path / "p.h5", "r") as h5:
+        for group in ("source", "target"):
+            for key, value in patches[group].items():
+                np.testing.assert_array_equal(value, h5[group][key][()], err_msg=f"{group}/{key}")
+        np.testing.assert_array_equal(patches["index"]["source_origin"], h5["index/source_origin"][()])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny patch set, and step 4 run through the command and through the API."""
+    pytest.importorskip("tensorflow")
+    import daqsm
+    from network_model.train_model import train
+    from tests.network_model.synthetic import make_patch_file
+
+    root = tmp_path_factory.mktemp("api")
+    patch_file = make_patch_file(root / "patches.h5", count=4, n=N)
+    tiny = {"depth": 2, "base_filters": 4, "batch_size": 2, "max_steps": 2, "val_fraction": 0.0}
+    args = [f"--{k}={v}" for k, v in tiny.items()] + ["--progress", "false"]
+    assert train.main(["--datasets_path", patch_file, "--run_dir", str(root / "run"), *args]) == 0
+    model, log = daqsm.pretrain(patch_file=patch_file, **tiny)
+    return root, model, log
+
+
+def test_step4_pretrain_matches_command(trained):
+    import keras
+
+    root, model, log = trained
+    command_model = keras.saving.load_model(root / "run" / "target_model.keras")
+    x = np.random.default_rng(0).standard_normal((1, N, N, N, 1)).astype(np.float32) * 0.05
+    m = np.ones_like(x)
+    np.testing.assert_array_equal(np.asarray(model([x, m])), np.asarray(command_model([x, m])))
+    assert [row["step"] for row in log] == [1, 2]
+
+
+def test_infer_and_finetune_match_commands(trained, tmp_path):
+    import daqsm
+    from network_model import infer
+    from network_model.model_finetune import train as finetune_cmd
+    from training_data.dipole import forward_field
+
+    root, _, _ = trained
+    model_path = root / "run" / "target_model.keras"
+    mask = ball_mask(N).astype(np.uint8)
+    field = (forward_field(smooth_chi(N, 9) * mask, VOXEL) * mask).astype(np.float32)
+    write_volume(tmp_path / "field.nii.gz", field, AFFINE)
+    write_volume(tmp_path / "mask.nii.gz", mask, AFFINE)
+    files = ["--field", str(tmp_path / "field.nii.gz"), "--mask", str(tmp_path / "mask.nii.gz")]
+
+    assert infer.main(["--model", str(model_path), *files, "--whole", "-o", str(tmp_path / "inf.nii.gz")]) == 0
+    chi = daqsm.infer(str(model_path), field, mask, whole=True)
+    np.testing.assert_array_equal(chi, read_volume(tmp_path / "inf.nii.gz").data)
+
+    opts = {"iterations": 3, "learning_rate": 1e-3, "tau": 0.0, "convergence_tol": 0.0}
+    assert finetune_cmd.main(["--model", str(model_path), *files, "--b0", "3", "--te", "0.02",
+                              "-o", str(tmp_path / "ft.nii.gz"), "--progress", "false",
+                              *[f"--{k}={v}" for k, v in opts.items()]]) == 0
+    chi_ft, record, _ = daqsm.finetune(str(model_path), field, mask, voxel_size_mm=VOXEL, b0_tesla=3.0,
+                                       te_s=0.02, **opts)
+    np.testing.assert_array_equal(chi_ft, read_volume(tmp_path / "ft.nii.gz").data)
+    assert record["FineTuning"]["iterations"] == 3 and len(record["log"]) == 4  # iteration 0 + three
+
+
+def test_metrics_matches_evaluation():
+    import daqsm
+    from evaluation.metrics import rc2_metrics
+
+    rng = np.random.default_rng(2)
+    truth = smooth_chi(N, 3)
+    mask = ball_mask(N)
+    recon = truth + 0.01 * rng.standard_normal(truth.shape).astype(np.float32)
+    got = daqsm.metrics(recon, truth, None, mask)
+    assert got["rmse"] == rc2_metrics(recon, truth, None, mask).values["rmse"] > 0
