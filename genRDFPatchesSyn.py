@@ -60,8 +60,10 @@ class PatchConfig:
                                                       "help": "HDF5 compression of the patches"})
     field_units: str = field(default="ppm", metadata={"choices": FIELD_UNITS,
                                                       "help": "units of NIfTI/MAT source field files"})
-    b0_tesla: float | None = field(default=None, metadata={"type": float, "help": "B0 for hz/rad fields (also --b0)"})
-    te_s: float | None = field(default=None, metadata={"type": float, "help": "TE for rad fields (also --te)"})
+    b0_tesla: float | None = field(default=None, metadata={"type": float, "help": "B0 in tesla for hz/rad fields",
+                                                           "aliases": ("b0",)})
+    te_s: float | None = field(default=None, metadata={"type": float, "help": "TE in seconds for rad fields",
+                                                       "aliases": ("te",)})
     target_field_units: str = field(default="ppm", metadata={"choices": FIELD_UNITS,
                                                              "help": "units of --target-field files"})
     target_b0_tesla: float | None = field(default=None, metadata={"type": float, "help": "B0 of --target-field files"})
@@ -189,8 +191,6 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--config", metavar="FILE", help="JSON/YAML file of parameters")
     io.add_argument("--overwrite", action="store_true", help="replace an existing output")
     io.add_argument("--quiet", action="store_true", help="no progress bars")
-    io.add_argument("--b0", dest="b0_tesla", type=float, default=None, help="= --b0-tesla")
-    io.add_argument("--te", dest="te_s", type=float, default=None, help="= --te-s")
     add_config_options(parser, PatchConfig)
     return parser
 

@@ -191,7 +191,7 @@ def finetune(model, field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0),
         for name, data in files.items():
             write_volume(os.path.join(tmp, f"{name}.nii.gz"), np.asarray(data, np.float32), affine=affine)
         out = os.path.join(tmp, "chi.nii.gz")
-        cfg = resolve_config(FinetuneConfig, None, model=str(model_path), output=out, b0=b0_tesla, te=te_s,
+        cfg = resolve_config(FinetuneConfig, None, model=str(model_path), output=out, b0_tesla=b0_tesla, te_s=te_s,
                              voxel_size_mm=tuple(map(float, voxel_size_mm)), b0_dir=tuple(map(float, b0_dir)),
                              **{k: os.path.join(tmp, f"{k}.nii.gz") for k in files}, **config)
         if run_finetune(cfg) != 0:

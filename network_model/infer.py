@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # `python network_model/infer.py` from a checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from training_data.errors import InputError, run_cli  # noqa: E402
+from training_data.step_config import param  # noqa: E402
 from training_data.volume_io import NIFTI_SUFFIXES, atomic_path, read_field, read_mask, suffix_of, write_volume  # noqa: E402
 
 PROG = "daqsm-infer"
@@ -37,93 +38,43 @@ PROG = "daqsm-infer"
 
 @dataclass(frozen=True)
 class InferConfig:
-    """Settings of one inference run (config-file keys = field names).
+    """Settings of one inference run (config-file keys = field names; options training_data.step_config)."""
 
-    Attributes:
-        model: exported target model (.keras, contract 3).
-        field: local field map file; unit given by `units`.
-        mask: brain mask file (0/1) on the field's grid.
-        case: case folder (contract 1) instead of field/mask: local_field.nii.gz (ppm), mask.nii.gz.
-        units: field unit, ppm | ppb | hz | rad.
-        b0_tesla: main field in tesla (needed for hz and rad).
-        te_s: echo time in seconds (needed for rad).
-        voxel_size_mm: input voxel size override (3 floats; else from the file / case.json).
-        b0_dir: input B0 direction override in voxel axes (else from the affine / case.json).
-        tile: tile size in voxels (multiple of 2**depth), 1 or 3 ints.
-        overlap: overlap between tiles in voxels, 1 or 3 ints.
-        whole: run the whole volume in one pass instead of tiles.
-        batch_size: tiles per network call.
-        divisor: 2**depth override (else from the model info or its pooling layers).
-        output: output NIfTI (.nii or .nii.gz), chi in ppm.
-        overwrite: replace an existing output.
-    """
-
-    model: str | None = None
-    field: str | None = None
-    mask: str | None = None
-    case: str | None = None
-    units: str = "ppm"
-    b0_tesla: float | None = None
-    te_s: float | None = None
-    voxel_size_mm: tuple | None = None
-    b0_dir: tuple | None = None
-    tile: tuple = (96,)
-    overlap: tuple = (32,)
-    whole: bool = False
-    batch_size: int = 1
-    divisor: int | None = None
-    output: str | None = None
-    overwrite: bool = False
+    model: str | None = param(None, "exported target model (.keras, contract 3)")
+    field: str | None = param(None, "local field map (NIfTI, FILE.mat[:VAR], .h5, .npy); unit given by units")
+    mask: str | None = param(None, "brain mask (0/1) on the field's grid")
+    case: str | None = param(None, "case folder (contract 1) instead of field/mask: local_field.nii.gz (ppm), "
+                             "mask.nii.gz")
+    units: str = param("ppm", "field unit: ppm, ppb, hz or rad")
+    b0_tesla: float | None = param(None, "main field in tesla (needed for hz and rad)", aliases=("b0",))
+    te_s: float | None = param(None, "echo time in seconds (needed for rad)", aliases=("te",))
+    voxel_size_mm: tuple | None = param(None, "input voxel size override, mm (default: from the file / case.json)",
+                                        type=float, nargs=3, aliases=("voxel_size",))
+    b0_dir: tuple | None = param(None, "input B0 direction in voxel axes (default: from the affine / case.json, "
+                                 "else z)", type=float, nargs=3)
+    tile: tuple = param((96,), "tile size in voxels (multiple of 2**depth), 1 or 3 ints", type=int)
+    overlap: tuple = param((32,), "overlap between tiles in voxels, 1 or 3 ints", type=int)
+    whole: bool = param(False, "no tiling: one pass on the volume padded to a multiple of 2**depth")
+    batch_size: int = param(1, "tiles per network call")
+    divisor: int | None = param(None, "2**depth override (default: the model info, else its pooling layers)")
+    output: str | None = param(None, "output NIfTI (.nii or .nii.gz), chi in ppm", flags=("-o",))
+    overwrite: bool = param(False, "replace an existing output")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from network_model.config import add_config_arguments
+
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    # Defaults are None so that a config file value is only overridden by options actually given.
-    p.add_argument("--config", help="JSON/YAML file with InferConfig keys (options override it)")
-    p.add_argument("--model", help="trained target model, .keras (contract 3)")
-    p.add_argument("--field", help="local field map (NIfTI, FILE.mat[:VAR], .h5, .npy)")
-    p.add_argument("--mask", help="brain mask (0/1) on the field's grid")
-    p.add_argument("--case", help="case folder with local_field.nii.gz (ppm) and mask.nii.gz")
-    p.add_argument("--units", help="field unit: ppm (default), ppb, hz, rad")
-    p.add_argument("--b0", dest="b0_tesla", type=float, help="B0 in tesla (hz, rad)")
-    p.add_argument("--te", dest="te_s", type=float, help="echo time in seconds (rad)")
-    p.add_argument("--voxel-size", dest="voxel_size_mm", type=float, nargs=3, metavar=("X", "Y", "Z"),
-                   help="input voxel size in mm (default: from the file)")
-    p.add_argument("--b0-dir", dest="b0_dir", type=float, nargs=3, metavar=("X", "Y", "Z"),
-                   help="input B0 direction in voxel axes (default: from the affine, else z)")
-    p.add_argument("--tile", type=int, nargs="+", help="tile size, 1 or 3 ints (default 96)")
-    p.add_argument("--overlap", type=int, nargs="+", help="tile overlap in voxels (default 32)")
-    p.add_argument("--whole", action="store_const", const=True, help="no tiling: one pass on the padded volume")
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="tiles per network call (default 1)")
-    p.add_argument("--divisor", type=int, help="2**depth of the model (default: model info / its layers)")
-    p.add_argument("-o", "--output", help="output NIfTI, chi in ppm")
-    p.add_argument("--overwrite", action="store_const", const=True, help="replace an existing output")
+    add_config_arguments(p, InferConfig)
     return p
 
 
 def resolve_config(args: argparse.Namespace) -> InferConfig:
-    """Config file values, then command-line options; unknown file keys are rejected."""
-    values = {}
-    if args.config:
-        values.update(load_config_file(args.config))
-    values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
-    for key in ("tile", "overlap", "voxel_size_mm", "b0_dir"):
-        if key in values and values[key] is not None:
-            values[key] = tuple(np.ravel(values[key]).tolist())
-    return InferConfig(**values)
+    """Defaults < config file < command-line options (training_data.step_config)."""
+    from network_model.config import resolve_config as resolve
 
-
-def load_config_file(path) -> dict:
-    """Read a JSON or YAML mapping of InferConfig keys."""
-    from training_data.step_config import read_config_file
-
-    data = read_config_file(path)
-    known = [f.name for f in dataclasses.fields(InferConfig)]
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise InputError(f"{path}: unknown config keys {', '.join(unknown)}; expected some of {', '.join(known)}")
-    return data
+    return resolve(InferConfig, args)
 
 
 def sidecar_path(output: str) -> str:

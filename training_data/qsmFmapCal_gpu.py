@@ -29,6 +29,7 @@ from training_data.dipole import fft_shape
 from training_data.errors import InputError, run_cli
 from training_data.formats.chi_h5 import is_chi_h5
 from training_data.geometry import check_voxel_size, normalise_b0_dir
+from training_data.step_config import add_config_options, param, resolve_config
 from training_data.volume_io import (
     ALL_SUFFIXES,
     HDF5_SUFFIXES,
@@ -57,44 +58,61 @@ class ChiMap:
     b0_dir: tuple | None
 
 
+@dataclass(frozen=True)
+class FieldmapConfig:
+    """Step 2 parameters (config-file keys = field names; options training_data.step_config)."""
+
+    inputs: tuple = param((), "susceptibility maps (ppm), folders or a step-1 HDF5 (also given as INPUT...)", type=str)
+    output: str = param("", "output .nii/.nii.gz (one input), folder, or .h5", flags=("-o",))
+    mask: str = param("", "brain mask for --demean / --mask-output (step-1 HDF5 carries its own)")
+    variable: str = param("", "variable name inside .mat/.h5 inputs")
+    voxel_size_mm: tuple | None = param(None, "voxel size in mm (overrides the header)", type=float, nargs=3,
+                                        aliases=("voxel_size",))
+    b0_dir: tuple | None = param(None, "B0 direction in voxel axes (overrides the header)", type=float, nargs=3)
+    pad: str = param("auto", "zero padding: none, fast, auto (quarter of each axis per side) or voxels per side")
+    d0: float = param(0.0, "kernel value at k=0 (0 default; 1/3 as SEPIA)")
+    demean: bool = param(False, "subtract the mean field inside the mask")
+    mask_output: bool = param(False, "require a mask and set the field outside it to 0 (the default whenever a "
+                              "mask is known)")
+    keep_background: bool = param(False, "keep the field outside the mask (not the network's input contract)")
+    example: bool = param(False, "use a built-in example (spheres phantom) as input")
+    overwrite: bool = param(False, "replace existing outputs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Units: chi in ppm in, local field in ppm of B0 out.")
-    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="susceptibility maps (ppm), folders or a step-1 HDF5")
-    parser.add_argument("-o", "--output", required=True, help="output .nii/.nii.gz (one input), folder, or .h5")
-    parser.add_argument("--mask", help="brain mask for --demean / --mask-output (step-1 HDF5 carries its own)")
-    parser.add_argument("--variable", help="variable name inside .mat/.h5 inputs")
-    parser.add_argument("--voxel-size", nargs=3, type=float, metavar=("X", "Y", "Z"),
-                        help="voxel size in mm (overrides the header)")
-    parser.add_argument("--b0-dir", nargs=3, type=float, metavar=("X", "Y", "Z"),
-                        help="B0 direction in voxel axes (overrides the header)")
-    parser.add_argument("--pad", default="auto",
-                        help="zero padding: none, fast, auto (quarter of each axis per side) or voxels per side")
-    parser.add_argument("--d0", type=float, default=0.0, help="kernel value at k=0 (0 default; 1/3 as SEPIA)")
-    parser.add_argument("--demean", action="store_true", help="subtract the mean field inside the mask")
-    parser.add_argument("--mask-output", action="store_true",
-                        help="require a mask and set the field outside it to 0 (the default whenever a mask is known)")
-    parser.add_argument("--keep-background", action="store_true",
-                        help="keep the field outside the mask (not the network's input contract)")
-    parser.add_argument("--example", action="store_true", help="use a built-in example (spheres phantom) as input")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("positional_inputs", nargs="*", metavar="INPUT",
+                        help="susceptibility maps (ppm), folders or a step-1 HDF5 (= --inputs)")
+    parser.add_argument("--config", metavar="FILE", help="JSON or YAML file of the parameters below")
+    add_config_options(parser, FieldmapConfig)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: _run(args), PROG)
+
+    def body() -> int:
+        values = vars(args)
+        if args.positional_inputs:
+            values = {**values, "inputs": args.positional_inputs}
+        cfg = resolve_config(FieldmapConfig, args.config, values)
+        return _run(cfg)
+
+    return run_cli(body, PROG)
 
 
-def _run(args) -> int:
+def _run(args: FieldmapConfig) -> int:
     # Validate the overrides before any work, so a bad option never leaves a partial output.
     if args.b0_dir is not None:
         normalise_b0_dir(args.b0_dir)
-    if args.voxel_size is not None:
-        check_voxel_size(args.voxel_size)
+    if not args.output:
+        raise InputError("-o/--output: expected an output .nii/.nii.gz, folder or .h5, got none")
+    if args.voxel_size_mm is not None:
+        check_voxel_size(args.voxel_size_mm)
     fft_shape((8, 8, 8), args.pad)
-    maps = list(_example_maps()) if args.example else list(iter_chi_maps(args.inputs, args.variable))
+    maps = list(_example_maps()) if args.example else list(iter_chi_maps(args.inputs, args.variable or None))
     if not maps:
         raise InputError("INPUT: expected at least one susceptibility map (or --example), got none")
     shared_mask = None
@@ -115,7 +133,7 @@ def _run(args) -> int:
     progress = tqdm(maps, desc=f"field maps ({device_name()})", unit="map", disable=len(maps) < 2, file=sys.stderr)
     with StagedOutput(args.output, out_kind) as out:
         for item in progress:
-            vs = tuple(args.voxel_size) if args.voxel_size else (item.voxel_size_mm or (1.0, 1.0, 1.0))
+            vs = tuple(args.voxel_size_mm) if args.voxel_size_mm else (item.voxel_size_mm or (1.0, 1.0, 1.0))
             b0 = tuple(args.b0_dir) if args.b0_dir else (item.b0_dir or (0.0, 0.0, 1.0))
             mask = item.mask if item.mask is not None else shared_mask
             if mask is not None and mask.shape != item.chi_ppm.shape:

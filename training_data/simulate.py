@@ -33,6 +33,7 @@ from training_data.errors import InputError, run_cli
 from training_data.formats.case_folder import write_case
 from training_data.gibbs import remove_gibbs_ringing
 from training_data.gre import add_noise, crop_kspace, echo_signals, estimate_local_field
+from training_data.step_config import add_config_options, param, resolve_config
 from training_data.texture import texture_ppm
 from training_data.tissue import BRAIN_LABELS, CALCIFICATION, CHIREF_PPM, tissue_maps
 
@@ -258,27 +259,34 @@ def simulate_cases(anatomy: Anatomy, out_dir, resolution_mm: float = 1.0, seed: 
     return written
 
 
+@dataclass(frozen=True)
+class SimulateConfig:
+    """Simulator parameters (config-file keys = field names; options training_data.step_config)."""
+
+    source: str = param("", "'builtin' or an RC2 phantom folder (SegmentedModel.nii.gz, ...)")
+    output: str = param("", "output folder (one sub-folder per case)", flags=("-o",))
+    seed: int = param(0, "texture and noise seed")
+    resolution: float = param(1.0, "output voxel size in mm (1 as RC2)")
+    native: float | None = param(None, "builtin only: native voxel size in mm (default 0.64 x resolution, as RC2)")
+    keep_gibbs_ringing: bool = param(False, "do not remove the k-space crop's Gibbs ringing from the ground truth chi")
+    overwrite: bool = param(False, "replace existing case folders")
+    progress: bool = param(True, "progress bar (--quiet: none)", negation="quiet")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m training_data.{PROG}", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", required=True, help="'builtin' or an RC2 phantom folder (SegmentedModel.nii.gz, ...)")
-    parser.add_argument("-o", "--output", required=True, help="output folder (one sub-folder per case)")
-    parser.add_argument("--seed", type=int, default=0, help="texture and noise seed (default 0)")
-    parser.add_argument("--resolution", type=float, default=1.0, help="output voxel size in mm (default 1, as RC2)")
-    parser.add_argument("--native", type=float, default=None,
-                        help="builtin only: native voxel size in mm (default 0.64 x resolution, as RC2)")
-    parser.add_argument("--keep-gibbs-ringing", action="store_true",
-                        help="do not remove the k-space crop's Gibbs ringing from the ground truth chi")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing case folders")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_options(parser, SimulateConfig, group_title=None, config_option=True)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: _run(args), PROG)
+    return run_cli(lambda: _run(resolve_config(SimulateConfig, args.config, vars(args))), PROG)
 
 
-def _run(args) -> int:
+def _run(args: SimulateConfig) -> int:
+    if not args.source or not args.output:
+        raise InputError("--source and -o/--output: both are needed (e.g. --source builtin -o cases)")
     if not (0.3 <= args.resolution <= 8):
         raise InputError(f"--resolution: expected 0.3 to 8 mm, got {args.resolution:g}")
     existing = [Path(args.output) / f"{v}{s}" for v in VARIANTS for s in PEAK_SNR]
@@ -290,7 +298,7 @@ def _run(args) -> int:
         anatomy = load_rc2_phantom(args.source)
     if any(args.resolution < v - 1e-6 for v in anatomy.voxel_size_mm):
         raise InputError(f"--resolution {args.resolution:g}: expected at least the native voxel size {anatomy.voxel_size_mm}")
-    cases = simulate_cases(anatomy, args.output, args.resolution, args.seed, args.quiet,
+    cases = simulate_cases(anatomy, args.output, args.resolution, args.seed, not args.progress,
                            gibbs_removal=not args.keep_gibbs_ringing)
     print(f"{PROG}: wrote {len(cases)} cases to {args.output}", file=sys.stderr)
     return 0

@@ -1,61 +1,130 @@
-"""Step parameters: a frozen dataclass filled from defaults, a config file and `--key value` options.
+"""The one config layer of every command: frozen dataclass defaults < config file < command line.
 
-Used by genChi.py (step 1) and genRDFPatchesSyn.py (step 3). Every dataclass field becomes one
-command-line option (`elastic_alpha` -> `--elastic-alpha`; booleans get `--x/--no-x`; tuples take
-several values). The precedence is: dataclass default < config file (JSON or YAML) < command line.
-Unknown keys in a config file are rejected with the list of valid ones.
+Each dataclass field is one parameter, reachable three ways with the same spelling rules:
+    config file (JSON or YAML) key `learning_rate` (or `learning-rate`);
+    options `--learning-rate VALUE` and `--learning_rate VALUE` (the original keys, e.g.
+    `--datasets_path`, keep working);
+    booleans as bare flags: `--overwrite` means true, `--no-overwrite` false, and the older
+    `--overwrite true|false` still works (in commands without positional arguments, which a
+    bare flag could otherwise swallow).
+Tuples take one or several values (`--patch-size 64` or `--patch-size 64 64 48` or `[64,64,48]`).
+Values are parsed like YAML scalars and converted to the field's type when the config is
+resolved, so a bad value is one InputError line (exit status 2), never an argparse usage dump.
+Unknown config-file keys are refused with a "did you mean"; the resolved config is written next
+to the outputs (`write_config`).
 
-Field metadata (optional, `dataclasses.field(metadata=...)`):
-    help:   text for --help;
-    type:   element type when the default is None (e.g. float);
-    nargs:  number of values for tuple fields (int, '+' by default);
-    choices: allowed values (for str fields or tuple-of-str elements).
+Field metadata (`dataclasses.field(metadata=...)`, or `param(default, help, ...)`):
+    help:     text for --help (every option has one);
+    type:     element type when the hint alone does not say (e.g. a bare `tuple`);
+    nargs:    exact number of values of a tuple field;
+    choices:  allowed values;
+    aliases:  older names of the same parameter (e.g. ("b0",) -> `--b0` and config key b0);
+    flags:    extra option strings (e.g. ("-o",));
+    negation: name of an option that sets a boolean to false (e.g. "quiet" for progress).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
+import types
+import typing
 
 from training_data.errors import InputError, choices_message
 
+MISSING = dataclasses.MISSING
+
+
+def param(default, help: str, **metadata):  # noqa: A002 - the dataclass metadata key is `help`
+    """A dataclass field with its help text (and optional type / nargs / choices / aliases / flags)."""
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
 
 def option_name(field_name: str) -> str:
+    """The dashed option of a field: `learning_rate` -> `--learning-rate`."""
     return "--" + field_name.replace("_", "-")
 
 
-def _field_kind(field: dataclasses.Field):
-    """(element type, is_tuple) of a config field, from its metadata or its default."""
+def _spec(field: dataclasses.Field, hint) -> tuple:
+    """(element type, is_tuple, exact count or None, optional) of a field."""
+    optional = False
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or isinstance(hint, types.UnionType):
+        optional = type(None) in args
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
     meta = field.metadata
+    if hint is tuple or origin is tuple:
+        elem = meta.get("type")
+        if elem is None and args:
+            elem = args[0]
+        if elem is None and isinstance(field.default, tuple) and field.default:
+            elem = type(field.default[0])
+        count = meta.get("nargs") if isinstance(meta.get("nargs"), int) else None
+        if count is None and args and args[-1] is not Ellipsis:
+            count = len(args)
+        return elem or str, True, count, optional or field.default is None
+    return meta.get("type", hint), False, None, optional or field.default is None
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _default_text(field: dataclasses.Field) -> str:
     default = field.default
     if isinstance(default, tuple):
-        elem = meta.get("type") or (type(default[0]) if default else str)
-        return elem, True
-    if default is None:
-        return meta.get("type", str), bool(meta.get("nargs"))
-    return type(default), False
+        return " ".join(map(str, default))
+    return str(default)
 
 
-def add_config_options(parser: argparse.ArgumentParser, cls, group_title: str = "parameters") -> None:
-    """Add one option per dataclass field; values default to None (= not given on the command line)."""
-    group = parser.add_argument_group(group_title, "override the defaults and the --config file")
+def add_config_options(parser: argparse.ArgumentParser, cls, group_title: str | None = "parameters",
+                       config_option: bool = False) -> None:
+    """Add one option per dataclass field (default None = not given) and, if asked, `--config FILE`."""
+    if config_option:
+        parser.add_argument("--config", metavar="FILE",
+                            help="JSON or YAML file of parameters (the keys below); options given here override it")
+    group = parser.add_argument_group(group_title, "override the defaults and the --config file") \
+        if group_title else parser
+    hints = _hints(cls)
+    takes_values = not any(not action.option_strings for action in parser._actions)
     for field in dataclasses.fields(cls):
-        elem, is_tuple = _field_kind(field)
-        help_text = field.metadata.get("help", "")
-        shown = field.default
-        help_text = f"{help_text} (default: {shown})" if help_text else f"default: {shown}"
-        kwargs = {"dest": field.name, "default": None, "help": help_text}
+        elem, is_tuple, count, _ = _spec(field, hints[field.name])
+        meta = field.metadata
+        names = [field.name, *meta.get("aliases", ())]
+        strings = list(meta.get("flags", ()))
+        for name in names:
+            for option in (option_name(name), f"--{name}"):
+                if option not in strings:
+                    strings.append(option)
+        help_text = meta.get("help", "")
+        if "choices" in meta:
+            help_text += f"; one of {', '.join(map(str, meta['choices']))}"
+        help_text = f"{help_text} (default: {_default_text(field)})".strip()
+        metavar = "PATH" if elem is str and not meta.get("choices") and field.name.endswith(
+            ("path", "output", "model", "dir")) else field.name.split("_")[-1].upper()
         if elem is bool and not is_tuple:
-            group.add_argument(option_name(field.name), action=argparse.BooleanOptionalAction, **kwargs)
+            # `--x true|false` only where no positional argument follows that a bare `--x` could eat
+            value = {"nargs": "?", "metavar": "true|false"} if takes_values else {"nargs": 0}
+            group.add_argument(*strings, dest=field.name, default=None, const="true", action=_Flag, help=help_text,
+                               **value)
+            negations = [f"--no-{n.replace('_', '-')}" for n in names]
+            if meta.get("negation"):
+                negations.append(option_name(meta["negation"]))
+            group.add_argument(*negations, dest=field.name, action="store_const", const="false",
+                               help=argparse.SUPPRESS)
             continue
-        kwargs["type"] = elem
-        kwargs["metavar"] = field.name.upper()
-        if is_tuple:
-            kwargs["nargs"] = field.metadata.get("nargs", "+")
-        if "choices" in field.metadata:
-            kwargs["choices"] = field.metadata["choices"]
-        group.add_argument(option_name(field.name), **kwargs)
+        group.add_argument(*strings, dest=field.name, default=None, metavar=metavar, help=help_text,
+                           nargs="+" if is_tuple else None)
+
+
+class _Flag(argparse.Action):
+    """A boolean option: bare means true; an explicit value (older `--x false`) is kept for coercion."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, self.const if values in (None, []) else values)
 
 
 def read_config_file(path) -> dict:
@@ -85,36 +154,103 @@ def read_config_file(path) -> dict:
     return data
 
 
-def _coerce(field: dataclasses.Field, value, where: str):
-    """Convert a config value to the field's type (lists become tuples)."""
-    elem, is_tuple = _field_kind(field)
-    if value is None:
-        return None
+def _parse_text(value):
+    """A command-line string as a YAML scalar or list (`1e-4` stays a number, `[1,2,3]` a list)."""
+    if not isinstance(value, str):
+        return value
+    import yaml
+
     try:
-        if is_tuple:
-            values = value if isinstance(value, (list, tuple)) else [value]
-            out = tuple(elem(v) for v in values)
-            nargs = field.metadata.get("nargs")
-            if isinstance(nargs, int) and len(out) != nargs:
-                raise InputError(f"{where}: {field.name}: expected {nargs} values, got {len(out)}")
-        elif elem is bool:
-            if not isinstance(value, bool):
-                raise TypeError("not a boolean")
-            out = value
-        elif elem is int and isinstance(value, float) and not value.is_integer():
-            raise TypeError("not an integer")
-        else:
-            out = elem(value)
-    except InputError:
-        raise
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: {field.name}: expected {elem.__name__}{'s' if is_tuple else ''}, "
-                         f"got {value!r}") from None
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if isinstance(parsed, str):
+        try:  # YAML 1.1 reads '1e-4' as text
+            return float(parsed)
+        except ValueError:
+            return parsed
+    return value if parsed is None and value.strip().lower() not in ("none", "null", "~") else parsed
+
+
+def _scalar(field: dataclasses.Field, elem, value, where: str):
+    if elem is str:
+        if isinstance(value, (dict, list, tuple)):
+            raise InputError(f"{where}: expected text, got {value!r}")
+        return str(value)
+    value = _parse_text(value)
+    if elem is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if elem is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            raise InputError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if elem is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    return value
+
+
+def coerce(field: dataclasses.Field, hint, value, where: str):
+    """Convert a command-line string (list for tuples) or a config-file value to the field's type."""
+    elem, is_tuple, count, optional = _spec(field, hint)
+    if isinstance(value, (list, tuple)) and len(value) == 1 and is_tuple:
+        value = value[0]
+    if isinstance(value, str) and value.strip().lower() in ("none", "null") and optional:
+        return None
+    if value is None:
+        if optional:
+            return None
+        raise InputError(f"{where}: a value is required")
+    if is_tuple:
+        if isinstance(value, str):
+            value = _parse_text(value)
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        flat = []
+        for v in values:
+            v = _parse_text(v)
+            flat.extend(v if isinstance(v, list) else [v])
+        out = tuple(_scalar(field, elem, v, where) for v in flat)
+        if count is not None and len(out) != count:
+            raise InputError(f"{where}: expected {count} values, got {len(out)}")
+    else:
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        out = _scalar(field, elem, value, where)
     choices = field.metadata.get("choices")
     if choices:
         for item in (out if is_tuple else (out,)):
             if item not in choices:
-                raise choices_message(f"{where}: {field.name}", item, choices)
+                raise choices_message(where, item, choices)
+    return out
+
+
+def _canonical(cls) -> dict:
+    """Every accepted key (field names, dashed names, aliases) -> the field name."""
+    keys = {}
+    for field in dataclasses.fields(cls):
+        for name in (field.name, *field.metadata.get("aliases", ())):
+            keys[name] = keys[name.replace("_", "-")] = field.name
+    return keys
+
+
+def unknown_key(where: str, key: str, valid) -> InputError:
+    near = difflib.get_close_matches(str(key), list(valid), n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    return InputError(f"{where}: unknown key {key!r}{hint}")
+
+
+def file_values(cls, config_path) -> dict:
+    """The config file's values under field names (aliases and dashed keys accepted, unknown refused)."""
+    keys = _canonical(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    out = {}
+    for key, value in read_config_file(config_path).items():
+        if key not in keys:
+            raise unknown_key(f"config {config_path}", key, names)
+        out[keys[key]] = value
     return out
 
 
@@ -124,24 +260,20 @@ def resolve_config(cls, config_path=None, overrides: dict | None = None):
     Args:
         cls: the step's frozen dataclass.
         config_path: optional JSON/YAML file.
-        overrides: field name -> value (e.g. vars() of parsed arguments; unknown names ignored).
+        overrides: field name -> value (e.g. vars() of parsed arguments; other names ignored).
 
     Returns:
         An instance of `cls` (its __post_init__ validates the values).
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = _hints(cls)
     values: dict = {}
     if config_path:
-        data = read_config_file(config_path)
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise InputError(f"{config_path}: unknown parameter(s) {', '.join(unknown)}; "
-                             f"valid: {', '.join(fields)}")
-        for key, value in data.items():
-            values[key] = _coerce(fields[key], value, str(config_path))
+        for key, value in file_values(cls, config_path).items():
+            values[key] = coerce(fields[key], hints[key], value, f"config {config_path}: {key}")
     for key, value in (overrides or {}).items():
         if key in fields and value is not None:
-            values[key] = _coerce(fields[key], value, option_name(key))
+            values[key] = coerce(fields[key], hints[key], value, option_name(key))
     return cls(**values)
 
 
@@ -153,12 +285,11 @@ def config_to_dict(config) -> dict:
     return out
 
 
-def write_config(config, path) -> str:
+def write_config(config, path, sort_keys: bool = False) -> str:
     """Write the resolved config as JSON atomically; returns the path."""
     from training_data.volume_io import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(config_to_dict(config), fh, indent=2)
+        json.dump(config_to_dict(config), fh, indent=2, sort_keys=sort_keys)
         fh.write("\n")
     return str(path)
-

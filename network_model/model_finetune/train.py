@@ -48,6 +48,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 from network_model.config import add_config_arguments, resolve_config, write_resolved_config  # noqa: E402
 from training_data.errors import InputError, run_cli  # noqa: E402
+from training_data.step_config import param  # noqa: E402
 
 PROG = "model_finetune/train.py (step 5)"
 
@@ -56,41 +57,39 @@ PROG = "model_finetune/train.py (step 5)"
 class FinetuneConfig:
     """Parameters of step 5 (every field is a config key and a `--key value` option)."""
 
-    model: str = ""                  # pre-trained target model (.keras) or a step-4 run folder
-    case: str = ""                   # case folder (contract 1) instead of field/mask/weight
-    field: str = ""                  # local field map (NIfTI, .mat v5/v7.3, .h5, .npy; FILE:VAR picks a variable)
-    mask: str = ""                   # brain mask (0/1), same grid
-    weight: str = ""                 # optional NDI weight / magnitude (normalised to max 1 in the mask)
-    units: str = "ppm"               # field units: ppm | ppb | hz | rad
-    b0: float | None = None          # tesla (hz/rad input, and the NDI phase scale)
-    te: float | None = None          # seconds, echo time of the weighting echo (rad input, phase scale)
-    phase_rad_per_ppm: float | None = None  # explicit NDI phase scale; else 2 pi gamma_bar b0 te
-    voxel_size_mm: tuple[float, float, float] | None = None  # override the file's voxel size
-    b0_dir: tuple[float, float, float] | None = None         # override (voxel axes); else from the affine
-    iterations: int = 300            # at most
-    learning_rate: float = 1e-3      # measured: demo Sim2Snr1 rmse 49.0 at 150 it. vs 52.1 with 1e-4
-    lr_schedule: str = "constant"    # constant | cosine | exponential
-    warmup_iterations: int = 10      # linear learning-rate ramp at the start
-    lambda_tv: float = 0.002         # TV weight (network units; original 0.002 SNR1, 0.001 SNR2)
-    dipole_pad: str = "auto"         # FFT zero-padding of the dipole model (training_data.dipole)
-    tau: float = 1.0                 # discrepancy principle: stop when NDI <= tau * noise energy; 0: off
-    noise_ppm: float | None = None   # std of W * field noise (ppm); None: estimated from the field
-    convergence_window: int = 20     # iterations per window of the flat-loss test
-    convergence_tol: float = 1e-3    # stop when a window improves the loss by less than this (relative); 0: off
-    output: str = ""                 # QSM NIfTI (ppm); also writes OUT_model.keras, OUT_loss.csv, OUT_config.json
-    overwrite: bool = False
-    seed: int = 0
-    progress: bool = True
-
-
-HELPS = {"model": "pre-trained target model (.keras) or step-4 run folder", "output": "output QSM NIfTI (ppm)",
-         "units": "field units: ppm, ppb, hz or rad", "b0": "B0 in tesla", "te": "echo time in seconds"}
+    model: str = param("", "pre-trained target model (.keras) or step-4 run folder")
+    case: str = param("", 'case folder (contract 1) instead of field/mask/weight')
+    field: str = param("", 'local field map (NIfTI, .mat v5/v7.3, .h5, .npy; FILE:VAR picks a variable)')
+    mask: str = param("", 'brain mask (0/1), same grid')
+    weight: str = param("", 'optional NDI weight / magnitude (normalised to max 1 in the mask)')
+    units: str = param("ppm", "field units: ppm, ppb, hz or rad")
+    b0_tesla: float | None = param(None, "B0 in tesla (hz/rad input, and the NDI phase scale)", aliases=("b0",))
+    te_s: float | None = param(None, "echo time of the weighting echo in seconds (rad input, phase scale)",
+                               aliases=("te",))
+    phase_rad_per_ppm: float | None = param(None, 'explicit NDI phase scale; else 2 pi gamma_bar b0 te')
+    voxel_size_mm: tuple[float, float, float] | None = param(None, "override the file's voxel size")
+    b0_dir: tuple[float, float, float] | None = param(None, 'override (voxel axes); else from the affine')
+    iterations: int = param(300, 'at most')
+    learning_rate: float = param(1e-3, 'measured: demo Sim2Snr1 rmse 49.0 at 150 it. vs 52.1 with 1e-4')
+    lr_schedule: str = param("constant", 'constant | cosine | exponential', choices=("constant", "cosine", "exponential"))
+    warmup_iterations: int = param(10, 'linear learning-rate ramp at the start')
+    lambda_tv: float = param(0.002, 'TV weight (network units; original 0.002 SNR1, 0.001 SNR2)')
+    dipole_pad: str = param("auto", 'FFT zero-padding of the dipole model (training_data.dipole)')
+    tau: float = param(1.0, 'discrepancy principle: stop when NDI <= tau * noise energy; 0: off')
+    noise_ppm: float | None = param(None, 'std of W * field noise (ppm); None: estimated from the field')
+    convergence_window: int = param(20, 'iterations per window of the flat-loss test')
+    convergence_tol: float = param(1e-3, 'stop when a window improves the loss by less than this (relative); 0: off')
+    output: str = param("", "output QSM NIfTI (ppm); also OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json",
+                        flags=("-o",))
+    overwrite: bool = param(False, "replace existing outputs")
+    seed: int = param(0, "seed of the weights' initial state and any randomness")
+    progress: bool = param(True, "progress bar (--quiet: none)", negation="quiet")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, FinetuneConfig, flags={"output": ["-o"]}, helps=HELPS)
+    add_config_arguments(parser, FinetuneConfig)
     return parser
 
 
@@ -132,7 +131,7 @@ def load_inputs(cfg: FinetuneConfig):
         return load_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir)
     if not cfg.field or not cfg.mask:
         raise InputError("input: give --field and --mask (or --case DIR)")
-    return load_files(cfg.field, cfg.mask, cfg.weight or None, cfg.units, cfg.b0, cfg.te,
+    return load_files(cfg.field, cfg.mask, cfg.weight or None, cfg.units, cfg.b0_tesla, cfg.te_s,
                       cfg.voxel_size_mm, cfg.b0_dir)
 
 

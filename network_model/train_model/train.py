@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 from network_model.config import add_config_arguments, resolve_config, write_resolved_config  # noqa: E402
 from training_data.errors import InputError, run_cli  # noqa: E402
+from training_data.step_config import param  # noqa: E402
 
 PROG = "train.py (step 4)"
 
@@ -39,41 +40,41 @@ PROG = "train.py (step 4)"
 class PretrainConfig:
     """Parameters of step 4 (every field is a config key and a `--key value` option)."""
 
-    datasets_path: str = ""          # patch HDF5 holding /source (synthetic, labelled)
-    targetdata_path: str = ""        # patch HDF5 holding /target (may be the same file; empty = datasets_path)
-    run_dir: str = "runs/pretrain"   # outputs, checkpoints, logs
-    depth: int = 4                   # poolings; patch sizes must be divisible by 2**depth
-    base_filters: int = 16           # filters of level 0 (doubling per level)
-    input_scale: float = 100.0       # network input = field_ppm * input_scale (original x100)
-    label_scale: float = 100.0 / 3.0  # network output = chi_ppm * label_scale (original x100/3)
-    bn_momentum: float = 0.99        # Keras BN momentum (PyTorch 0.01)
-    batch_size: int = 2              # source patches per step (global, over replicas)
-    target_batch_size: int = 0       # target crops per step; 0: batch_size
-    epochs: int = 6
-    steps_per_epoch: int = 0         # 0: the larger training split / batch_size
-    max_steps: int = 0               # 0: epochs * steps_per_epoch; else stop (checkpointed) at this step
-    learning_rate: float = 1e-4
-    lr_schedule: str = "constant"    # constant | cosine | exponential
-    lr_decay_steps: int = 0          # 0: the run length
-    lr_decay_rate: float = 0.5
-    lambda_ndi: float = 20.0         # weight of the NDI term (normalised to the original's 100*ppm argument)
-    lambda_tv: float = 0.05          # weight of the TV term (network units, inside the mask)
-    phase_rad_per_ppm: float | None = None  # None: rad_per_ppm(/target b0_tesla, te_s)
-    dipole_pad: str = "none"         # FFT padding of the patch dipole model (training_data.dipole)
-    val_fraction: float = 0.1        # held-out patches per domain
-    validate_every: int = 0          # steps; 0: once per epoch
-    checkpoint_every: int = 0        # steps; 0: once per epoch
-    keep_checkpoints: int = 3
-    seed: int = 0
-    strategy: str = "default"        # default | mirrored | multiworker
-    resume: bool = True              # continue from the run folder's last checkpoint
-    progress: bool = True            # tqdm bar
+    datasets_path: str = param("", 'patch HDF5 holding /source (synthetic, labelled)')
+    targetdata_path: str = param("", 'patch HDF5 holding /target (may be the same file; empty = datasets_path)')
+    run_dir: str = param("runs/pretrain", 'outputs, checkpoints, logs', flags=("-o",))
+    depth: int = param(4, 'poolings; patch sizes must be divisible by 2**depth')
+    base_filters: int = param(16, 'filters of level 0 (doubling per level)')
+    input_scale: float = param(100.0, 'network input = field_ppm * input_scale (original x100)')
+    label_scale: float = param(100.0 / 3.0, 'network output = chi_ppm * label_scale (original x100/3)')
+    bn_momentum: float = param(0.99, 'Keras BN momentum (PyTorch 0.01)')
+    batch_size: int = param(2, 'source patches per step (global, over replicas)')
+    target_batch_size: int = param(0, 'target crops per step; 0: batch_size')
+    epochs: int = param(6, "passes over the larger training split")
+    steps_per_epoch: int = param(0, '0: the larger training split / batch_size')
+    max_steps: int = param(0, '0: epochs * steps_per_epoch; else stop (checkpointed) at this step')
+    learning_rate: float = param(1e-4, "Adam learning rate")
+    lr_schedule: str = param("constant", "learning-rate schedule", choices=("constant", "cosine", "exponential"))
+    lr_decay_steps: int = param(0, '0: the run length')
+    lr_decay_rate: float = param(0.5, "decay factor of the exponential schedule")
+    lambda_ndi: float = param(20.0, "weight of the NDI term (normalised to the original's 100*ppm argument)")
+    lambda_tv: float = param(0.05, 'weight of the TV term (network units, inside the mask)')
+    phase_rad_per_ppm: float | None = param(None, 'None: rad_per_ppm(/target b0_tesla, te_s)')
+    dipole_pad: str = param("none", 'FFT padding of the patch dipole model (training_data.dipole)')
+    val_fraction: float = param(0.1, 'held-out patches per domain')
+    validate_every: int = param(0, 'steps; 0: once per epoch')
+    checkpoint_every: int = param(0, 'steps; 0: once per epoch')
+    keep_checkpoints: int = param(3, "checkpoints kept in run_dir/checkpoints")
+    seed: int = param(0, "seed of the weights, shuffling and the validation split")
+    strategy: str = param("default", "tf.distribute strategy", choices=("default", "mirrored", "multiworker"))
+    resume: bool = param(True, "continue from the run folder's last checkpoint")
+    progress: bool = param(True, "progress bar (--quiet: none)", negation="quiet")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, PretrainConfig, flags={"run_dir": ["-o"]})
+    add_config_arguments(parser, PretrainConfig)
     return parser
 
 

@@ -1,0 +1,177 @@
+"""The one config layer (training_data/step_config.py) as every command sees it.
+
+Asserts the RESOLVED value of every parameter of every dataclass-configured command, reached by
+its dashed option, its underscore spelling (the original keys, e.g. --datasets_path) and a config
+file; the old spellings (aliases); unknown config keys refused with "did you mean" and exit 2; and
+`--help` of every console script without importing TensorFlow.
+"""
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import json
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+
+from training_data.step_config import _spec, option_name, resolve_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _commands():
+    import genRDFPatchesSyn
+    from evaluation import demo  # noqa: F401  (imported for the --help list only)
+    from network_model import infer
+    from network_model.model_finetune import train as finetune
+    from network_model.train_model import train as pretrain
+    from training_data import genChi, qsmFmapCal_gpu, simulate
+
+    # (module, config class, argv every parse needs)
+    return {
+        "genchi": (genChi, genChi.GenChiConfig, ["src.nii.gz", "--mask", "m.nii.gz", "-o", "o.h5"]),
+        "fieldmap": (qsmFmapCal_gpu, qsmFmapCal_gpu.FieldmapConfig, []),
+        "patches": (genRDFPatchesSyn, genRDFPatchesSyn.PatchConfig, ["--source", "s.h5", "-o", "o.h5"]),
+        "train": (pretrain, pretrain.PretrainConfig, []),
+        "finetune": (finetune, finetune.FinetuneConfig, []),
+        "infer": (infer, infer.InferConfig, []),
+        "simulate": (simulate, simulate.SimulateConfig, []),
+    }
+
+
+COMMANDS = ["genchi", "fieldmap", "patches", "train", "finetune", "infer", "simulate"]
+# values the generic rule below would pick but the step's own validation refuses
+SPECIAL = {("patches", "grid"): True, ("patches", "patch_size"): (32, 32, 16), ("patches", "stride"): (8, 8, 4),
+           ("patches", "target_patch_size"): (16, 16, 16), ("fieldmap", "pad"): "8", ("train", "dipole_pad"): "auto",
+           ("finetune", "dipole_pad"): "none", ("simulate", "resolution"): 2.0}
+
+
+def _sample(command, field, hint):
+    if (command, field.name) in SPECIAL:
+        return SPECIAL[command, field.name]
+    elem, is_tuple, count, _ = _spec(field, hint)
+    default = field.default
+    choices = field.metadata.get("choices")
+    if choices:
+        value = next(c for c in choices if c != (default[0] if isinstance(default, tuple) and default else default))
+    elif elem is bool:
+        value = not default
+    elif elem is int:
+        value = (default if isinstance(default, int) else 0) + 2
+    elif elem is float:
+        base = default if isinstance(default, float) else 0.0
+        value = base * 0.5 if 0 < base <= 1 else base + 0.25
+    else:
+        value = "some_value"
+    if is_tuple:
+        value = tuple([value] * (count or 3)) if not isinstance(value, tuple) else value
+        if elem is float and field.name == "b0_dir":
+            value = (0.0, 0.6, 0.8)
+    return value
+
+
+def _argv(option, value):
+    if isinstance(value, bool):
+        return [option] if value else ["--no-" + option[2:].replace("_", "-")]
+    if isinstance(value, tuple):
+        return [option, *map(str, value)]
+    return [option, str(value)]
+
+
+def _cases():
+    import inspect  # noqa: F401
+
+    out = []
+    for name in COMMANDS:
+        module, cls, _ = _commands()[name]
+        for field in dataclasses.fields(cls):
+            out.append(pytest.param(name, field.name, id=f"{name}-{field.name}"))
+    return out
+
+
+@pytest.mark.parametrize("command,key", _cases())
+def test_every_option_resolves(command, key, tmp_path):
+    module, cls, base = _commands()[command]
+    field = next(f for f in dataclasses.fields(cls) if f.name == key)
+    hint = typing.get_type_hints(cls)[key]
+    value = _sample(command, field, hint)
+    parser = module.build_parser()
+    spellings = {option_name(key), f"--{key}"} | {f"--{a}" for a in field.metadata.get("aliases", ())}
+    for option in sorted(spellings):
+        args = parser.parse_args(base + _argv(option, value))
+        assert getattr(resolve_config(cls, None, vars(args)), key) == value, option
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({key: list(value) if isinstance(value, tuple) else value}))
+    assert getattr(resolve_config(cls, config, vars(parser.parse_args(base))), key) == value
+    # nothing given: the dataclass default
+    assert getattr(resolve_config(cls, None, vars(parser.parse_args(base))), key) == getattr(cls(), key, field.default) \
+        if command != "genchi" or key != "n_maps" else True
+
+
+def test_old_boolean_and_name_spellings():
+    from network_model.model_finetune import train as finetune
+
+    parser = finetune.build_parser()
+    cfg = resolve_config(finetune.FinetuneConfig, None, vars(parser.parse_args(
+        ["--overwrite", "true", "--progress", "false", "--b0", "3", "--te", "0.02", "--voxel_size_mm", "[1,1,2]"])))
+    assert (cfg.overwrite, cfg.progress, cfg.b0_tesla, cfg.te_s, cfg.voxel_size_mm) == (True, False, 3.0, 0.02,
+                                                                                          (1.0, 1.0, 2.0))
+    assert resolve_config(finetune.FinetuneConfig, None, vars(parser.parse_args(["--quiet"]))).progress is False
+
+
+CONFIG_COMMANDS = {  # console script -> argv (after --config FILE) of a run that reads the config first
+    "genchi": ["src.nii.gz", "--mask", "m.nii.gz", "-o", "o.h5"],
+    "fieldmap": [],
+    "patches": ["--source", "s.h5", "-o", "o.h5"],
+    "train": [],
+    "finetune": [],
+    "infer": [],
+    "simulate": [],
+}
+
+
+@pytest.mark.parametrize("command", sorted(CONFIG_COMMANDS))
+def test_unknown_config_key_exits_2_with_a_suggestion(command, tmp_path, capsys):
+    module, cls, _ = _commands()[command]
+    first = dataclasses.fields(cls)[1].name
+    config = tmp_path / "c.yaml"
+    config.write_text(f"{first}x: 1\n")
+    assert module.main(["--config", str(config), *CONFIG_COMMANDS[command]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"unknown key '{first}x' (did you mean '{first}'?)" in err
+
+
+def _console_scripts():
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg")
+    lines = [line.strip() for line in parser["options.entry_points"]["console_scripts"].splitlines() if line.strip()]
+    return [tuple(part.strip() for part in line.split("=")) for line in lines]
+
+
+def test_eleven_console_scripts():
+    assert len(_console_scripts()) == 11
+
+
+HELP = """
+import sys
+from {module} import main
+try:
+    main(["--help"])
+except SystemExit as stop:
+    assert stop.code in (0, None), stop.code
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+print("IMPORTED", heavy[:3])
+"""
+
+
+@pytest.mark.parametrize("name,target", _console_scripts())
+def test_help_without_tensorflow(name, target):
+    module = target.split(":")[0]
+    out = subprocess.run([sys.executable, "-c", HELP.format(module=module)], capture_output=True, text=True,
+                         cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "IMPORTED []" in out.stdout, out.stdout[-500:]
+    assert "usage:" in out.stdout
