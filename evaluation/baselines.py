@@ -35,6 +35,7 @@ import scipy.fft
 
 from training_data.dipole import dipole_kernel, fft_shape
 from training_data.errors import InputError, run_cli, shape_mismatch
+from training_data.step_config import add_config_options, param, resolve_config
 
 METHODS = ("tkd", "l2", "ndi-tv")
 
@@ -304,42 +305,57 @@ def _check_weight(weight, mask) -> np.ndarray:
 # --- command ---------------------------------------------------------------------------------
 
 
+_ND = NDITVParams()
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Options of `python -m evaluation.baselines` (config-file keys = field names)."""
+
+    method: str = param("", "tkd, l2 or ndi-tv (also the first positional argument)", choices=METHODS)
+    field: str = param("", "local field map, ppm (NIfTI/.mat/.h5/.npy)")
+    mask: str = param("", "brain mask, 0/1")
+    weight: str = param("", "ndi-tv data weight (e.g. 2nd echo magnitude); default the mask")
+    output: str = param("", "output chi map, ppm (.nii.gz keeps the field's affine)", flags=("-o",))
+    voxel_size_mm: tuple | None = param(None, "voxel size in mm; default from the file", type=float, nargs=3,
+                                        aliases=("voxel_size",))
+    b0_dir: tuple | None = param(None, "B0 in voxel axes; default from the affine, else 0 0 1", type=float, nargs=3)
+    pad: str = param("auto", "FFT zero padding: auto (a quarter of each axis per side), fast, none (circular) or "
+                     "voxels per side")
+    threshold: float = param(TKD_THRESHOLD, "tkd: |D| threshold")
+    lambda_grad: float = param(L2_LAMBDA, "l2: gradient weight", aliases=("lambda",))
+    alpha: str = param(str(_ND.alpha), "ndi-tv: TV weight, or 'auto': scan --alpha-grid and take the discrepancy "
+                       "principle's alpha (evaluation.nltv_alpha; needs no ground truth)")
+    alpha_grid: tuple | None = param(None, "ndi-tv --alpha auto: the scanned values (default nltv_alpha.ALPHA_GRID)",
+                                     type=float)
+    mu_grad: float | None = param(None, "ndi-tv: gradient consistency (default 10*alpha)", aliases=("mu",))
+    mu_data: float = param(_ND.mu_data, "ndi-tv: data split weight")
+    iterations: int = param(_ND.iterations, "ndi-tv: max iterations")
+    tol: float = param(_ND.tol, "ndi-tv: relative update tolerance")
+    b0_tesla: float = param(_ND.b0_tesla, "ndi-tv: B0 in tesla", aliases=("b0",))
+    te_s: float = param(_ND.te_s, "ndi-tv: echo time in seconds", aliases=("te",))
+    overwrite: bool = param(False, "replace an existing output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m evaluation.baselines",
                                      description="Classic QSM dipole inversions (field in ppm -> chi in ppm).")
-    parser.add_argument("method", help="tkd, l2 or ndi-tv")
-    parser.add_argument("--field", required=True, help="local field map, ppm (NIfTI/.mat/.h5/.npy)")
-    parser.add_argument("--mask", required=True, help="brain mask, 0/1")
-    parser.add_argument("--weight", help="ndi-tv data weight (e.g. 2nd echo magnitude); default the mask")
-    parser.add_argument("-o", "--output", required=True, help="output chi map, ppm (.nii.gz keeps the field's affine)")
-    parser.add_argument("--voxel-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="mm; default from the file")
-    parser.add_argument("--b0-dir", type=float, nargs=3, metavar=("X", "Y", "Z"),
-                        help="B0 in voxel axes; default from the affine, else 0 0 1")
-    parser.add_argument("--pad", default="auto",
-                        help="FFT zero padding: auto (default, a quarter of each axis per side), fast, none "
-                             "(circular) or voxels per side")
-    parser.add_argument("--threshold", type=float, default=TKD_THRESHOLD, help="tkd: |D| threshold (0.19)")
-    parser.add_argument("--lambda", dest="lambda_grad", type=float, default=L2_LAMBDA, help=f"l2: weight ({L2_LAMBDA})")
-    d = NDITVParams()
-    parser.add_argument("--alpha", default=str(d.alpha),
-                        help=f"ndi-tv: TV weight ({d.alpha}), or 'auto': scan --alpha-grid and take the discrepancy "
-                             "principle's alpha (evaluation.nltv_alpha; needs no ground truth)")
-    parser.add_argument("--alpha-grid", type=float, nargs="+", metavar="A",
-                        help="ndi-tv --alpha auto: the scanned values (default nltv_alpha.ALPHA_GRID, 1e-4 .. 0.1)")
-    parser.add_argument("--mu", dest="mu_grad", type=float, default=None,
-                        help="ndi-tv: gradient consistency (10*alpha)")
-    parser.add_argument("--mu-data", type=float, default=d.mu_data, help=f"ndi-tv: data split weight ({d.mu_data})")
-    parser.add_argument("--iterations", type=int, default=d.iterations, help=f"ndi-tv: max iterations ({d.iterations})")
-    parser.add_argument("--tol", type=float, default=d.tol, help=f"ndi-tv: relative update tolerance ({d.tol})")
-    parser.add_argument("--b0", dest="b0_tesla", type=float, default=d.b0_tesla, help=f"ndi-tv: tesla ({d.b0_tesla})")
-    parser.add_argument("--te", dest="te_s", type=float, default=d.te_s, help=f"ndi-tv: echo time, s ({d.te_s})")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("positional_method", nargs="?", metavar="METHOD", help="tkd, l2 or ndi-tv (= --method)")
+    parser.add_argument("--config", metavar="FILE", help="JSON or YAML file of the parameters below")
+    add_config_options(parser, BaselineConfig, group_title=None)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: _run(args), "python -m evaluation.baselines")
+
+    def body() -> int:
+        values = vars(args)
+        if args.positional_method:
+            values = {**values, "method": args.positional_method}
+        return _run(resolve_config(BaselineConfig, args.config, values))
+
+    return run_cli(body, "python -m evaluation.baselines")
 
 
 def _alpha(text: str) -> float:
@@ -362,6 +378,9 @@ def _run(args) -> int:
 
     if args.method not in METHODS:
         raise choices_message("method", args.method, METHODS)
+    for name in ("field", "mask", "output"):
+        if not getattr(args, name):
+            raise InputError(f"--{name}: required (see --help)")
     if os.path.exists(args.output) and not args.overwrite:
         raise InputError(f"{args.output}: output exists; pass --overwrite to replace it")
     if args.alpha_grid and args.alpha.strip().lower() != "auto":
@@ -370,7 +389,7 @@ def _run(args) -> int:
         raise InputError(f"--weight: only ndi-tv uses a data weight, not {args.method}")
     field = read_volume(args.field)
     mask = check_mask(read_volume(args.mask, dtype=None).data, args.mask, field.data)
-    geom = field.geometry(args.voxel_size, args.b0_dir)
+    geom = field.geometry(args.voxel_size_mm, args.b0_dir)
     common = dict(voxel_size_mm=geom.voxel_size_mm, b0_dir=geom.b0_dir, pad=args.pad)
     if args.method == "tkd":
         chi = tkd(field.data, mask, threshold=args.threshold, **common)

@@ -93,13 +93,13 @@ def cli() -> None:
 
 def load_config_file(path) -> dict:
     """Read a JSON or YAML mapping; relative paths in it are resolved against its folder."""
-    from training_data.step_config import read_config_file
+    from training_data.step_config import read_config_file, unknown_key
 
     data = read_config_file(path)
     known = {f.name for f in fields(EvaluateConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise InputError(f"--config {path}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
+    for key in data:  # the one layer's rule (training_data/step_config.py); columns are a list of mappings
+        if key not in known:
+            raise unknown_key(f"config {path}", key, sorted(known))
     base = os.path.dirname(os.path.abspath(path))
     resolve = lambda p: p if p is None or os.path.isabs(str(p)) else os.path.join(base, str(p))  # noqa: E731
     columns = []
@@ -107,10 +107,9 @@ def load_config_file(path) -> dict:
     for i, col in enumerate(data.get("columns") or []):
         if not isinstance(col, dict):
             raise InputError(f"--config {path}: columns[{i}] must be a mapping")
-        bad = sorted(set(col) - col_keys)
-        if bad:
-            raise InputError(f"--config {path}: columns[{i}] unknown key(s) {', '.join(bad)}; "
-                             f"expected {', '.join(sorted(col_keys))}")
+        for key in col:
+            if key not in col_keys:
+                raise unknown_key(f"config {path}: columns[{i}]", key, sorted(col_keys))
         if "recon" not in col:
             raise InputError(f"--config {path}: columns[{i}] has no 'recon'")
         columns.append({k: (resolve(v) if k != "name" else v) for k, v in col.items()})

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from training_data.errors import InputError, run_cli
+from training_data.step_config import add_config_options, param, resolve_config
 
 PROG = "daqsm-demo"
 COLUMNS = {"SNR1": "Sim2Snr1", "SNR2": "Sim2Snr2"}
@@ -64,22 +65,29 @@ SIZES = {
 }
 
 
+@dataclass(frozen=True)
+class DemoConfig:
+    """Options of the demo (config-file keys = field names; options training_data.step_config)."""
+
+    output: str = param("demo_out", "output folder", flags=("-o",))
+    data: str | None = param(None, "shared data folder with qsm2016/ and rc2_phantom/: run the method's real setup")
+    size: str | None = param(None, "tiny | small (default) | real (default with --data)", choices=tuple(sorted(SIZES)))
+    pretrain_steps: int | None = param(None, "override the number of pre-training steps")
+    finetune_iterations: int | None = param(None, "override the fine-tuning iterations")
+    seed: int = param(0, "seed of every step")
+    overwrite: bool = param(False, "replace an existing output folder's files")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-o", "--output", default="demo_out", help="output folder (default demo_out)")
-    parser.add_argument("--data", help="shared data folder with qsm2016/ and rc2_phantom/: run the method's real setup")
-    parser.add_argument("--size", choices=sorted(SIZES), help="tiny | small (default) | real (default with --data)")
-    parser.add_argument("--pretrain-steps", type=int, help="override the number of pre-training steps")
-    parser.add_argument("--finetune-iterations", type=int, help="override the fine-tuning iterations")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder's files")
+    add_config_options(parser, DemoConfig, group_title=None, config_option=True)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: run_demo(args), PROG)
+    return run_cli(lambda: run_demo(resolve_config(DemoConfig, args.config, vars(args))), PROG)
 
 
 def _step(title: str, module_main, argv) -> None:

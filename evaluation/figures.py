@@ -24,6 +24,7 @@ import csv
 import math
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,6 +32,7 @@ if __package__ in (None, ""):  # `python evaluation/figures.py` from a checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from training_data.errors import InputError, run_cli, shape_mismatch  # noqa: E402
+from training_data.step_config import add_config_options, param, resolve_config  # noqa: E402
 from training_data.volume_io import atomic_path, check_mask, read_volume  # noqa: E402
 
 PROG = "daqsm-figures"
@@ -222,23 +224,39 @@ def _check_output(path, overwrite: bool) -> None:
         raise InputError(f"{path}: output exists; give --overwrite to replace it")
 
 
+@dataclass(frozen=True)
+class SlicesConfig:
+    """`slices`: reconstruction / truth / difference in three orthogonal planes."""
+
+    recon: str = param("", "reconstruction (ppm), any volume_io format")
+    truth: str = param("", "ground truth (ppm) on the same grid")
+    mask: str = param("", "brain mask (0/1); sets the window and the slice centre")
+    window: float | None = param(None, "colour window half-width in ppm (default: 99th percentile of |truth|)")
+    title: str = param("", "figure title")
+    output: str = param("", "output .png", flags=("-o",))
+    overwrite: bool = param(False, "replace an existing output")
+
+
+@dataclass(frozen=True)
+class LossesConfig:
+    """`losses`: loss curves from a CSV log."""
+
+    log: str = param("", "CSV log: step column + loss columns (also the positional LOG)")
+    columns: tuple | None = param(None, "columns to plot (default all numeric; elapsed_s on its own panel)", type=str)
+    title: str = param("", "figure title")
+    output: str = param("", "output .png", flags=("-o",))
+    overwrite: bool = param(False, "replace an existing output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("slices", help="reconstruction / truth / difference in three orthogonal planes")
-    s.add_argument("--recon", required=True, help="reconstruction (ppm), any volume_io format")
-    s.add_argument("--truth", required=True, help="ground truth (ppm) on the same grid")
-    s.add_argument("--mask", help="brain mask (0/1); sets the window and the slice centre")
-    s.add_argument("--window", type=float, help="colour window half-width in ppm (default: 99th percentile of |truth|)")
-    s.add_argument("--title")
-    s.add_argument("-o", "--output", required=True, help="output .png")
-    s.add_argument("--overwrite", action="store_true")
-    loss = sub.add_parser("losses", help="loss curves from a CSV log")
-    loss.add_argument("log", help="CSV log: step column + loss columns")
-    loss.add_argument("--columns", nargs="+", help="columns to plot (default all numeric; elapsed_s on its own panel)")
-    loss.add_argument("--title")
-    loss.add_argument("-o", "--output", required=True, help="output .png")
-    loss.add_argument("--overwrite", action="store_true")
+    s = sub.add_parser("slices", help=SlicesConfig.__doc__.split(": ", 1)[1])
+    add_config_options(s, SlicesConfig, group_title=None, config_option=True)
+    loss = sub.add_parser("losses", help=LossesConfig.__doc__.split(": ", 1)[1])
+    loss.add_argument("positional_log", nargs="?", metavar="LOG", help="CSV log (= --log)")
+    loss.add_argument("--config", metavar="FILE", help="JSON or YAML file of the parameters below")
+    add_config_options(loss, LossesConfig, group_title=None)
     return p
 
 
@@ -246,21 +264,28 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        _check_output(args.output, args.overwrite)
+        values = vars(args)
+        if getattr(args, "positional_log", None):
+            values = {**values, "log": args.positional_log}
+        cfg = resolve_config(SlicesConfig if args.command == "slices" else LossesConfig, args.config, values)
+        for name in ("recon", "truth", "output") if args.command == "slices" else ("log", "output"):
+            if not getattr(cfg, name):
+                raise InputError(f"--{name}: required (see {PROG} {args.command} --help)")
+        _check_output(cfg.output, cfg.overwrite)
         if args.command == "slices":
-            truth = read_volume(args.truth)
-            recon = read_volume(args.recon)
+            truth = read_volume(cfg.truth)
+            recon = read_volume(cfg.recon)
             if recon.data.shape != truth.data.shape:
-                raise shape_mismatch(f"reconstruction {args.recon}", recon.data.shape, f"truth {args.truth}",
+                raise shape_mismatch(f"reconstruction {cfg.recon}", recon.data.shape, f"truth {cfg.truth}",
                                      truth.data.shape)
             mask = None
-            if args.mask:
-                mask = check_mask(read_volume(args.mask, dtype=None).data, args.mask, truth.data, "truth")
-            slice_figure(recon.data, truth.data, args.output, mask, truth.voxel_size_mm or (1.0, 1.0, 1.0),
-                         args.window, args.title)
+            if cfg.mask:
+                mask = check_mask(read_volume(cfg.mask, dtype=None).data, cfg.mask, truth.data, "truth")
+            slice_figure(recon.data, truth.data, cfg.output, mask, truth.voxel_size_mm or (1.0, 1.0, 1.0),
+                         cfg.window, cfg.title or None)
         else:
-            loss_figure(args.log, args.output, args.columns, args.title)
-        print(f"wrote {args.output}")
+            loss_figure(cfg.log, cfg.output, list(cfg.columns) if cfg.columns else None, cfg.title or None)
+        print(f"wrote {cfg.output}")
         return 0
 
     return run_cli(body, PROG)

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _commands():
     import genRDFPatchesSyn
-    from evaluation import demo  # noqa: F401  (imported for the --help list only)
+    from evaluation import baselines, demo, figures
+    from evaluation import cli as evaluate
     from network_model import infer
     from network_model.model_finetune import train as finetune
     from network_model.train_model import train as pretrain
@@ -39,14 +40,20 @@ def _commands():
         "finetune": (finetune, finetune.FinetuneConfig, []),
         "infer": (infer, infer.InferConfig, []),
         "simulate": (simulate, simulate.SimulateConfig, []),
+        "baseline": (baselines, baselines.BaselineConfig, []),
+        "demo": (demo, demo.DemoConfig, []),
+        "figures-slices": (figures, figures.SlicesConfig, ["slices"]),
+        "figures-losses": (figures, figures.LossesConfig, ["losses"]),
+        "evaluate": (evaluate, evaluate.EvaluateConfig, []),  # columns: a list of mappings, its own reader
     }
 
 
-COMMANDS = ["genchi", "fieldmap", "patches", "train", "finetune", "infer", "simulate"]
+COMMANDS = ["genchi", "fieldmap", "patches", "train", "finetune", "infer", "simulate", "baseline", "demo",
+            "figures-slices", "figures-losses"]
 # values the generic rule below would pick but the step's own validation refuses
 SPECIAL = {("patches", "grid"): True, ("patches", "patch_size"): (32, 32, 16), ("patches", "stride"): (8, 8, 4),
            ("patches", "target_patch_size"): (16, 16, 16), ("fieldmap", "pad"): "8", ("train", "dipole_pad"): "auto",
-           ("finetune", "dipole_pad"): "none", ("simulate", "resolution"): 2.0}
+           ("finetune", "dipole_pad"): "none", ("simulate", "resolution"): 2.0, ("baseline", "pad"): "8"}
 
 
 def _sample(command, field, hint):
@@ -122,24 +129,22 @@ def test_old_boolean_and_name_spellings():
     assert resolve_config(finetune.FinetuneConfig, None, vars(parser.parse_args(["--quiet"]))).progress is False
 
 
-CONFIG_COMMANDS = {  # console script -> argv (after --config FILE) of a run that reads the config first
-    "genchi": ["src.nii.gz", "--mask", "m.nii.gz", "-o", "o.h5"],
-    "fieldmap": [],
-    "patches": ["--source", "s.h5", "-o", "o.h5"],
-    "train": [],
-    "finetune": [],
-    "infer": [],
-    "simulate": [],
+CONFIG_COMMANDS = {  # command -> (argv before, argv after --config FILE) of a run that reads the config first
+    "genchi": ([], ["src.nii.gz", "--mask", "m.nii.gz", "-o", "o.h5"]),
+    "patches": ([], ["--source", "s.h5", "-o", "o.h5"]),
+    "figures-slices": (["slices"], []),
+    "figures-losses": (["losses"], []),
 }
 
 
-@pytest.mark.parametrize("command", sorted(CONFIG_COMMANDS))
+@pytest.mark.parametrize("command", COMMANDS + ["evaluate"])
 def test_unknown_config_key_exits_2_with_a_suggestion(command, tmp_path, capsys):
     module, cls, _ = _commands()[command]
     first = dataclasses.fields(cls)[1].name
     config = tmp_path / "c.yaml"
     config.write_text(f"{first}x: 1\n")
-    assert module.main(["--config", str(config), *CONFIG_COMMANDS[command]]) == 2
+    before, after = CONFIG_COMMANDS.get(command, ([], []))
+    assert module.main([*before, "--config", str(config), *after]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"unknown key '{first}x' (did you mean '{first}'?)" in err
 

@@ -100,7 +100,10 @@ def test_baselines_zero_pad_by_default(method):
 
 
 def test_command_pads_by_default():
-    assert B.build_parser().parse_args(["tkd", "--field", "f", "--mask", "m", "-o", "o"]).pad == "auto"
+    from training_data.step_config import resolve_config
+
+    args = B.build_parser().parse_args(["tkd", "--field", "f", "--mask", "m", "-o", "o"])
+    assert resolve_config(B.BaselineConfig, None, vars(args)).pad == "auto"
 
 
 def test_ndi_data_gradient_identity():
