@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training_data.errors import InputError, run_cli
+from daqsm.config import add_config_options, config_to_dict, resolve_config, write_config
+from daqsm.errors import InputError, run_cli
 from training_data.geometry import int_triple
 from training_data.patch_inputs import SourceInputs, TargetInputs
 from training_data.patches import PatchFileWriter, bbox_crop_origin, bbox_crop_size, select_origins
-from training_data.step_config import add_config_options, config_to_dict, resolve_config, write_config
 from training_data.units import FIELD_UNITS
 from training_data.volume_io import HDF5_SUFFIXES, atomic_path, suffix_of
 

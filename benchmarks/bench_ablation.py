@@ -2,7 +2,7 @@
 
 Commands (results in benchmarks/results_ablation.md):
     W=work/ablation; D=../shared/data
-    python -m training_data.simulate --source $D/rc2_phantom -o $W/targets --seed 0 --quiet
+    python -m training_data.simulator.simulate --source $D/rc2_phantom -o $W/targets --seed 0 --quiet
     python training_data/genChi.py $D/qsm2016/chi_cosmos.nii.gz --mask $D/qsm2016/msk.nii.gz -n 24 \\
         -o $W/chi.h5 --seed 0 --quiet
     python training_data/qsmFmapCal_gpu.py $W/chi.h5 -o $W/fields.h5
@@ -13,7 +13,7 @@ Commands (results in benchmarks/results_ablation.md):
     python benchmarks/bench_ablation.py finetune --work $W --name balanced_bbox --iterations 150
     python benchmarks/bench_ablation.py table --work $W
     # every saved map and TKD / L2 against the cases' truth and the Gibbs-free truth
-    python -m training_data.simulate --source $D/rc2_phantom -o $W/targets_gf --seed 0 --quiet
+    python -m training_data.simulator.simulate --source $D/rc2_phantom -o $W/targets_gf --seed 0 --quiet
     python benchmarks/bench_ablation.py evaluate --work $W --truths targets targets_gf
 
 Every row uses the same data (24 synthetic maps of the 2016 COSMOS map, 64^3 source patches), the

@@ -1,7 +1,7 @@
 """Benchmark: the classic inversions on RC2-like case folders (all eight RC2 metrics) or the 2016 data.
 
 Commands (from the repository root; the data stays where it is, nothing is copied):
-    # RC2-like cases (training_data.simulate): TKD, L2, NLTV stage 1 (discrepancy alpha) and
+    # RC2-like cases (training_data.simulator.simulate): TKD, L2, NLTV stage 1 (discrepancy alpha) and
     # stage 2 (best alpha by ground truth) over one alpha scan, eight RC2 metrics each
     PYTHONPATH=$PWD nohup python benchmarks/bench_baselines.py --cases CASES/Sim1Snr1 CASES/Sim2Snr1 \
         --out benchmarks/out/baselines > /tmp/bench_baselines.log 2>&1 &
@@ -12,7 +12,7 @@ Commands (from the repository root; the data stays where it is, nothing is copie
 Python (another session's benchmark): `from benchmarks.bench_baselines import baseline_rows` (repository
 root on sys.path) -> {method: {RC2 row: value, ..., "alpha", "seconds", ...}} for one case folder.
 
-Case folder (training_data.simulate.write_case): local_field.nii.gz (ppm), magnitude.nii.gz (4-D,
+Case folder (training_data.simulator.simulate.write_case): local_field.nii.gz (ppm), magnitude.nii.gz (4-D,
 echoes last), mask.nii.gz, chi.nii.gz (truth, ppm), segmentation.nii.gz, case.json (b0_tesla, te_s,
 voxel_size_mm, b0_dir). NLTV: phase scale at the 2nd echo time (the echo the magnitude weight comes
 from), weight = 2nd echo magnitude (`--weight mask` for none), FFT padding `auto` for every method.
@@ -50,7 +50,7 @@ def baseline_rows(case_folder, alphas=None, iterations: int | None = None, weigh
     """TKD, L2, NLTV stage 1 and stage 2 on one case folder, with the eight RC2 metrics each.
 
     Args:
-        case_folder: folder written by training_data.simulate (module doc).
+        case_folder: folder written by training_data.simulator.simulate (module doc).
         alphas: NLTV alpha grid (default evaluation.nltv_alpha.ALPHA_GRID).
         iterations: NLTV ADMM iterations per alpha (default NDITVParams().iterations; warm-started).
         weight: "magnitude" (2nd echo) or "mask", the NLTV data weight.
@@ -125,7 +125,7 @@ def cases_table(results: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", nargs="+", help="RC2-like case folders (training_data.simulate)")
+    parser.add_argument("--cases", nargs="+", help="RC2-like case folders (training_data.simulator.simulate)")
     parser.add_argument("--out", help="--cases: folder for baselines.md, baselines.json and the maps")
     parser.add_argument("--weight", default="magnitude", choices=("magnitude", "mask"), help="--cases: NLTV weight")
     parser.add_argument("--alphas", type=float, nargs="+", help="--cases: NLTV alpha grid (default nltv_alpha.ALPHA_GRID)")

@@ -39,7 +39,7 @@ def build_unet(depth: int = 4, base: int = 16, seed: int = 0):
     import keras
     from keras import layers
 
-    from training_data.tf_env import seed_everything
+    from daqsm.tf_env import seed_everything
 
     seed_everything(seed)
     field = keras.Input((None, None, None, 1), name="field_ppm")
@@ -82,7 +82,7 @@ def maxrss_mb() -> float:
 
 def run_case(name: str, tile: int, overlap: int) -> dict:
     """One case in this process; prints a JSON line."""
-    from training_data.tf_env import import_tensorflow
+    from daqsm.tf_env import import_tensorflow
 
     import_tensorflow()
     from network_model import tiling

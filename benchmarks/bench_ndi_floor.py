@@ -1,7 +1,7 @@
 """The true chi's NDI loss against the crop size: how far small target patches keep data consistency
 from the truth (issue 16 item 4).
 
-Command (a case folder from training_data.simulate, e.g. the ablation's 1 mm RC2-like cases):
+Command (a case folder from training_data.simulator.simulate, e.g. the ablation's 1 mm RC2-like cases):
     python benchmarks/bench_ndi_floor.py --case work/ablation/targets/Sim1Snr2 --crops 32 48 64 96 128
 
 For each crop size: every grid crop (stride half the crop) with at least half brain, the normalised

@@ -96,10 +96,10 @@ def bench_throughput(steps, warmup, n=64, count=16, batch=2):
 
 
 def bench_finetune(iterations, n=160):
+    from daqsm.tf_env import seed_everything
     from network_model.model_finetune import train as finetune
     from network_model.unet import build_target_model
     from training_data.dipole import forward_field
-    from training_data.tf_env import seed_everything
     from training_data.volume_io import write_volume
 
     tmp = tempfile.mkdtemp()
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--skip", choices=("throughput", "finetune"), default=None)
     args = parser.parse_args(argv)
-    from training_data.tf_env import import_tensorflow
+    from daqsm.tf_env import import_tensorflow
 
     tf = import_tensorflow()
     print(f"TF {tf.__version__}, {os.cpu_count()} CPUs, load {os.getloadavg()}", flush=True)

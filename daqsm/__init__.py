@@ -10,6 +10,12 @@ Steps (daqsm/api.py; units in each docstring):
     metrics                  chi, truth (ppm), segmentation, mask -> the eight RC2 metrics
 
 Names are imported on first use (module __getattr__), so `import daqsm` does not import TensorFlow.
+
+Shared infrastructure, importing nothing of the pipeline packages (dependencies point one way:
+daqsm.api -> evaluation -> network_model -> training_data -> the modules below):
+    errors.py   InputError and run_cli (one line on stderr, exit status 2)
+    tf_env.py   TensorFlow import with the quiet/deterministic settings, seeding
+    config.py   the one config layer of every command (dataclass < config file < options)
 """
 from __future__ import annotations
 

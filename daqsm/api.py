@@ -2,7 +2,7 @@
 
 Conventions: float32 arrays, axes (x, y, z) (a leading N for stacks of maps), fields and chi in ppm,
 masks 0/1, voxel sizes in mm, B0 directions in voxel axes, B0 in tesla, TE in seconds. Bad input
-raises training_data.errors.InputError (a ValueError) with the one-line message the commands print.
+raises daqsm.errors.InputError (a ValueError) with the one-line message the commands print.
 Steps 4 and 5 run their file-based training loop in a temporary folder (checkpoints, logs) and
 return what it produced; nothing is left on disk.
 """
@@ -136,11 +136,11 @@ def pretrain(patches: dict | None = None, patch_file=None, **config):
         (target model: keras.Model, inputs [field (b, x, y, z, 1) ppm, mask] -> chi ppm;
          log: list of dicts per step: loss, l1, ndi, tv, ...).
     """
+    from daqsm.errors import InputError
     from network_model.config import resolve_config
     from network_model.model_info import load_model_file
     from network_model.train_model.train import PretrainConfig
     from network_model.train_model.train import pretrain as run_pretrain
-    from training_data.errors import InputError
 
     if (patches is None) == (patch_file is None):
         raise InputError("pretrain: give patches (make_patches' dict) or patch_file, one of them")
@@ -173,11 +173,11 @@ def finetune(model, field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0),
     """
     import json
 
+    from daqsm.errors import InputError
     from network_model.config import resolve_config
     from network_model.model_finetune.train import FinetuneConfig, output_paths
     from network_model.model_finetune.train import finetune as run_finetune
     from network_model.model_info import load_model_file, save_model_atomic
-    from training_data.errors import InputError
     from training_data.volume_io import read_volume, write_volume
 
     config.setdefault("progress", False)

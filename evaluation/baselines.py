@@ -33,9 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 
+from daqsm.config import add_config_options, param, resolve_config
+from daqsm.errors import InputError, run_cli, shape_mismatch
 from training_data.dipole import dipole_kernel, fft_shape
-from training_data.errors import InputError, run_cli, shape_mismatch
-from training_data.step_config import add_config_options, param, resolve_config
 
 METHODS = ("tkd", "l2", "ndi-tv")
 
@@ -373,7 +373,7 @@ def cli() -> None:
 def _run(args) -> int:
     import os
 
-    from training_data.errors import choices_message
+    from daqsm.errors import choices_message
     from training_data.volume_io import check_mask, read_volume, write_volume
 
     if args.method not in METHODS:

@@ -19,7 +19,7 @@ import os
 import sys
 from dataclasses import dataclass, fields
 
-from training_data.errors import InputError, run_cli
+from daqsm.errors import InputError, run_cli
 
 PROG = "python -m evaluation"
 CASE_FILES = {"truth": "chi.nii.gz", "seg": "segmentation.nii.gz", "mask": "mask.nii.gz"}
@@ -93,11 +93,11 @@ def cli() -> None:
 
 def load_config_file(path) -> dict:
     """Read a JSON or YAML mapping; relative paths in it are resolved against its folder."""
-    from training_data.step_config import read_config_file, unknown_key
+    from daqsm.config import read_config_file, unknown_key
 
     data = read_config_file(path)
     known = {f.name for f in fields(EvaluateConfig)}
-    for key in data:  # the one layer's rule (training_data/step_config.py); columns are a list of mappings
+    for key in data:  # the one layer's rule (daqsm/config.py); columns are a list of mappings
         if key not in known:
             raise unknown_key(f"config {path}", key, sorted(known))
     base = os.path.dirname(os.path.abspath(path))

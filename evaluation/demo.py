@@ -11,7 +11,7 @@ the built-in phantom or, with --data, from the RC2 segmentation. Each step runs 
 
 Output folder:
     source/                 source chi (ppm) and mask the synthetic maps start from
-    targets/Sim*Snr*/       RC2-like cases (training_data.simulate layout)
+    targets/Sim*Snr*/       RC2-like cases (training_data.simulator.simulate layout)
     step1_chi.h5            synthetic susceptibility maps (ppm)           step 1
     step2_fields.h5         their field maps (ppm)                         step 2
     step3_patches.h5        source + target patches                        step 3
@@ -29,8 +29,8 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from training_data.errors import InputError, run_cli
-from training_data.step_config import add_config_options, param, resolve_config
+from daqsm.config import add_config_options, param, resolve_config
+from daqsm.errors import InputError, run_cli
 
 PROG = "daqsm-demo"
 COLUMNS = {"SNR1": "Sim2Snr1", "SNR2": "Sim2Snr2"}
@@ -67,7 +67,7 @@ SIZES = {
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Options of the demo (config-file keys = field names; options training_data.step_config)."""
+    """Options of the demo (config-file keys = field names; options daqsm.config)."""
 
     output: str = param("demo_out", "output folder", flags=("-o",))
     data: str | None = param(None, "shared data folder with qsm2016/ and rc2_phantom/: run the method's real setup")
@@ -105,7 +105,8 @@ def run_demo(args) -> int:
     from network_model import infer
     from network_model.model_finetune import train as finetune
     from network_model.train_model import train as pretrain
-    from training_data import genChi, qsmFmapCal_gpu, simulate
+    from training_data import genChi, qsmFmapCal_gpu
+    from training_data.simulator import simulate
 
     size = SIZES[args.size or ("real" if args.data else "small")]
     if args.pretrain_steps:
@@ -197,7 +198,7 @@ def write_builtin_source(folder: Path, resolution_mm: float, seed: int):
     """Source-domain map from the built-in phantom: another texture seed, no calcification."""
     import numpy as np
 
-    from training_data.phantom import make_phantom
+    from training_data.simulator.phantom import make_phantom
     from training_data.volume_io import write_volume
 
     phantom = make_phantom(resolution_mm, seed=seed + 1000, calcification=False)

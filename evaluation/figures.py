@@ -31,8 +31,8 @@ import numpy as np
 if __package__ in (None, ""):  # `python evaluation/figures.py` from a checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training_data.errors import InputError, run_cli, shape_mismatch  # noqa: E402
-from training_data.step_config import add_config_options, param, resolve_config  # noqa: E402
+from daqsm.config import add_config_options, param, resolve_config  # noqa: E402
+from daqsm.errors import InputError, run_cli, shape_mismatch  # noqa: E402
 from training_data.volume_io import atomic_path, check_mask, read_volume  # noqa: E402
 
 PROG = "daqsm-figures"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.ndimage as ndi
 
-from training_data.errors import InputError, shape_mismatch
+from daqsm.errors import InputError, shape_mismatch
 
 RC2_ROWS = ("rmse", "rmse_detrend", "rmse_detrend_Tissue", "rmse_detrend_Blood", "rmse_detrend_DGM",
             "DeviationFromLinearSlope", "CalcStreak", "DeviationFromCalcMoment")

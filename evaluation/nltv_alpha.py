@@ -47,9 +47,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from daqsm.errors import InputError, shape_mismatch
 from evaluation.baselines import NDITVParams, _check_weight, ndi_data_term, ndi_tv
 from training_data.dipole import forward_field
-from training_data.errors import InputError, shape_mismatch
 from training_data.noise import estimate_noise_ppm as shared_noise_estimate
 
 # 1e-4 .. 0.1 in steps of 10^(1/3) (x2.15): the 2016 data's best (0.1, 3 T / 25 ms) and high-SNR

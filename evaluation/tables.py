@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from training_data.errors import InputError
+from daqsm.errors import InputError
 from training_data.volume_io import atomic_path
 
 

@@ -1,4 +1,4 @@
-"""Config of steps 4 and 5 and inference: the one config layer of training_data/step_config.py.
+"""Config of steps 4 and 5 and inference: the one config layer of daqsm/config.py.
 
 Kept as the names these scripts (and their tests) import: `add_config_arguments` adds `--config`
 and one option per field; `resolve_config` applies defaults < config file < options.
@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import argparse
 
-from training_data.errors import InputError
-from training_data.step_config import add_config_options, file_values, read_config_file, write_config
-from training_data.step_config import resolve_config as _resolve
+from daqsm.config import add_config_options, file_values, read_config_file, write_config
+from daqsm.config import resolve_config as _resolve
+from daqsm.errors import InputError
 
 
 def load_config_file(path) -> dict:
-    """Read a JSON or YAML mapping (training_data.step_config.read_config_file)."""
+    """Read a JSON or YAML mapping (daqsm.config.read_config_file)."""
     return read_config_file(path)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls, flags: dict | None = None,
                          helps: dict | None = None) -> None:
-    """`--config FILE` plus one option per dataclass field (training_data.step_config).
+    """`--config FILE` plus one option per dataclass field (daqsm.config).
 
     `flags` and `helps` are accepted for older callers; new code puts them in the field metadata.
     """

@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from training_data.errors import InputError
+from daqsm.errors import InputError
 from training_data.formats.patch_h5 import (  # noqa: F401  (the patch file's home; names kept here for callers)
     SOURCE_KEYS,
     TARGET_KEYS,

@@ -29,8 +29,8 @@ import numpy as np
 if __package__ in (None, ""):  # `python network_model/infer.py` from a checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training_data.errors import InputError, run_cli  # noqa: E402
-from training_data.step_config import param  # noqa: E402
+from daqsm.config import param  # noqa: E402
+from daqsm.errors import InputError, run_cli  # noqa: E402
 from training_data.volume_io import NIFTI_SUFFIXES, atomic_path, read_field, read_mask, suffix_of, write_volume  # noqa: E402
 
 PROG = "daqsm-infer"
@@ -38,7 +38,7 @@ PROG = "daqsm-infer"
 
 @dataclass(frozen=True)
 class InferConfig:
-    """Settings of one inference run (config-file keys = field names; options training_data.step_config)."""
+    """Settings of one inference run (config-file keys = field names; options daqsm.config)."""
 
     model: str | None = param(None, "exported target model (.keras, contract 3)")
     field: str | None = param(None, "local field map (NIfTI, FILE.mat[:VAR], .h5, .npy); unit given by units")
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> InferConfig:
-    """Defaults < config file < command-line options (training_data.step_config)."""
+    """Defaults < config file < command-line options (daqsm.config)."""
     from network_model.config import resolve_config as resolve
 
     return resolve(InferConfig, args)

@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from training_data.errors import InputError
+from daqsm.errors import InputError
 from training_data.geometry import check_voxel_size, normalise_b0_dir
 from training_data.volume_io import atomic_path
 
@@ -159,7 +159,7 @@ def load_model_file(path) -> "keras.Model":  # noqa: F821
         raise InputError(f"model {path}: file not found")
     if not path.endswith(".keras"):
         raise InputError(f"model {path}: expected a Keras 3 model file ending in .keras")
-    from training_data.tf_env import import_tensorflow
+    from daqsm.tf_env import import_tensorflow
 
     import_tensorflow()
     import keras

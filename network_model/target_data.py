@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training_data.errors import InputError, shape_mismatch
+from daqsm.errors import InputError, shape_mismatch
 from training_data.formats import case_folder
 from training_data.geometry import Geometry
 from training_data.units import rad_per_ppm

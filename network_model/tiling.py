@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from training_data.errors import InputError
+from daqsm.errors import InputError
 from training_data.geometry import int_triple
 
 #: Predictor: (field_ppm, mask), each float32 (b, x, y, z, 1) -> chi_ppm (b, x, y, z, 1).
@@ -236,7 +236,7 @@ def keras_predictor(model) -> Predictor:
     The call is traced once for any batch and spatial size (None dimensions), so whole-volume and
     tiled inference do not retrace per shape.
     """
-    from training_data.tf_env import import_tensorflow
+    from daqsm.tf_env import import_tensorflow
 
     tf = import_tensorflow()
     spec = tf.TensorSpec([None, None, None, None, 1], tf.float32)

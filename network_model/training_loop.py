@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import keras
 import tensorflow as tf
 
-from training_data.errors import choices_message
+from daqsm.errors import choices_message
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 SCHEDULES = ("constant", "cosine", "exponential")

@@ -1,4 +1,4 @@
-"""The one config layer (training_data/step_config.py) as every command sees it.
+"""The one config layer (daqsm/config.py) as every command sees it.
 
 Asserts the RESOLVED value of every parameter of every dataclass-configured command, reached by
 its dashed option, its underscore spelling (the original keys, e.g. --datasets_path) and a config
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from training_data.step_config import _spec, option_name, resolve_config
+from daqsm.config import _spec, option_name, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,8 @@ def _commands():
     from network_model import infer
     from network_model.model_finetune import train as finetune
     from network_model.train_model import train as pretrain
-    from training_data import genChi, qsmFmapCal_gpu, simulate
+    from training_data import genChi, qsmFmapCal_gpu
+    from training_data.simulator import simulate
 
     # (module, config class, argv every parse needs)
     return {

@@ -5,7 +5,7 @@ with the same seed into two folders (fixtures `tiny_run`, `tiny_rerun` in tests/
 every output is compared bit for bit: all HDF5 datasets and attributes, NIfTI data, affine and
 header, the weights and architecture inside each `.keras` file, the loss logs and tables, the JSON
 sidecars and the PNG figures. The seeds and op determinism are set in one place,
-training_data/tf_env.py.
+daqsm/tf_env.py.
 
 Left out, because they are not results: wall times (`elapsed_s` in the loss logs, `seconds` of the
 inference sidecar, `date_saved` in a `.keras` file, and so the loss-curve PNGs, whose lower panel

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.ndimage as ndi
 
-from training_data.errors import InputError
+from daqsm.errors import InputError
 from training_data.strong_sources import add_sources, random_rotation, source_footprint  # noqa: F401 (re-export)
 
 CONTRAST_FAMILIES = ("none", "linear", "gamma", "log", "sigmoid")

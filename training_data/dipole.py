@@ -25,7 +25,7 @@ import functools
 import numpy as np
 import scipy.fft
 
-from training_data.errors import InputError
+from daqsm.errors import InputError
 from training_data.geometry import check_voxel_size, normalise_b0_dir
 
 PAD_CHOICES = ("none", "fast", "auto")

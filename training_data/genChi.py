@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from daqsm.config import add_config_options, config_to_dict, resolve_config, write_config
+from daqsm.errors import InputError, run_cli, shape_mismatch
 from training_data.augment import AugmentParams, augment_sample
-from training_data.errors import InputError, run_cli, shape_mismatch
-from training_data.step_config import add_config_options, config_to_dict, resolve_config, write_config
 from training_data.volume_io import HDF5_SUFFIXES, atomic_path, check_mask, read_volume, suffix_of, write_volume
 
 PROG = "genChi"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from training_data.errors import InputError
+from daqsm.errors import InputError
 
 
 @dataclass(frozen=True)

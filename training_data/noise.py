@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training_data.errors import InputError, shape_mismatch
+from daqsm.errors import InputError, shape_mismatch
 
 _MAD_TO_STD = 0.6745  # median |N(0, 1)|
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training_data.errors import InputError, shape_mismatch
+from daqsm.errors import InputError, shape_mismatch
 from training_data.formats import case_folder
 from training_data.formats.chi_h5 import read_chi_map
 from training_data.formats.field_h5 import read_field_map

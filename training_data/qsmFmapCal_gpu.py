@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from daqsm.config import add_config_options, param, resolve_config
+from daqsm.errors import InputError, run_cli
 from training_data.dipole import fft_shape
-from training_data.errors import InputError, run_cli
 from training_data.formats.chi_h5 import is_chi_h5
 from training_data.geometry import check_voxel_size, normalise_b0_dir
-from training_data.step_config import add_config_options, param, resolve_config
 from training_data.volume_io import (
     ALL_SUFFIXES,
     HDF5_SUFFIXES,
@@ -60,7 +60,7 @@ class ChiMap:
 
 @dataclass(frozen=True)
 class FieldmapConfig:
-    """Step 2 parameters (config-file keys = field names; options training_data.step_config)."""
+    """Step 2 parameters (config-file keys = field names; options daqsm.config)."""
 
     inputs: tuple = param((), "susceptibility maps (ppm), folders or a step-1 HDF5 (also given as INPUT...)", type=str)
     output: str = param("", "output .nii/.nii.gz (one input), folder, or .h5", flags=("-o",))
@@ -127,7 +127,7 @@ def _run(args: FieldmapConfig) -> int:
 
     from tqdm import tqdm
 
-    from training_data.tf_env import device_name
+    from daqsm.tf_env import device_name
 
     engine = FieldEngine(args.pad, args.d0)
     progress = tqdm(maps, desc=f"field maps ({device_name()})", unit="map", disable=len(maps) < 2, file=sys.stderr)

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from training_data.errors import InputError, choices_message
+from daqsm.errors import InputError, choices_message
 
 #: Reduced gyromagnetic ratio of 1H, gamma / 2 pi, in Hz per tesla (CODATA 2018: 42.577 478 518 MHz/T).
 GAMMA_BAR_HZ_PER_T = 42.577478e6

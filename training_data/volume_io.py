@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training_data.errors import InputError, shape_mismatch
+from daqsm.errors import InputError, shape_mismatch
 from training_data.geometry import Geometry, b0_dir_from_affine, check_voxel_size, voxel_size_from_affine
 from training_data.units import to_ppm
 

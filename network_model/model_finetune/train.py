@@ -46,9 +46,9 @@ from dataclasses import dataclass
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from daqsm.config import param  # noqa: E402
+from daqsm.errors import InputError, run_cli  # noqa: E402
 from network_model.config import add_config_arguments, resolve_config, write_resolved_config  # noqa: E402
-from training_data.errors import InputError, run_cli  # noqa: E402
-from training_data.step_config import param  # noqa: E402
 
 PROG = "model_finetune/train.py (step 5)"
 
@@ -168,7 +168,7 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
     if phase is None or not (phase > 0 and math.isfinite(phase)):
         raise InputError("phase scale unknown: give --b0 TESLA and --te SECONDS (or --phase_rad_per_ppm)")
 
-    from training_data.tf_env import import_tensorflow, seed_everything
+    from daqsm.tf_env import import_tensorflow, seed_everything
 
     tf = import_tensorflow()
     import numpy as np

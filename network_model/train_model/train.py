@@ -29,9 +29,9 @@ from dataclasses import dataclass
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from daqsm.config import param  # noqa: E402
+from daqsm.errors import InputError, run_cli  # noqa: E402
 from network_model.config import add_config_arguments, resolve_config, write_resolved_config  # noqa: E402
-from training_data.errors import InputError, run_cli  # noqa: E402
-from training_data.step_config import param  # noqa: E402
 
 PROG = "train.py (step 4)"
 
@@ -149,7 +149,7 @@ def make_validate(model, dipole, phase: float, cfg: PretrainConfig, source, targ
 
 def pretrain(cfg: PretrainConfig) -> int:
     """Run (or resume) step 4; returns the exit status (0 done, 1 stopped on a non-finite loss)."""
-    from training_data.tf_env import import_tensorflow, seed_everything
+    from daqsm.tf_env import import_tensorflow, seed_everything
 
     tf = import_tensorflow()
 

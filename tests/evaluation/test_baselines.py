@@ -100,7 +100,7 @@ def test_baselines_zero_pad_by_default(method):
 
 
 def test_command_pads_by_default():
-    from training_data.step_config import resolve_config
+    from daqsm.config import resolve_config
 
     args = B.build_parser().parse_args(["tkd", "--field", "f", "--mask", "m", "-o", "o"])
     assert resolve_config(B.BaselineConfig, None, vars(args)).pad == "auto"

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
+from daqsm.errors import InputError
 from evaluation import metrics
-from training_data.errors import InputError
 
 
 def _case(shape=(32, 32, 32), seed=0, with_calc=True):

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
+from daqsm.errors import InputError
 from evaluation import tables
-from training_data.errors import InputError
 
 
 def _table():

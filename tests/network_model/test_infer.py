@@ -24,7 +24,7 @@ AFFINE = np.array([[1.0, 0, 0, -20], [0, 1.2, 0, -30], [0, 0, 0.9, -10], [0, 0, 
 
 def build_small_model(n_inputs: int = 2):
     """Two poolings + two upsamplings (divisor 4), skips, output x mask: contract 3 in miniature."""
-    from training_data.tf_env import import_tensorflow
+    from daqsm.tf_env import import_tensorflow
 
     import_tensorflow()
     import keras

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from daqsm.errors import InputError
 from network_model import tiling
-from training_data.errors import InputError
 
 
 def identity(field_batch, mask_batch):

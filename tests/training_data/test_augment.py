@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
+from daqsm.errors import InputError
 from training_data.augment import (
     CONTRAST_FAMILIES,
     AugmentParams,
@@ -19,7 +20,6 @@ from training_data.augment import (
     source_footprint,
     warp,
 )
-from training_data.errors import InputError
 
 OFF = dict(elastic=False, affine=False, contrast=False, sources=False, erode_vox=0)
 

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from training_data.errors import InputError
+from daqsm.errors import InputError
 from training_data.formats import case_folder, chi_h5, field_h5, patch_h5
 
 

@@ -10,9 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from daqsm.config import option_name
 from tests.training_data.test_augment import blob
 from training_data import genChi
-from training_data.step_config import option_name
 
 VOXEL = (1.1, 1.0, 1.2)
 

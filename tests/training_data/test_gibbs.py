@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training_data import simulate
-from training_data.gibbs import nyquist_ringing, remove_gibbs_ringing
-from training_data.gre import crop_kspace
-from training_data.tissue import label_chi_ppm
+from training_data.simulator import simulate
+from training_data.simulator.gibbs import nyquist_ringing, remove_gibbs_ringing
+from training_data.simulator.gre import crop_kspace
+from training_data.simulator.tissue import label_chi_ppm
 from training_data.volume_io import read_volume
 
 RESOLUTION_MM = 3.0  # built-in phantom, native 1.92 mm -> 61 x 74 x 61: cropped in k-space, small

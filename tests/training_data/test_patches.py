@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import genRDFPatchesSyn
+from daqsm.errors import InputError
 from tests.training_data.test_augment import blob
 from training_data import genChi
 from training_data.dipole import forward_field
-from training_data.errors import InputError
 from training_data.patches import (
     assemble_patches,
     axis_starts,
@@ -271,7 +271,7 @@ def test_bad_inputs_exit_2_nothing_written(synth, tmp_path, capsys):
 def test_every_parameter_is_reachable_from_the_command_line():
     import dataclasses
 
-    from training_data.step_config import option_name
+    from daqsm.config import option_name
 
     options = {opt for action in genRDFPatchesSyn.build_parser()._actions for opt in action.option_strings}
     for field in dataclasses.fields(genRDFPatchesSyn.PatchConfig):

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from training_data import simulate
 from training_data.dipole import forward_field
-from training_data.gre import add_noise, crop_kspace, estimate_local_field
+from training_data.simulator import simulate
+from training_data.simulator.gre import add_noise, crop_kspace, estimate_local_field
 from training_data.volume_io import read_volume
 
 COARSE_MM = 4.0  # the built-in phantom at 4 mm: 46 x 55 x 46 voxels, fast
@@ -95,8 +95,8 @@ def test_same_seed_same_files_other_seed_differs(tmp_path):
 
 
 def test_labels_survive_resampling_and_texture_in_range():
-    from training_data.phantom import make_phantom
-    from training_data.tissue import TEXTURE_STD_RANGE_PPB
+    from training_data.simulator.phantom import make_phantom
+    from training_data.simulator.tissue import TEXTURE_STD_RANGE_PPB
 
     native = simulate.load_builtin(2.0)
     out_shape, _, _ = simulate.output_grid(native, 5.0)

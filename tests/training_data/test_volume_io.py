@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from training_data.errors import InputError
+from daqsm.errors import InputError
 from training_data.geometry import b0_dir_from_affine
 from training_data.units import hz_per_ppm, rad_per_ppm, to_ppm
 from training_data.volume_io import read_field, read_mask, read_volume, write_volume

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training_data.errors import InputError, shape_mismatch
+from daqsm.errors import InputError, shape_mismatch
 from training_data.volume_io import Volume, check_mask, read_volume
 
 WEIGHT_ECHO = 2  # 1-based; the only echo when the magnitude has fewer

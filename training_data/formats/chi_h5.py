@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from training_data.errors import InputError
+from daqsm.errors import InputError
 
 FORMAT_VERSION = 1
 

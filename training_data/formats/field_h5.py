@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training_data.errors import InputError
+from daqsm.errors import InputError
 
 
 class FieldH5Writer:

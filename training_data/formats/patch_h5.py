@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training_data.errors import InputError
+from daqsm.errors import InputError
 
 FORMAT_VERSION = 2
 INPUT_CONTRACT = "field*mask"

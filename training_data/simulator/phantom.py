@@ -5,7 +5,7 @@ brain mask) that ship inside nilearn's wheel (`nilearn.datasets.load_mni152_*`, 
 package's own files: no download). Cite: Fonov VS et al., NeuroImage 2011;54:313-327 and
 NeuroImage 2009;47:S102; nilearn (Abraham A et al., Front Neuroinform 2014;8:14).
 
-Labels (RC2 convention, training_data.tissue): inside the brain mask WM (8), GM (9) or CSF (10) by
+Labels (RC2 convention, training_data.simulator.tissue): inside the brain mask WM (8), GM (9) or CSF (10) by
 the largest of pWM, pGM and 1 - pGM - pWM; the deep-grey nuclei (1-7) as ellipsoids at approximate
 MNI positions (centres and semi-axes below are rounded, approximate atlas positions read for this
 phantom, e.g. from the Harvard-Oxford subcortical atlas and standard neuroanatomy; they are not
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.ndimage as ndi
 
-from training_data.errors import InputError
-from training_data.texture import texture_ppm as make_texture
-from training_data.tissue import CALCIFICATION, tissue_maps
+from daqsm.errors import InputError
+from training_data.simulator.texture import texture_ppm as make_texture
+from training_data.simulator.tissue import CALCIFICATION, tissue_maps
 
 FOV_MM = ((-92.0, 92.0), (-127.0, 93.0), (-82.0, 102.0))
 BRAINSTEM_CUT_Z_MM = -62.0
@@ -95,9 +95,9 @@ def make_phantom(resolution_mm: float = 1.0, seed: int = 0, calcification: bool 
             3 mm gives 61 x 73 x 61).
         seed: texture seed (the anatomy does not depend on it).
         calcification: include the calcification (label 16, chi -3.3 ppm).
-        variant: label susceptibilities, 'Sim1' or 'Sim2' (training_data.tissue).
+        variant: label susceptibilities, 'Sim1' or 'Sim2' (training_data.simulator.tissue).
         texture: add the correlated texture and iron gradients (else piecewise constant).
-        gm_wm_contrast: Sim1 contrast factor (training_data.tissue).
+        gm_wm_contrast: Sim1 contrast factor (training_data.simulator.tissue).
 
     Returns:
         Phantom.

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import scipy.ndimage as ndi
 
-from training_data.errors import InputError, shape_mismatch
+from daqsm.errors import InputError, shape_mismatch
 
 CALCIFICATION_LABEL = 16
 

@@ -32,7 +32,7 @@ import os
 import types
 import typing
 
-from training_data.errors import InputError, choices_message
+from daqsm.errors import InputError, choices_message
 
 MISSING = dataclasses.MISSING
 
@@ -287,9 +287,21 @@ def config_to_dict(config) -> dict:
 
 def write_config(config, path, sort_keys: bool = False) -> str:
     """Write the resolved config as JSON atomically; returns the path."""
-    from training_data.volume_io import atomic_path
+    import tempfile
 
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(config_to_dict(config), fh, indent=2, sort_keys=sort_keys)
-        fh.write("\n")
+    # temp file + rename (infrastructure imports nothing of the data package, so no volume_io.atomic_path)
+    folder = os.path.dirname(os.path.abspath(str(path)))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(str(path))}-", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(config_to_dict(config), fh, indent=2, sort_keys=sort_keys)
+            fh.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return str(path)

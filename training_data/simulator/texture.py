@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
-from training_data.tissue import CHIREF_PPM, TEXTURE_STD_PPB
+from training_data.simulator.tissue import CHIREF_PPM, TEXTURE_STD_PPB
 
 #: Iron-gradient amplitude (fraction of chiref at the ends of the structure) per label.
 IRON_GRADIENT = {1: 0.25, 2: -0.15, 3: -0.25}

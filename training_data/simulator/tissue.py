@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from training_data.errors import choices_message
+from daqsm.errors import choices_message
 
 LABEL_NAMES = {
     1: "caudate", 2: "globus pallidus", 3: "putamen", 4: "red nucleus", 5: "dentate nucleus",

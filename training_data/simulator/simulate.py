@@ -1,6 +1,6 @@
 """RC2-like target-domain simulator: four cases Sim{1,2} x Snr{1,2} from a head phantom.
 
-    python -m training_data.simulate --source builtin|RC2_PHANTOM_DIR -o OUT [--seed S]
+    python -m training_data.simulator.simulate --source builtin|RC2_PHANTOM_DIR -o OUT [--seed S]
         [--resolution MM] [--overwrite]
 
 Recipe (docs/physics.md, after Marques et al., MRM 2021;86:526, the QSM Challenge 2.0):
@@ -8,9 +8,9 @@ chi = per-label susceptibility (Sim1 lower GM/WM contrast and no calcification, 
 the calcification) + texture; field = D * chi of the brain tissue only (padded FFT) at the native
 grid (0.64 mm for RC2); multi-echo GRE at 7 T, TE 4/12/20/28 ms; k-space cropped to the output
 grid (1 mm: 164 x 205 x 205 for RC2); complex noise at peak SNR 100 (Snr1) / 1000 (Snr2); local
-field estimated from the noisy phase (training_data.gre). Ground truth chi is cropped in k-space
+field estimated from the noisy phase (training_data.simulator.gre). Ground truth chi is cropped in k-space
 the same way and then freed of the Gibbs ringing the crop leaves (sub-voxel shifts along all three
-axes, as RC2: training_data.gibbs; the echoes keep theirs, it is part of the measured data); labels
+axes, as RC2: training_data.simulator.gibbs; the echoes keep theirs, it is part of the measured data); labels
 are resampled by majority (every label of the input survives).
 
 Each case folder: local_field.nii.gz (ppm), magnitude.nii.gz (4-D, echoes last), mask.nii.gz,
@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 import scipy.ndimage as ndi
 
+from daqsm.config import add_config_options, param, resolve_config
+from daqsm.errors import InputError, run_cli
 from training_data.dipole import forward_field
-from training_data.errors import InputError, run_cli
 from training_data.formats.case_folder import write_case
-from training_data.gibbs import remove_gibbs_ringing
-from training_data.gre import add_noise, crop_kspace, echo_signals, estimate_local_field
-from training_data.step_config import add_config_options, param, resolve_config
-from training_data.texture import texture_ppm
-from training_data.tissue import BRAIN_LABELS, CALCIFICATION, CHIREF_PPM, tissue_maps
+from training_data.simulator.gibbs import remove_gibbs_ringing
+from training_data.simulator.gre import add_noise, crop_kspace, echo_signals, estimate_local_field
+from training_data.simulator.texture import texture_ppm
+from training_data.simulator.tissue import BRAIN_LABELS, CALCIFICATION, CHIREF_PPM, tissue_maps
 
 PROG = "simulate"
 B0_TESLA = 7.0
@@ -81,7 +81,7 @@ def load_rc2_phantom(folder) -> Anatomy:
 
 def load_builtin(native_mm: float) -> Anatomy:
     """The built-in phantom's anatomy at the native resolution."""
-    from training_data.phantom import phantom_anatomy
+    from training_data.simulator.phantom import phantom_anatomy
 
     labels, mask, affine = phantom_anatomy(native_mm, True)
     return Anatomy(np.array(labels), np.array(mask), (native_mm,) * 3, np.array(affine), dict(CHIREF_PPM), "builtin")
@@ -261,7 +261,7 @@ def simulate_cases(anatomy: Anatomy, out_dir, resolution_mm: float = 1.0, seed: 
 
 @dataclass(frozen=True)
 class SimulateConfig:
-    """Simulator parameters (config-file keys = field names; options training_data.step_config)."""
+    """Simulator parameters (config-file keys = field names; options daqsm.config)."""
 
     source: str = param("", "'builtin' or an RC2 phantom folder (SegmentedModel.nii.gz, ...)")
     output: str = param("", "output folder (one sub-folder per case)", flags=("-o",))
@@ -274,7 +274,7 @@ class SimulateConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m training_data.{PROG}", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=f"python -m training_data.simulator.{PROG}", description=__doc__.split("\n\n")[0])
     add_config_options(parser, SimulateConfig, group_title=None, config_option=True)
     return parser
 
