@@ -139,8 +139,8 @@ def pretrain(patches: dict | None = None, patch_file=None, **config):
     from daqsm.errors import InputError
     from network_model.config import resolve_config
     from network_model.model_info import load_model_file
-    from network_model.train_model.train import PretrainConfig
-    from network_model.train_model.train import pretrain as run_pretrain
+    from network_model.pretraining import PretrainConfig
+    from network_model.pretraining import pretrain as run_pretrain
 
     if (patches is None) == (patch_file is None):
         raise InputError("pretrain: give patches (make_patches' dict) or patch_file, one of them")
@@ -175,8 +175,8 @@ def finetune(model, field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0),
 
     from daqsm.errors import InputError
     from network_model.config import resolve_config
-    from network_model.model_finetune.train import FinetuneConfig, output_paths
-    from network_model.model_finetune.train import finetune as run_finetune
+    from network_model.finetuning import FinetuneConfig, output_paths
+    from network_model.finetuning import finetune as run_finetune
     from network_model.model_info import load_model_file, save_model_atomic
     from training_data.volume_io import read_volume, write_volume
 
