@@ -102,7 +102,8 @@ class DomainAdaptiveUNet(keras.Model):
             if block.startswith("enc"):
                 skips.append(x)
                 x = self.pool(x)
-        return self.out_conv(x) * (1.0 / self.label_scale) * mask
+        # float32 from here on under a mixed precision policy (network_model/precision.py)
+        return ops.cast(self.out_conv(x), "float32") * (1.0 / self.label_scale) * mask
 
     def build(self, input_shape=None):
         """Create every weight by running `call` on zeros (smallest valid size, all domains)."""
@@ -173,8 +174,11 @@ def export_target_model(model: DomainAdaptiveUNet, domain: int = 1) -> keras.Mod
     Returns:
         keras.Model [field_ppm, mask] -> chi_ppm; save it with `.save(path.keras)`.
     """
-    target = build_target_model(model.depth, model.base_filters, model.input_scale, model.label_scale,
-                                model.momentum, model.epsilon)
+    from network_model.precision import precision_policy
+
+    with precision_policy("float32"):  # exported models are float32 whatever the training precision
+        target = build_target_model(model.depth, model.base_filters, model.input_scale, model.label_scale,
+                                    model.momentum, model.epsilon)
     for name, conv in model.convs.items():
         target.get_layer(name).set_weights(conv.get_weights())
         target.get_layer(model.norms[name].name).set_weights(model.norms[name].domain_weights(domain))
