@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 
-import keras
-
-from training_data.errors import choices_message
+from training_data.errors import InputError, choices_message
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -37,12 +35,30 @@ def check_precision(name: str) -> str:
     return key
 
 
+def check_device(name: str) -> str:
+    """`check_precision`, and refuse float16 without a GPU (InputError).
+
+    TensorFlow 2.21 registers no float16 MaxPool3D kernel on the CPU (bfloat16 and float32 only), so
+    a float16 U-Net cannot run there; bfloat16 can.
+    """
+    name = check_precision(name)
+    if name == "mixed_float16":
+        from training_data.tf_env import import_tensorflow
+
+        if not import_tensorflow().config.list_physical_devices("GPU"):
+            raise InputError("precision mixed_float16: needs a GPU (TensorFlow has no float16 MaxPool3D "
+                             "kernel on the CPU); found none, use mixed_bfloat16 or float32")
+    return name
+
+
 @contextlib.contextmanager
 def precision_policy(name: str):
     """Keras' global dtype policy set to `name` while building layers; the previous one restored after.
 
     Layers keep the policy they were created with, so only construction needs to be inside.
     """
+    import keras
+
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(check_precision(name))
     try:
@@ -56,7 +72,7 @@ def needs_loss_scale(name: str) -> bool:
     return check_precision(name) == "mixed_float16"
 
 
-def with_precision(model: keras.Model, name: str) -> keras.Model:
+def with_precision(model, name: str):
     """The same functional model (same weights) with its compute layers in another precision.
 
     Args:
@@ -66,6 +82,8 @@ def with_precision(model: keras.Model, name: str) -> keras.Model:
     Returns:
         a new keras.Model with the same name, inputs and weights; its output stays float32.
     """
+    import keras
+
     name = check_precision(name)
     config = model.get_config()
     for layer in config["layers"]:

@@ -67,6 +67,9 @@ class DomainAdaptiveUNet(keras.Model):
     def __init__(self, depth: int = 4, base_filters: int = 16, num_domains: int = 2,
                  input_scale: float = DEFAULT_INPUT_SCALE, label_scale: float = DEFAULT_LABEL_SCALE,
                  momentum: float = 0.99, epsilon: float = 1e-3, synchronized_bn: bool = True, **kwargs):
+        # the container stays float32 (its inputs in ppm are not cast down); the layers built below
+        # follow the global policy, reduced under mixed precision (network_model/precision.py)
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if int(depth) < 1 or int(base_filters) < 1:
             raise ValueError(f"depth and base_filters must be >= 1, got {depth}, {base_filters}")

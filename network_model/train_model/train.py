@@ -157,7 +157,7 @@ def pretrain(cfg: PretrainConfig) -> int:
 
     from network_model.data import read_patch_group, split_indices
     from network_model.distributed import WorkerOutput, is_chief
-    from network_model.precision import check_precision
+    from network_model.precision import check_device
     from network_model.training_loop import make_strategy
     from network_model.unet import check_spatial_shape
 
@@ -173,7 +173,7 @@ def pretrain(cfg: PretrainConfig) -> int:
     if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.max_steps < 0 or cfg.target_batch_size < 0:
         raise InputError("batch_size and epochs must be >= 1, max_steps and target_batch_size >= 0")
     phase = phase_scale(cfg, target)
-    check_precision(cfg.precision)
+    check_device(cfg.precision)
     strategy = make_strategy(cfg.strategy, cfg.collective_timeout_s)
     chief = is_chief(strategy)
     for name, size in (("batch_size", cfg.batch_size), ("target_batch_size", target_batch(cfg))):
