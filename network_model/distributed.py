@@ -113,3 +113,21 @@ def lost_worker_message(err: BaseException, strategy, step: int, checkpoint: str
     return (f"multi-worker run ended at step {step}: {who} lost contact with {lost} ({type(err).__name__}); "
             f"restart every worker with the same command to resume from "
             f"{checkpoint or 'the start (no checkpoint yet)'}")
+
+
+def check_same_step(strategy, step_var) -> None:
+    """Every worker must resume from the same step (InputError otherwise): a run folder that is not on
+    a file system all workers see would let the chief resume while the others start from scratch."""
+    import tensorflow as tf
+
+    from training_data.errors import InputError
+
+    if strategy.num_replicas_in_sync < 2:
+        return
+    mine = float(step_var.numpy())
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM,
+                            strategy.run(lambda: tf.cast(step_var, tf.float32)), axis=None)
+    mean = float(total) / strategy.num_replicas_in_sync
+    if mean != mine:
+        raise InputError(f"checkpoints: {worker_name(strategy) or 'this worker'} restored step {int(mine)}, the "
+                         f"workers' mean is {mean:g}; the run folder must be on a file system every worker sees")

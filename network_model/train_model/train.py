@@ -200,7 +200,7 @@ def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val,
            steps_per_epoch, total) -> int:
     """The part of `pretrain` that runs on every worker; writes go to `out` (the run folder on the chief)."""
     from network_model.data import patch_dataset
-    from network_model.distributed import distribute_options, is_lost_peer, lost_worker_message
+    from network_model.distributed import check_same_step, distribute_options, is_lost_peer, lost_worker_message
     from network_model.model_info import write_model_info
     from network_model.precision import needs_loss_scale, precision_policy
     from network_model.training_loop import LossLog, make_optimizer, make_train_step, run_loop
@@ -226,6 +226,7 @@ def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val,
             raise InputError(f"{latest}: does not match this network (depth/base_filters/precision "
                              f"changed?): {str(err).splitlines()[0][:200]}") from None
         print(f"{PROG}: resuming from {latest} (step {int(step_var.numpy())})", file=sys.stderr)
+    check_same_step(strategy, step_var)
 
     dipole = dipole_operator_tf(target.patch_size, target.voxel_size_mm, target.b0_dir, cfg.dipole_pad)
     epoch = int(step_var.numpy()) // steps_per_epoch  # reshuffle differently after a resume

@@ -61,7 +61,9 @@ def _start_workers(args: list, tmp: Path, tag: str) -> list:
     for index in range(2):
         tmpdir = tmp / f"{tag}_tmp{index}"
         tmpdir.mkdir()
+        # one intra-op thread each: two workers and this process share the machine's cores
         env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(tmpdir),
+               "TF_NUM_INTRAOP_THREADS": "1",
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         out = open(tmp / f"{tag}_{index}.log", "w")  # noqa: SIM115 (closed with the process)
         procs.append(subprocess.Popen([sys.executable, str(REPO / "network_model/train_model/train.py"), *args],
