@@ -33,10 +33,10 @@ from training_data.volume_io import check_mask, read_volume
 PROG = "daqsm-check"
 
 #: 99th percentile of |local field| inside the mask above which a field in ppm is implausible:
-#: brain local fields are ~0.01-0.3 ppm (a field in Hz at 1.5-7 T labelled ppm reads 6-90)
-MAX_P99_PPM = 3.0
-#: ... and below which it is implausibly small (a ppm field labelled Hz reads 64-300x too small)
-MIN_P99_PPM = 1e-4
+#: brain local fields are ~0.01-0.3 ppm (a field in Hz at 1.5-7 T labelled ppm reads 64-300x more)
+MAX_P99_PPM = 1.0
+#: ... and below which it is implausibly small (1 ppb; a ppm field labelled Hz reads 64-300x too small)
+MIN_P99_PPM = 1e-3
 VOXEL_MM_RANGE = (0.05, 20.0)
 CASE_FILES = ("local_field.nii.gz", "mask.nii.gz")
 
@@ -86,6 +86,16 @@ def _te_list(te_s, where: str) -> list:
     return te
 
 
+def _read(path, **kwargs):
+    """read_volume whose errors always name the file (a header's affine can fail deep in the reader)."""
+    try:
+        return read_volume(path, **kwargs)
+    except InputError as err:
+        if str(path) in str(err):
+            raise
+        raise InputError(f"{path}: {err}") from None
+
+
 def check_geometry(vol, name: str, voxel_size_mm=None, b0_dir=None, report: CheckReport | None = None):
     """Voxel size and B0 direction of a volume (overrides win); an unusable affine is an InputError."""
     affine = np.asarray(vol.affine, np.float64)
@@ -127,7 +137,7 @@ def check_field_values(field_ppm, mask, name: str, units: str, report: CheckRepo
 
 def check_magnitude(path: str, shape, mask, te_s, report: CheckReport | None = None) -> int:
     """A 3-D or 4-D (echoes last) magnitude on the field's grid, matching the echo times; returns echoes."""
-    mag = read_volume(path, ndim=(3, 4)).data
+    mag = _read(path, ndim=(3, 4)).data
     if mag.shape[:3] != tuple(shape):
         raise shape_mismatch(f"magnitude {path}", mag.shape[:3], "field", shape)
     if np.any(mag < 0):
@@ -167,9 +177,9 @@ def check_files(field_path, mask_path, magnitude_path=None, units: str = "ppm", 
     if str(units).lower() not in FIELD_UNITS:
         raise InputError(f"units: expected one of {', '.join(FIELD_UNITS)}, found {units!r}")
     te = _te_list(te_s, "--te")
-    field = read_volume(field_path)
+    field = _read(field_path)
     report.shape = field.data.shape
-    mask = check_mask(read_volume(mask_path, dtype=None).data, str(mask_path), field.data, f"field {field_path}")
+    mask = check_mask(_read(mask_path, dtype=None).data, str(mask_path), field.data, f"field {field_path}")
     report.lines.append(f"field {field_path}: shape {field.data.shape}; mask {int(mask.sum())} voxels "
                         f"({100 * mask.mean():.1f}%)")
     check_geometry(field, f"field {field_path}", voxel_size_mm, b0_dir, report)
@@ -196,7 +206,7 @@ def check_case(folder, voxel_size_mm=None, b0_dir=None) -> CheckReport:
     field_path = os.path.join(folder, "local_field.nii.gz")
     vs = voxel_size_mm or info.get("voxel_size_mm")
     if vs is not None and voxel_size_mm is None:
-        field_vol = read_volume(field_path)
+        field_vol = _read(field_path)
         if not np.allclose(vs, voxel_size_from_affine(field_vol.affine), rtol=0.01):
             raise InputError(f"{info_path}: voxel_size_mm {tuple(vs)} disagrees with the header of {field_path} "
                              f"{tuple(round(v, 4) for v in voxel_size_from_affine(field_vol.affine))}")
