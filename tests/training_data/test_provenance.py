@@ -146,3 +146,20 @@ def test_simulated_case_volumes_have_sidecars(tmp_path):
     assert records["local_field.nii.gz"]["Units"] == "ppm" and records["mask.nii.gz"]["Units"] is None
     assert records["magnitude.nii.gz"]["EchoTime"] == [0.004, 0.012]
     assert all(r["MagneticFieldStrength"] == 7.0 and r["Config"]["variant"] == "Sim1" for r in records.values())
+
+
+def test_genchi_nifti_maps_have_sidecars(tmp_path):
+    from tests.network_model.synthetic import ball_mask, smooth_chi
+    from training_data import genChi
+    from training_data.volume_io import write_volume
+
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    write_volume(tmp_path / "chi.nii.gz", smooth_chi(16, 0), affine)
+    write_volume(tmp_path / "mask.nii.gz", ball_mask(16).astype(np.uint8), affine)
+    assert genChi.main([str(tmp_path / "chi.nii.gz"), "--mask", str(tmp_path / "mask.nii.gz"), "-n", "2",
+                        "-o", str(tmp_path / "maps") + "/", "--seed", "4", "--quiet"]) == 0
+    records = _sidecars_of_all_volumes(tmp_path / "maps")
+    assert len(records) == 4
+    _check_common(records["chi_0000.nii.gz"], "ppm", "daqsm-genchi", "-n 2", "--seed 4")
+    assert records["chi_0001.nii.gz"]["Config"]["seed"] == 4 and "DipoleKernel" not in records["chi_0001.nii.gz"]
+    assert records["mask_0000.nii.gz"]["Units"] is None
