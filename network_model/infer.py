@@ -10,7 +10,7 @@ inputs an affine from --voxel-size), is 0 outside the mask, and a sidecar OUT.js
 resolved settings, the input geometry and the model's training geometry (MODEL.keras.json, see
 network_model/model_info.py); a one-line warning goes to stderr when the two differ. The sidecar is
 the provenance record of training_data/provenance.py (plus these keys); OUT_residual.nii.gz is the
-QC data-consistency residual (ppm, W = mask, training_data/qc_residual.py) with its own sidecar.
+QC data-consistency residual (ppm, training_data/qc_residual.py) with its own sidecar.
 Inputs pass daqsm-check's checks first; --bids names the output OUT_Chimap.nii.gz.
 
 Default is overlapping-tile inference (bounded memory); --whole runs one pass on the volume
@@ -252,24 +252,29 @@ def provenance_record(cfg: InferConfig, voxel_size, b0_dir, b0_tesla, descriptio
 
 
 def write_qc(cfg: InferConfig, chi, field_ppm, mask, voxel_size, b0_dir, b0_tesla, affine, header) -> dict:
-    """QC residual map beside the output (W = mask; exact phase form when B0 and TE are known)."""
+    """QC residual map beside the output, defined as fine-tuning's (training_data/qc_residual.py).
+
+    A case folder gives fine-tuning's W (2nd echo magnitude) and phase scale (network_model.target_data);
+    separate files W = mask and the phase scale from --b0/--te (the small-angle form without them).
+    """
     from training_data.qc_residual import residual_map_ppm, residual_summary
     from training_data.units import rad_per_ppm
 
-    te = cfg.te_s
-    if cfg.case and te is None and os.path.isfile(os.path.join(cfg.case, "case.json")):
-        with open(os.path.join(cfg.case, "case.json")) as fh:
-            te_list = json.load(fh).get("te_s") or []
-        te_list = [te_list] if isinstance(te_list, (int, float)) else te_list
-        te = te_list[1] if len(te_list) >= 2 else (te_list[0] if te_list else None)  # the weighting echo
-    phase = rad_per_ppm(b0_tesla, te) if b0_tesla and te else None
-    residual = residual_map_ppm(chi, field_ppm, mask, None, voxel_size or (1.0, 1.0, 1.0),
+    weight = None
+    if cfg.case:
+        from network_model.target_data import load_case
+
+        target = load_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir)
+        weight, phase = target.weight, target.phase_rad_per_ppm
+    else:
+        phase = rad_per_ppm(b0_tesla, cfg.te_s) if b0_tesla and cfg.te_s else None
+    residual = residual_map_ppm(chi, field_ppm, mask, weight, voxel_size or (1.0, 1.0, 1.0),
                                 b0_dir or (0.0, 0.0, 1.0), QC_PAD, phase)
-    summary = residual_summary(residual, field_ppm, mask)
+    summary = residual_summary(residual, field_ppm, mask, weight)
     out = residual_path(cfg.output)
     write_volume(out, residual, affine=affine, header=header)
     write_sidecar(out, provenance_record(cfg, voxel_size, b0_dir, b0_tesla, "weighted data-consistency residual "
-                                         f"of {os.path.basename(cfg.output)} (ppm), W = mask"),
+                                         f"of {os.path.basename(cfg.output)} (ppm)"),
                   {"PhaseRadPerPpm": phase, "QC": summary})
     return summary
 

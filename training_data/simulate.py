@@ -271,6 +271,10 @@ CASE_VOLUMES = {
 }
 
 
+#: volumes made through the dipole kernel (forward_field, native grid, pad auto, D(0) = 0)
+FIELD_VOLUMES = ("local_field", "magnitude")
+
+
 def case_sidecar(name: str, case: dict) -> dict:
     """Provenance of one simulated volume (training_data/provenance.py); the field used the one kernel."""
     from training_data.provenance import build_record
@@ -278,8 +282,8 @@ def case_sidecar(name: str, case: dict) -> dict:
     description, units = CASE_VOLUMES.get(name, (name, None))
     extra = {"EchoTime": case["te_s"]} if name == "magnitude" else {}
     return build_record(description, units, sources=[case["source"]], b0_tesla=case["b0_tesla"],
-                        b0_dir=case["b0_dir"], voxel_size_mm=case["voxel_size_mm"], dipole_pad="auto", d0=0.0,
-                        config=case, **extra)
+                        b0_dir=case["b0_dir"], voxel_size_mm=case["voxel_size_mm"], dipole_pad="auto",
+                        d0=0.0 if name in FIELD_VOLUMES else None, config=case, **extra)
 
 
 def write_case(folder: Path, arrays: dict, case: dict, affine) -> str:

@@ -145,6 +145,7 @@ def test_simulated_case_volumes_have_sidecars(tmp_path):
     assert set(records) == {f"{name}.nii.gz" for name in arrays}
     assert records["local_field.nii.gz"]["Units"] == "ppm" and records["mask.nii.gz"]["Units"] is None
     assert records["magnitude.nii.gz"]["EchoTime"] == [0.004, 0.012]
+    assert records["local_field.nii.gz"]["DipoleKernel"]["Padding"] == "auto" and "DipoleKernel" not in records["mask.nii.gz"]
     assert all(r["MagneticFieldStrength"] == 7.0 and r["Config"]["variant"] == "Sim1" for r in records.values())
 
 
