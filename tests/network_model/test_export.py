@@ -7,15 +7,20 @@ import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow")
-pytest.importorskip("tf2onnx")
-pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
 
 from network_model import export  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
+def ort():
+    """onnxruntime, skipping when the onnx extra (pip install "daqsm[onnx]") is absent."""
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnx")
+    return pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory, ort):
     import keras
 
     from network_model.unet import build_target_model
@@ -33,7 +38,7 @@ def model_file(tmp_path_factory):
     return path
 
 
-def test_onnx_round_trip_matches_keras(model_file, tmp_path, capsys):
+def test_onnx_round_trip_matches_keras(model_file, ort, tmp_path, capsys):
     import keras
 
     out = tmp_path / "target.onnx"
@@ -66,3 +71,13 @@ def test_export_refuses_existing_output_and_non_onnx_name(model_file, tmp_path, 
     assert export.main(["--model", str(model_file), "-o", str(tmp_path / "m.keras")]) == 2
     assert "expected a file ending in .onnx" in capsys.readouterr().err
     assert out.read_bytes() == b"x"
+
+
+def test_missing_onnx_extra_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # import tf2onnx now raises ImportError
+    assert export.main(["--model", str(tmp_path / "m.keras"), "-o", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "tf2onnx" in err and 'pip install "daqsm[onnx]"' in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.onnx").exists()
