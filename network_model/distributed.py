@@ -18,7 +18,6 @@ moving statistics agree on every worker (tests/network_model/test_multiworker.py
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -26,18 +25,6 @@ import tempfile
 #: TensorFlow errors a collective raises when a peer died or timed out.
 LOST_PEER_ERRORS = ("UnavailableError", "DeadlineExceededError", "CancelledError", "AbortedError",
                     "InternalError")
-
-
-def cluster_size() -> int:
-    """Number of tasks in $TF_CONFIG's cluster (1 when unset or empty)."""
-    raw = os.environ.get("TF_CONFIG", "")
-    if not raw.strip():
-        return 1
-    try:
-        cluster = json.loads(raw).get("cluster", {})
-    except (ValueError, AttributeError):
-        return 1
-    return max(1, sum(len(v) for k, v in cluster.items() if k in ("chief", "worker")))
 
 
 def make_multiworker_strategy(collective_timeout_s: float = 0.0):
@@ -68,7 +55,7 @@ def distribute_options(dataset, strategy):
     patch pipeline reads HDF5 by index, so there are no files to shard."""
     import tensorflow as tf
 
-    if strategy.extended._in_multi_worker_mode():  # noqa: SLF001 (the public test for it)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         dataset = dataset.with_options(options)
