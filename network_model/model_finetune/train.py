@@ -85,6 +85,7 @@ class FinetuneConfig:
     overwrite: bool = False
     seed: int = 0
     progress: bool = True
+    precision: str = "float32"       # float32 | mixed_float16 | mixed_bfloat16; OUT_model.keras stays float32
 
 
 HELPS = {"model": "pre-trained target model (.keras) or step-4 run folder", "output": "output QSM NIfTI (ppm)",
@@ -179,6 +180,9 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
         raise InputError(f"warmup_iterations: expected >= 0, got {cfg.warmup_iterations}")
     if not cfg.model:
         raise InputError("model: give the pre-trained model with --model FILE.keras")
+    from network_model.precision import check_precision, needs_loss_scale, with_precision
+
+    precision = check_precision(cfg.precision)
     target = load_inputs(cfg)
     phase = cfg.phase_rad_per_ppm or target.phase_rad_per_ppm
     if phase is None or not (phase > 0 and math.isfinite(phase)):
@@ -191,6 +195,7 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
 
     from network_model.losses import ndi_loss, tv_loss
     from network_model.model_info import spatial_divisor, write_model_info
+    from network_model.precision import check_device
     from network_model.stopping import StoppingRule, noise_energy
     from network_model.tiling import brain_box
     from network_model.train_model.train import save_model_atomic
@@ -200,7 +205,10 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
     from training_data.provenance import write_sidecar
     from training_data.volume_io import write_volume
 
+    check_device(precision)
     model, info = load_target_model(cfg.model)
+    if precision != "float32":  # the same weights, convolutions in reduced precision
+        model = with_precision(model, precision)
     seed_everything(cfg.seed)
     divisor = 2 ** info["depth"]
     # the brain's bounding box plus a margin (module docstring); the output goes back on the full grid
@@ -235,7 +243,7 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
                         min_iterations=cfg.warmup_iterations)
     strategy = tf.distribute.get_strategy()
     optimizer = make_optimizer(cfg.learning_rate, cfg.lr_schedule, cfg.iterations,
-                               warmup_steps=cfg.warmup_iterations)
+                               warmup_steps=cfg.warmup_iterations, loss_scale=needs_loss_scale(precision))
     optimizer.build(model.trainable_variables)
     step_fn = make_train_step(strategy, model, optimizer, loss_fn)
 
@@ -276,7 +284,7 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
         os.remove(tmp_log)
         raise InputError(f"model {cfg.model}: fine-tuning produced NaN/Inf values; nothing written")
     write_volume(paths["qsm"], chi, target.affine, target.header)
-    save_model_atomic(model, paths["model"])
+    save_model_atomic(model if precision == "float32" else with_precision(model, "float32"), paths["model"])
     write_model_info(paths["model"], target.geometry.voxel_size_mm, target.geometry.b0_dir,
                      spatial_divisor(model), fine_tuned_on=str(cfg.case or cfg.field))
     os.replace(tmp_log, paths["log"])
