@@ -24,8 +24,11 @@ grid **before** the dipole model, so the FFT sees the true geometry (voxel size,
 the padding never enters the loss; `dipole_pad` additionally zero-pads the FFT grid (default
 'auto') so the dipole convolution is linear, not circular.
 
-Output: OUT.nii.gz, OUT_model.keras, OUT_loss.csv, OUT_config.json and OUT.json (iterations,
-stop reason, noise estimate, residual / noise energy).
+Output: OUT.nii.gz, OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json (provenance sidecar,
+training_data/provenance.py: iterations, stop reason, noise estimate, residual / noise energy, model
+SHA-256, geometry, kernel convention) and the QC map OUT_residual.nii.gz (ppm, training_data/qc_residual.py)
+with OUT_residual.json. `--bids true` names the QSM OUT_Chimap.nii.gz. The inputs pass daqsm-check's
+checks (training_data/input_check.py) first.
 
 Usage:
     python network_model/model_finetune/train.py --model runs/pre/target_model.keras \\
@@ -36,7 +39,6 @@ Usage:
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import sys
@@ -53,21 +55,21 @@ PROG = "model_finetune/train.py (step 5)"
 class FinetuneConfig:
     """Parameters of step 5 (every field is a config key and a `--key value` option)."""
 
-    model: str = param("", "pre-trained target model (.keras) or step-4 run folder")
+    model: str = param("", 'pre-trained target model (.keras) or step-4 run folder')
     case: str = param("", 'case folder (contract 1) instead of field/mask/weight')
     field: str = param("", 'local field map (NIfTI, .mat v5/v7.3, .h5, .npy; FILE:VAR picks a variable)')
     mask: str = param("", 'brain mask (0/1), same grid')
     weight: str = param("", 'optional NDI weight / magnitude (normalised to max 1 in the mask)')
-    units: str = param("ppm", "field units: ppm, ppb, hz or rad")
-    b0_tesla: float | None = param(None, "B0 in tesla (hz/rad input, and the NDI phase scale)", aliases=("b0",))
-    te_s: float | None = param(None, "echo time of the weighting echo in seconds (rad input, phase scale)",
-                               aliases=("te",))
+    units: str = param("ppm", 'field units: ppm, ppb, hz or rad')
+    b0_tesla: float | None = param(None, 'B0 in tesla (hz/rad input, and the NDI phase scale)', aliases=("b0",))
+    te_s: float | None = param(None,
+        'echo time of the weighting echo in seconds (rad input, phase scale)', aliases=("te",))
     phase_rad_per_ppm: float | None = param(None, 'explicit NDI phase scale; else 2 pi gamma_bar b0 te')
     voxel_size_mm: tuple[float, float, float] | None = param(None, "override the file's voxel size")
     b0_dir: tuple[float, float, float] | None = param(None, 'override (voxel axes); else from the affine')
     iterations: int = param(300, 'at most')
     learning_rate: float = param(1e-3, 'measured: demo Sim2Snr1 rmse 49.0 at 150 it. vs 52.1 with 1e-4')
-    lr_schedule: str = param("constant", 'constant | cosine | exponential', choices=("constant", "cosine", "exponential"))
+    lr_schedule: str = param("constant", 'learning-rate schedule', choices=("constant", "cosine", "exponential"))
     warmup_iterations: int = param(10, 'linear learning-rate ramp at the start')
     lambda_tv: float = param(0.002, 'TV weight (network units; original 0.002 SNR1, 0.001 SNR2)')
     dipole_pad: str = param("auto", 'FFT zero-padding of the dipole model (training_data.dipole)')
@@ -75,18 +77,23 @@ class FinetuneConfig:
     noise_ppm: float | None = param(None, 'std of W * field noise (ppm); None: estimated from the field')
     convergence_window: int = param(20, 'iterations per window of the flat-loss test')
     convergence_tol: float = param(1e-3, 'stop when a window improves the loss by less than this (relative); 0: off')
-    output: str = param("", "output QSM NIfTI (ppm); also OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json",
-                        flags=("-o",))
-    overwrite: bool = param(False, "replace existing outputs")
+    output: str = param("",
+        'output QSM NIfTI (ppm); also OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json', flags=("-o",))
+    bids: bool = param(False, 'name the QSM the BIDS way: OUT_Chimap.nii.gz (training_data/provenance.py)')
+    overwrite: bool = param(False, 'replace existing outputs')
     seed: int = param(0, "seed of the weights' initial state and any randomness")
-    progress: bool = param(True, "progress bar (--quiet: none)", negation="quiet")
+    progress: bool = param(True, 'progress bar (--quiet: none)', negation="quiet")
+    precision: str = param("float32",
+        'compute precision; OUT_model.keras stays float32', choices=("float32", "mixed_float16", "mixed_bfloat16"))
 
 
 def output_paths(output: str) -> dict:
-    """Companion files of OUT.nii.gz: OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json (sidecar)."""
+    """Companion files of OUT.nii.gz: OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json (sidecar),
+    OUT_residual.nii.gz (QC residual map, ppm) and its sidecar OUT_residual.json."""
     stem = output[:-7] if output.endswith(".nii.gz") else os.path.splitext(output)[0]
     return {"qsm": output, "model": stem + "_model.keras", "log": stem + "_loss.csv",
-            "config": stem + "_config.json", "sidecar": stem + ".json"}
+            "config": stem + "_config.json", "sidecar": stem + ".json",
+            "residual": stem + "_residual.nii.gz", "residual_sidecar": stem + "_residual.json"}
 
 
 def load_target_model(path: str):
@@ -113,13 +120,16 @@ def centred_padding(shape, step: int) -> list:
 
 def load_inputs(cfg: FinetuneConfig):
     from network_model.target_data import load_case, load_files
+    from training_data.input_check import check_case, check_files
 
     if cfg.case:
         if cfg.field or cfg.mask:
             raise InputError("give either --case or --field/--mask, not both")
+        check_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir)  # daqsm-check's checks, before any heavy work
         return load_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir)
     if not cfg.field or not cfg.mask:
         raise InputError("input: give --field and --mask (or --case DIR)")
+    check_files(cfg.field, cfg.mask, cfg.weight or None, cfg.units, cfg.b0_tesla, cfg.te_s, cfg.voxel_size_mm, cfg.b0_dir)
     return load_files(cfg.field, cfg.mask, cfg.weight or None, cfg.units, cfg.b0_tesla, cfg.te_s,
                       cfg.voxel_size_mm, cfg.b0_dir)
 
@@ -135,6 +145,12 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
     """
     if not cfg.output:
         raise InputError("output: give the QSM file with -o OUT.nii.gz")
+    if cfg.bids:
+        from dataclasses import replace
+
+        from training_data.provenance import bids_chimap_path
+
+        cfg = replace(cfg, output=bids_chimap_path(cfg.output), bids=False)
     paths = output_paths(cfg.output)
     existing = [p for p in paths.values() if os.path.exists(p)]
     if existing and not cfg.overwrite:
@@ -152,6 +168,9 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
         raise InputError(f"warmup_iterations: expected >= 0, got {cfg.warmup_iterations}")
     if not cfg.model:
         raise InputError("model: give the pre-trained model with --model FILE.keras")
+    from network_model.precision import check_precision, needs_loss_scale, with_precision
+
+    precision = check_precision(cfg.precision)
     target = load_inputs(cfg)
     phase = cfg.phase_rad_per_ppm or target.phase_rad_per_ppm
     if phase is None or not (phase > 0 and math.isfinite(phase)):
@@ -164,14 +183,19 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
 
     from network_model.losses import finetune_terms, ndi_loss, tv_loss
     from network_model.model_info import save_model_atomic, spatial_divisor, write_model_info
+    from network_model.precision import check_device
     from network_model.stopping import StoppingRule, noise_energy
     from network_model.tiling import brain_box
     from network_model.training_loop import LossLog, make_optimizer, make_train_step, run_loop
     from training_data.dipole import dipole_operator_tf
     from training_data.noise import estimate_noise_ppm
-    from training_data.volume_io import atomic_path, write_volume
+    from training_data.provenance import write_sidecar
+    from training_data.volume_io import write_volume
 
+    check_device(precision)
     model, info = load_target_model(cfg.model)
+    if precision != "float32":  # the same weights, convolutions in reduced precision
+        model = with_precision(model, precision)
     seed_everything(cfg.seed)
     divisor = 2 ** info["depth"]
     # the brain's bounding box plus a margin (module docstring); the output goes back on the full grid
@@ -206,7 +230,7 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
                         min_iterations=cfg.warmup_iterations)
     strategy = tf.distribute.get_strategy()
     optimizer = make_optimizer(cfg.learning_rate, cfg.lr_schedule, cfg.iterations,
-                               warmup_steps=cfg.warmup_iterations)
+                               warmup_steps=cfg.warmup_iterations, loss_scale=needs_loss_scale(precision))
     optimizer.build(model.trainable_variables)
     step_fn = make_train_step(strategy, model, optimizer, loss_fn)
 
@@ -247,22 +271,54 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
         os.remove(tmp_log)
         raise InputError(f"model {cfg.model}: fine-tuning produced NaN/Inf values; nothing written")
     write_volume(paths["qsm"], chi, target.affine, target.header)
-    save_model_atomic(model, paths["model"])
+    save_model_atomic(model if precision == "float32" else with_precision(model, "float32"), paths["model"])
     write_model_info(paths["model"], target.geometry.voxel_size_mm, target.geometry.b0_dir,
                      spatial_divisor(model), fine_tuned_on=str(cfg.case or cfg.field))
     os.replace(tmp_log, paths["log"])
     write_resolved_config(cfg, paths["config"])
     reason = "done" if result.reason == "running" else result.reason
+    qc = write_residual(paths, chi, target, cfg.dipole_pad, float(phase), sigma, cfg, "fine-tuned")
     record = {"Units": "ppm", "Description": "susceptibility map, fine-tuned domain-adaptive network (step 5)",
               "FineTuning": {"iterations": int(result.step), "stop_reason": reason,
                              "max_iterations": int(cfg.iterations), "noise_ppm": float(sigma),
                              "noise_estimated": cfg.noise_ppm is None, "noise_energy": energy, "tau": cfg.tau,
                              "initial": initial, "final": final,
                              "residual_over_noise": (final["ndi"] / energy) if energy else None},
-              "Box": [[b.start, b.stop] for b in box], "PhaseRadPerPpm": float(phase)}
-    with atomic_path(paths["sidecar"]) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(record, fh, indent=2)
+              "Box": [[b.start, b.stop] for b in box], "PhaseRadPerPpm": float(phase), "QC": qc}
+    write_sidecar(paths["qsm"], provenance_record(cfg, target, "fine-tuned"), record)
     ratio = f", ndi / noise energy {final['ndi'] / energy:.3g}" if energy else ""
     print(f"{PROG}: stopped ({reason}) after {result.step} iterations: loss {initial['loss']:.5g} -> "
           f"{final['loss']:.5g} (ndi {initial['ndi']:.5g} -> {final['ndi']:.5g}{ratio}); wrote {paths['qsm']}")
     return 0
+
+
+def provenance_record(cfg: FinetuneConfig, target, what: str) -> dict:
+    """The sidecar's provenance keys (training_data/provenance.py) for this run's outputs."""
+    from training_data.formats.case_folder import read_info
+    from training_data.provenance import build_record
+
+    b0 = cfg.b0_tesla
+    if cfg.case and b0 is None:
+        b0 = read_info(cfg.case).get("b0_tesla")
+    sources = [cfg.case] if cfg.case else [cfg.field, cfg.mask, cfg.weight]
+    return build_record(f"{what} network (step 5)", "ppm", sources=sources, b0_tesla=b0,
+                        b0_dir=target.geometry.b0_dir, voxel_size_mm=target.geometry.voxel_size_mm,
+                        dipole_pad=cfg.dipole_pad, config=cfg, model=cfg.model)
+
+
+def write_residual(paths: dict, chi, target, dipole_pad, phase: float, noise_ppm, cfg, what: str) -> dict:
+    """QC residual map (training_data/qc_residual.py) beside the QSM, with its sidecar; returns the summary."""
+    from training_data.provenance import write_sidecar
+    from training_data.qc_residual import residual_map_ppm, residual_summary
+    from training_data.volume_io import write_volume
+
+    geometry = target.geometry
+    residual = residual_map_ppm(chi, target.field_ppm, target.mask, target.weight, geometry.voxel_size_mm,
+                                geometry.b0_dir, dipole_pad, phase)
+    summary = residual_summary(residual, target.field_ppm, target.mask, target.weight, noise_ppm)
+    summary["NoiseEstimated"] = cfg.noise_ppm is None
+    write_volume(paths["residual"], residual, target.affine, target.header)
+    write_sidecar(paths["residual"], provenance_record(cfg, target, what),
+                  {"Description": f"weighted data-consistency residual W|exp(i s f) - exp(i s D*chi)|/s of "
+                                  f"{os.path.basename(paths['qsm'])} (ppm)", "PhaseRadPerPpm": phase, "QC": summary})
+    return summary

@@ -46,13 +46,13 @@ class PretrainConfig:
     bn_momentum: float = param(0.99, 'Keras BN momentum (PyTorch 0.01)')
     batch_size: int = param(2, 'source patches per step (global, over replicas)')
     target_batch_size: int = param(0, 'target crops per step; 0: batch_size')
-    epochs: int = param(6, "passes over the larger training split")
+    epochs: int = param(6, 'passes over the larger training split')
     steps_per_epoch: int = param(0, '0: the larger training split / batch_size')
     max_steps: int = param(0, '0: epochs * steps_per_epoch; else stop (checkpointed) at this step')
-    learning_rate: float = param(1e-4, "Adam learning rate")
-    lr_schedule: str = param("constant", "learning-rate schedule", choices=("constant", "cosine", "exponential"))
+    learning_rate: float = param(1e-4, 'Adam learning rate')
+    lr_schedule: str = param("constant", 'learning-rate schedule', choices=("constant", "cosine", "exponential"))
     lr_decay_steps: int = param(0, '0: the run length')
-    lr_decay_rate: float = param(0.5, "decay factor of the exponential schedule")
+    lr_decay_rate: float = param(0.5, 'decay factor of the exponential schedule')
     lambda_ndi: float = param(20.0, "weight of the NDI term (normalised to the original's 100*ppm argument)")
     lambda_tv: float = param(0.05, 'weight of the TV term (network units, inside the mask)')
     phase_rad_per_ppm: float | None = param(None, 'None: rad_per_ppm(/target b0_tesla, te_s)')
@@ -60,11 +60,14 @@ class PretrainConfig:
     val_fraction: float = param(0.1, 'held-out patches per domain')
     validate_every: int = param(0, 'steps; 0: once per epoch')
     checkpoint_every: int = param(0, 'steps; 0: once per epoch')
-    keep_checkpoints: int = param(3, "checkpoints kept in run_dir/checkpoints")
-    seed: int = param(0, "seed of the weights, shuffling and the validation split")
-    strategy: str = param("default", "tf.distribute strategy", choices=("default", "mirrored", "multiworker"))
+    keep_checkpoints: int = param(3, 'checkpoints kept in run_dir/checkpoints')
+    seed: int = param(0, 'seed of the weights, shuffling and the validation split')
+    strategy: str = param("default", 'tf.distribute strategy', choices=("default", "mirrored", "multiworker"))
+    collective_timeout_s: float = param(300.0, 'multiworker: a collective waiting longer ends the run (0: no bound)')
+    precision: str = param("float32",
+        'compute precision (network_model/precision.py)', choices=("float32", "mixed_float16", "mixed_bfloat16"))
     resume: bool = param(True, "continue from the run folder's last checkpoint")
-    progress: bool = param(True, "progress bar (--quiet: none)", negation="quiet")
+    progress: bool = param(True, 'progress bar (--quiet: none)', negation="quiet")
 
 
 def phase_scale(cfg: PretrainConfig, target) -> float:
@@ -138,15 +141,15 @@ def make_validate(model, dipole, phase: float, cfg: PretrainConfig, source, targ
 
 def pretrain(cfg: PretrainConfig) -> int:
     """Run (or resume) step 4; returns the exit status (0 done, 1 stopped on a non-finite loss)."""
-    from daqsm.tf_env import import_tensorflow, seed_everything
+    from daqsm.tf_env import import_tensorflow
 
     tf = import_tensorflow()
 
-    from network_model.data import patch_dataset, read_patch_group, split_indices
-    from network_model.model_info import save_model_atomic, write_model_info
-    from network_model.training_loop import LossLog, make_optimizer, make_strategy, make_train_step, run_loop
-    from network_model.unet import DomainAdaptiveUNet, check_spatial_shape, export_target_model
-    from training_data.dipole import dipole_operator_tf
+    from network_model.data import read_patch_group, split_indices
+    from network_model.distributed import WorkerOutput, is_chief
+    from network_model.precision import check_device
+    from network_model.training_loop import make_strategy
+    from network_model.unet import check_spatial_shape
 
     if not cfg.datasets_path:
         raise InputError("datasets_path: give the patch HDF5 file (--datasets_path FILE)")
@@ -160,7 +163,9 @@ def pretrain(cfg: PretrainConfig) -> int:
     if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.max_steps < 0 or cfg.target_batch_size < 0:
         raise InputError("batch_size and epochs must be >= 1, max_steps and target_batch_size >= 0")
     phase = phase_scale(cfg, target)
-    strategy = make_strategy(cfg.strategy)
+    check_device(cfg.precision)
+    strategy = make_strategy(cfg.strategy, cfg.collective_timeout_s)
+    chief = is_chief(strategy)
     for name, size in (("batch_size", cfg.batch_size), ("target_batch_size", target_batch(cfg))):
         if size % strategy.num_replicas_in_sync:
             raise InputError(f"{name} {size} must be divisible by the {strategy.num_replicas_in_sync} replicas")
@@ -171,56 +176,84 @@ def pretrain(cfg: PretrainConfig) -> int:
                                                   math.ceil(len(tgt_train) / target_batch(cfg)))
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
 
-    os.makedirs(cfg.run_dir, exist_ok=True)
-    ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
+    ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")  # the chief's: every worker resumes from it
     if not cfg.resume and tf.train.latest_checkpoint(ckpt_dir):
         raise InputError(f"{cfg.run_dir}: holds checkpoints; use --resume true or another --run_dir")
-    write_resolved_config(cfg, os.path.join(cfg.run_dir, "config.json"))
+    with WorkerOutput(cfg.run_dir, strategy) as out:  # non-chief workers write to a removed temp folder
+        if chief:
+            write_resolved_config(cfg, out.join("config.json"))
+        return _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val, tgt_train, tgt_val,
+                      phase, steps_per_epoch, total)
+
+
+def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val, tgt_train, tgt_val, phase,
+           steps_per_epoch, total) -> int:
+    """The part of `pretrain` that runs on every worker; writes go to `out` (the run folder on the chief)."""
+    from daqsm.tf_env import seed_everything
+    from network_model.data import patch_dataset
+    from network_model.distributed import check_same_step, distribute_options, is_lost_peer, lost_worker_message
+    from network_model.model_info import save_model_atomic, write_model_info
+    from network_model.precision import needs_loss_scale, precision_policy
+    from network_model.training_loop import LossLog, make_optimizer, make_train_step, run_loop
+    from network_model.unet import DomainAdaptiveUNet, export_target_model
+    from training_data.dipole import dipole_operator_tf
 
     seed_everything(cfg.seed)
-    with strategy.scope():
+    with strategy.scope(), precision_policy(cfg.precision):
         model = DomainAdaptiveUNet(cfg.depth, cfg.base_filters, 2, cfg.input_scale, cfg.label_scale,
                                    cfg.bn_momentum).build_for(target.patch_size)
         optimizer = make_optimizer(cfg.learning_rate, cfg.lr_schedule, cfg.lr_decay_steps or total,
-                                   cfg.lr_decay_rate)
+                                   cfg.lr_decay_rate, loss_scale=needs_loss_scale(cfg.precision))
         optimizer.build(model.trainable_variables)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(step=step_var, model=model, optimizer=optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=cfg.keep_checkpoints)
-    if manager.latest_checkpoint:
+    manager = tf.train.CheckpointManager(checkpoint, out.join("checkpoints"), max_to_keep=cfg.keep_checkpoints)
+    latest = tf.train.latest_checkpoint(ckpt_dir)
+    if latest:
         try:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as err:
-            raise InputError(f"{manager.latest_checkpoint}: does not match this network (depth/base_filters "
+            raise InputError(f"{latest}: does not match this network (depth/base_filters/precision "
                              f"changed?): {str(err).splitlines()[0][:200]}") from None
-        print(f"{PROG}: resuming from {manager.latest_checkpoint} (step {int(step_var.numpy())})", file=sys.stderr)
+        print(f"{PROG}: resuming from {latest} (step {int(step_var.numpy())})", file=sys.stderr)
+    check_same_step(strategy, step_var)
 
     dipole = dipole_operator_tf(target.patch_size, target.voxel_size_mm, target.b0_dir, cfg.dipole_pad)
     epoch = int(step_var.numpy()) // steps_per_epoch  # reshuffle differently after a resume
     src_ds = patch_dataset(source, src_train, cfg.batch_size, seed=cfg.seed + 7919 * epoch)
     tgt_ds = patch_dataset(target, tgt_train, target_batch(cfg), seed=cfg.seed + 1 + 7919 * epoch)
-    batches = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.zip((src_ds, tgt_ds))))
+    pairs = distribute_options(tf.data.Dataset.zip((src_ds, tgt_ds)), strategy)
+    batches = iter(strategy.experimental_distribute_dataset(pairs))
     step_fn = make_train_step(strategy, model, optimizer, build_loss_fn(model, dipole, phase, cfg))
     validate = make_validate(model, dipole, phase, cfg, source, target, src_val, tgt_val)
 
-    log = LossLog(os.path.join(cfg.run_dir, "log.csv"), os.path.join(cfg.run_dir, "tensorboard"))
+    log = LossLog(out.join("log.csv"), out.join("tensorboard"))
     log.truncate_after(int(step_var.numpy()))
-    result = run_loop(step_fn, batches, step_var, total, log, manager=manager,
-                      checkpoint_every=cfg.checkpoint_every or steps_per_epoch, validate=validate,
-                      validate_every=cfg.validate_every or steps_per_epoch, progress=cfg.progress,
-                      desc="pre-training")
+    try:
+        result = run_loop(step_fn, batches, step_var, total, log, manager=manager,
+                          checkpoint_every=cfg.checkpoint_every or steps_per_epoch, validate=validate,
+                          validate_every=cfg.validate_every or steps_per_epoch, progress=cfg.progress and out.chief,
+                          desc="pre-training")
+    except tf.errors.OpError as err:
+        if strategy.num_replicas_in_sync < 2 or not is_lost_peer(err):
+            raise
+        message = lost_worker_message(err, strategy, int(step_var.numpy()) + 1, tf.train.latest_checkpoint(ckpt_dir))
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 1
     if result.reason == "nan":
         terms = ", ".join(f"{k}={v:.4g}" for k, v in result.terms.items())
         print(f"{PROG}: stopped: non-finite loss at step {result.step} ({terms}); nothing exported; "
               f"last checkpoint: {manager.latest_checkpoint or 'none'} (lower learning_rate or check the "
               "patches)", file=sys.stderr)
         return 1
-    out = os.path.join(cfg.run_dir, "target_model.keras")
+    if not out.chief:
+        return 0  # only the chief exports (its checkpoints are the ones a restart reads)
+    model_path = out.join("target_model.keras")
     if result.step < total:
         print(f"{PROG}: stopped at step {result.step} of {total}", file=sys.stderr)
-    save_model_atomic(export_target_model(model, domain=1), out)
+    save_model_atomic(export_target_model(model, domain=1), model_path)
     # the training geometry beside the model, so inference can warn on a different one
-    write_model_info(out, target.voxel_size_mm, target.b0_dir, 2**cfg.depth, step=result.step)
+    write_model_info(model_path, target.voxel_size_mm, target.b0_dir, 2**cfg.depth, step=result.step)
     terms = ", ".join(f"{k}={v:.4g}" for k, v in result.terms.items())
-    print(f"{PROG}: step {result.step}/{total} {terms}; target model: {out}")
+    print(f"{PROG}: step {result.step}/{total} {terms}; target model: {model_path}")
     return 0

@@ -29,6 +29,7 @@ import numpy as np
 from daqsm.config import add_config_options, config_to_dict, resolve_config, write_config
 from daqsm.errors import InputError, run_cli, shape_mismatch
 from training_data.augment import AugmentParams, augment_sample
+from training_data.provenance import build_record, write_sidecar
 from training_data.volume_io import HDF5_SUFFIXES, atomic_path, check_mask, read_volume, suffix_of, write_volume
 
 PROG = "genChi"
@@ -174,8 +175,13 @@ def write_maps_nifti(folder, sources: list[SourceMap], config: GenChiConfig, ove
             for i in range(config.n_maps):
                 chi, mask, drawn = synthesize(sources, config, i)
                 src = sources[drawn["source_index"]]
-                write_volume(os.path.join(tmpdir, f"chi_{i:0{digits}d}.nii.gz"), chi, src.affine)
-                write_volume(os.path.join(tmpdir, f"mask_{i:0{digits}d}.nii.gz"), mask.astype(np.uint8), src.affine)
+                for name, data, what, units in (("chi", chi, "synthetic susceptibility map (step 1)", "ppm"),
+                                                 ("mask", mask.astype(np.uint8), "brain mask", None)):
+                    path = os.path.join(tmpdir, f"{name}_{i:0{digits}d}.nii.gz")
+                    write_volume(path, data, src.affine)
+                    write_sidecar(path, build_record(what, units, sources=[src.path], b0_dir=src.b0_dir,
+                                                     voxel_size_mm=src.voxel_size_mm, d0=None,
+                                                     config=config_to_dict(config), Sample=drawn))
                 params.append(drawn)
                 bar.update(1)
         with open(os.path.join(tmpdir, "params.json"), "w", encoding="utf-8") as fh:
@@ -184,7 +190,7 @@ def write_maps_nifti(folder, sources: list[SourceMap], config: GenChiConfig, ove
         write_config(config, os.path.join(tmpdir, "genchi_config.json"))
         if os.path.isdir(folder) and overwrite:
             for name in os.listdir(folder):
-                if name.startswith(NIFTI_PATTERNS) and name.endswith(".nii.gz"):
+                if name.startswith(NIFTI_PATTERNS) and name.endswith((".nii.gz", ".json")):
                     os.remove(os.path.join(folder, name))
         os.makedirs(folder, exist_ok=True)
         for name in sorted(os.listdir(tmpdir)):
@@ -237,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Command body; returns the exit status (2 on bad input, nothing written)."""
+    from training_data.provenance import command
+
     args = build_parser().parse_args(argv)
 
     def body() -> int:
@@ -252,7 +260,8 @@ def main(argv=None) -> int:
             print(f"{PROG}: wrote {config.n_maps} maps to {out}", file=sys.stderr)
         return 0
 
-    return run_cli(body, PROG)
+    with command("daqsm-genchi", argv):
+        return run_cli(body, PROG)
 
 
 def cli() -> None:

@@ -27,6 +27,7 @@ from daqsm.errors import InputError, shape_mismatch
 from training_data.formats import case_folder
 from training_data.formats.chi_h5 import read_chi_map
 from training_data.formats.field_h5 import read_field_map
+from training_data.input_check import check_case, check_files
 from training_data.volume_io import HDF5_SUFFIXES, check_mask, read_field, read_volume, suffix_of
 
 
@@ -193,6 +194,7 @@ class TargetInputs:
         self.entries = []
         for case in cases or []:
             self.entries.append(("case", case_folder.check_case(case, "--target")))
+            check_case(case)  # daqsm-check's checks before any patch is cut
         fields, masks, weights = list(fields or []), list(masks or []), list(weights or [])
         if len(masks) != len(fields):
             raise InputError(f"--target-mask: target field without a mask: {len(fields)} --target-field "
@@ -201,6 +203,7 @@ class TargetInputs:
             raise InputError(f"--target-weight: expected {len(fields)} weight files (one per target field), "
                              f"got {len(weights)}")
         for i, (f, m) in enumerate(zip(fields, masks)):
+            check_files(f, m, weights[i] if weights else None, field_units, b0_tesla, te_s)
             self.entries.append(("files", f, m, weights[i] if weights else None))
         self.units, self.b0_tesla, self.te_s, self.weight_echo = field_units, b0_tesla, te_s, weight_echo
         self.files = [os.path.basename(str(e[1]).rstrip("/")) for e in self.entries]

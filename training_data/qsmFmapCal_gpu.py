@@ -18,6 +18,7 @@ training on it would teach the network from signal it never sees. `--keep-backgr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from training_data.provenance import command
+
     args = build_parser().parse_args(argv)
 
     def body() -> int:
@@ -100,7 +103,8 @@ def main(argv=None) -> int:
         cfg = resolve_config(FieldmapConfig, args.config, values)
         return _run(cfg)
 
-    return run_cli(body, PROG)
+    with command("daqsm-fieldmap", argv):
+        return run_cli(body, PROG)
 
 
 def _run(args: FieldmapConfig) -> int:
@@ -140,9 +144,19 @@ def _run(args: FieldmapConfig) -> int:
                 raise InputError(f"shape mismatch: mask {mask.shape} vs input {item.name} {item.chi_ppm.shape}")
             field = compute_field(item.chi_ppm, vs, b0, mask, demean=args.demean,
                                   keep_background=args.keep_background, engine=engine)
-            out.add(item, field, vs, b0)
+            out.add(item, field, vs, b0, _sidecar(item, vs, b0, args))
     print(f"{PROG}: wrote {len(maps)} field map(s) (ppm) to {args.output}", file=sys.stderr)
     return 0
+
+
+def _sidecar(item: ChiMap, vs, b0, args) -> dict:
+    """Provenance of one NIfTI field map (training_data/provenance.py); .h5 outputs carry attrs instead."""
+    from training_data.provenance import build_record
+
+    settings = {k: v for k, v in dataclasses.asdict(args).items() if k != "inputs"}
+    return build_record(f"local field map of {item.name} by dipole convolution (step 2)", "ppm",
+                        sources=[item.name], b0_dir=b0, voxel_size_mm=vs, dipole_pad=args.pad, d0=args.d0,
+                        config=settings)
 
 
 class FieldEngine:
@@ -256,14 +270,18 @@ class StagedOutput:
     def __enter__(self):
         return self
 
-    def add(self, item: ChiMap, field: np.ndarray, vs, b0) -> None:
+    def add(self, item: ChiMap, field: np.ndarray, vs, b0, sidecar: dict | None = None) -> None:
         if self.kind == "h5":
             self._add_h5(item, field, vs, b0)
         else:
+            from training_data.provenance import sidecar_path, write_sidecar
+
             final = self.output if self.kind == "file" else os.path.join(self.output, f"{item.name}_field.nii.gz")
             tmp = os.path.join(os.path.dirname(os.path.abspath(final)), f".tmp-{os.path.basename(final)}")
             self.staged.append((tmp, final))
             write_volume(tmp, field, affine=item.affine, header=item.header, voxel_size_mm=vs)
+            if sidecar is not None and suffix_of(final) in NIFTI_SUFFIXES:
+                self.staged.append((write_sidecar(tmp, sidecar), sidecar_path(final)))
         self.names.append(item.name)
 
     def _add_h5(self, item, field, vs, b0):

@@ -37,8 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from training_data.provenance import command
+
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: finetune(resolve_config(FinetuneConfig, args)), PROG)
+    with command("daqsm-finetune", argv):
+        return run_cli(lambda: finetune(resolve_config(FinetuneConfig, args)), PROG)
 
 
 def cli() -> None:

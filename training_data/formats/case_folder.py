@@ -171,7 +171,7 @@ def read_case(folder, what: str = "case", magnitude: bool = True) -> Case:
     return Case(folder, field, mask, mag, info)
 
 
-def write_case(folder, arrays: dict, info: dict, affine) -> str:
+def write_case(folder, arrays: dict, info: dict, affine, sidecar=None) -> str:
     """Write one case folder atomically (temp folder, then rename).
 
     Args:
@@ -179,6 +179,8 @@ def write_case(folder, arrays: dict, info: dict, affine) -> str:
         arrays: file stem -> array, e.g. {'local_field': ppm (x, y, z), 'mask': ..., 'magnitude': (x, y, z, e)}.
         info: written as case.json (b0_tesla, te_s, voxel_size_mm, b0_dir, ...).
         affine: 4x4 of every volume.
+        sidecar: optional callable(stem) -> provenance record, written beside each volume
+            (training_data/provenance.py).
     """
     from training_data.volume_io import write_volume
 
@@ -188,6 +190,10 @@ def write_case(folder, arrays: dict, info: dict, affine) -> str:
     try:
         for name, data in arrays.items():
             write_volume(tmp / f"{name}.nii.gz", data, affine=affine)
+            if sidecar is not None:
+                from training_data.provenance import write_sidecar
+
+                write_sidecar(tmp / f"{name}.nii.gz", sidecar(name))
         (tmp / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
         if folder.exists():
             shutil.rmtree(folder)

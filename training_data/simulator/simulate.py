@@ -31,7 +31,7 @@ import scipy.ndimage as ndi
 from daqsm.config import add_config_options, param, resolve_config
 from daqsm.errors import InputError, run_cli
 from training_data.dipole import forward_field
-from training_data.formats.case_folder import write_case
+from training_data.formats.case_folder import write_case as write_case_folder
 from training_data.simulator.gibbs import remove_gibbs_ringing
 from training_data.simulator.gre import add_noise, crop_kspace, echo_signals, estimate_local_field
 from training_data.simulator.texture import texture_ppm
@@ -259,6 +259,36 @@ def simulate_cases(anatomy: Anatomy, out_dir, resolution_mm: float = 1.0, seed: 
     return written
 
 
+#: name -> (description, units) of the volumes of a case folder, for their sidecars
+CASE_VOLUMES = {
+    "local_field": ("local field estimated from the noisy multi-echo phase (simulated)", "ppm"),
+    "magnitude": ("multi-echo GRE magnitude, echoes last (simulated)", "arbitrary"),
+    "mask": ("brain mask", None),
+    "chi": ("ground-truth susceptibility (simulated)", "ppm"),
+    "segmentation": ("RC2 tissue labels", None),
+}
+
+
+#: volumes made through the dipole kernel (forward_field, native grid, pad auto, D(0) = 0)
+FIELD_VOLUMES = ("local_field", "magnitude")
+
+
+def case_sidecar(name: str, case: dict) -> dict:
+    """Provenance of one simulated volume (training_data/provenance.py); the field used the one kernel."""
+    from training_data.provenance import build_record
+
+    description, units = CASE_VOLUMES.get(name, (name, None))
+    extra = {"EchoTime": case["te_s"]} if name == "magnitude" else {}
+    return build_record(description, units, sources=[case["source"]], b0_tesla=case["b0_tesla"],
+                        b0_dir=case["b0_dir"], voxel_size_mm=case["voxel_size_mm"], dipole_pad="auto",
+                        d0=0.0 if name in FIELD_VOLUMES else None, config=case, **extra)
+
+
+def write_case(folder, arrays: dict, case: dict, affine) -> str:
+    """One simulated case folder (training_data/formats/case_folder.py), each volume with its sidecar."""
+    return write_case_folder(folder, arrays, case, affine, lambda name: case_sidecar(name, case))
+
+
 @dataclass(frozen=True)
 class SimulateConfig:
     """Simulator parameters (config-file keys = field names; options daqsm.config)."""
@@ -280,8 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from training_data.provenance import command
+
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: _run(resolve_config(SimulateConfig, args.config, vars(args))), PROG)
+    with command("daqsm-simulate", argv):
+        return run_cli(lambda: _run(resolve_config(SimulateConfig, args.config, vars(args))), PROG)
 
 
 def _run(args: SimulateConfig) -> int:
