@@ -29,7 +29,8 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from training_data.errors import InputError, run_cli
+from training_data.errors import InputError, output_path, run_cli
+from training_data.validate import integer_at_least
 
 PROG = "daqsm-demo"
 COLUMNS = {"SNR1": "Sim2Snr1", "SNR2": "Sim2Snr2"}
@@ -104,7 +105,16 @@ def run_demo(args) -> int:
         size = replace(size, pretrain_steps=args.pretrain_steps)
     if args.finetune_iterations:
         size = replace(size, finetune_iterations=args.finetune_iterations)
+    for option, value in (("--pretrain-steps", args.pretrain_steps), ("--finetune-iterations", args.finetune_iterations)):
+        if value is not None:
+            integer_at_least(option, value, 1)
+    if args.data:  # checked before the output folder is made: a wrong --data leaves nothing behind
+        data = Path(args.data)
+        for needed in (data / "qsm2016" / "chi_cosmos.nii.gz", data / "rc2_phantom" / "SegmentedModel.nii.gz"):
+            if not needed.exists():
+                raise InputError(f"--data {data}: expected {needed.relative_to(data)}, not found")
     out = Path(args.output)
+    output_path("-o", out, kind="folder")
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise InputError(f"-o {out}: folder exists and is not empty; use --overwrite")
     out.mkdir(parents=True, exist_ok=True)
@@ -113,9 +123,6 @@ def run_demo(args) -> int:
     # Source domain map and target-domain cases
     if args.data:
         data = Path(args.data)
-        for needed in (data / "qsm2016" / "chi_cosmos.nii.gz", data / "rc2_phantom" / "SegmentedModel.nii.gz"):
-            if not needed.exists():
-                raise InputError(f"--data {data}: expected {needed.relative_to(data)}, not found")
         source_chi, source_mask = data / "qsm2016" / "chi_cosmos.nii.gz", data / "qsm2016" / "msk.nii.gz"
         target_source = data / "rc2_phantom"
     else:

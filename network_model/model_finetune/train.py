@@ -47,7 +47,9 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from network_model.config import add_config_arguments, resolve_config, write_resolved_config  # noqa: E402
-from training_data.errors import InputError, run_cli  # noqa: E402
+from training_data.errors import InputError, output_path, run_cli  # noqa: E402
+from training_data.output_lock import claim_output  # noqa: E402
+from training_data.validate import check_numbers  # noqa: E402
 
 PROG = "model_finetune/train.py (step 5)"
 
@@ -148,9 +150,14 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
     if not cfg.output:
         raise InputError("output: give the QSM file with -o OUT.nii.gz")
     paths = output_paths(cfg.output)
-    existing = [p for p in paths.values() if os.path.exists(p)]
-    if existing and not cfg.overwrite:
-        raise InputError(f"output {existing[0]} exists; use --overwrite true to replace it")
+    # the QSM is committed last (below): without it, companions are an interrupted run's leftovers
+    if os.path.exists(paths["qsm"]) and not cfg.overwrite:
+        raise InputError(f"output {paths['qsm']} exists; use --overwrite true to replace it")
+    for path in paths.values():
+        output_path("-o", path)
+    check_numbers(cfg, {"b0": "positive", "te": "positive", "phase_rad_per_ppm": "positive",
+                        "voxel_size_mm": "positive", "b0_dir": "finite", "convergence_window": "int>=1"},
+                  spell=lambda k: "--" + k)
     if cfg.iterations < 1:
         raise InputError(f"iterations: expected >= 1, got {cfg.iterations}")
     for name in ("learning_rate", "tau", "convergence_tol", "lambda_tv"):
@@ -164,6 +171,16 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
         raise InputError(f"warmup_iterations: expected >= 0, got {cfg.warmup_iterations}")
     if not cfg.model:
         raise InputError("model: give the pre-trained model with --model FILE.keras")
+    with claim_output("-o", cfg.output):
+        return _finetune(cfg, paths, monitor, monitor_every)
+
+
+def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> int:
+    """The fine-tuning itself, inside the output's lock."""
+    leftovers = [p for p in paths.values() if os.path.exists(p)]
+    if leftovers and not os.path.exists(paths["qsm"]):
+        print(f"{PROG}: note: replacing {len(leftovers)} file(s) of an interrupted run without {paths['qsm']}",
+              file=sys.stderr)
     target = load_inputs(cfg)
     phase = cfg.phase_rad_per_ppm or target.phase_rad_per_ppm
     if phase is None or not (phase > 0 and math.isfinite(phase)):
@@ -240,7 +257,10 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
 
         monitor(0, full_map())
     os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
-    tmp_log = paths["log"] + ".part"
+    from training_data.output_lock import temp_prefix
+
+    # hidden, named after the output: the next run on it removes what a killed run left
+    tmp_log = os.path.join(os.path.dirname(os.path.abspath(cfg.output)), temp_prefix(cfg.output) + "loss.csv")
     if os.path.exists(tmp_log):
         os.remove(tmp_log)
     evaluate = tf.function(loss_fn)
@@ -259,7 +279,7 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
     if not np.all(np.isfinite(chi)):
         os.remove(tmp_log)
         raise InputError(f"model {cfg.model}: fine-tuning produced NaN/Inf values; nothing written")
-    write_volume(paths["qsm"], chi, target.affine, target.header)
+    # the QSM goes last: a run killed before it leaves an incomplete set that the rerun replaces
     save_model_atomic(model, paths["model"])
     write_model_info(paths["model"], target.geometry.voxel_size_mm, target.geometry.b0_dir,
                      spatial_divisor(model), fine_tuned_on=str(cfg.case or cfg.field))
@@ -275,6 +295,7 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
               "Box": [[b.start, b.stop] for b in box], "PhaseRadPerPpm": float(phase)}
     with atomic_path(paths["sidecar"]) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(record, fh, indent=2)
+    write_volume(paths["qsm"], chi, target.affine, target.header)
     ratio = f", ndi / noise energy {final['ndi'] / energy:.3g}" if energy else ""
     print(f"{PROG}: stopped ({reason}) after {result.step} iterations: loss {initial['loss']:.5g} -> "
           f"{final['loss']:.5g} (ndi {initial['ndi']:.5g} -> {final['ndi']:.5g}{ratio}); wrote {paths['qsm']}")

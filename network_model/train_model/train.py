@@ -30,7 +30,8 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from network_model.config import add_config_arguments, resolve_config, write_resolved_config  # noqa: E402
-from training_data.errors import InputError, run_cli  # noqa: E402
+from training_data.errors import InputError, output_path, run_cli  # noqa: E402
+from training_data.validate import check_numbers  # noqa: E402
 
 PROG = "train.py (step 4)"
 
@@ -149,18 +150,19 @@ def make_validate(model, dipole, phase: float, cfg: PretrainConfig, source, targ
 
 def pretrain(cfg: PretrainConfig) -> int:
     """Run (or resume) step 4; returns the exit status (0 done, 1 stopped on a non-finite loss)."""
-    from training_data.tf_env import import_tensorflow, seed_everything
-
-    tf = import_tensorflow()
-
-    from network_model.data import patch_dataset, read_patch_group, split_indices
-    from network_model.model_info import write_model_info
-    from network_model.training_loop import LossLog, make_optimizer, make_strategy, make_train_step, run_loop
-    from network_model.unet import DomainAdaptiveUNet, check_spatial_shape, export_target_model
-    from training_data.dipole import dipole_operator_tf
-
     if not cfg.datasets_path:
         raise InputError("datasets_path: give the patch HDF5 file (--datasets_path FILE)")
+    check_options(cfg)
+    output_path("--run_dir", cfg.run_dir, kind="folder")
+
+    from training_data.tf_env import import_tensorflow
+
+    import_tensorflow()
+
+    from network_model.data import read_patch_group, split_indices
+    from network_model.training_loop import make_optimizer, make_strategy
+    from network_model.unet import check_spatial_shape
+
     source = read_patch_group(cfg.datasets_path, "source")
     target = read_patch_group(cfg.targetdata_path or cfg.datasets_path, "target")
     for info in (source, target):
@@ -171,6 +173,7 @@ def pretrain(cfg: PretrainConfig) -> int:
     if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.max_steps < 0 or cfg.target_batch_size < 0:
         raise InputError("batch_size and epochs must be >= 1, max_steps and target_batch_size >= 0")
     phase = phase_scale(cfg, target)
+    make_optimizer(cfg.learning_rate, cfg.lr_schedule, 1, cfg.lr_decay_rate)  # a wrong schedule name stops here
     strategy = make_strategy(cfg.strategy)
     for name, size in (("batch_size", cfg.batch_size), ("target_batch_size", target_batch(cfg))):
         if size % strategy.num_replicas_in_sync:
@@ -182,11 +185,37 @@ def pretrain(cfg: PretrainConfig) -> int:
                                                   math.ceil(len(tgt_train) / target_batch(cfg)))
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
 
-    os.makedirs(cfg.run_dir, exist_ok=True)
+    from training_data.output_lock import claim_output
+
+    # one run per folder: a second one stops with "in use by PID N" instead of doubling the log
+    with claim_output("--run_dir", cfg.run_dir, kind="folder"):
+        created = not os.path.isdir(cfg.run_dir)
+        try:
+            return _train(cfg, source, target, phase, strategy, (src_train, src_val, tgt_train, tgt_val),
+                          steps_per_epoch, total)
+        except InputError:  # a rejected run leaves no new, empty run folder
+            if created and os.path.isdir(cfg.run_dir) and not os.listdir(cfg.run_dir):
+                os.rmdir(cfg.run_dir)
+            raise
+
+
+def _train(cfg: PretrainConfig, source, target, phase: float, strategy, splits, steps_per_epoch: int,
+           total: int) -> int:
+    """The training itself, inside the run folder's lock."""
+    import tensorflow as tf
+
+    from network_model.data import patch_dataset
+    from network_model.model_info import write_model_info
+    from network_model.training_loop import LossLog, make_optimizer, make_train_step, run_loop
+    from network_model.unet import DomainAdaptiveUNet, export_target_model
+    from training_data.dipole import dipole_operator_tf
+    from training_data.tf_env import seed_everything
+
+    src_train, src_val, tgt_train, tgt_val = splits
     ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
     if not cfg.resume and tf.train.latest_checkpoint(ckpt_dir):
         raise InputError(f"{cfg.run_dir}: holds checkpoints; use --resume true or another --run_dir")
-    write_resolved_config(cfg, os.path.join(cfg.run_dir, "config.json"))
+    os.makedirs(cfg.run_dir, exist_ok=True)
 
     seed_everything(cfg.seed)
     with strategy.scope():
@@ -205,6 +234,9 @@ def pretrain(cfg: PretrainConfig) -> int:
             raise InputError(f"{manager.latest_checkpoint}: does not match this network (depth/base_filters "
                              f"changed?): {str(err).splitlines()[0][:200]}") from None
         print(f"{PROG}: resuming from {manager.latest_checkpoint} (step {int(step_var.numpy())})", file=sys.stderr)
+    # written only now that the schedule, the patches and the checkpoint are known to fit: a rejected
+    # resume leaves the run's config as it was
+    write_resolved_config(cfg, os.path.join(cfg.run_dir, "config.json"))
 
     dipole = dipole_operator_tf(target.patch_size, target.voxel_size_mm, target.b0_dir, cfg.dipole_pad)
     epoch = int(step_var.numpy()) // steps_per_epoch  # reshuffle differently after a resume
@@ -226,6 +258,11 @@ def pretrain(cfg: PretrainConfig) -> int:
               f"last checkpoint: {manager.latest_checkpoint or 'none'} (lower learning_rate or check the "
               "patches)", file=sys.stderr)
         return 1
+    bad = nonfinite_reason(model, result.terms)
+    if bad:  # the loss is checked before each update; the last update or the validation can still be NaN
+        print(f"{PROG}: stopped: {bad} at step {result.step}; nothing exported; last checkpoint: "
+              f"{manager.latest_checkpoint or 'none'} (lower learning_rate or check the patches)", file=sys.stderr)
+        return 1
     out = os.path.join(cfg.run_dir, "target_model.keras")
     if result.step < total:
         print(f"{PROG}: stopped at step {result.step} of {total}", file=sys.stderr)
@@ -235,6 +272,30 @@ def pretrain(cfg: PretrainConfig) -> int:
     terms = ", ".join(f"{k}={v:.4g}" for k, v in result.terms.items())
     print(f"{PROG}: step {result.step}/{total} {terms}; target model: {out}")
     return 0
+
+
+def nonfinite_reason(model, terms: dict) -> str | None:
+    """Why a trained model must not be exported: NaN/Inf weights or validation terms, else None."""
+    import numpy as np
+
+    bad_terms = [k for k, v in terms.items() if k.startswith("val_") and not np.isfinite(v)]
+    if bad_terms:
+        return f"non-finite validation loss ({', '.join(bad_terms)})"
+    for weight in model.weights:
+        if not np.all(np.isfinite(np.asarray(weight))):
+            return f"non-finite weights in {weight.path if hasattr(weight, 'path') else weight.name}"
+    return None
+
+
+def check_options(cfg: PretrainConfig) -> None:
+    """Every number against its meaning, before any file is read or written."""
+    check_numbers(cfg, {"depth": "int>=1", "base_filters": "int>=1", "input_scale": "positive",
+                        "label_scale": "positive", "bn_momentum": (0.0, 1.0), "batch_size": "int>=1",
+                        "target_batch_size": "int>=0", "epochs": "int>=1", "steps_per_epoch": "int>=0",
+                        "max_steps": "int>=0", "learning_rate": "positive", "lr_decay_steps": "int>=0",
+                        "lr_decay_rate": "positive", "lambda_ndi": "non_negative", "lambda_tv": "non_negative",
+                        "phase_rad_per_ppm": "positive", "val_fraction": (0.0, 0.9), "validate_every": "int>=0",
+                        "checkpoint_every": "int>=0", "keep_checkpoints": "int>=1"})
 
 
 def save_model_atomic(model, path: str) -> str:
