@@ -148,14 +148,15 @@ def write_patches(out, sources: SourceInputs, targets: TargetInputs, config: Pat
                                              config.random_crops, rng, config.grid)
                 writer.append(group, k, origins, field=vol.field_ppm, mask=vol.mask, **{third: vol.third})
             counts[group] = writer.count(group)
-            if counts[group] == 0 and len(inputs):  # an empty patch file would only fail in step 4
-                raise InputError(f"--{group}: expected at least one patch, cut none from {len(inputs)} volume(s) "
-                                 f"(brains smaller than the patch size or --brain-threshold "
-                                 f"{config.brain_threshold:g} too high?)")
+            if counts[group] == 0 and len(inputs) and not quiet:
+                print(f"{PROG}: warning: --{group}: no patch cut from {len(inputs)} volume(s)", file=sys.stderr)
             vs = first.voxel_size_mm if first else None
             b0 = first.b0_dir if first else None
             writer.set_group_attrs(group, vs, b0, inputs.files, getattr(first, "b0_tesla", None),
                                    getattr(first, "te_s", None))
+        if not sum(counts.values()):  # an empty patch file would only fail later, in step 4
+            raise InputError(f"--source/--target: expected at least one patch, cut none (brains smaller than "
+                             f"the patch size or --brain-threshold {config.brain_threshold:g} too high?)")
     seconds = time.perf_counter() - t0
     return {**counts, "seconds": seconds}
 

@@ -80,7 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: run_demo(args), PROG)
+
+    def body() -> int:
+        from training_data.output_lock import folder_removed_on_error
+
+        with folder_removed_on_error(args.output):
+            return run_demo(args)
+
+    return run_cli(body, PROG)
 
 
 def _step(title: str, module_main, argv) -> None:

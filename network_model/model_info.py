@@ -161,7 +161,7 @@ def load_model_file(path) -> "keras.Model":  # noqa: F821
     import zipfile
 
     if not zipfile.is_zipfile(path):  # Keras would report a foreign file as "File not found"
-        raise InputError(f"model {path}: not a Keras model archive (a .keras file is a zip archive)")
+        raise InputError(f"model {path}: cannot load as a Keras model: not a Keras archive (a .keras file is a zip)")
     from training_data.tf_env import import_tensorflow
 
     import_tensorflow()

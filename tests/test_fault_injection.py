@@ -107,6 +107,44 @@ def inputs(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    """A 64 KiB tmpfs, filled but for a few bytes: writes fail with ENOSPC (needs root and mount)."""
+    import shutil
+    import subprocess
+
+    where = tmp_path_factory.mktemp("full")
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)],
+                                                         capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (not root?): full-disk cases skipped")
+    try:
+        try:  # fill it: an empty file (the writability probe) still fits, no data block does
+            with open(where / ".filler", "wb") as fh:
+                while True:
+                    fh.write(b"\0" * 4096)
+                    fh.flush()
+        except OSError:
+            pass
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def immutable(tmp_path_factory):
+    """A folder with the immutable attribute (chattr +i): even root cannot create files in it."""
+    import shutil
+    import subprocess
+
+    where = tmp_path_factory.mktemp("immutable")
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(where)], capture_output=True).returncode:
+        pytest.skip("chattr +i not available on this file system: immutable-folder cases skipped")
+    try:
+        yield where
+    finally:
+        subprocess.run(["chattr", "-i", str(where)], capture_output=True)
+
+
 def _snapshot(*folders) -> dict:
     out = {}
     for folder in folders:
@@ -128,8 +166,14 @@ class Case:
     expect: str = ""
     fsize_limit: int | None = None  # bytes: a write beyond fails with EFBIG (like a full disk)
 
-    def args(self, inputs: Path, out: Path) -> list:
-        return [a.format(**{"in": inputs, "out": out}) for a in self.argv.split()]
+    def args(self, inputs: Path, out: Path, full=None, immutable=None) -> list:
+        return [a.format(**{"in": inputs, "out": out, "full": full, "immutable": immutable})
+                for a in self.argv.split()]
+
+    @property
+    def needs(self) -> str | None:
+        """'full' (a full file system) or 'immutable' (a chattr +i folder) when the case uses one."""
+        return next((k for k in ("full", "immutable") if "{" + k + "}" in self.argv), None)
 
 
 def _unwritable(command, template, ext):
@@ -137,6 +181,8 @@ def _unwritable(command, template, ext):
     cases = [Case(f"{command}-under-file", command, _f(template, "{in}/a_file/sub/x" + ext), "a_file"),
              Case(f"{command}-proc", command, _f(template, "/proc/daqsm_nope/x" + ext), "/proc"),
              Case(f"{command}-sys", command, _f(template, "/sys/daqsm_nope" + ext), "/sys")]
+    cases.append(Case(f"{command}-immutable-folder", command, _f(template, "{immutable}/x" + ext), "immutable"))
+    cases.append(Case(f"{command}-full-disk", command, _f(template, "{full}/x" + ext), "no space"))
     if ext and command not in ("genchi", "fieldmap"):  # these two write into an existing folder
         cases.append(Case(f"{command}-folder-for-file", command, _f(template, "{in}/a_folder"), "a_folder"))
     return cases
@@ -178,10 +224,10 @@ CASES = [
          "a_file"),
     Case("figures-losses-under-file", "figures", "losses {in}/log.csv -o {in}/a_file/l.png", "a_file"),
     # a write that fails half-way (EFBIG from a file-size limit, as a full disk gives ENOSPC)
-    Case("genchi-fsize", "genchi", _f(GENCHI, "{out}/c.h5"), "-o", fsize_limit=4096),
     Case("fieldmap-fsize", "fieldmap", _f(FIELDMAP, "{out}/f.nii.gz"), "-o", fsize_limit=256),
-    Case("fieldmap-h5-fsize", "fieldmap", _f(FIELDMAP, "{out}/f.h5"), "-o", fsize_limit=1024),
-    Case("patches-fsize", "patches", _f(PATCHES, "{out}/p.h5"), "-o", fsize_limit=4096),
+    Case("fieldmap-h5-full-disk", "fieldmap", _f(FIELDMAP, "{full}/f.h5"), "no space"),
+    Case("finetune-full-disk", "finetune", _f(FT, "{full}/q.nii.gz"), "no space"),
+    Case("evaluate-markdown-full-disk", "evaluate", EVAL.replace("--json @O@", "--markdown {full}/t.md"), "no space"),
     Case("baseline-fsize", "baseline", _f(BASE, "{out}/b.nii.gz"), "-o", fsize_limit=256),
     Case("figures-fsize", "figures", _f(FIG, "{out}/s.png"), "-o", fsize_limit=512),
     Case("evaluate-fsize", "evaluate", _f(EVAL, "{out}/t.json"), "--json", fsize_limit=16),
@@ -277,8 +323,8 @@ CASES = [
     # --- 7. inputs and the messages that point the right way
     Case("genchi-two-variables", "genchi", "{in}/two.mat --mask {in}/mask.nii.gz -n 1 -o {out}/c.h5",
          "FILE.mat:NAME"),
-    Case("finetune-random-keras", "finetune", _f(FT, "{out}/q.nii.gz"), "not a Keras"),
-    Case("infer-random-keras", "infer", _f(INFER, "{out}/q.nii.gz"), "not a Keras"),
+    Case("finetune-random-keras", "finetune", _f(FT, "{out}/q.nii.gz"), "not a Keras archive"),
+    Case("infer-random-keras", "infer", _f(INFER, "{out}/q.nii.gz"), "not a Keras archive"),
     Case("finetune-missing-model", "finetune", _f(FT, "{out}/q.nii.gz").replace("random.keras", "none.keras"),
          "not found"),
     Case("genchi-missing-source", "genchi", "{in}/nothing.nii.gz --mask {in}/mask.nii.gz -o {out}/c.h5", "not found"),
@@ -321,19 +367,20 @@ CASES = [
 ]
 
 
-def _run_case(case: Case, inputs: Path, out: Path, capsys):
+def _run_case(case: Case, inputs: Path, out: Path, capsys, full=None, immutable=None):
     main = _commands()[case.command]
-    before = _snapshot(inputs, out)
-    argv = case.args(inputs, out)
-    if case.fsize_limit:  # a real process: the HDF5 library must not share the test's state
+    watched = [p for p in (inputs, out, full, immutable) if p is not None]
+    before = _snapshot(*watched)
+    argv = case.args(inputs, out, full, immutable)
+    if case.fsize_limit:  # a real process: the file-size limit must not hit the test process
         status, err = _run_limited(main, argv, case.fsize_limit)
-        return status, err, before, _snapshot(inputs, out)
+        return status, err, before, _snapshot(*watched)
     try:
         status = main(argv)
     except SystemExit as stop:  # argparse errors
         status = stop.code
     err = capsys.readouterr().err
-    return status, err, before, _snapshot(inputs, out)
+    return status, err, before, _snapshot(*watched)
 
 
 TF_LOG = re.compile(r"^[IWE]\d{4} |^WARNING: All log messages")  # TensorFlow's C++ start-up lines
@@ -355,17 +402,14 @@ def _run_limited(main, argv, limit: int):
     return proc.returncode, proc.stderr
 
 
-H5_CRASH = {"genchi-fsize", "fieldmap-h5-fsize", "patches-fsize"}
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(
-    reason="the HDF5 C library segfaults when a write fails with EFBIG/ENOSPC (h5py), before Python can "
-           "report it; the temp file is still removed by the next run", strict=False))
-    if c.id in H5_CRASH else c for c in CASES], ids=[c.id for c in CASES])
-def test_fault(case, inputs, tmp_path, capsys):
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_fault(case, inputs, tmp_path, capsys, request):
     out = tmp_path / "out"
     out.mkdir()
-    status, err, before, after = _run_case(case, inputs, out, capsys)
+    places = {"full": None, "immutable": None}
+    if case.needs:
+        places[case.needs] = request.getfixturevalue(case.needs)
+    status, err, before, after = _run_case(case, inputs, out, capsys, **places)
     lines = [line for line in err.splitlines() if line.strip() and "warning" not in line.lower()
              and not TF_LOG.match(line)]
     assert status == 2, f"exit {status}: {err[-2000:]}"
@@ -458,10 +502,15 @@ def _hold_lock(path):
     return proc
 
 
-@pytest.mark.parametrize("command", ["genchi", "fieldmap", "train"])
+LOCKED = {"genchi": ("c.h5", GENCHI), "fieldmap": ("f.nii.gz", FIELDMAP), "train": ("run", TRAIN),
+          "patches": ("p.h5", PATCHES), "finetune": ("q.nii.gz", FT), "infer": ("q.nii.gz", INFER)}
+
+
+@pytest.mark.parametrize("command", sorted(LOCKED))
 def test_second_run_on_one_output_stops_with_the_pid(command, inputs, tmp_path, capsys):
-    out = tmp_path / {"genchi": "c.h5", "fieldmap": "f.nii.gz", "train": "run"}[command]
-    argv = {"genchi": _f(GENCHI, str(out)), "fieldmap": _f(FIELDMAP, str(out)), "train": _f(TRAIN, str(out))}[command]
+    name, template = LOCKED[command]
+    out = tmp_path / name
+    argv = _f(template, str(out))
     holder = _hold_lock(out)
     try:
         status = _commands()[command](Case("", command, argv).args(inputs, tmp_path))
@@ -472,7 +521,7 @@ def test_second_run_on_one_output_stops_with_the_pid(command, inputs, tmp_path, 
     finally:
         holder.kill()  # kill -9: the kernel drops the lock with the process
         holder.wait()
-    if command != "train":  # the lock of a killed holder does not block the next run
+    if command in ("genchi", "fieldmap", "patches"):  # the lock of a killed holder does not block the next run
         assert _commands()[command](Case("", command, argv).args(inputs, tmp_path)) == 0
         assert out.exists()
         assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]

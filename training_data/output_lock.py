@@ -103,3 +103,21 @@ def _make_parents(path) -> list[str]:
     for folder in reversed(missing):
         os.mkdir(folder)
     return list(reversed(missing))
+
+
+@contextlib.contextmanager
+def folder_removed_on_error(path):
+    """A folder output that did not exist before is removed again if the block fails.
+
+    For commands that fill a new folder with many files (simulate, the demo): a failed run leaves
+    nothing behind; an existing folder is never removed.
+    """
+    import shutil
+
+    created = not os.path.exists(str(path))
+    try:
+        yield
+    except (Exception, SystemExit):  # SystemExit: a demo step failed and said why
+        if created and os.path.isdir(str(path)):
+            shutil.rmtree(str(path), ignore_errors=True)
+        raise

@@ -320,8 +320,11 @@ def _run(args) -> int:
         anatomy = load_rc2_phantom(args.source)
     if any(args.resolution < v - 1e-6 for v in anatomy.voxel_size_mm):
         raise InputError(f"--resolution {args.resolution:g}: expected at least the native voxel size {anatomy.voxel_size_mm}")
-    cases = simulate_cases(anatomy, args.output, args.resolution, args.seed, args.quiet,
-                           gibbs_removal=not args.keep_gibbs_ringing)
+    from training_data.output_lock import folder_removed_on_error
+
+    with folder_removed_on_error(args.output):
+        cases = simulate_cases(anatomy, args.output, args.resolution, args.seed, args.quiet,
+                               gibbs_removal=not args.keep_gibbs_ringing)
     print(f"{PROG}: wrote {len(cases)} cases to {args.output}", file=sys.stderr)
     return 0
 

@@ -193,10 +193,22 @@ def pretrain(cfg: PretrainConfig) -> int:
         try:
             return _train(cfg, source, target, phase, strategy, (src_train, src_val, tgt_train, tgt_val),
                           steps_per_epoch, total)
-        except InputError:  # a rejected run leaves no new, empty run folder
-            if created and os.path.isdir(cfg.run_dir) and not os.listdir(cfg.run_dir):
-                os.rmdir(cfg.run_dir)
+        except (InputError, OSError):
+            # a new run that failed before its first checkpoint leaves no run folder; one with a
+            # checkpoint stays (rerun the command to resume)
+            ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
+            if created and os.path.isdir(cfg.run_dir) and not tf_latest(ckpt_dir):
+                import shutil
+
+                shutil.rmtree(cfg.run_dir, ignore_errors=True)
             raise
+
+
+def tf_latest(ckpt_dir: str):
+    """The run folder's last checkpoint, or None."""
+    import tensorflow as tf
+
+    return tf.train.latest_checkpoint(ckpt_dir) if os.path.isdir(ckpt_dir) else None
 
 
 def _train(cfg: PretrainConfig, source, target, phase: float, strategy, splits, steps_per_epoch: int,
