@@ -108,14 +108,20 @@ def inputs(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def full(tmp_path_factory):
-    """A 64 KiB tmpfs, filled but for a few bytes: writes fail with ENOSPC (needs root and mount)."""
+def full():
+    """A 64 KiB tmpfs, filled but for empty files: writes fail with ENOSPC (needs root and mount).
+
+    Made outside pytest's temp folders: pytest may rename those of one session while another runs,
+    and a mount or an immutable folder must be undone at its own path.
+    """
     import shutil
     import subprocess
+    import tempfile
 
-    where = tmp_path_factory.mktemp("full")
+    where = Path(tempfile.mkdtemp(prefix="daqsm-full-"))
     if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)],
                                                          capture_output=True).returncode:
+        where.rmdir()
         pytest.skip("cannot mount a small tmpfs here (not root?): full-disk cases skipped")
     try:
         try:  # fill it: an empty file (the writability probe) still fits, no data block does
@@ -127,22 +133,27 @@ def full(tmp_path_factory):
             pass
         yield where
     finally:
-        subprocess.run(["umount", str(where)], capture_output=True)
+        # lazy: a file a failed write left open in this process must not keep the mount
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+        shutil.rmtree(where, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def immutable(tmp_path_factory):
+def immutable():
     """A folder with the immutable attribute (chattr +i): even root cannot create files in it."""
     import shutil
     import subprocess
+    import tempfile
 
-    where = tmp_path_factory.mktemp("immutable")
+    where = Path(tempfile.mkdtemp(prefix="daqsm-immutable-"))
     if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(where)], capture_output=True).returncode:
+        where.rmdir()
         pytest.skip("chattr +i not available on this file system: immutable-folder cases skipped")
     try:
         yield where
     finally:
         subprocess.run(["chattr", "-i", str(where)], capture_output=True)
+        shutil.rmtree(where, ignore_errors=True)
 
 
 def _snapshot(*folders) -> dict:
