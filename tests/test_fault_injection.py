@@ -474,6 +474,33 @@ def test_rejected_run_leaves_the_run_config_as_it_was(inputs, tmp_path, capsys):
     assert sorted(os.listdir(run)) == ["config.json"]
 
 
+def test_nan_weights_after_the_last_update_export_nothing(inputs, tmp_path, capsys):
+    from network_model.train_model import train as pretrain
+
+    run = tmp_path / "run"
+    # float32(1e39) is inf: the one update makes the weights NaN/Inf while the loss before it was finite
+    status = pretrain.main(["--datasets_path", str(inputs / "patches.h5"), "-o", str(run), "--depth", "1",
+                            "--base_filters", "2", "--max_steps", "1", "--learning_rate", "1e39",
+                            "--val_fraction", "0", "--progress", "false"])
+    assert status == 1
+    assert "non-finite weights" in capsys.readouterr().err
+    assert not (run / "target_model.keras").exists()
+    assert not (run / "checkpoints").exists() or not os.listdir(run / "checkpoints")
+
+
+def test_nan_validation_loss_stops_the_run(tmp_path):
+    import itertools
+
+    import tensorflow as tf
+
+    from network_model.training_loop import LossLog, run_loop
+
+    result = run_loop(lambda _batch: {"loss": tf.constant(1.0)}, itertools.repeat(None),
+                      tf.Variable(0, dtype=tf.int64), 5, LossLog(str(tmp_path / "log.csv")),
+                      validate=lambda: {"val_loss": float("nan")}, validate_every=2, progress=False)
+    assert (result.reason, result.step) == ("nan", 2)
+
+
 def test_nonfinite_weights_or_validation_are_not_exported():
     import keras
 

@@ -263,10 +263,11 @@ def _train(cfg: PretrainConfig, source, target, phase: float, strategy, splits, 
     result = run_loop(step_fn, batches, step_var, total, log, manager=manager,
                       checkpoint_every=cfg.checkpoint_every or steps_per_epoch, validate=validate,
                       validate_every=cfg.validate_every or steps_per_epoch, progress=cfg.progress,
-                      desc="pre-training")
+                      desc="pre-training", healthy=lambda: nonfinite_reason(model, {}))
     if result.reason == "nan":
         terms = ", ".join(f"{k}={v:.4g}" for k, v in result.terms.items())
-        print(f"{PROG}: stopped: non-finite loss at step {result.step} ({terms}); nothing exported; "
+        what = nonfinite_reason(model, result.terms) or "non-finite loss"
+        print(f"{PROG}: stopped: {what} at step {result.step} ({terms}); nothing exported; "
               f"last checkpoint: {manager.latest_checkpoint or 'none'} (lower learning_rate or check the "
               "patches)", file=sys.stderr)
         return 1
