@@ -266,7 +266,8 @@ def _train(cfg: PretrainConfig, source, target, phase: float, strategy, splits, 
                       desc="pre-training", healthy=lambda: nonfinite_reason(model, {}))
     if result.reason == "nan":
         terms = ", ".join(f"{k}={v:.4g}" for k, v in result.terms.items())
-        what = nonfinite_reason(model, result.terms) or "non-finite loss"
+        loss_ok = math.isfinite(result.terms.get("loss", float("nan")))
+        what = (nonfinite_reason(model, result.terms) if loss_ok else None) or "non-finite loss"
         print(f"{PROG}: stopped: {what} at step {result.step} ({terms}); nothing exported; "
               f"last checkpoint: {manager.latest_checkpoint or 'none'} (lower learning_rate or check the "
               "patches)", file=sys.stderr)
