@@ -439,10 +439,17 @@ def test_enough_cases_over_all_commands():
 # --- single defects that are not "exit 2" cases -----------------------------------------------
 
 
-def test_case_json_te_as_one_number_is_one_echo(inputs):
-    from training_data.case_json import read_case_json
+def test_case_json_te_as_one_number_is_one_echo(inputs, tmp_path):
+    import h5py
 
-    assert read_case_json(inputs / "case_te_number")["te_s"] == [0.02]
+    import genRDFPatchesSyn
+
+    out = tmp_path / "p.h5"
+    assert genRDFPatchesSyn.main(["--source", str(inputs / "step1.h5"), "--patch-size", "16", "16", "16", "--quiet",
+                                  "--target", str(inputs / "case_te_number"), "--weight-echo", "1",
+                                  "-o", str(out)]) == 0
+    with h5py.File(out, "r") as h5:
+        assert h5["target"].attrs["te_s"] == 0.02
 
 
 def test_genchi_overwrite_keeps_files_it_did_not_write(inputs, tmp_path):
