@@ -104,6 +104,8 @@ def inputs(tmp_path_factory) -> Path:
     (root / "existing.png").write_bytes(b"keep me")
     (root / "existing.json").write_text("{}")
     (root / "a_folder").mkdir()
+    os.symlink("loop.nii.gz", root / "loop.nii.gz")  # a link to itself
+    os.symlink("a_folder", root / "link_to_folder")
     return root
 
 
@@ -163,7 +165,7 @@ def _snapshot(*folders) -> dict:
             out[dirpath] = "dir"
             for name in filenames:
                 p = os.path.join(dirpath, name)
-                out[p] = hashlib.sha1(Path(p).read_bytes()).hexdigest()
+                out[p] = os.readlink(p) if os.path.islink(p) else hashlib.sha1(Path(p).read_bytes()).hexdigest()
     return out
 
 
@@ -372,6 +374,11 @@ CASES = [
     Case("figures-shape", "figures", "slices --recon {in}/chi.nii.gz --truth {in}/other_grid.nii.gz -o {out}/s.png",
          "shape"),
     Case("figures-bad-suffix", "figures", _f(FIG, "{out}/s.jpg"), ".png"),
+    Case("genchi-symlink-loop", "genchi", "{in}/loop.nii.gz --mask {in}/mask.nii.gz -o {out}/c.h5", "loop.nii.gz"),
+    Case("baseline-symlink-loop-mask", "baseline", "tkd --field {in}/field.nii.gz --mask {in}/loop.nii.gz "
+         "-o {out}/b.nii.gz", "loop.nii.gz"),
+    Case("figures-output-link-to-folder", "figures", _f(FIG, "{in}/link_to_folder"), "link_to_folder"),
+    Case("baseline-output-link-to-folder", "baseline", _f(BASE, "{in}/link_to_folder"), "link_to_folder"),
     Case("baseline-empty-mask", "baseline", "tkd --field {in}/field.nii.gz --mask {in}/empty_mask.nii.gz -o {out}/b.nii.gz",
          "empty"),
     Case("baseline-nan-field", "baseline", "tkd --field {in}/nan.npy --mask {in}/mask.nii.gz -o {out}/b.nii.gz", "NaN"),
