@@ -338,8 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from training_data.provenance import command
+
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: _run(args), "python -m evaluation.baselines")
+    with command("daqsm-baseline", argv):
+        return run_cli(lambda: _run(args), "python -m evaluation.baselines")
 
 
 def _alpha(text: str) -> float:
@@ -408,6 +411,14 @@ def _run(args) -> int:
             chi, info = ndi_tv(field.data, mask, weight, params=params, return_info=True, **common)
             print(f"ndi-tv: {info['iterations']} iterations, converged={info['converged']}, {info['seconds']:.1f} s")
     write_volume(args.output, chi.astype(np.float32), affine=field.affine, header=field.header)
+    from training_data.provenance import build_record, write_sidecar
+
+    settings = {k: v for k, v in vars(args).items()}
+    b0 = args.b0_tesla if args.method == "ndi-tv" else None
+    write_sidecar(args.output, build_record(f"susceptibility map, {args.method} baseline", "ppm",
+                                            sources=[args.field, args.mask, args.weight], b0_tesla=b0,
+                                            b0_dir=geom.b0_dir, voxel_size_mm=geom.voxel_size_mm, dipole_pad=args.pad,
+                                            config=settings))
     print(f"wrote {args.output}")
     return 0
 

@@ -7,7 +7,9 @@ Slices: a 3 x 3 grid - rows reconstruction, ground truth, difference (reconstruc
 columns the three orthogonal planes through the centre of the mask - all in one colour window in
 ppm, symmetric about 0: [-w, w] with w the 99th percentile of |truth| inside the mask (or --window),
 so that the difference row reads on the same scale as the maps; one colour bar per row, in ppm.
-Voxel aspect ratios come from the truth file's voxel size.
+Voxel aspect ratios come from the truth file's voxel size. `--residual OUT_residual.nii.gz` (the QC
+map that fine-tuning and inference write, ppm) adds a 4th row on its own scale [0, 99th percentile]:
+where the reconstruction does not explain the measured field (900 x 1200 pixels then).
 
 Losses: a CSV log with a header; the x axis is the column named step / iteration / epoch (else the
 first), every other numeric column is a loss curve except the wall time `elapsed_s`, which is not a
@@ -73,7 +75,7 @@ def _planes(volume, centre):
 
 
 def slice_figure(recon_ppm, truth_ppm, path, mask=None, voxel_size_mm=(1.0, 1.0, 1.0), window_ppm=None,
-                 title: str | None = None) -> str:
+                 title: str | None = None, residual_ppm=None) -> str:
     """Write the 3 x 3 slice figure (module doc) as PNG; returns the path.
 
     Args:
@@ -84,6 +86,8 @@ def slice_figure(recon_ppm, truth_ppm, path, mask=None, voxel_size_mm=(1.0, 1.0,
         voxel_size_mm: 3 floats, for the pixel aspect ratios.
         window_ppm: half-width of the colour window (default: colour_window of the truth).
         title: figure title.
+        residual_ppm: optional float (x, y, z) QC residual map (OUT_residual.nii.gz, ppm): a 4th row,
+            on its own scale [0, 99th percentile in the mask].
     """
     recon = np.asarray(recon_ppm, dtype=np.float32)
     truth = np.asarray(truth_ppm, dtype=np.float32)
@@ -103,12 +107,23 @@ def slice_figure(recon_ppm, truth_ppm, path, mask=None, voxel_size_mm=(1.0, 1.0,
     aspects = [vs[2] / vs[1], vs[2] / vs[0], vs[1] / vs[0]]
     plane_names = [f"x = {centre[0]}", f"y = {centre[1]}", f"z = {centre[2]}"]
     rows = [("reconstruction", recon), ("ground truth", truth), ("difference", recon - truth)]
+    if residual_ppm is not None:
+        residual = np.asarray(residual_ppm, dtype=np.float32)
+        if residual.shape != truth.shape:
+            raise shape_mismatch("residual", residual.shape, "truth", truth.shape)
+        rows.append(("QC residual", residual))
     plt = _pyplot()
-    fig, axes = plt.subplots(3, 3, figsize=SLICES_SIZE_IN, dpi=DPI, layout="constrained")
+    size = SLICES_SIZE_IN if len(rows) == 3 else (SLICES_SIZE_IN[0], SLICES_SIZE_IN[1] * 4 / 3)
+    fig, axes = plt.subplots(len(rows), 3, figsize=size, dpi=DPI, layout="constrained")
     for r, (label, volume) in enumerate(rows):
+        if label == "QC residual":  # a magnitude (>= 0) on its own scale
+            top = float(np.percentile(volume[mask] if mask is not None else volume, WINDOW_PERCENTILE)) or 1e-6
+            cmap, vmin, vmax = "magma", 0.0, top
+        else:
+            cmap, vmin, vmax = "gray", -w, w
         for c, plane in enumerate(_planes(volume, centre)):
             ax = axes[r, c]
-            image = ax.imshow(plane, cmap="gray", vmin=-w, vmax=w, origin="lower", aspect=aspects[c],
+            image = ax.imshow(plane, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower", aspect=aspects[c],
                               interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
@@ -235,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--truth", required=True, help="ground truth (ppm) on the same grid")
     s.add_argument("--mask", help="brain mask (0/1); sets the window and the slice centre")
     s.add_argument("--window", type=float, help="colour window half-width in ppm (default: 99th percentile of |truth|)")
+    s.add_argument("--residual", help="QC residual map (OUT_residual.nii.gz, ppm) shown as a 4th row")
     s.add_argument("--title")
     s.add_argument("-o", "--output", required=True, help="output .png")
     s.add_argument("--overwrite", action="store_true")
@@ -263,8 +279,9 @@ def main(argv=None) -> int:
             mask = None
             if args.mask:
                 mask = check_mask(read_volume(args.mask, dtype=None).data, args.mask, truth.data, "truth")
+            residual = read_volume(args.residual).data if args.residual else None
             slice_figure(recon.data, truth.data, args.output, mask, truth.voxel_size_mm or (1.0, 1.0, 1.0),
-                         args.window, args.title)
+                         args.window, args.title, residual)
         else:
             loss_figure(args.log, args.output, args.columns, args.title)
         print(f"wrote {args.output}")

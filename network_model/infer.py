@@ -8,7 +8,10 @@ Inputs in any format training_data.volume_io reads (NIfTI, .mat v5/v7.3 as FILE.
 .npy); the field is converted to ppm. The output keeps the field's affine and header (for non-NIfTI
 inputs an affine from --voxel-size), is 0 outside the mask, and a sidecar OUT.json records the
 resolved settings, the input geometry and the model's training geometry (MODEL.keras.json, see
-network_model/model_info.py); a one-line warning goes to stderr when the two differ.
+network_model/model_info.py); a one-line warning goes to stderr when the two differ. The sidecar is
+the provenance record of training_data/provenance.py (plus these keys); OUT_residual.nii.gz is the
+QC data-consistency residual (ppm, training_data/qc_residual.py) with its own sidecar.
+Inputs pass daqsm-check's checks first; --bids names the output OUT_Chimap.nii.gz.
 
 Default is overlapping-tile inference (bounded memory); --whole runs one pass on the volume
 zero-padded to a multiple of 2**depth. Either way the network runs on the brain's bounding box plus
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -31,10 +33,12 @@ if __package__ in (None, ""):  # `python network_model/infer.py` from a checkout
 
 from training_data.errors import InputError, output_path, run_cli  # noqa: E402
 from training_data.output_lock import claim_output  # noqa: E402
+from training_data.provenance import write_sidecar  # noqa: E402
 from training_data.validate import check_numbers  # noqa: E402
-from training_data.volume_io import NIFTI_SUFFIXES, atomic_path, read_field, read_mask, suffix_of, write_volume  # noqa: E402
+from training_data.volume_io import NIFTI_SUFFIXES, read_field, read_mask, suffix_of, write_volume  # noqa: E402
 
 PROG = "daqsm-infer"
+QC_PAD = "auto"  # dipole padding of the QC residual's forward model (as fine-tuning's default)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class InferConfig:
         divisor: 2**depth override (else from the model info or its pooling layers).
         output: output NIfTI (.nii or .nii.gz), chi in ppm.
         overwrite: replace an existing output.
+        bids: name the output the BIDS way, OUT_Chimap.nii.gz (training_data/provenance.py).
     """
 
     model: str | None = None
@@ -76,6 +81,7 @@ class InferConfig:
     divisor: int | None = None
     output: str | None = None
     overwrite: bool = False
+    bids: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--divisor", type=int, help="2**depth of the model (default: model info / its layers)")
     p.add_argument("-o", "--output", help="output NIfTI, chi in ppm")
     p.add_argument("--overwrite", action="store_const", const=True, help="replace an existing output")
+    p.add_argument("--bids", action="store_const", const=True, help="BIDS name for the output: OUT_Chimap.nii.gz")
     return p
 
 
@@ -165,6 +172,12 @@ def read_inputs(cfg: InferConfig):
         b0_tesla = b0_tesla if b0_tesla is not None else case_info.get("b0_tesla")
     if not field_path or not mask_path:
         raise InputError("inputs: expected --field and --mask, or --case")
+    from training_data.input_check import check_case, check_files
+
+    if cfg.case:  # daqsm-check's checks, before the model is loaded
+        check_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir)
+    else:
+        check_files(field_path, mask_path, None, units, b0_tesla, te_s, cfg.voxel_size_mm, cfg.b0_dir)
     field = read_field(field_path, units, b0_tesla, te_s)
     mask = read_mask(mask_path, like=field.data, like_name=f"field {field_path}")
     voxel_size = cfg.voxel_size_mm or case_info.get("voxel_size_mm") or field.voxel_size_mm
@@ -183,12 +196,17 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
     warn = warn or (lambda msg: print(f"{PROG}: warning: {msg}", file=sys.stderr))
     if not cfg.output:
         raise InputError("-o/--output: expected an output NIfTI path")
+    if cfg.bids:
+        from training_data.provenance import bids_chimap_path
+
+        cfg = dataclasses.replace(cfg, output=bids_chimap_path(cfg.output), bids=False)
     if suffix_of(cfg.output) not in NIFTI_SUFFIXES:
         raise InputError(f"{cfg.output}: expected an output ending in .nii or .nii.gz")
-    if os.path.exists(cfg.output) and not cfg.overwrite:
-        raise InputError(f"{cfg.output}: output exists; give --overwrite to replace it")
-    output_path("-o", cfg.output)
-    output_path("-o", sidecar_path(cfg.output))
+    for path in (cfg.output, residual_path(cfg.output)):
+        if os.path.exists(path) and not cfg.overwrite:
+            raise InputError(f"{path}: output exists; give --overwrite to replace it")
+    for path in (cfg.output, residual_path(cfg.output), sidecar_path(cfg.output)):
+        output_path("-o", path)
     tiling.check_tiling(cfg.tile, cfg.overlap, 1)
     if cfg.batch_size < 1:
         raise InputError(f"--batch-size: expected a positive integer, got {cfg.batch_size}")
@@ -215,8 +233,7 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
     if not np.all(np.isfinite(chi)):
         raise InputError(f"{cfg.model}: the model produced NaN/Inf values; nothing written")
     record = {
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
-        "output": cfg.output, "units": "ppm", "shape": list(chi.shape),
+        "output": cfg.output, "shape": list(chi.shape),  # settings: "Config", units: "Units" (provenance)
         "input_voxel_size_mm": list(map(float, voxel_size)) if voxel_size is not None else None,
         "input_b0_dir": list(map(float, b0_dir)) if b0_dir is not None else None,
         "b0_tesla": b0_tesla, "model_info": {k: (list(v) if isinstance(v, tuple) else v) for k, v in info.items()},
@@ -224,14 +241,58 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
         "tiles": int(n_tiles), "seconds": round(seconds, 3), "box": [[b.start, b.stop] for b in box],
     }
     write_volume(cfg.output, chi.astype(np.float32), affine=affine, header=field.header)
-    with atomic_path(sidecar_path(cfg.output)) as tmp, open(tmp, "w") as fh:
-        json.dump(record, fh, indent=2)
+    record["QC"] = write_qc(cfg, chi, field.data, np.asarray(mask), voxel_size, b0_dir, b0_tesla, affine, field.header)
+    write_sidecar(cfg.output, provenance_record(cfg, voxel_size, b0_dir, b0_tesla, "susceptibility map, "
+                                                "pre-trained / exported target network (inference)"), record)
     log(f"wrote {cfg.output}: chi in ppm, shape {chi.shape}, {record['mode']} ({n_tiles} tiles), "
         f"{seconds:.1f} s")
     return record
 
 
+def residual_path(output: str) -> str:
+    """OUT.nii.gz -> OUT_residual.nii.gz (QC map, ppm)."""
+    return output[: -len(suffix_of(output))] + "_residual.nii.gz"
+
+
+def provenance_record(cfg: InferConfig, voxel_size, b0_dir, b0_tesla, description: str) -> dict:
+    from training_data.provenance import build_record
+
+    return build_record(description, "ppm", sources=[cfg.case] if cfg.case else [cfg.field, cfg.mask],
+                        b0_tesla=b0_tesla, b0_dir=b0_dir, voxel_size_mm=voxel_size, dipole_pad=QC_PAD,
+                        config=cfg, model=cfg.model)
+
+
+def write_qc(cfg: InferConfig, chi, field_ppm, mask, voxel_size, b0_dir, b0_tesla, affine, header) -> dict:
+    """QC residual map beside the output, defined as fine-tuning's (training_data/qc_residual.py).
+
+    A case folder gives fine-tuning's W (2nd echo magnitude) and phase scale (network_model.target_data);
+    separate files W = mask and the phase scale from --b0/--te (the small-angle form without them).
+    """
+    from training_data.qc_residual import residual_map_ppm, residual_summary
+    from training_data.units import rad_per_ppm
+
+    weight = None
+    if cfg.case:
+        from network_model.target_data import load_case
+
+        target = load_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir)
+        weight, phase = target.weight, target.phase_rad_per_ppm
+    else:
+        phase = rad_per_ppm(b0_tesla, cfg.te_s) if b0_tesla and cfg.te_s else None
+    residual = residual_map_ppm(chi, field_ppm, mask, weight, voxel_size or (1.0, 1.0, 1.0),
+                                b0_dir or (0.0, 0.0, 1.0), QC_PAD, phase)
+    summary = residual_summary(residual, field_ppm, mask, weight)
+    out = residual_path(cfg.output)
+    write_volume(out, residual, affine=affine, header=header)
+    write_sidecar(out, provenance_record(cfg, voxel_size, b0_dir, b0_tesla, "weighted data-consistency residual "
+                                         f"of {os.path.basename(cfg.output)} (ppm)"),
+                  {"PhaseRadPerPpm": phase, "QC": summary})
+    return summary
+
+
 def main(argv=None) -> int:
+    from training_data.provenance import command
+
     parser = build_parser()
     args = parser.parse_args(argv)
 
@@ -245,7 +306,8 @@ def main(argv=None) -> int:
             run(cfg)
         return 0
 
-    return run_cli(body, PROG)
+    with command(PROG, argv):
+        return run_cli(body, PROG)
 
 
 def cli() -> None:

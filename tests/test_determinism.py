@@ -9,7 +9,8 @@ training_data/tf_env.py.
 
 Left out, because they are not results: wall times (`elapsed_s` in the loss logs, `seconds` of the
 inference sidecar, `date_saved` in a `.keras` file, and so the loss-curve PNGs, whose lower panel
-plots elapsed_s), Keras's `shared_object_id` (a Python object id), the folder's own path where a
+plots elapsed_s), the SHA256 of a model file in the provenance sidecars (a `.keras` file holds its
+date_saved), Keras's `shared_object_id` (a Python object id), the folder's own path where a
 config records it, TensorBoard event files (they hold wall-clock stamps) and the step-4
 checkpoints (the same weights are compared through `target_model.keras`). No step is excluded:
 all of them reproduce.
@@ -27,7 +28,9 @@ import numpy as np
 
 #: keys (CSV columns, JSON keys) holding wall time or object ids, not results
 TIME_KEYS = ("elapsed_s", "seconds", "date_saved")
-IGNORED_KEYS = TIME_KEYS + ("shared_object_id",)
+#: a sidecar's model SHA256 hashes a `.keras` file, which stores its save date (the same weights are
+#: compared through the model file itself)
+IGNORED_KEYS = TIME_KEYS + ("shared_object_id", "SHA256")
 SKIPPED_PARTS = ("tensorboard", "checkpoints")
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from training_data.augment import AugmentParams, augment_sample
 from training_data.errors import InputError, output_path, run_cli, shape_mismatch
 from training_data.output_lock import claim_output, temp_prefix
+from training_data.provenance import build_record, write_sidecar
 from training_data.step_config import add_config_options, config_to_dict, option_name, resolve_config, write_config
 from training_data.validate import check_numbers
 from training_data.volume_io import HDF5_SUFFIXES, atomic_path, check_mask, read_volume, suffix_of, write_volume
@@ -195,8 +196,13 @@ def write_maps_nifti(folder, sources: list[SourceMap], config: GenChiConfig, ove
             for i in range(config.n_maps):
                 chi, mask, drawn = synthesize(sources, config, i)
                 src = sources[drawn["source_index"]]
-                write_volume(os.path.join(tmpdir, f"chi_{i:0{digits}d}.nii.gz"), chi, src.affine)
-                write_volume(os.path.join(tmpdir, f"mask_{i:0{digits}d}.nii.gz"), mask.astype(np.uint8), src.affine)
+                for name, data, what, units in (("chi", chi, "synthetic susceptibility map (step 1)", "ppm"),
+                                                 ("mask", mask.astype(np.uint8), "brain mask", None)):
+                    path = os.path.join(tmpdir, f"{name}_{i:0{digits}d}.nii.gz")
+                    write_volume(path, data, src.affine)
+                    write_sidecar(path, build_record(what, units, sources=[src.path], b0_dir=src.b0_dir,
+                                                     voxel_size_mm=src.voxel_size_mm, d0=None,
+                                                     config=config_to_dict(config), Sample=drawn))
                 params.append(drawn)
                 bar.update(1)
         with open(os.path.join(tmpdir, "params.json"), "w", encoding="utf-8") as fh:
@@ -223,7 +229,8 @@ def previous_maps(folder) -> list[str]:
     except (OSError, ValueError, AttributeError):
         return []
     digits = max(4, len(str(count - 1)))
-    names = [f"{kind}{i:0{digits}d}.nii.gz" for i in range(count) for kind in NIFTI_PATTERNS]
+    names = [f"{kind}{i:0{digits}d}{ext}" for i in range(count) for kind in NIFTI_PATTERNS
+             for ext in (".nii.gz", ".json")]  # each map and its provenance sidecar
     return [n for n in names if os.path.isfile(os.path.join(folder, n))]
 
 
@@ -270,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Command body; returns the exit status (2 on bad input, nothing written)."""
+    from training_data.provenance import command
+
     args = build_parser().parse_args(argv)
 
     def body() -> int:
@@ -289,7 +298,8 @@ def main(argv=None) -> int:
             print(f"{PROG}: wrote {config.n_maps} maps to {out}", file=sys.stderr)
         return 0
 
-    return run_cli(body, PROG)
+    with command("daqsm-genchi", argv):
+        return run_cli(body, PROG)
 
 
 def cli() -> None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from training_data.case_json import read_case_json
 from training_data.errors import InputError, shape_mismatch
+from training_data.input_check import check_case, check_files
 from training_data.units import to_ppm
 from training_data.volume_io import HDF5_SUFFIXES, check_mask, read_field, read_volume, suffix_of
 
@@ -222,6 +223,7 @@ class TargetInputs:
                 if not os.path.exists(os.path.join(case, name)):
                     what = "target field without a mask" if name == "mask.nii.gz" else "no local field"
                     raise InputError(f"--target {case}: {what} (missing {name})")
+            check_case(case)  # daqsm-check's checks before any patch is cut
             self.entries.append(("case", case))
         fields, masks, weights = list(fields or []), list(masks or []), list(weights or [])
         if len(masks) != len(fields):
@@ -231,6 +233,7 @@ class TargetInputs:
             raise InputError(f"--target-weight: expected {len(fields)} weight files (one per target field), "
                              f"got {len(weights)}")
         for i, (f, m) in enumerate(zip(fields, masks)):
+            check_files(f, m, weights[i] if weights else None, field_units, b0_tesla, te_s)
             self.entries.append(("files", f, m, weights[i] if weights else None))
         self.units, self.b0_tesla, self.te_s, self.weight_echo = field_units, b0_tesla, te_s, weight_echo
         self.files = [os.path.basename(str(e[1]).rstrip("/")) for e in self.entries]

@@ -84,8 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from training_data.provenance import command
+
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: _run(args), PROG)
+    with command("daqsm-fieldmap", argv):
+        return run_cli(lambda: _run(args), PROG)
 
 
 def _run(args) -> int:
@@ -134,9 +137,19 @@ def _write(args, maps, out_kind, shared_mask) -> int:
                 field = field - np.float32(field[mask].mean())
             if mask is not None and not args.keep_background:
                 field = field * mask
-            out.add(item, field.astype(np.float32), vs, b0)
+            out.add(item, field.astype(np.float32), vs, b0, _sidecar(item, vs, b0, args))
     print(f"{PROG}: wrote {len(maps)} field map(s) (ppm) to {args.output}", file=sys.stderr)
     return 0
+
+
+def _sidecar(item: ChiMap, vs, b0, args) -> dict:
+    """Provenance of one NIfTI field map (training_data/provenance.py); .h5 outputs carry attrs instead."""
+    from training_data.provenance import build_record
+
+    settings = {k: v for k, v in vars(args).items() if k != "inputs"}
+    return build_record(f"local field map of {item.name} by dipole convolution (step 2)", "ppm",
+                        sources=[item.name], b0_dir=b0, voxel_size_mm=vs, dipole_pad=args.pad, d0=args.d0,
+                        config=settings)
 
 
 class FieldEngine:
@@ -243,13 +256,17 @@ class StagedOutput:
     def __enter__(self):
         return self
 
-    def add(self, item: ChiMap, field: np.ndarray, vs, b0) -> None:
+    def add(self, item: ChiMap, field: np.ndarray, vs, b0, sidecar: dict | None = None) -> None:
         if self.kind == "h5":
             self._add_h5(item, field, vs, b0)
         else:
+            from training_data.provenance import sidecar_path, write_sidecar
+
             final = self.output if self.kind == "file" else os.path.join(self.output, f"{item.name}_field.nii.gz")
             tmp = self._temp_for(final)
             write_volume(tmp, field, affine=item.affine, header=item.header, voxel_size_mm=vs)
+            if sidecar is not None and suffix_of(final) in NIFTI_SUFFIXES:
+                self.staged.append((write_sidecar(tmp, sidecar), sidecar_path(final)))
         self.names.append(item.name)
 
     def _temp_for(self, final: str) -> str:

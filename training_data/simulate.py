@@ -266,8 +266,34 @@ def simulate_cases(anatomy: Anatomy, out_dir, resolution_mm: float = 1.0, seed: 
     return written
 
 
+#: name -> (description, units) of the volumes of a case folder, for their sidecars
+CASE_VOLUMES = {
+    "local_field": ("local field estimated from the noisy multi-echo phase (simulated)", "ppm"),
+    "magnitude": ("multi-echo GRE magnitude, echoes last (simulated)", "arbitrary"),
+    "mask": ("brain mask", None),
+    "chi": ("ground-truth susceptibility (simulated)", "ppm"),
+    "segmentation": ("RC2 tissue labels", None),
+}
+
+
+#: volumes made through the dipole kernel (forward_field, native grid, pad auto, D(0) = 0)
+FIELD_VOLUMES = ("local_field", "magnitude")
+
+
+def case_sidecar(name: str, case: dict) -> dict:
+    """Provenance of one simulated volume (training_data/provenance.py); the field used the one kernel."""
+    from training_data.provenance import build_record
+
+    description, units = CASE_VOLUMES.get(name, (name, None))
+    extra = {"EchoTime": case["te_s"]} if name == "magnitude" else {}
+    return build_record(description, units, sources=[case["source"]], b0_tesla=case["b0_tesla"],
+                        b0_dir=case["b0_dir"], voxel_size_mm=case["voxel_size_mm"], dipole_pad="auto",
+                        d0=0.0 if name in FIELD_VOLUMES else None, config=case, **extra)
+
+
 def write_case(folder: Path, arrays: dict, case: dict, affine) -> str:
-    """Write one case folder atomically (temp folder, then rename)."""
+    """Write one case folder atomically (temp folder, then rename), each volume with its sidecar."""
+    from training_data.provenance import write_sidecar
     from training_data.volume_io import write_volume
 
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -275,6 +301,7 @@ def write_case(folder: Path, arrays: dict, case: dict, affine) -> str:
     try:
         for name, data in arrays.items():
             write_volume(tmp / f"{name}.nii.gz", data, affine=affine)
+            write_sidecar(tmp / f"{name}.nii.gz", case_sidecar(name, case))
         (tmp / "case.json").write_text(json.dumps(case, indent=2) + "\n")
         if folder.exists():
             shutil.rmtree(folder)
@@ -301,8 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from training_data.provenance import command
+
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: _run(args), PROG)
+    with command("daqsm-simulate", argv):
+        return run_cli(lambda: _run(args), PROG)
 
 
 def _run(args) -> int:

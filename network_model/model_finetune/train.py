@@ -24,8 +24,11 @@ grid **before** the dipole model, so the FFT sees the true geometry (voxel size,
 the padding never enters the loss; `dipole_pad` additionally zero-pads the FFT grid (default
 'auto') so the dipole convolution is linear, not circular.
 
-Output: OUT.nii.gz, OUT_model.keras, OUT_loss.csv, OUT_config.json and OUT.json (iterations,
-stop reason, noise estimate, residual / noise energy).
+Output: OUT.nii.gz, OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json (provenance sidecar,
+training_data/provenance.py: iterations, stop reason, noise estimate, residual / noise energy, model
+SHA-256, geometry, kernel convention) and the QC map OUT_residual.nii.gz (ppm, training_data/qc_residual.py)
+with OUT_residual.json. `--bids true` names the QSM OUT_Chimap.nii.gz. The inputs pass daqsm-check's
+checks (training_data/input_check.py) first.
 
 Usage:
     python network_model/model_finetune/train.py --model runs/pre/target_model.keras \\
@@ -37,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import os
 import sys
@@ -80,6 +82,7 @@ class FinetuneConfig:
     convergence_window: int = 20     # iterations per window of the flat-loss test
     convergence_tol: float = 1e-3    # stop when a window improves the loss by less than this (relative); 0: off
     output: str = ""                 # QSM NIfTI (ppm); also writes OUT_model.keras, OUT_loss.csv, OUT_config.json
+    bids: bool = False               # name the QSM the BIDS way: OUT_Chimap.nii.gz (training_data/provenance.py)
     overwrite: bool = False
     seed: int = 0
     progress: bool = True
@@ -97,10 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def output_paths(output: str) -> dict:
-    """Companion files of OUT.nii.gz: OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json (sidecar)."""
+    """Companion files of OUT.nii.gz: OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json (sidecar),
+    OUT_residual.nii.gz (QC residual map, ppm) and its sidecar OUT_residual.json."""
     stem = output[:-7] if output.endswith(".nii.gz") else os.path.splitext(output)[0]
     return {"qsm": output, "model": stem + "_model.keras", "log": stem + "_loss.csv",
-            "config": stem + "_config.json", "sidecar": stem + ".json"}
+            "config": stem + "_config.json", "sidecar": stem + ".json",
+            "residual": stem + "_residual.nii.gz", "residual_sidecar": stem + "_residual.json"}
 
 
 def load_target_model(path: str):
@@ -127,13 +132,16 @@ def centred_padding(shape, step: int) -> list:
 
 def load_inputs(cfg: FinetuneConfig):
     from network_model.target_data import load_case, load_files
+    from training_data.input_check import check_case, check_files
 
     if cfg.case:
         if cfg.field or cfg.mask:
             raise InputError("give either --case or --field/--mask, not both")
+        check_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir)  # daqsm-check's checks, before any heavy work
         return load_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir)
     if not cfg.field or not cfg.mask:
         raise InputError("input: give --field and --mask (or --case DIR)")
+    check_files(cfg.field, cfg.mask, cfg.weight or None, cfg.units, cfg.b0, cfg.te, cfg.voxel_size_mm, cfg.b0_dir)
     return load_files(cfg.field, cfg.mask, cfg.weight or None, cfg.units, cfg.b0, cfg.te,
                       cfg.voxel_size_mm, cfg.b0_dir)
 
@@ -149,6 +157,12 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
     """
     if not cfg.output:
         raise InputError("output: give the QSM file with -o OUT.nii.gz")
+    if cfg.bids:
+        from dataclasses import replace
+
+        from training_data.provenance import bids_chimap_path
+
+        cfg = replace(cfg, output=bids_chimap_path(cfg.output), bids=False)
     paths = output_paths(cfg.output)
     # the QSM is committed last (below): without it, companions are an interrupted run's leftovers
     if os.path.exists(paths["qsm"]) and not cfg.overwrite:
@@ -199,7 +213,8 @@ def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> 
     from network_model.training_loop import LossLog, make_optimizer, make_train_step, run_loop
     from training_data.dipole import dipole_operator_tf
     from training_data.noise import estimate_noise_ppm
-    from training_data.volume_io import atomic_path, write_volume
+    from training_data.provenance import write_sidecar
+    from training_data.volume_io import write_volume
 
     model, info = load_target_model(cfg.model)
     seed_everything(cfg.seed)
@@ -286,30 +301,66 @@ def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> 
     os.replace(tmp_log, paths["log"])
     write_resolved_config(cfg, paths["config"])
     reason = "done" if result.reason == "running" else result.reason
+    qc = write_residual(paths, chi, target, cfg.dipole_pad, float(phase), sigma, cfg, "fine-tuned")
     record = {"Units": "ppm", "Description": "susceptibility map, fine-tuned domain-adaptive network (step 5)",
               "FineTuning": {"iterations": int(result.step), "stop_reason": reason,
                              "max_iterations": int(cfg.iterations), "noise_ppm": float(sigma),
                              "noise_estimated": cfg.noise_ppm is None, "noise_energy": energy, "tau": cfg.tau,
                              "initial": initial, "final": final,
                              "residual_over_noise": (final["ndi"] / energy) if energy else None},
-              "Box": [[b.start, b.stop] for b in box], "PhaseRadPerPpm": float(phase)}
-    with atomic_path(paths["sidecar"]) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(record, fh, indent=2)
-    write_volume(paths["qsm"], chi, target.affine, target.header)
+              "Box": [[b.start, b.stop] for b in box], "PhaseRadPerPpm": float(phase), "QC": qc}
+    write_sidecar(paths["qsm"], provenance_record(cfg, target, "fine-tuned"), record)
+    write_volume(paths["qsm"], chi, target.affine, target.header)  # last: it marks the set complete
     ratio = f", ndi / noise energy {final['ndi'] / energy:.3g}" if energy else ""
     print(f"{PROG}: stopped ({reason}) after {result.step} iterations: loss {initial['loss']:.5g} -> "
           f"{final['loss']:.5g} (ndi {initial['ndi']:.5g} -> {final['ndi']:.5g}{ratio}); wrote {paths['qsm']}")
     return 0
 
 
+def provenance_record(cfg: FinetuneConfig, target, what: str) -> dict:
+    """The sidecar's provenance keys (training_data/provenance.py) for this run's outputs."""
+    from training_data.provenance import build_record
+
+    b0 = cfg.b0
+    if cfg.case and b0 is None:
+        from training_data.case_json import read_case_json
+
+        b0 = read_case_json(cfg.case).get("b0_tesla")
+    sources = [cfg.case] if cfg.case else [cfg.field, cfg.mask, cfg.weight]
+    return build_record(f"{what} network (step 5)", "ppm", sources=sources, b0_tesla=b0,
+                        b0_dir=target.geometry.b0_dir, voxel_size_mm=target.geometry.voxel_size_mm,
+                        dipole_pad=cfg.dipole_pad, config=cfg, model=cfg.model)
+
+
+def write_residual(paths: dict, chi, target, dipole_pad, phase: float, noise_ppm, cfg, what: str) -> dict:
+    """QC residual map (training_data/qc_residual.py) beside the QSM, with its sidecar; returns the summary."""
+    from training_data.provenance import write_sidecar
+    from training_data.qc_residual import residual_map_ppm, residual_summary
+    from training_data.volume_io import write_volume
+
+    geometry = target.geometry
+    residual = residual_map_ppm(chi, target.field_ppm, target.mask, target.weight, geometry.voxel_size_mm,
+                                geometry.b0_dir, dipole_pad, phase)
+    summary = residual_summary(residual, target.field_ppm, target.mask, target.weight, noise_ppm)
+    summary["NoiseEstimated"] = cfg.noise_ppm is None
+    write_volume(paths["residual"], residual, target.affine, target.header)
+    write_sidecar(paths["residual"], provenance_record(cfg, target, what),
+                  {"Description": f"weighted data-consistency residual W|exp(i s f) - exp(i s D*chi)|/s of "
+                                  f"{os.path.basename(paths['qsm'])} (ppm)", "PhaseRadPerPpm": phase, "QC": summary})
+    return summary
+
+
 def main(argv=None) -> int:
+    from training_data.provenance import command
+
     parser = build_parser()
     args = parser.parse_args(argv)
 
     def body() -> int:
         return finetune(resolve_config(FinetuneConfig, args))
 
-    return run_cli(body, PROG)
+    with command("daqsm-finetune", argv):
+        return run_cli(body, PROG)
 
 
 def cli() -> None:

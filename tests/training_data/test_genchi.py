@@ -65,14 +65,14 @@ def test_nifti_folder_output(source, tmp_path):
     out = tmp_path / "maps"
     assert run(source, f"{out}/", "-n", 2, "--no-elastic") == 0
     names = sorted(os.listdir(out))
-    assert names == ["chi_0000.nii.gz", "chi_0001.nii.gz", "genchi_config.json", "mask_0000.nii.gz",
-                     "mask_0001.nii.gz", "params.json"]
+    assert names == ["chi_0000.json", "chi_0000.nii.gz", "chi_0001.json", "chi_0001.nii.gz", "genchi_config.json",
+                     "mask_0000.json", "mask_0000.nii.gz", "mask_0001.json", "mask_0001.nii.gz", "params.json"]
     img = nib.load(out / "chi_0001.nii.gz")
     assert np.allclose(img.header.get_zooms(), VOXEL) and img.get_fdata().shape == (24, 24, 24)
     assert json.load(open(out / "genchi_config.json"))["elastic"] is False
     assert run(source, f"{out}/", "-n", 1) == 2  # exists -> refuse
     assert run(source, f"{out}/", "-n", 1, "--overwrite") == 0
-    assert sorted(n for n in os.listdir(out) if n.startswith("chi_")) == ["chi_0000.nii.gz"]
+    assert sorted(n for n in os.listdir(out) if n.startswith("chi_")) == ["chi_0000.json", "chi_0000.nii.gz"]
 
 
 def test_switches_all_off_reproduce_the_source(source, tmp_path):
