@@ -535,7 +535,7 @@ def test_folder_reader_skips_hidden_temp_files(inputs, tmp_path, capsys):
     (folder / "chi.nii.gz").write_bytes((inputs / "chi.nii.gz").read_bytes())
     (folder / ".tmp-chi.nii.gz-abc.nii.gz").write_bytes(b"half-written by a killed run")
     assert qsmFmapCal_gpu.main([str(folder), "-o", str(tmp_path / "fields")]) == 0
-    assert os.listdir(tmp_path / "fields") == ["chi_field.nii.gz"]
+    assert sorted(os.listdir(tmp_path / "fields")) == ["chi_field.json", "chi_field.nii.gz"]  # map + sidecar
 
 
 # --- locks: two runs at once ----------------------------------------------------------------
@@ -653,4 +653,5 @@ def test_kill_9_finetune_then_rerun_completes_the_set(inputs, tmp_path):
     (out_dir / "q_model.keras").write_bytes(b"left by an interrupted run")  # an incomplete set
     assert finetune.main([str(a) for a in argv] + ["--iterations", "2"]) == 0
     names = sorted(os.listdir(out_dir))
-    assert names == ["q.json", "q.nii.gz", "q_config.json", "q_loss.csv", "q_model.keras", "q_model.keras.json"]
+    assert names == ["q.json", "q.nii.gz", "q_config.json", "q_loss.csv", "q_model.keras", "q_model.keras.json",
+                     "q_residual.json", "q_residual.nii.gz"]
