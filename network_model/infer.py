@@ -62,6 +62,8 @@ class InferConfig:
         divisor: 2**depth override (else from the model info or its pooling layers).
         output: output NIfTI (.nii or .nii.gz), chi in ppm.
         overwrite: replace an existing output.
+        precision: float32 | mixed_float16 | mixed_bfloat16 (network_model/precision.py); the
+            output is float32 either way.
         bids: name the output the BIDS way, OUT_Chimap.nii.gz (training_data/provenance.py).
     """
 
@@ -81,6 +83,7 @@ class InferConfig:
     divisor: int | None = None
     output: str | None = None
     overwrite: bool = False
+    precision: str = "float32"
     bids: bool = False
 
 
@@ -107,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--divisor", type=int, help="2**depth of the model (default: model info / its layers)")
     p.add_argument("-o", "--output", help="output NIfTI, chi in ppm")
     p.add_argument("--overwrite", action="store_const", const=True, help="replace an existing output")
+    p.add_argument("--precision", help="float32 (default), mixed_float16 or mixed_bfloat16: convolutions in "
+                   "reduced precision, output float32")
     p.add_argument("--bids", action="store_const", const=True, help="BIDS name for the output: OUT_Chimap.nii.gz")
     return p
 
@@ -210,8 +215,13 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
     tiling.check_tiling(cfg.tile, cfg.overlap, 1)
     if cfg.batch_size < 1:
         raise InputError(f"--batch-size: expected a positive integer, got {cfg.batch_size}")
+    from network_model.precision import check_device, with_precision
+
+    precision = check_device(cfg.precision)
     field, mask, voxel_size, b0_dir, affine, b0_tesla = read_inputs(cfg)
     model = load_model_file(cfg.model)
+    if precision != "float32":
+        model = with_precision(model, precision)
     info = read_model_info(resolve_model_path(cfg.model))
     divisor = cfg.divisor or info.get("divisor") or spatial_divisor(model)
     message = geometry_warning(info, voxel_size, b0_dir)

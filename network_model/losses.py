@@ -39,7 +39,12 @@ NDI_REFERENCE_RAD_PER_PPM = 100.0
 
 
 def _squeeze_channel(x):
-    """(batch, x, y, z, 1) -> (batch, x, y, z); a 4-D tensor is returned unchanged."""
+    """(batch, x, y, z, 1) -> (batch, x, y, z) float32; a 4-D tensor is returned unchanged.
+
+    Reduced-precision network outputs are cast: the dipole FFT and the loss sums run in float32.
+    """
+    if isinstance(x, (tf.Tensor, tf.Variable)) and x.dtype != tf.float32:
+        x = tf.cast(x, tf.float32)
     x = tf.convert_to_tensor(x, tf.float32)
     return x[..., 0] if len(x.shape) == 5 else x
 

@@ -24,8 +24,12 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 SCHEDULES = ("constant", "cosine", "exponential")
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """'default' (one device), 'mirrored' (all local GPUs, or CPUs), 'multiworker' (TF_CONFIG)."""
+def make_strategy(name: str, collective_timeout_s: float = 0.0) -> tf.distribute.Strategy:
+    """'default' (one device), 'mirrored' (all local GPUs, or CPUs), 'multiworker' (TF_CONFIG).
+
+    `collective_timeout_s` bounds each multi-worker collective (0: no bound), so a dead worker ends
+    the run (network_model.distributed) instead of hanging it.
+    """
     key = str(name).lower()
     if key == "default":
         return tf.distribute.get_strategy()
@@ -34,7 +38,9 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices=devices)
     if key == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        from network_model.distributed import make_multiworker_strategy
+
+        return make_multiworker_strategy(collective_timeout_s)
     raise choices_message("strategy", name, STRATEGIES)
 
 
@@ -60,7 +66,7 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
 
 def make_optimizer(learning_rate: float, schedule: str = "constant", decay_steps: int = 1000,
                    decay_rate: float = 0.5, clipnorm: float | None = None,
-                   warmup_steps: int = 0) -> keras.optimizers.Optimizer:
+                   warmup_steps: int = 0, loss_scale: bool = False) -> keras.optimizers.Optimizer:
     """Adam with a learning-rate schedule.
 
     Args:
@@ -71,6 +77,8 @@ def make_optimizer(learning_rate: float, schedule: str = "constant", decay_steps
         decay_rate: factor of the exponential schedule.
         clipnorm: optional gradient-norm clipping.
         warmup_steps: linear ramp of the rate over the first steps (`LinearWarmup`); 0: none.
+        loss_scale: wrap Adam in a dynamic `keras.optimizers.LossScaleOptimizer` (float16 training,
+            network_model.precision); `make_train_step` then scales the loss.
     """
     key = str(schedule).lower()
     if key == "constant":
@@ -84,7 +92,8 @@ def make_optimizer(learning_rate: float, schedule: str = "constant", decay_steps
         raise choices_message("lr_schedule", schedule, SCHEDULES)
     if warmup_steps and warmup_steps > 0:
         lr = LinearWarmup(lr, warmup_steps)
-    return keras.optimizers.Adam(learning_rate=lr, clipnorm=clipnorm)
+    optimizer = keras.optimizers.Adam(learning_rate=lr, clipnorm=clipnorm)
+    return keras.optimizers.LossScaleOptimizer(optimizer) if loss_scale else optimizer
 
 
 def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, optimizer, loss_fn):
@@ -101,10 +110,14 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, optimi
     Returns:
         tf.function(batch) -> dict of scalar tensors (summed over replicas).
     """
+    scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
     def replica_step(batch):
         with tf.GradientTape() as tape:
             terms = loss_fn(batch)
-        grads = tape.gradient(terms["loss"], model.trainable_variables)
+            # float16: the scaled loss keeps small gradients from underflowing; apply_gradients unscales
+            objective = optimizer.scale_loss(terms["loss"]) if scaled else terms["loss"]
+        grads = tape.gradient(objective, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return terms
 

@@ -67,6 +67,9 @@ class DomainAdaptiveUNet(keras.Model):
     def __init__(self, depth: int = 4, base_filters: int = 16, num_domains: int = 2,
                  input_scale: float = DEFAULT_INPUT_SCALE, label_scale: float = DEFAULT_LABEL_SCALE,
                  momentum: float = 0.99, epsilon: float = 1e-3, synchronized_bn: bool = True, **kwargs):
+        # the container stays float32 (its inputs in ppm are not cast down); the layers built below
+        # follow the global policy, reduced under mixed precision (network_model/precision.py)
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if int(depth) < 1 or int(base_filters) < 1:
             raise ValueError(f"depth and base_filters must be >= 1, got {depth}, {base_filters}")
@@ -102,7 +105,8 @@ class DomainAdaptiveUNet(keras.Model):
             if block.startswith("enc"):
                 skips.append(x)
                 x = self.pool(x)
-        return self.out_conv(x) * (1.0 / self.label_scale) * mask
+        # float32 from here on under a mixed precision policy (network_model/precision.py)
+        return ops.cast(self.out_conv(x), "float32") * (1.0 / self.label_scale) * mask
 
     def build(self, input_shape=None):
         """Create every weight by running `call` on zeros (smallest valid size, all domains)."""
@@ -173,8 +177,11 @@ def export_target_model(model: DomainAdaptiveUNet, domain: int = 1) -> keras.Mod
     Returns:
         keras.Model [field_ppm, mask] -> chi_ppm; save it with `.save(path.keras)`.
     """
-    target = build_target_model(model.depth, model.base_filters, model.input_scale, model.label_scale,
-                                model.momentum, model.epsilon)
+    from network_model.precision import precision_policy
+
+    with precision_policy("float32"):  # exported models are float32 whatever the training precision
+        target = build_target_model(model.depth, model.base_filters, model.input_scale, model.label_scale,
+                                    model.momentum, model.epsilon)
     for name, conv in model.convs.items():
         target.get_layer(name).set_weights(conv.get_weights())
         target.get_layer(model.norms[name].name).set_weights(model.norms[name].domain_weights(domain))

@@ -86,6 +86,7 @@ class FinetuneConfig:
     overwrite: bool = False
     seed: int = 0
     progress: bool = True
+    precision: str = "float32"       # float32 | mixed_float16 | mixed_bfloat16; OUT_model.keras stays float32
 
 
 HELPS = {"model": "pre-trained target model (.keras) or step-4 run folder", "output": "output QSM NIfTI (ppm)",
@@ -185,12 +186,18 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
         raise InputError(f"warmup_iterations: expected >= 0, got {cfg.warmup_iterations}")
     if not cfg.model:
         raise InputError("model: give the pre-trained model with --model FILE.keras")
+    from network_model.precision import check_precision
+
+    check_precision(cfg.precision)
     with claim_output("-o", cfg.output):
         return _finetune(cfg, paths, monitor, monitor_every)
 
 
 def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> int:
     """The fine-tuning itself, inside the output's lock."""
+    from network_model.precision import check_precision, needs_loss_scale, with_precision
+
+    precision = check_precision(cfg.precision)
     leftovers = [p for p in paths.values() if os.path.exists(p)]
     if leftovers and not os.path.exists(paths["qsm"]):
         print(f"{PROG}: note: replacing {len(leftovers)} file(s) of an interrupted run without {paths['qsm']}",
@@ -207,6 +214,7 @@ def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> 
 
     from network_model.losses import ndi_loss, tv_loss
     from network_model.model_info import spatial_divisor, write_model_info
+    from network_model.precision import check_device
     from network_model.stopping import StoppingRule, noise_energy
     from network_model.tiling import brain_box
     from network_model.train_model.train import save_model_atomic
@@ -216,7 +224,10 @@ def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> 
     from training_data.provenance import write_sidecar
     from training_data.volume_io import write_volume
 
+    check_device(precision)
     model, info = load_target_model(cfg.model)
+    if precision != "float32":  # the same weights, convolutions in reduced precision
+        model = with_precision(model, precision)
     seed_everything(cfg.seed)
     divisor = 2 ** info["depth"]
     # the brain's bounding box plus a margin (module docstring); the output goes back on the full grid
@@ -251,7 +262,7 @@ def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> 
                         min_iterations=cfg.warmup_iterations)
     strategy = tf.distribute.get_strategy()
     optimizer = make_optimizer(cfg.learning_rate, cfg.lr_schedule, cfg.iterations,
-                               warmup_steps=cfg.warmup_iterations)
+                               warmup_steps=cfg.warmup_iterations, loss_scale=needs_loss_scale(precision))
     optimizer.build(model.trainable_variables)
     step_fn = make_train_step(strategy, model, optimizer, loss_fn)
 
@@ -295,7 +306,7 @@ def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> 
         os.remove(tmp_log)
         raise InputError(f"model {cfg.model}: fine-tuning produced NaN/Inf values; nothing written")
     # the QSM goes last: a run killed before it leaves an incomplete set that the rerun replaces
-    save_model_atomic(model, paths["model"])
+    save_model_atomic(model if precision == "float32" else with_precision(model, "float32"), paths["model"])
     write_model_info(paths["model"], target.geometry.voxel_size_mm, target.geometry.b0_dir,
                      spatial_divisor(model), fine_tuned_on=str(cfg.case or cfg.field))
     os.replace(tmp_log, paths["log"])

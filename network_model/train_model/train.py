@@ -67,6 +67,8 @@ class PretrainConfig:
     keep_checkpoints: int = 3
     seed: int = 0
     strategy: str = "default"        # default | mirrored | multiworker
+    collective_timeout_s: float = 300.0  # multiworker: a collective waiting longer ends the run (0: no bound)
+    precision: str = "float32"       # float32 | mixed_float16 | mixed_bfloat16 (network_model/precision.py)
     resume: bool = True              # continue from the run folder's last checkpoint
     progress: bool = True            # tqdm bar
 
@@ -157,9 +159,11 @@ def pretrain(cfg: PretrainConfig) -> int:
 
     from training_data.tf_env import import_tensorflow
 
-    import_tensorflow()
+    tf = import_tensorflow()
 
     from network_model.data import read_patch_group, split_indices
+    from network_model.distributed import WorkerOutput, is_chief
+    from network_model.precision import check_device
     from network_model.training_loop import make_optimizer, make_strategy
     from network_model.unet import check_spatial_shape
 
@@ -174,7 +178,9 @@ def pretrain(cfg: PretrainConfig) -> int:
         raise InputError("batch_size and epochs must be >= 1, max_steps and target_batch_size >= 0")
     phase = phase_scale(cfg, target)
     make_optimizer(cfg.learning_rate, cfg.lr_schedule, 1, cfg.lr_decay_rate)  # a wrong schedule name stops here
-    strategy = make_strategy(cfg.strategy)
+    check_device(cfg.precision)
+    strategy = make_strategy(cfg.strategy, cfg.collective_timeout_s)
+    chief = is_chief(strategy)
     for name, size in (("batch_size", cfg.batch_size), ("target_batch_size", target_batch(cfg))):
         if size % strategy.num_replicas_in_sync:
             raise InputError(f"{name} {size} must be divisible by the {strategy.num_replicas_in_sync} replicas")
@@ -185,85 +191,90 @@ def pretrain(cfg: PretrainConfig) -> int:
                                                   math.ceil(len(tgt_train) / target_batch(cfg)))
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
 
+    ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")  # the chief's: every worker resumes from it
+    if not cfg.resume and tf.train.latest_checkpoint(ckpt_dir):
+        raise InputError(f"{cfg.run_dir}: holds checkpoints; use --resume true or another --run_dir")
+    import contextlib
+
     from training_data.output_lock import claim_output
 
-    # one run per folder: a second one stops with "in use by PID N" instead of doubling the log
-    with claim_output("--run_dir", cfg.run_dir, kind="folder"):
+    # one run per folder: a second one stops with "in use by PID N" instead of doubling the log (the
+    # chief's folder; other workers write to their own temp folders)
+    lock = claim_output("--run_dir", cfg.run_dir, kind="folder") if chief else contextlib.nullcontext()
+    with lock:
         created = not os.path.isdir(cfg.run_dir)
         try:
-            return _train(cfg, source, target, phase, strategy, (src_train, src_val, tgt_train, tgt_val),
-                          steps_per_epoch, total)
+            with WorkerOutput(cfg.run_dir, strategy) as out:  # non-chief workers write to a removed temp folder
+                return _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val, tgt_train,
+                              tgt_val, phase, steps_per_epoch, total)
         except (InputError, OSError):
             # a new run that failed before its first checkpoint leaves no run folder; one with a
             # checkpoint stays (rerun the command to resume)
-            ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
-            if created and os.path.isdir(cfg.run_dir) and not tf_latest(ckpt_dir):
+            if chief and created and os.path.isdir(cfg.run_dir) and not tf.train.latest_checkpoint(ckpt_dir):
                 import shutil
 
                 shutil.rmtree(cfg.run_dir, ignore_errors=True)
             raise
 
 
-def tf_latest(ckpt_dir: str):
-    """The run folder's last checkpoint, or None."""
-    import tensorflow as tf
-
-    return tf.train.latest_checkpoint(ckpt_dir) if os.path.isdir(ckpt_dir) else None
-
-
-def _train(cfg: PretrainConfig, source, target, phase: float, strategy, splits, steps_per_epoch: int,
-           total: int) -> int:
-    """The training itself, inside the run folder's lock."""
-    import tensorflow as tf
-
+def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val, tgt_train, tgt_val, phase,
+           steps_per_epoch, total) -> int:
+    """The part of `pretrain` that runs on every worker; writes go to `out` (the run folder on the chief)."""
     from network_model.data import patch_dataset
+    from network_model.distributed import check_same_step, distribute_options, is_lost_peer, lost_worker_message
     from network_model.model_info import write_model_info
+    from network_model.precision import needs_loss_scale, precision_policy
     from network_model.training_loop import LossLog, make_optimizer, make_train_step, run_loop
     from network_model.unet import DomainAdaptiveUNet, export_target_model
     from training_data.dipole import dipole_operator_tf
     from training_data.tf_env import seed_everything
 
-    src_train, src_val, tgt_train, tgt_val = splits
-    ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
-    if not cfg.resume and tf.train.latest_checkpoint(ckpt_dir):
-        raise InputError(f"{cfg.run_dir}: holds checkpoints; use --resume true or another --run_dir")
-    os.makedirs(cfg.run_dir, exist_ok=True)
-
     seed_everything(cfg.seed)
-    with strategy.scope():
+    with strategy.scope(), precision_policy(cfg.precision):
         model = DomainAdaptiveUNet(cfg.depth, cfg.base_filters, 2, cfg.input_scale, cfg.label_scale,
                                    cfg.bn_momentum).build_for(target.patch_size)
         optimizer = make_optimizer(cfg.learning_rate, cfg.lr_schedule, cfg.lr_decay_steps or total,
-                                   cfg.lr_decay_rate)
+                                   cfg.lr_decay_rate, loss_scale=needs_loss_scale(cfg.precision))
         optimizer.build(model.trainable_variables)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(step=step_var, model=model, optimizer=optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=cfg.keep_checkpoints)
-    if manager.latest_checkpoint:
+    manager = tf.train.CheckpointManager(checkpoint, out.join("checkpoints"), max_to_keep=cfg.keep_checkpoints)
+    latest = tf.train.latest_checkpoint(ckpt_dir)
+    if latest:
         try:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as err:
-            raise InputError(f"{manager.latest_checkpoint}: does not match this network (depth/base_filters "
+            raise InputError(f"{latest}: does not match this network (depth/base_filters/precision "
                              f"changed?): {str(err).splitlines()[0][:200]}") from None
-        print(f"{PROG}: resuming from {manager.latest_checkpoint} (step {int(step_var.numpy())})", file=sys.stderr)
-    # written only now that the schedule, the patches and the checkpoint are known to fit: a rejected
-    # resume leaves the run's config as it was
-    write_resolved_config(cfg, os.path.join(cfg.run_dir, "config.json"))
+        print(f"{PROG}: resuming from {latest} (step {int(step_var.numpy())})", file=sys.stderr)
+    check_same_step(strategy, step_var)
+    if out.chief:
+        # written only now that the schedule, the patches and the checkpoint are known to fit: a rejected
+        # resume leaves the run's config as it was
+        write_resolved_config(cfg, out.join("config.json"))
 
     dipole = dipole_operator_tf(target.patch_size, target.voxel_size_mm, target.b0_dir, cfg.dipole_pad)
     epoch = int(step_var.numpy()) // steps_per_epoch  # reshuffle differently after a resume
     src_ds = patch_dataset(source, src_train, cfg.batch_size, seed=cfg.seed + 7919 * epoch)
     tgt_ds = patch_dataset(target, tgt_train, target_batch(cfg), seed=cfg.seed + 1 + 7919 * epoch)
-    batches = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.zip((src_ds, tgt_ds))))
+    pairs = distribute_options(tf.data.Dataset.zip((src_ds, tgt_ds)), strategy)
+    batches = iter(strategy.experimental_distribute_dataset(pairs))
     step_fn = make_train_step(strategy, model, optimizer, build_loss_fn(model, dipole, phase, cfg))
     validate = make_validate(model, dipole, phase, cfg, source, target, src_val, tgt_val)
 
-    log = LossLog(os.path.join(cfg.run_dir, "log.csv"), os.path.join(cfg.run_dir, "tensorboard"))
+    log = LossLog(out.join("log.csv"), out.join("tensorboard"))
     log.truncate_after(int(step_var.numpy()))
-    result = run_loop(step_fn, batches, step_var, total, log, manager=manager,
-                      checkpoint_every=cfg.checkpoint_every or steps_per_epoch, validate=validate,
-                      validate_every=cfg.validate_every or steps_per_epoch, progress=cfg.progress,
-                      desc="pre-training", healthy=lambda: nonfinite_reason(model, {}))
+    try:
+        result = run_loop(step_fn, batches, step_var, total, log, manager=manager,
+                          checkpoint_every=cfg.checkpoint_every or steps_per_epoch, validate=validate,
+                          validate_every=cfg.validate_every or steps_per_epoch, progress=cfg.progress and out.chief,
+                          desc="pre-training", healthy=lambda: nonfinite_reason(model, {}))
+    except tf.errors.OpError as err:
+        if strategy.num_replicas_in_sync < 2 or not is_lost_peer(err):
+            raise
+        message = lost_worker_message(err, strategy, int(step_var.numpy()) + 1, tf.train.latest_checkpoint(ckpt_dir))
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 1
     if result.reason == "nan":
         terms = ", ".join(f"{k}={v:.4g}" for k, v in result.terms.items())
         loss_ok = math.isfinite(result.terms.get("loss", float("nan")))
@@ -277,14 +288,16 @@ def _train(cfg: PretrainConfig, source, target, phase: float, strategy, splits, 
         print(f"{PROG}: stopped: {bad} at step {result.step}; nothing exported; last checkpoint: "
               f"{manager.latest_checkpoint or 'none'} (lower learning_rate or check the patches)", file=sys.stderr)
         return 1
-    out = os.path.join(cfg.run_dir, "target_model.keras")
+    if not out.chief:
+        return 0  # only the chief exports (its checkpoints are the ones a restart reads)
+    model_path = out.join("target_model.keras")
     if result.step < total:
         print(f"{PROG}: stopped at step {result.step} of {total}", file=sys.stderr)
-    save_model_atomic(export_target_model(model, domain=1), out)
+    save_model_atomic(export_target_model(model, domain=1), model_path)
     # the training geometry beside the model, so inference can warn on a different one
-    write_model_info(out, target.voxel_size_mm, target.b0_dir, 2**cfg.depth, step=result.step)
+    write_model_info(model_path, target.voxel_size_mm, target.b0_dir, 2**cfg.depth, step=result.step)
     terms = ", ".join(f"{k}={v:.4g}" for k, v in result.terms.items())
-    print(f"{PROG}: step {result.step}/{total} {terms}; target model: {out}")
+    print(f"{PROG}: step {result.step}/{total} {terms}; target model: {model_path}")
     return 0
 
 
@@ -309,7 +322,8 @@ def check_options(cfg: PretrainConfig) -> None:
                         "max_steps": "int>=0", "learning_rate": "positive", "lr_decay_steps": "int>=0",
                         "lr_decay_rate": "positive", "lambda_ndi": "non_negative", "lambda_tv": "non_negative",
                         "phase_rad_per_ppm": "positive", "val_fraction": (0.0, 0.9), "validate_every": "int>=0",
-                        "checkpoint_every": "int>=0", "keep_checkpoints": "int>=1"})
+                        "checkpoint_every": "int>=0", "keep_checkpoints": "int>=1",
+                        "collective_timeout_s": "non_negative"})
 
 
 def save_model_atomic(model, path: str) -> str:
