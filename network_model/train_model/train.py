@@ -164,8 +164,9 @@ def pretrain(cfg: PretrainConfig) -> int:
     from network_model.data import read_patch_group, split_indices
     from network_model.distributed import WorkerOutput, is_chief
     from network_model.precision import check_device
-    from network_model.training_loop import make_optimizer, make_strategy
+    from network_model.training_loop import SCHEDULES, make_strategy
     from network_model.unet import check_spatial_shape
+    from training_data.errors import choices_message
 
     source = read_patch_group(cfg.datasets_path, "source")
     target = read_patch_group(cfg.targetdata_path or cfg.datasets_path, "target")
@@ -177,7 +178,8 @@ def pretrain(cfg: PretrainConfig) -> int:
     if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.max_steps < 0 or cfg.target_batch_size < 0:
         raise InputError("batch_size and epochs must be >= 1, max_steps and target_batch_size >= 0")
     phase = phase_scale(cfg, target)
-    make_optimizer(cfg.learning_rate, cfg.lr_schedule, 1, cfg.lr_decay_rate)  # a wrong schedule name stops here
+    if str(cfg.lr_schedule).lower() not in SCHEDULES:  # before anything is written (and before any TF op:
+        raise choices_message("lr_schedule", cfg.lr_schedule, SCHEDULES)  # multiworker needs a fresh runtime)
     check_device(cfg.precision)
     strategy = make_strategy(cfg.strategy, cfg.collective_timeout_s)
     chief = is_chief(strategy)
