@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -32,8 +31,10 @@ import numpy as np
 if __package__ in (None, ""):  # `python network_model/infer.py` from a checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training_data.errors import InputError, run_cli  # noqa: E402
+from training_data.errors import InputError, output_path, run_cli  # noqa: E402
+from training_data.output_lock import claim_output  # noqa: E402
 from training_data.provenance import write_sidecar  # noqa: E402
+from training_data.validate import check_numbers  # noqa: E402
 from training_data.volume_io import NIFTI_SUFFIXES, read_field, read_mask, suffix_of, write_volume  # noqa: E402
 
 PROG = "daqsm-infer"
@@ -121,10 +122,22 @@ def resolve_config(args: argparse.Namespace) -> InferConfig:
     if args.config:
         values.update(load_config_file(args.config))
     values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
-    for key in ("tile", "overlap", "voxel_size_mm", "b0_dir"):
-        if key in values and values[key] is not None:
-            values[key] = tuple(np.ravel(values[key]).tolist())
-    return InferConfig(**values)
+    import typing
+
+    from network_model.config import _coerce
+
+    hints = typing.get_type_hints(InferConfig)
+    for key, value in values.items():  # config-file values are type-checked like options
+        if key in ("tile", "overlap", "voxel_size_mm", "b0_dir") and value is not None:
+            item = int if key in ("tile", "overlap") else float
+            values[key] = tuple(_coerce(key, v, item) for v in np.ravel(value).tolist())
+        else:
+            values[key] = _coerce(key, value, hints[key])
+    cfg = InferConfig(**values)
+    check_numbers(cfg, {"b0_tesla": "positive", "te_s": "positive", "voxel_size_mm": "positive",
+                        "b0_dir": "finite", "tile": "int>=1", "overlap": "int>=0", "batch_size": "int>=1",
+                        "divisor": "int>=1"}, spell=lambda k: "--" + k.replace("_", "-"))
+    return cfg
 
 
 def load_config_file(path) -> dict:
@@ -158,14 +171,10 @@ def read_inputs(cfg: InferConfig):
         field_path = os.path.join(cfg.case, "local_field.nii.gz")
         mask_path = os.path.join(cfg.case, "mask.nii.gz")
         units = "ppm"  # contract 1: the case's local field is in ppm
-        case_json = os.path.join(cfg.case, "case.json")
-        if os.path.isfile(case_json):
-            try:
-                with open(case_json) as fh:
-                    case_info = json.load(fh)
-            except ValueError as err:
-                raise InputError(f"{case_json}: cannot parse JSON ({err})") from None
-            b0_tesla = b0_tesla if b0_tesla is not None else case_info.get("b0_tesla")
+        from training_data.case_json import read_case_json
+
+        case_info = read_case_json(cfg.case)
+        b0_tesla = b0_tesla if b0_tesla is not None else case_info.get("b0_tesla")
     if not field_path or not mask_path:
         raise InputError("inputs: expected --field and --mask, or --case")
     from training_data.input_check import check_case, check_files
@@ -201,6 +210,8 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
     for path in (cfg.output, residual_path(cfg.output)):
         if os.path.exists(path) and not cfg.overwrite:
             raise InputError(f"{path}: output exists; give --overwrite to replace it")
+    for path in (cfg.output, residual_path(cfg.output), sidecar_path(cfg.output)):
+        output_path("-o", path)
     tiling.check_tiling(cfg.tile, cfg.overlap, 1)
     if cfg.batch_size < 1:
         raise InputError(f"--batch-size: expected a positive integer, got {cfg.batch_size}")
@@ -296,7 +307,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        run(resolve_config(args))
+        cfg = resolve_config(args)
+        if cfg.output:
+            output_path("-o", cfg.output)
+            with claim_output("-o", cfg.output):
+                run(cfg)
+        else:
+            run(cfg)
         return 0
 
     with command(PROG, argv):

@@ -11,12 +11,12 @@ Phase scale for NDI (radians per ppm): 2 pi gamma_bar B0 TE of the weighting ech
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from training_data.case_json import read_case_json
 from training_data.errors import InputError, shape_mismatch
 from training_data.geometry import Geometry
 from training_data.units import rad_per_ppm
@@ -59,11 +59,7 @@ def load_case(folder, voxel_size_mm=None, b0_dir=None) -> TargetVolume:
     folder = str(folder)
     if not os.path.isdir(folder):
         raise InputError(f"case {folder}: folder not found")
-    info_path = os.path.join(folder, "case.json")
-    info = {}
-    if os.path.isfile(info_path):
-        with open(info_path, encoding="utf-8") as fh:
-            info = json.load(fh)
+    info = read_case_json(folder)
     field = read_volume(os.path.join(folder, "local_field.nii.gz"))
     mask = read_mask(os.path.join(folder, "mask.nii.gz"), field.data, "local_field").astype(np.float32)
     te_list = info.get("te_s") or []

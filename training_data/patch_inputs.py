@@ -18,12 +18,12 @@ Volumes are read lazily, one at a time, so memory stays at a few volumes for any
 from __future__ import annotations
 
 import glob
-import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from training_data.case_json import read_case_json
 from training_data.errors import InputError, shape_mismatch
 from training_data.input_check import check_case, check_files
 from training_data.units import to_ppm
@@ -154,6 +154,8 @@ class SourceInputs:
             if mask_data is None:
                 raise InputError(f"{item[1]}: no /mask dataset next to /chi")
             label = f"{item[1]}[{item[2]}]"
+            if not np.all(np.isfinite(chi)):  # labels too: a NaN chi would train on NaN
+                raise InputError(f"{item[1]}: expected finite values, found NaN/Inf in /chi[{item[2]}]")
         else:
             vol = read_volume(item[1])
             chi, vs, b0, label = vol.data, vol.voxel_size_mm, vol.b0_dir, item[1]
@@ -243,10 +245,7 @@ class TargetInputs:
         entry = self.entries[k]
         if entry[0] == "case":
             case = entry[1]
-            meta = {}
-            if os.path.exists(os.path.join(case, "case.json")):
-                with open(os.path.join(case, "case.json"), encoding="utf-8") as fh:
-                    meta = json.load(fh)
+            meta = read_case_json(case)
             vol = read_volume(os.path.join(case, "local_field.nii.gz"))
             mask_path = os.path.join(case, "mask.nii.gz")
             mask = check_mask(read_volume(mask_path, dtype=None).data, mask_path, vol.data, "local_field")
