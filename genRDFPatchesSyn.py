@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from daqsm.config import add_config_options, config_to_dict, resolve_config, write_config
-from daqsm.errors import InputError, run_cli
+from daqsm.config import add_config_options, config_to_dict, option_name, resolve_config, write_config
+from daqsm.errors import InputError, output_path, run_cli
+from daqsm.output_lock import claim_output
+from daqsm.validate import check_numbers
 from training_data.geometry import int_triple
 from training_data.patch_inputs import SourceInputs, TargetInputs
 from training_data.patches import PatchFileWriter, bbox_crop_origin, bbox_crop_size, select_origins
@@ -165,10 +167,15 @@ def cut_patches(h5, sources, targets, config: PatchConfig, quiet: bool = True) -
                                          config.random_crops, rng, config.grid)
             writer.append(group, k, origins, field=vol.field_ppm, mask=vol.mask, **{third: vol.third})
         counts[group] = writer.count(group)
+        if counts[group] == 0 and len(inputs) and not quiet:
+            print(f"{PROG}: warning: --{group}: no patch cut from {len(inputs)} volume(s)", file=sys.stderr)
         vs = first.voxel_size_mm if first else None
         b0 = first.b0_dir if first else None
         writer.set_group_attrs(group, vs, b0, inputs.files, getattr(first, "b0_tesla", None),
                                getattr(first, "te_s", None))
+    if not sum(counts.values()):  # an empty patch file would only fail later, in step 4
+        raise InputError(f"--source/--target: expected at least one patch, cut none (brains smaller than "
+                         f"the patch size or --brain-threshold {config.brain_threshold:g} too high?)")
     return counts
 
 
@@ -201,10 +208,14 @@ def main(argv=None) -> int:
 
     def body() -> int:
         config = resolve_config(PatchConfig, args.config, vars(args))
+        check_numbers(config, {"b0_tesla": "positive", "te_s": "positive", "target_b0_tesla": "positive",
+                               "target_te_s": "positive", "voxel_size_mm": "positive", "b0_dir": "finite",
+                               "brain_threshold": (0.0, 1.0)}, spell=option_name)
         if suffix_of(args.output) not in HDF5_SUFFIXES:
             raise InputError(f"-o {args.output}: expected an .h5/.hdf5 output file")
         if os.path.exists(args.output) and not args.overwrite:
             raise InputError(f"{args.output}: output file exists; use --overwrite to replace it")
+        output_path("-o", args.output)
         sources = SourceInputs(args.source, args.source_fields, args.source_masks, config.field_units,
                                config.b0_tesla, config.te_s, config.voxel_size_mm, config.b0_dir)
         targets = TargetInputs(args.target, args.target_field, args.target_mask, args.target_weight,
@@ -212,8 +223,9 @@ def main(argv=None) -> int:
                                config.weight_echo)
         if not len(targets) and not args.quiet:
             print(f"{PROG}: warning: no target dataset given; /target will be empty", file=sys.stderr)
-        stats = write_patches(args.output, sources, targets, config, args.quiet)
-        write_config(config, os.path.splitext(args.output)[0] + ".config.json")
+        with claim_output("-o", args.output):
+            stats = write_patches(args.output, sources, targets, config, args.quiet)
+            write_config(config, os.path.splitext(args.output)[0] + ".config.json")
         if not args.quiet:
             print(f"{PROG}: wrote {stats['source']} source and {stats['target']} target patches to {args.output} "
                   f"in {stats['seconds']:.1f} s", file=sys.stderr)

@@ -386,6 +386,19 @@ def _run(args) -> int:
             raise InputError(f"--{name}: required (see --help)")
     if os.path.exists(args.output) and not args.overwrite:
         raise InputError(f"{args.output}: output exists; pass --overwrite to replace it")
+    from daqsm.errors import output_path
+    from daqsm.validate import check_numbers
+
+    check_numbers(args, {"threshold": "positive", "lambda_grad": "non_negative", "mu_grad": "non_negative",
+                         "mu_data": "positive", "iterations": "int>=1", "tol": "non_negative", "b0_tesla": "positive",
+                         "te_s": "positive", "alpha_grid": "positive", "voxel_size": "positive", "b0_dir": "finite"},
+                  spell=lambda k: {"lambda_grad": "--lambda", "mu_grad": "--mu", "b0_tesla": "--b0",
+                                       "te_s": "--te"}.get(k, "--" + k.replace("_", "-")))
+    if args.alpha.strip().lower() != "auto":
+        from daqsm.validate import positive
+
+        positive("--alpha", _alpha(args.alpha))
+    output_path("-o", args.output)
     if args.alpha_grid and args.alpha.strip().lower() != "auto":
         raise InputError("--alpha-grid: only with --alpha auto")
     if args.weight and args.method != "ndi-tv":

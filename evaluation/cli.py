@@ -19,7 +19,7 @@ import os
 import sys
 from dataclasses import dataclass, fields
 
-from daqsm.errors import InputError, run_cli
+from daqsm.errors import InputError, output_path, run_cli
 
 PROG = "python -m evaluation"
 CASE_FILES = {"truth": "chi.nii.gz", "seg": "segmentation.nii.gz", "mask": "mask.nii.gz"}
@@ -221,6 +221,9 @@ def _run(args) -> int:
 
     config = resolve_config(args)
     tables.check_outputs((config.json, config.csv, config.markdown), config.overwrite)
+    for option, path in (("--json", config.json), ("--csv", config.csv), ("--markdown", config.markdown)):
+        if path:
+            output_path(option, path)
     table = tables.Table()
     if config.challenge2016:
         _run_challenge2016(config, table)

@@ -30,7 +30,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from daqsm.config import add_config_options, param, resolve_config
-from daqsm.errors import InputError, run_cli
+from daqsm.errors import InputError, output_path, run_cli
+from daqsm.validate import integer_at_least
 
 PROG = "daqsm-demo"
 COLUMNS = {"SNR1": "Sim2Snr1", "SNR2": "Sim2Snr2"}
@@ -87,7 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: run_demo(resolve_config(DemoConfig, args.config, vars(args))), PROG)
+
+    def body() -> int:
+        from daqsm.output_lock import folder_removed_on_error
+
+        cfg = resolve_config(DemoConfig, args.config, vars(args))
+        with folder_removed_on_error(cfg.output):
+            return run_demo(cfg)
+
+    return run_cli(body, PROG)
 
 
 def _step(title: str, module_main, argv) -> None:
@@ -113,7 +122,16 @@ def run_demo(args) -> int:
         size = replace(size, pretrain_steps=args.pretrain_steps)
     if args.finetune_iterations:
         size = replace(size, finetune_iterations=args.finetune_iterations)
+    for option, value in (("--pretrain-steps", args.pretrain_steps), ("--finetune-iterations", args.finetune_iterations)):
+        if value is not None:
+            integer_at_least(option, value, 1)
+    if args.data:  # checked before the output folder is made: a wrong --data leaves nothing behind
+        data = Path(args.data)
+        for needed in (data / "qsm2016" / "chi_cosmos.nii.gz", data / "rc2_phantom" / "SegmentedModel.nii.gz"):
+            if not needed.exists():
+                raise InputError(f"--data {data}: expected {needed.relative_to(data)}, not found")
     out = Path(args.output)
+    output_path("-o", out, kind="folder")
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise InputError(f"-o {out}: folder exists and is not empty; use --overwrite")
     out.mkdir(parents=True, exist_ok=True)
@@ -122,9 +140,6 @@ def run_demo(args) -> int:
     # Source domain map and target-domain cases
     if args.data:
         data = Path(args.data)
-        for needed in (data / "qsm2016" / "chi_cosmos.nii.gz", data / "rc2_phantom" / "SegmentedModel.nii.gz"):
-            if not needed.exists():
-                raise InputError(f"--data {data}: expected {needed.relative_to(data)}, not found")
         source_chi, source_mask = data / "qsm2016" / "chi_cosmos.nii.gz", data / "qsm2016" / "msk.nii.gz"
         target_source = data / "rc2_phantom"
     else:

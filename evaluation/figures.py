@@ -34,7 +34,8 @@ if __package__ in (None, ""):  # `python evaluation/figures.py` from a checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from daqsm.config import add_config_options, param, resolve_config  # noqa: E402
-from daqsm.errors import InputError, run_cli, shape_mismatch  # noqa: E402
+from daqsm.errors import InputError, output_path, run_cli, shape_mismatch  # noqa: E402
+from daqsm.validate import positive  # noqa: E402
 from training_data.volume_io import atomic_path, check_mask, read_volume  # noqa: E402
 
 PROG = "daqsm-figures"
@@ -142,8 +143,11 @@ def read_loss_log(path) -> tuple[str, np.ndarray, dict[str, np.ndarray]]:
     """Read a CSV loss log: (x column name, x values, {column: values}); non-numeric cells are NaN."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: loss log not found")
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except (UnicodeDecodeError, csv.Error) as err:  # a binary file given as a log
+        raise InputError(f"{path}: expected a text CSV loss log, found binary data ({type(err).__name__})") from None
     if len(rows) < 2 or not rows[0]:
         raise InputError(f"{path}: expected a CSV with a header row and at least one data row, found {len(rows)} rows")
     header = [h.strip() for h in rows[0]]
@@ -237,6 +241,7 @@ def _check_output(path, overwrite: bool) -> None:
         raise InputError(f"{path}: expected an output ending in .png")
     if os.path.exists(path) and not overwrite:
         raise InputError(f"{path}: output exists; give --overwrite to replace it")
+    output_path("-o", path)
 
 
 @dataclass(frozen=True)
@@ -289,6 +294,8 @@ def main(argv=None) -> int:
                 raise InputError(f"--{name}: required (see {PROG} {args.command} --help)")
         _check_output(cfg.output, cfg.overwrite)
         if args.command == "slices":
+            if cfg.window is not None:
+                positive("--window", cfg.window)
             truth = read_volume(cfg.truth)
             recon = read_volume(cfg.recon)
             if recon.data.shape != truth.data.shape:

@@ -123,12 +123,16 @@ def check_outputs(paths, overwrite: bool = False) -> None:
 
 def write_table(table: Table, markdown=None, csv_path=None, json_path=None, title=None) -> list:
     """Write the requested formats atomically; returns the paths written."""
+    import contextlib
+
     written = []
-    for path, text in ((markdown, lambda: to_markdown(table, title)), (csv_path, lambda: to_csv(table)),
-                       (json_path, lambda: to_json(table))):
-        if path:
-            with atomic_path(path) as tmp:
+    # all formats are written to temps first and renamed together: a failed write leaves none
+    with contextlib.ExitStack() as stack:
+        for path, text in ((markdown, lambda: to_markdown(table, title)), (csv_path, lambda: to_csv(table)),
+                           (json_path, lambda: to_json(table))):
+            if path:
+                tmp = stack.enter_context(atomic_path(path))
                 with open(tmp, "w", encoding="utf-8") as fh:
                     fh.write(text())
-            written.append(str(path))
+                written.append(str(path))
     return written

@@ -45,7 +45,9 @@ import sys
 from dataclasses import dataclass
 
 from daqsm.config import param
-from daqsm.errors import InputError
+from daqsm.errors import InputError, output_path
+from daqsm.output_lock import claim_output
+from daqsm.validate import check_numbers
 from network_model.config import write_resolved_config
 
 PROG = "model_finetune/train.py (step 5)"
@@ -152,9 +154,14 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
 
         cfg = replace(cfg, output=bids_chimap_path(cfg.output), bids=False)
     paths = output_paths(cfg.output)
-    existing = [p for p in paths.values() if os.path.exists(p)]
-    if existing and not cfg.overwrite:
-        raise InputError(f"output {existing[0]} exists; use --overwrite true to replace it")
+    # the QSM is committed last (below): without it, companions are an interrupted run's leftovers
+    if os.path.exists(paths["qsm"]) and not cfg.overwrite:
+        raise InputError(f"output {paths['qsm']} exists; use --overwrite to replace it")
+    for path in paths.values():
+        output_path("-o", path)
+    check_numbers(cfg, {"b0_tesla": "positive", "te_s": "positive", "phase_rad_per_ppm": "positive",
+                        "voxel_size_mm": "positive", "b0_dir": "finite", "convergence_window": "int>=1"},
+                  spell=lambda k: "--" + k.replace("_", "-"))
     if cfg.iterations < 1:
         raise InputError(f"iterations: expected >= 1, got {cfg.iterations}")
     for name in ("learning_rate", "tau", "convergence_tol", "lambda_tv"):
@@ -168,9 +175,22 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
         raise InputError(f"warmup_iterations: expected >= 0, got {cfg.warmup_iterations}")
     if not cfg.model:
         raise InputError("model: give the pre-trained model with --model FILE.keras")
+    from network_model.precision import check_precision
+
+    check_precision(cfg.precision)
+    with claim_output("-o", cfg.output):
+        return _finetune(cfg, paths, monitor, monitor_every)
+
+
+def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> int:
+    """The fine-tuning itself, inside the output's lock."""
     from network_model.precision import check_precision, needs_loss_scale, with_precision
 
     precision = check_precision(cfg.precision)
+    leftovers = [p for p in paths.values() if os.path.exists(p)]
+    if leftovers and not os.path.exists(paths["qsm"]):
+        print(f"{PROG}: note: replacing {len(leftovers)} file(s) of an interrupted run without {paths['qsm']}",
+              file=sys.stderr)
     target = load_inputs(cfg)
     phase = cfg.phase_rad_per_ppm or target.phase_rad_per_ppm
     if phase is None or not (phase > 0 and math.isfinite(phase)):
@@ -251,7 +271,10 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
 
         monitor(0, full_map())
     os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
-    tmp_log = paths["log"] + ".part"
+    from daqsm.output_lock import temp_prefix
+
+    # hidden, named after the output: the next run on it removes what a killed run left
+    tmp_log = os.path.join(os.path.dirname(os.path.abspath(cfg.output)), temp_prefix(cfg.output) + "loss.csv")
     if os.path.exists(tmp_log):
         os.remove(tmp_log)
     evaluate = tf.function(loss_fn)
@@ -270,7 +293,7 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
     if not np.all(np.isfinite(chi)):
         os.remove(tmp_log)
         raise InputError(f"model {cfg.model}: fine-tuning produced NaN/Inf values; nothing written")
-    write_volume(paths["qsm"], chi, target.affine, target.header)
+    # the QSM goes last: a run killed before it leaves an incomplete set that the rerun replaces
     save_model_atomic(model if precision == "float32" else with_precision(model, "float32"), paths["model"])
     write_model_info(paths["model"], target.geometry.voxel_size_mm, target.geometry.b0_dir,
                      spatial_divisor(model), fine_tuned_on=str(cfg.case or cfg.field))
@@ -286,6 +309,7 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
                              "residual_over_noise": (final["ndi"] / energy) if energy else None},
               "Box": [[b.start, b.stop] for b in box], "PhaseRadPerPpm": float(phase), "QC": qc}
     write_sidecar(paths["qsm"], provenance_record(cfg, target, "fine-tuned"), record)
+    write_volume(paths["qsm"], chi, target.affine, target.header)  # last: it marks the set complete
     ratio = f", ndi / noise energy {final['ndi'] / energy:.3g}" if energy else ""
     print(f"{PROG}: stopped ({reason}) after {result.step} iterations: loss {initial['loss']:.5g} -> "
           f"{final['loss']:.5g} (ndi {initial['ndi']:.5g} -> {final['ndi']:.5g}{ratio}); wrote {paths['qsm']}")

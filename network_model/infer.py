@@ -32,7 +32,9 @@ if __package__ in (None, ""):  # `python network_model/infer.py` from a checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from daqsm.config import param  # noqa: E402
-from daqsm.errors import InputError, run_cli  # noqa: E402
+from daqsm.errors import InputError, output_path, run_cli  # noqa: E402
+from daqsm.output_lock import claim_output  # noqa: E402
+from daqsm.validate import check_numbers  # noqa: E402
 from training_data.provenance import write_sidecar  # noqa: E402
 from training_data.volume_io import NIFTI_SUFFIXES, read_field, read_mask, suffix_of, write_volume  # noqa: E402
 
@@ -78,10 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> InferConfig:
-    """Defaults < config file < command-line options (daqsm.config)."""
+    """Defaults < config file < command-line options (daqsm.config), then the numbers checked."""
     from network_model.config import resolve_config as resolve
 
-    return resolve(InferConfig, args)
+    cfg = resolve(InferConfig, args)
+    check_numbers(cfg, {"b0_tesla": "positive", "te_s": "positive", "voxel_size_mm": "positive",
+                        "b0_dir": "finite", "tile": "int>=1", "overlap": "int>=0", "batch_size": "int>=1",
+                        "divisor": "int>=1"}, spell=lambda k: "--" + k.replace("_", "-"))
+    return cfg
 
 
 def sidecar_path(output: str) -> str:
@@ -172,6 +178,8 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
     for path in (cfg.output, residual_path(cfg.output)):
         if os.path.exists(path) and not cfg.overwrite:
             raise InputError(f"{path}: output exists; give --overwrite to replace it")
+    for path in (cfg.output, residual_path(cfg.output), sidecar_path(cfg.output)):
+        output_path("-o", path)
     tiling.check_tiling(cfg.tile, cfg.overlap, 1)
     if cfg.batch_size < 1:
         raise InputError(f"--batch-size: expected a positive integer, got {cfg.batch_size}")
@@ -258,7 +266,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        run(resolve_config(args))
+        cfg = resolve_config(args)
+        if cfg.output:
+            output_path("-o", cfg.output)
+            with claim_output("-o", cfg.output):
+                run(cfg)
+        else:
+            run(cfg)
         return 0
 
     with command(PROG, argv):

@@ -159,6 +159,10 @@ def load_model_file(path) -> "keras.Model":  # noqa: F821
         raise InputError(f"model {path}: file not found")
     if not path.endswith(".keras"):
         raise InputError(f"model {path}: expected a Keras 3 model file ending in .keras")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # Keras would report a foreign file as "File not found"
+        raise InputError(f"model {path}: cannot load as a Keras model: not a Keras archive (a .keras file is a zip)")
     from daqsm.tf_env import import_tensorflow
 
     import_tensorflow()

@@ -26,7 +26,8 @@ import sys
 from dataclasses import dataclass
 
 from daqsm.config import param
-from daqsm.errors import InputError
+from daqsm.errors import InputError, output_path
+from daqsm.validate import check_numbers
 from network_model.config import write_resolved_config
 
 PROG = "train.py (step 4)"
@@ -141,18 +142,22 @@ def make_validate(model, dipole, phase: float, cfg: PretrainConfig, source, targ
 
 def pretrain(cfg: PretrainConfig) -> int:
     """Run (or resume) step 4; returns the exit status (0 done, 1 stopped on a non-finite loss)."""
+    if not cfg.datasets_path:
+        raise InputError("datasets_path: give the patch HDF5 file (--datasets_path FILE)")
+    check_options(cfg)
+    output_path("--run_dir", cfg.run_dir, kind="folder")
+
     from daqsm.tf_env import import_tensorflow
 
     tf = import_tensorflow()
 
+    from daqsm.errors import choices_message
     from network_model.data import read_patch_group, split_indices
     from network_model.distributed import WorkerOutput, is_chief
     from network_model.precision import check_device
-    from network_model.training_loop import make_strategy
+    from network_model.training_loop import SCHEDULES, make_strategy
     from network_model.unet import check_spatial_shape
 
-    if not cfg.datasets_path:
-        raise InputError("datasets_path: give the patch HDF5 file (--datasets_path FILE)")
     source = read_patch_group(cfg.datasets_path, "source")
     target = read_patch_group(cfg.targetdata_path or cfg.datasets_path, "target")
     for info in (source, target):
@@ -163,6 +168,8 @@ def pretrain(cfg: PretrainConfig) -> int:
     if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.max_steps < 0 or cfg.target_batch_size < 0:
         raise InputError("batch_size and epochs must be >= 1, max_steps and target_batch_size >= 0")
     phase = phase_scale(cfg, target)
+    if str(cfg.lr_schedule).lower() not in SCHEDULES:  # before anything is written (and before any TF op:
+        raise choices_message("lr_schedule", cfg.lr_schedule, SCHEDULES)  # multiworker needs a fresh runtime)
     check_device(cfg.precision)
     strategy = make_strategy(cfg.strategy, cfg.collective_timeout_s)
     chief = is_chief(strategy)
@@ -179,11 +186,27 @@ def pretrain(cfg: PretrainConfig) -> int:
     ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")  # the chief's: every worker resumes from it
     if not cfg.resume and tf.train.latest_checkpoint(ckpt_dir):
         raise InputError(f"{cfg.run_dir}: holds checkpoints; use --resume true or another --run_dir")
-    with WorkerOutput(cfg.run_dir, strategy) as out:  # non-chief workers write to a removed temp folder
-        if chief:
-            write_resolved_config(cfg, out.join("config.json"))
-        return _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val, tgt_train, tgt_val,
-                      phase, steps_per_epoch, total)
+    import contextlib
+
+    from daqsm.output_lock import claim_output
+
+    # one run per folder: a second one stops with "in use by PID N" instead of doubling the log (the
+    # chief's folder; other workers write to their own temp folders)
+    lock = claim_output("--run_dir", cfg.run_dir, kind="folder") if chief else contextlib.nullcontext()
+    with lock:
+        created = not os.path.isdir(cfg.run_dir)
+        try:
+            with WorkerOutput(cfg.run_dir, strategy) as out:  # non-chief workers write to a removed temp folder
+                return _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val, tgt_train,
+                              tgt_val, phase, steps_per_epoch, total)
+        except (InputError, OSError):
+            # a new run that failed before its first checkpoint leaves no run folder; one with a
+            # checkpoint stays (rerun the command to resume)
+            if chief and created and os.path.isdir(cfg.run_dir) and not tf.train.latest_checkpoint(ckpt_dir):
+                import shutil
+
+                shutil.rmtree(cfg.run_dir, ignore_errors=True)
+            raise
 
 
 def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val, tgt_train, tgt_val, phase,
@@ -217,6 +240,10 @@ def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val,
                              f"changed?): {str(err).splitlines()[0][:200]}") from None
         print(f"{PROG}: resuming from {latest} (step {int(step_var.numpy())})", file=sys.stderr)
     check_same_step(strategy, step_var)
+    if out.chief:
+        # written only now that the schedule, the patches and the checkpoint are known to fit: a rejected
+        # resume leaves the run's config as it was
+        write_resolved_config(cfg, out.join("config.json"))
 
     dipole = dipole_operator_tf(target.patch_size, target.voxel_size_mm, target.b0_dir, cfg.dipole_pad)
     epoch = int(step_var.numpy()) // steps_per_epoch  # reshuffle differently after a resume
@@ -233,7 +260,7 @@ def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val,
         result = run_loop(step_fn, batches, step_var, total, log, manager=manager,
                           checkpoint_every=cfg.checkpoint_every or steps_per_epoch, validate=validate,
                           validate_every=cfg.validate_every or steps_per_epoch, progress=cfg.progress and out.chief,
-                          desc="pre-training")
+                          desc="pre-training", healthy=lambda: nonfinite_reason(model, {}))
     except tf.errors.OpError as err:
         if strategy.num_replicas_in_sync < 2 or not is_lost_peer(err):
             raise
@@ -242,9 +269,16 @@ def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val,
         return 1
     if result.reason == "nan":
         terms = ", ".join(f"{k}={v:.4g}" for k, v in result.terms.items())
-        print(f"{PROG}: stopped: non-finite loss at step {result.step} ({terms}); nothing exported; "
+        loss_ok = math.isfinite(result.terms.get("loss", float("nan")))
+        what = (nonfinite_reason(model, result.terms) if loss_ok else None) or "non-finite loss"
+        print(f"{PROG}: stopped: {what} at step {result.step} ({terms}); nothing exported; "
               f"last checkpoint: {manager.latest_checkpoint or 'none'} (lower learning_rate or check the "
               "patches)", file=sys.stderr)
+        return 1
+    bad = nonfinite_reason(model, result.terms)
+    if bad:  # the loss is checked before each update; the last update or the validation can still be NaN
+        print(f"{PROG}: stopped: {bad} at step {result.step}; nothing exported; last checkpoint: "
+              f"{manager.latest_checkpoint or 'none'} (lower learning_rate or check the patches)", file=sys.stderr)
         return 1
     if not out.chief:
         return 0  # only the chief exports (its checkpoints are the ones a restart reads)
@@ -257,3 +291,30 @@ def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val,
     terms = ", ".join(f"{k}={v:.4g}" for k, v in result.terms.items())
     print(f"{PROG}: step {result.step}/{total} {terms}; target model: {model_path}")
     return 0
+
+
+def nonfinite_reason(model, terms: dict) -> str | None:
+    """Why a trained model must not be exported: NaN/Inf weights or validation terms, else None."""
+    import numpy as np
+
+    bad_terms = [k for k, v in terms.items() if k.startswith("val_") and not np.isfinite(v)]
+    if bad_terms:
+        return f"non-finite validation loss ({', '.join(bad_terms)})"
+    for weight in model.weights:
+        if not np.all(np.isfinite(np.asarray(weight))):
+            return f"non-finite weights in {weight.path if hasattr(weight, 'path') else weight.name}"
+    return None
+
+
+def check_options(cfg: PretrainConfig) -> None:
+    """Every number against its meaning, before any file is read or written."""
+    check_numbers(cfg, {"depth": "int>=1", "base_filters": "int>=1", "input_scale": "positive",
+                        "label_scale": "positive", "bn_momentum": (0.0, 1.0), "batch_size": "int>=1",
+                        "target_batch_size": "int>=0", "epochs": "int>=1", "steps_per_epoch": "int>=0",
+                        "max_steps": "int>=0", "learning_rate": "positive", "lr_decay_steps": "int>=0",
+                        "lr_decay_rate": "positive", "lambda_ndi": "non_negative", "lambda_tv": "non_negative",
+                        "phase_rad_per_ppm": "positive", "val_fraction": (0.0, 0.9), "validate_every": "int>=0",
+                        "checkpoint_every": "int>=0", "keep_checkpoints": "int>=1",
+                        "collective_timeout_s": "non_negative"})
+
+

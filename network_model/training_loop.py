@@ -209,7 +209,7 @@ class LoopResult:
 def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossLog, *,
              manager: tf.train.CheckpointManager | None = None, checkpoint_every: int = 0,
              validate=None, validate_every: int = 0, convergence=None,
-             log_every: int = 1, progress: bool = True, desc: str = "train") -> LoopResult:
+             log_every: int = 1, progress: bool = True, desc: str = "train", healthy=None) -> LoopResult:
     """Run optimisation steps from `step_var` up to `max_steps`.
 
     Args:
@@ -224,6 +224,8 @@ def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossL
         convergence: optional early stop, an object with `check(terms) -> reason or None`
             (network_model.stopping.StoppingRule: discrepancy principle and/or a flat loss).
         progress: show a tqdm bar with the loss terms.
+        healthy: optional callable() -> reason or None, called before each checkpoint and at the end
+            (the loss is checked before each update, so the weights after the last one may be NaN).
 
     Returns:
         LoopResult. On a non-finite loss the loop stops without saving and reason is 'nan'; an early
@@ -251,6 +253,11 @@ def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossL
             is_last = step == max_steps
             if validate is not None and validate_every and (step % validate_every == 0 or is_last):
                 terms = {**terms, **validate()}
+                if not all(math.isfinite(v) for k, v in terms.items() if k.startswith("val_")):
+                    return LoopResult(step, "nan", terms)  # a NaN validation loss is a failed run, not a row
+            if healthy is not None and manager is not None and checkpoint_every and step % checkpoint_every == 0 \
+                    and healthy():
+                return LoopResult(step, "nan", terms)  # never checkpoint NaN weights
             stop = convergence.check(terms) if convergence is not None else None
             if step % max(1, log_every) == 0 or is_last or stop or len(terms) > len(result.terms):
                 log.write(step, {**terms, "elapsed_s": time.perf_counter() - t0})
@@ -261,6 +268,8 @@ def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossL
                 break
         else:
             result = LoopResult(result.step, "done", result.terms)
+        if healthy is not None and result.step > start and healthy():
+            return LoopResult(result.step, "nan", result.terms)
         if manager is not None and result.step > start:
             manager.save(checkpoint_number=result.step)
         return result

@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from daqsm.config import add_config_options, config_to_dict, resolve_config, write_config
-from daqsm.errors import InputError, run_cli, shape_mismatch
+from daqsm.config import add_config_options, config_to_dict, option_name, resolve_config, write_config
+from daqsm.errors import InputError, output_path, run_cli, shape_mismatch
+from daqsm.output_lock import claim_output, temp_prefix
+from daqsm.validate import check_numbers
 from training_data.augment import AugmentParams, augment_sample
 from training_data.provenance import build_record, write_sidecar
 from training_data.volume_io import HDF5_SUFFIXES, atomic_path, check_mask, read_volume, suffix_of, write_volume
@@ -167,7 +169,7 @@ def write_maps_nifti(folder, sources: list[SourceMap], config: GenChiConfig, ove
     folder = os.path.abspath(str(folder).rstrip("/\\") or "/")
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
-    tmpdir = tempfile.mkdtemp(prefix=".tmp-genchi-", dir=parent)
+    tmpdir = tempfile.mkdtemp(prefix=temp_prefix(folder), dir=parent)
     digits = max(4, len(str(config.n_maps - 1)))
     try:
         params = []
@@ -189,8 +191,8 @@ def write_maps_nifti(folder, sources: list[SourceMap], config: GenChiConfig, ove
                        "units": "ppm", "source_files": [s.path for s in sources], "samples": params}, fh)
         write_config(config, os.path.join(tmpdir, "genchi_config.json"))
         if os.path.isdir(folder) and overwrite:
-            for name in os.listdir(folder):
-                if name.startswith(NIFTI_PATTERNS) and name.endswith((".nii.gz", ".json")):
+            for name in previous_maps(folder):  # only what an earlier run of this command wrote
+                if name not in os.listdir(tmpdir):
                     os.remove(os.path.join(folder, name))
         os.makedirs(folder, exist_ok=True)
         for name in sorted(os.listdir(tmpdir)):
@@ -198,6 +200,19 @@ def write_maps_nifti(folder, sources: list[SourceMap], config: GenChiConfig, ove
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return folder
+
+
+def previous_maps(folder) -> list[str]:
+    """File names of the maps an earlier run wrote into `folder` (from its params.json), that exist."""
+    try:
+        with open(os.path.join(folder, "params.json"), encoding="utf-8") as fh:
+            count = len(json.load(fh).get("samples", []))
+    except (OSError, ValueError, AttributeError):
+        return []
+    digits = max(4, len(str(count - 1)))
+    names = [f"{kind}{i:0{digits}d}{ext}" for i in range(count) for kind in NIFTI_PATTERNS
+             for ext in (".nii.gz", ".json")]  # each map and its provenance sidecar
+    return [n for n in names if os.path.isfile(os.path.join(folder, n))]
 
 
 def is_folder_output(out: str) -> bool:
@@ -249,13 +264,17 @@ def main(argv=None) -> int:
 
     def body() -> int:
         config = resolve_config(GenChiConfig, args.config, vars(args))
+        check_numbers(config, {"voxel_size_mm": "positive", "b0_dir": "finite"}, spell=option_name)
         check_output(args.output, args.overwrite)
+        folder = is_folder_output(args.output)
+        output_path("-o", args.output, kind="folder" if folder else "file")
         sources = load_sources(args.source_paths, args.mask, config.voxel_size_mm, config.b0_dir)
-        if is_folder_output(args.output):
-            out = write_maps_nifti(args.output, sources, config, args.overwrite, args.quiet)
-        else:
-            out = write_maps_hdf5(args.output, sources, config, args.quiet)
-            write_config(config, config_path_for(args.output))
+        with claim_output("-o", args.output, kind="folder" if folder else "file"):
+            if folder:
+                out = write_maps_nifti(args.output, sources, config, args.overwrite, args.quiet)
+            else:
+                out = write_maps_hdf5(args.output, sources, config, args.quiet)
+                write_config(config, config_path_for(args.output))
         if not args.quiet:
             print(f"{PROG}: wrote {config.n_maps} maps to {out}", file=sys.stderr)
         return 0

@@ -17,7 +17,6 @@ heavy work (step 4 reads only step 3's patch file, which step 3 wrote from check
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -58,13 +57,9 @@ class CheckReport:
 
 
 def _read_case_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            info = json.load(fh)
-    except ValueError as err:
-        raise InputError(f"{path}: expected JSON, cannot parse ({err})".splitlines()[0]) from None
-    if not isinstance(info, dict):
-        raise InputError(f"{path}: expected a JSON object, found {type(info).__name__}")
+    from training_data.formats.case_folder import read_info  # the one reader: types, unknown keys
+
+    info = read_info(os.path.dirname(path))
     b0 = info.get("b0_tesla")
     if b0 is not None and not (isinstance(b0, (int, float)) and math.isfinite(b0) and 0 < b0 <= 20):
         raise InputError(f"{path}: b0_tesla expected a field strength in tesla (0-20), found {b0!r}")

@@ -148,6 +148,8 @@ class SourceInputs:
             chi, mask_data, vs, b0 = read_chi_map(item[1], item[2])
             if mask_data is None:
                 raise InputError(f"{item[1]}: no /mask dataset next to /chi")
+            if not np.all(np.isfinite(chi)):  # labels too: a NaN chi would train on NaN
+                raise InputError(f"{item[1]}: expected finite values, found NaN/Inf in /chi[{item[2]}]")
             label = f"{item[1]}[{item[2]}]"
         else:
             vol = read_volume(item[1])

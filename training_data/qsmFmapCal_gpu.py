@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from daqsm.config import add_config_options, param, resolve_config
-from daqsm.errors import InputError, run_cli
+from daqsm.errors import InputError, output_path, run_cli
+from daqsm.output_lock import claim_output
+from daqsm.validate import check_numbers, finite
 from training_data.dipole import fft_shape
 from training_data.formats.chi_h5 import is_chi_h5
 from training_data.geometry import check_voxel_size, normalise_b0_dir
@@ -116,6 +118,9 @@ def _run(args: FieldmapConfig) -> int:
     if args.voxel_size_mm is not None:
         check_voxel_size(args.voxel_size_mm)
     fft_shape((8, 8, 8), args.pad)
+    finite("--d0", args.d0)  # a NaN kernel value would write an all-NaN field map
+    check_numbers(args, {"voxel_size_mm": "positive", "b0_dir": "finite"},
+                  spell=lambda k: "--" + k.replace("_", "-"))
     maps = list(_example_maps()) if args.example else list(iter_chi_maps(args.inputs, args.variable or None))
     if not maps:
         raise InputError("INPUT: expected at least one susceptibility map (or --example), got none")
@@ -128,6 +133,12 @@ def _run(args: FieldmapConfig) -> int:
         raise InputError("--mask-output and --keep-background: expected one of them, got both")
     out_kind = _output_kind(args.output, len(maps))
     _refuse_existing(args.output, out_kind, maps, args.overwrite)
+    output_path("-o", args.output, kind="folder" if out_kind == "folder" else "file")
+    with claim_output("-o", args.output, kind="folder" if out_kind == "folder" else "file"):
+        return _write(args, maps, out_kind, shared_mask)
+
+
+def _write(args, maps, out_kind, shared_mask) -> int:
 
     from tqdm import tqdm
 
@@ -204,7 +215,8 @@ def iter_chi_maps(inputs, variable=None):
     for entry in inputs:
         path = Path(split_variable(entry)[0])
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if suffix_of(p) in ALL_SUFFIXES)
+            # hidden files are skipped: a killed run's temps (.tmp-*) are no inputs
+            files = sorted(p for p in path.iterdir() if suffix_of(p) in ALL_SUFFIXES and not p.name.startswith("."))
             if not files:
                 raise InputError(f"{path}: folder holds no volume files ({', '.join(ALL_SUFFIXES)})")
             for file in files:
@@ -277,12 +289,30 @@ class StagedOutput:
             from training_data.provenance import sidecar_path, write_sidecar
 
             final = self.output if self.kind == "file" else os.path.join(self.output, f"{item.name}_field.nii.gz")
-            tmp = os.path.join(os.path.dirname(os.path.abspath(final)), f".tmp-{os.path.basename(final)}")
-            self.staged.append((tmp, final))
+            tmp = self._temp_for(final)
             write_volume(tmp, field, affine=item.affine, header=item.header, voxel_size_mm=vs)
             if sidecar is not None and suffix_of(final) in NIFTI_SUFFIXES:
                 self.staged.append((write_sidecar(tmp, sidecar), sidecar_path(final)))
         self.names.append(item.name)
+
+    def _temp_for(self, final: str) -> str:
+        """A unique temp name beside `final` (two runs never share one), named after the output."""
+        import tempfile
+
+        from daqsm.output_lock import temp_prefix
+        from training_data.volume_io import suffix_of
+
+        folder = os.path.dirname(os.path.abspath(final))
+        # folder outputs: the temps sit inside the output folder, named after the output folder
+        # (so that the next run's stale-temp clean-up finds them) plus the map's name
+        prefix = temp_prefix(self.output) + (os.path.basename(final) + "-" if self.kind == "folder" else "")
+        if self.kind == "folder":
+            folder = os.path.dirname(os.path.abspath(self.output.rstrip(os.sep)))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix_of(final), dir=folder)
+        os.close(fd)
+        self.staged.append((tmp, final))
+        return tmp
 
     def _add_h5(self, item, field, vs, b0):
         import h5py
@@ -290,10 +320,7 @@ class StagedOutput:
         from training_data.formats.field_h5 import FieldH5Writer
 
         if self.h5 is None:
-            final = self.output
-            tmp = os.path.join(os.path.dirname(os.path.abspath(final)), f".tmp-{os.path.basename(final)}")
-            os.makedirs(os.path.dirname(tmp), exist_ok=True)
-            self.staged.append((tmp, final))
+            tmp = self._temp_for(self.output)
             self.h5 = h5py.File(tmp, "w")
             self.writer = FieldH5Writer(self.h5, self.output)
         self.writer.add(field, vs, b0)

@@ -192,7 +192,11 @@ def atomic_path(path):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     suffix = suffix_of(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    from daqsm.output_lock import temp_prefix
+
+    # unique per call (two runs never share a temp), named after the output so that the next run on
+    # it can remove what a killed one left (daqsm.output_lock.remove_stale_temps)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix, dir=directory)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -229,7 +233,7 @@ def _pick(names, variable, path, kind):
         return variable
     if len(names) != 1:
         listed = ", ".join(names) or "none"
-        raise InputError(f"{path}: holds {len(names)} {kind}s ({listed}); name one with FILE:NAME or --variable")
+        raise InputError(f"{path}: holds {len(names)} {kind}s ({listed}); name one as FILE{suffix_of(path)}:NAME")
     return names[0]
 
 

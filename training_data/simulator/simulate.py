@@ -29,7 +29,8 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from daqsm.config import add_config_options, param, resolve_config
-from daqsm.errors import InputError, run_cli
+from daqsm.errors import InputError, output_path, run_cli
+from daqsm.validate import in_range
 from training_data.dipole import forward_field
 from training_data.formats.case_folder import write_case as write_case_folder
 from training_data.simulator.gibbs import remove_gibbs_ringing
@@ -72,10 +73,14 @@ def load_rc2_phantom(folder) -> Anatomy:
     if mat.exists():
         import scipy.io
 
-        labels = scipy.io.loadmat(mat, squeeze_me=True, struct_as_record=False).get("label")
-        if labels is not None:
-            for index, entry in enumerate(np.atleast_1d(labels), start=1):
-                chiref[index] = float(getattr(entry, "chiref", chiref.get(index, 0.0)))
+        try:
+            labels = scipy.io.loadmat(mat, squeeze_me=True, struct_as_record=False).get("label")
+            if labels is not None:
+                for index, entry in enumerate(np.atleast_1d(labels), start=1):
+                    chiref[index] = float(getattr(entry, "chiref", chiref.get(index, 0.0)))
+        except Exception as err:  # corrupt or foreign .mat: one line naming it, not a traceback
+            raise InputError(f"{mat}: cannot read the chiref values ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''})"[:300]) from None
     return Anatomy(seg.data.astype(np.uint8), mask, seg.voxel_size_mm, seg.affine, chiref, str(folder))
 
 
@@ -322,6 +327,9 @@ def _run(args: SimulateConfig) -> int:
         raise InputError("--source and -o/--output: both are needed (e.g. --source builtin -o cases)")
     if not (0.3 <= args.resolution <= 8):
         raise InputError(f"--resolution: expected 0.3 to 8 mm, got {args.resolution:g}")
+    if args.native is not None:
+        in_range("--native", args.native, 0.1, args.resolution)
+    output_path("-o", args.output, kind="folder")
     existing = [Path(args.output) / f"{v}{s}" for v in VARIANTS for s in PEAK_SNR]
     if any(p.exists() for p in existing) and not args.overwrite:
         raise InputError(f"-o {args.output}: case folders exist; use --overwrite to replace them")
@@ -331,8 +339,11 @@ def _run(args: SimulateConfig) -> int:
         anatomy = load_rc2_phantom(args.source)
     if any(args.resolution < v - 1e-6 for v in anatomy.voxel_size_mm):
         raise InputError(f"--resolution {args.resolution:g}: expected at least the native voxel size {anatomy.voxel_size_mm}")
-    cases = simulate_cases(anatomy, args.output, args.resolution, args.seed, not args.progress,
-                           gibbs_removal=not args.keep_gibbs_ringing)
+    from daqsm.output_lock import folder_removed_on_error
+
+    with folder_removed_on_error(args.output):
+        cases = simulate_cases(anatomy, args.output, args.resolution, args.seed, not args.progress,
+                               gibbs_removal=not args.keep_gibbs_ringing)
     print(f"{PROG}: wrote {len(cases)} cases to {args.output}", file=sys.stderr)
     return 0
 
