@@ -26,10 +26,10 @@ def _commands():
     import genRDFPatchesSyn
     from evaluation import baselines, demo, figures
     from evaluation import cli as evaluate
-    from network_model import infer
+    from network_model import export, infer
     from network_model.model_finetune import train as finetune
     from network_model.train_model import train as pretrain
-    from training_data import genChi, qsmFmapCal_gpu
+    from training_data import genChi, input_check, qsmFmapCal_gpu
     from training_data.simulator import simulate
 
     # (module, config class, argv every parse needs)
@@ -45,12 +45,14 @@ def _commands():
         "demo": (demo, demo.DemoConfig, []),
         "figures-slices": (figures, figures.SlicesConfig, ["slices"]),
         "figures-losses": (figures, figures.LossesConfig, ["losses"]),
+        "export": (export, export.ExportConfig, []),
+        "check": (input_check, input_check.CheckConfig, []),
         "evaluate": (evaluate, evaluate.EvaluateConfig, []),  # columns: a list of mappings, its own reader
     }
 
 
 COMMANDS = ["genchi", "fieldmap", "patches", "train", "finetune", "infer", "simulate", "baseline", "demo",
-            "figures-slices", "figures-losses"]
+            "figures-slices", "figures-losses", "export", "check"]
 # values the generic rule below would pick but the step's own validation refuses
 SPECIAL = {("patches", "grid"): True, ("patches", "patch_size"): (32, 32, 16), ("patches", "stride"): (8, 8, 4),
            ("patches", "target_patch_size"): (16, 16, 16), ("fieldmap", "pad"): "8", ("train", "dipole_pad"): "auto",
