@@ -285,6 +285,18 @@ def config_to_dict(config) -> dict:
     return out
 
 
+def config_path_beside(output, command: str, folder: bool) -> str:
+    """Where a command's resolved config goes: OUT/COMMAND_config.json for a folder output, else
+    OUT (its volume suffix removed) + .config.json, e.g. fields.h5 -> fields.config.json."""
+    output = str(output)
+    if folder:
+        return os.path.join(output, f"{command}_config.json")
+    for suffix in (".nii.gz", ".nii", ".h5", ".hdf5"):  # volume suffixes (volume_io's, without importing it)
+        if output.lower().endswith(suffix):
+            return output[: -len(suffix)] + ".config.json"
+    return os.path.splitext(output)[0] + ".config.json"
+
+
 def write_config(config, path, sort_keys: bool = False) -> str:
     """Write the resolved config as JSON atomically; returns the path."""
     import tempfile

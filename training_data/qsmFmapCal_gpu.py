@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daqsm.config import add_config_options, param, resolve_config
+from daqsm.config import add_config_options, config_path_beside, param, resolve_config, write_config
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import claim_output
 from daqsm.validate import check_numbers, finite
@@ -156,6 +156,7 @@ def _write(args, maps, out_kind, shared_mask) -> int:
             field = compute_field(item.chi_ppm, vs, b0, mask, demean=args.demean,
                                   keep_background=args.keep_background, engine=engine)
             out.add(item, field, vs, b0, _sidecar(item, vs, b0, args))
+        out.add_config(args)
     print(f"{PROG}: wrote {len(maps)} field map(s) (ppm) to {args.output}", file=sys.stderr)
     return 0
 
@@ -294,6 +295,11 @@ class StagedOutput:
             if sidecar is not None and suffix_of(final) in NIFTI_SUFFIXES:
                 self.staged.append((write_sidecar(tmp, sidecar), sidecar_path(final)))
         self.names.append(item.name)
+
+    def add_config(self, config) -> str:
+        """Stage the resolved config beside the outputs (daqsm.config.config_path_beside)."""
+        final = config_path_beside(self.output, "fieldmap", folder=self.kind == "folder")
+        return write_config(config, self._temp_for(final))
 
     def _temp_for(self, final: str) -> str:
         """A unique temp name beside `final` (two runs never share one), named after the output."""

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import scipy.ndimage as ndi
 
-from daqsm.config import add_config_options, param, resolve_config
+from daqsm.config import add_config_options, config_path_beside, param, resolve_config, write_config
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.validate import in_range
 from training_data.dipole import forward_field
@@ -344,6 +344,7 @@ def _run(args: SimulateConfig) -> int:
     with folder_removed_on_error(args.output):
         cases = simulate_cases(anatomy, args.output, args.resolution, args.seed, not args.progress,
                                gibbs_removal=not args.keep_gibbs_ringing)
+        write_config(args, config_path_beside(args.output, "simulate", folder=True))
     print(f"{PROG}: wrote {len(cases)} cases to {args.output}", file=sys.stderr)
     return 0
 
