@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from daqsm.config import add_config_options, config_to_dict, option_name, resolve_config, write_config
+from daqsm.config import ArgumentParser, add_config_options, config_to_dict, option_name, resolve_config, write_config
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import claim_output
 from daqsm.validate import check_numbers
@@ -180,7 +180,7 @@ def cut_patches(h5, sources, targets, config: PatchConfig, quiet: bool = True) -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG, description="Step 3: cut training patches (or whole-volume crops) of synthetic maps with their "
         "field maps (source) and of target datasets into one HDF5 file (fields and chi in ppm).")
     io = parser.add_argument_group("inputs and output")

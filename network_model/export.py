@@ -33,7 +33,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from daqsm.config import add_config_options, config_to_dict, param, resolve_config  # noqa: E402
+from daqsm.config import ArgumentParser, add_config_options, config_to_dict, param, resolve_config  # noqa: E402
 from daqsm.errors import InputError, run_cli  # noqa: E402
 
 PROG = "daqsm-export"
@@ -128,7 +128,7 @@ class ExportConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_options(p, ExportConfig, group_title=None, config_option=True)
     return p

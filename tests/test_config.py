@@ -183,3 +183,57 @@ def test_help_without_tensorflow(name, target):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "IMPORTED []" in out.stdout, out.stdout[-500:]
     assert "usage:" in out.stdout
+
+
+# `--overwrite true` (older READMEs) and the bare flag, also where a positional argument follows
+POSITIONAL_RUNS = {  # command -> (argv before the flag, positional argv after it, the positional's dest, value)
+    "genchi": (["--mask", "m.nii.gz", "-o", "o.h5"], ["src.nii.gz"], "source_paths", ["src.nii.gz"]),
+    "fieldmap": (["-o", "f.h5"], ["chi.h5"], "positional_inputs", ["chi.h5"]),
+    "baseline": ([], ["tkd"], "positional_method", "tkd"),
+    "figures-losses": (["losses"], ["log.csv"], "positional_log", "log.csv"),
+    "check": ([], ["case_dir"], "positional_case", "case_dir"),
+}
+
+
+def _overwrite(command, args):
+    module, cls, _ = _commands()[command]
+    if "overwrite" in {f.name for f in dataclasses.fields(cls)}:
+        return resolve_config(cls, None, vars(args)).overwrite
+    return bool(args.overwrite)  # genchi: a plain option of the run, not a parameter
+
+
+@pytest.mark.parametrize("command", sorted(set(POSITIONAL_RUNS) - {"check"}))
+@pytest.mark.parametrize("spelling,expected", [(["--overwrite"], True), (["--overwrite", "true"], True),
+                                               (["--overwrite", "True"], True), (["--overwrite", "false"], False),
+                                               (["--overwrite=true"], True), (["--no-overwrite"], False), ([], False)])
+def test_overwrite_flag_and_old_true_false_before_a_positional(command, spelling, expected):
+    module, _, _ = _commands()[command]
+    before, positional, dest, value = POSITIONAL_RUNS[command]
+    args = module.build_parser().parse_args(before + spelling + positional) if spelling != ["--no-overwrite"] or \
+        command != "genchi" else module.build_parser().parse_args(before + positional)
+    assert getattr(args, dest) == value
+    assert _overwrite(command, args) is expected
+
+
+@pytest.mark.parametrize("command", sorted(POSITIONAL_RUNS))
+def test_any_boolean_option_takes_true_false_before_a_positional(command):
+    module, cls, _ = _commands()[command]
+    before, positional, dest, value = POSITIONAL_RUNS[command]
+    parser = module.build_parser()
+    if command in ("genchi",):
+        args = parser.parse_args(before + ["--quiet", "true"] + positional)
+        assert args.quiet is True and getattr(args, dest) == value
+    for field in dataclasses.fields(cls):
+        if field.type not in (bool, "bool"):
+            continue
+        for word, want in (("true", True), ("false", False), ("FALSE", False)):
+            args = parser.parse_args(before + [option_name(field.name), word] + positional)
+            assert getattr(args, dest) == value, (field.name, word)
+            assert getattr(resolve_config(cls, None, vars(args)), field.name) is want, (field.name, word)
+
+
+def test_true_false_words_stay_values_of_options_that_take_values():
+    from evaluation import figures
+
+    args = figures.build_parser().parse_args(["losses", "--title", "true", "log.csv"])
+    assert (args.title, args.positional_log) == ("true", "log.csv")

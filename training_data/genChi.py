@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from daqsm.config import add_config_options, config_to_dict, option_name, resolve_config, write_config
+from daqsm.config import ArgumentParser, add_config_options, config_to_dict, option_name, resolve_config, write_config
 from daqsm.errors import InputError, output_path, run_cli, shape_mismatch
 from daqsm.output_lock import claim_output, temp_prefix
 from daqsm.validate import check_numbers
@@ -239,7 +239,7 @@ def config_path_for(out: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG, description="Step 1: synthetic susceptibility maps (ppm) from source maps (e.g. COSMOS) "
         "by elastic deformation, contrast changes and added sources.")
     parser.add_argument("source_paths", nargs="+", metavar="SOURCE",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from daqsm.config import add_config_options, param, resolve_config
+from daqsm.config import ArgumentParser, add_config_options, param, resolve_config
 from daqsm.errors import InputError, run_cli, shape_mismatch
 from training_data.geometry import b0_dir_from_affine, voxel_size_from_affine
 from training_data.units import FIELD_UNITS, to_ppm
@@ -234,7 +234,7 @@ class CheckConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[2])
     p.add_argument("positional_case", nargs="?", metavar="CASE_DIR", help="case folder (= --case)")
     add_config_options(p, CheckConfig, group_title=None, config_option=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daqsm.config import add_config_options, config_path_beside, param, resolve_config, write_config
+from daqsm.config import ArgumentParser, add_config_options, config_path_beside, param, resolve_config, write_config
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import claim_output
 from daqsm.validate import check_numbers, finite
@@ -83,7 +83,7 @@ class FieldmapConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Units: chi in ppm in, local field in ppm of B0 out.")
     parser.add_argument("positional_inputs", nargs="*", metavar="INPUT",
