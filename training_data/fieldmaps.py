@@ -1,51 +1,35 @@
-"""Step 2: field maps (ppm) of susceptibility maps (ppm) by FFT dipole convolution.
+"""Step 2 as a library: field maps (ppm) of susceptibility maps (ppm) by FFT dipole convolution.
 
-    python training_data/qsmFmapCal_gpu.py INPUT... -o OUTPUT [--mask M] [--voxel-size X Y Z]
-        [--b0-dir X Y Z] [--pad none|fast|auto|N] [--demean] [--keep-background] [--overwrite]
+The command is training_data/qsmFmapCal_gpu.py (parse -> read maps -> compute_field -> write); this
+module holds the maps to convert (ChiMap, iter_chi_maps: files, folders, step-1 HDF5), the
+TensorFlow forward model (FieldEngine, compute_field: GPU when TensorFlow sees one) and the writer
+(StagedOutput: NIfTI file, NIfTI folder or field-map HDF5 through training_data/formats/field_h5.py,
+all staged under temporary names and renamed only when every map succeeded).
 
-INPUT: susceptibility maps (NIfTI, .mat v5/v7.3, .h5, .npy), folders of them, or the HDF5 output of
-step 1 (dataset `/chi`, (N, x, y, z), optional `/mask`). OUTPUT: a .nii/.nii.gz file (one input),
-a folder (one `<name>_field.nii.gz` per map, input affine kept) or a .h5 file (dataset `/field`,
-(N, x, y, z) float32 ppm, attrs voxel_size_mm, b0_dir, files: training_data/formats/field_h5.py). Runs on the GPU when TensorFlow
-sees one, else on the CPU. Voxel size and B0 direction come from the file header (NIfTI affine,
-HDF5 attrs) unless given; without either, 1 mm and B0 along the third axis.
-
-Where a mask is known (a step-1 HDF5 carries one, or --mask) the field is set to 0 outside it: the
-network's input is the local field x mask in both domains (network_model/unet.py). The dipole field
-a synthetic map makes outside its mask is real, but measured local fields are zero there, so
-training on it would teach the network from signal it never sees. `--keep-background` keeps it.
+Where a mask is known the field is set to 0 outside it: the network's input is the local field x
+mask in both domains (network_model/unet.py); `keep_background` keeps the field outside.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from daqsm.config import ArgumentParser, add_config_options, config_path_beside, param, resolve_config, write_config
-from daqsm.errors import InputError, output_path, run_cli
-from daqsm.output_lock import claim_output
-from daqsm.validate import check_numbers, finite
-from training_data.dipole import fft_shape
+from daqsm.config import config_path_beside, write_config
+from daqsm.errors import InputError
 from training_data.formats.chi_h5 import is_chi_h5
-from training_data.geometry import check_voxel_size, normalise_b0_dir
 from training_data.volume_io import (
     ALL_SUFFIXES,
     HDF5_SUFFIXES,
     NIFTI_SUFFIXES,
     check_mask,
-    read_mask,
     read_volume,
     split_variable,
     suffix_of,
     write_volume,
 )
-
-PROG = "qsmFmapCal_gpu"
 
 
 @dataclass
@@ -59,116 +43,6 @@ class ChiMap:
     header: object
     voxel_size_mm: tuple | None
     b0_dir: tuple | None
-
-
-@dataclass(frozen=True)
-class FieldmapConfig:
-    """Step 2 parameters (config-file keys = field names; options daqsm.config)."""
-
-    inputs: tuple = param((), "susceptibility maps (ppm), folders or a step-1 HDF5 (also given as INPUT...)", type=str)
-    output: str = param("", "output .nii/.nii.gz (one input), folder, or .h5", flags=("-o",))
-    mask: str = param("", "brain mask for --demean / --mask-output (step-1 HDF5 carries its own)")
-    variable: str = param("", "variable name inside .mat/.h5 inputs")
-    voxel_size_mm: tuple | None = param(None, "voxel size in mm (overrides the header)", type=float, nargs=3,
-                                        aliases=("voxel_size",))
-    b0_dir: tuple | None = param(None, "B0 direction in voxel axes (overrides the header)", type=float, nargs=3)
-    pad: str = param("auto", "zero padding: none, fast, auto (quarter of each axis per side) or voxels per side")
-    d0: float = param(0.0, "kernel value at k=0 (0 default; 1/3 as SEPIA)")
-    demean: bool = param(False, "subtract the mean field inside the mask")
-    mask_output: bool = param(False, "require a mask and set the field outside it to 0 (the default whenever a "
-                              "mask is known)")
-    keep_background: bool = param(False, "keep the field outside the mask (not the network's input contract)")
-    example: bool = param(False, "use a built-in example (spheres phantom) as input")
-    overwrite: bool = param(False, "replace existing outputs")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Units: chi in ppm in, local field in ppm of B0 out.")
-    parser.add_argument("positional_inputs", nargs="*", metavar="INPUT",
-                        help="susceptibility maps (ppm), folders or a step-1 HDF5 (= --inputs)")
-    parser.add_argument("--config", metavar="FILE", help="JSON or YAML file of the parameters below")
-    add_config_options(parser, FieldmapConfig)
-    return parser
-
-
-def main(argv=None) -> int:
-    from training_data.provenance import command
-
-    args = build_parser().parse_args(argv)
-
-    def body() -> int:
-        values = vars(args)
-        if args.positional_inputs:
-            values = {**values, "inputs": args.positional_inputs}
-        cfg = resolve_config(FieldmapConfig, args.config, values)
-        return _run(cfg)
-
-    with command("daqsm-fieldmap", argv):
-        return run_cli(body, PROG)
-
-
-def _run(args: FieldmapConfig) -> int:
-    # Validate the overrides before any work, so a bad option never leaves a partial output.
-    if args.b0_dir is not None:
-        normalise_b0_dir(args.b0_dir)
-    if not args.output:
-        raise InputError("-o/--output: expected an output .nii/.nii.gz, folder or .h5, got none")
-    if args.voxel_size_mm is not None:
-        check_voxel_size(args.voxel_size_mm)
-    fft_shape((8, 8, 8), args.pad)
-    finite("--d0", args.d0)  # a NaN kernel value would write an all-NaN field map
-    check_numbers(args, {"voxel_size_mm": "positive", "b0_dir": "finite"},
-                  spell=lambda k: "--" + k.replace("_", "-"))
-    maps = list(_example_maps()) if args.example else list(iter_chi_maps(args.inputs, args.variable or None))
-    if not maps:
-        raise InputError("INPUT: expected at least one susceptibility map (or --example), got none")
-    shared_mask = None
-    if args.mask:
-        shared_mask = read_mask(args.mask, like=maps[0].chi_ppm, like_name=f"input {maps[0].name}")
-    if (args.demean or args.mask_output) and shared_mask is None and any(m.mask is None for m in maps):
-        raise InputError("--demean/--mask-output: expected a mask (--mask M), found none")
-    if args.mask_output and args.keep_background:
-        raise InputError("--mask-output and --keep-background: expected one of them, got both")
-    out_kind = _output_kind(args.output, len(maps))
-    _refuse_existing(args.output, out_kind, maps, args.overwrite)
-    output_path("-o", args.output, kind="folder" if out_kind == "folder" else "file")
-    with claim_output("-o", args.output, kind="folder" if out_kind == "folder" else "file"):
-        return _write(args, maps, out_kind, shared_mask)
-
-
-def _write(args, maps, out_kind, shared_mask) -> int:
-
-    from tqdm import tqdm
-
-    from daqsm.tf_env import device_name
-
-    engine = FieldEngine(args.pad, args.d0)
-    progress = tqdm(maps, desc=f"field maps ({device_name()})", unit="map", disable=len(maps) < 2, file=sys.stderr)
-    with StagedOutput(args.output, out_kind) as out:
-        for item in progress:
-            vs = tuple(args.voxel_size_mm) if args.voxel_size_mm else (item.voxel_size_mm or (1.0, 1.0, 1.0))
-            b0 = tuple(args.b0_dir) if args.b0_dir else (item.b0_dir or (0.0, 0.0, 1.0))
-            mask = item.mask if item.mask is not None else shared_mask
-            if mask is not None and mask.shape != item.chi_ppm.shape:
-                raise InputError(f"shape mismatch: mask {mask.shape} vs input {item.name} {item.chi_ppm.shape}")
-            field = compute_field(item.chi_ppm, vs, b0, mask, demean=args.demean,
-                                  keep_background=args.keep_background, engine=engine)
-            out.add(item, field, vs, b0, _sidecar(item, vs, b0, args))
-        out.add_config(args)
-    print(f"{PROG}: wrote {len(maps)} field map(s) (ppm) to {args.output}", file=sys.stderr)
-    return 0
-
-
-def _sidecar(item: ChiMap, vs, b0, args) -> dict:
-    """Provenance of one NIfTI field map (training_data/provenance.py); .h5 outputs carry attrs instead."""
-    from training_data.provenance import build_record
-
-    settings = {k: v for k, v in dataclasses.asdict(args).items() if k != "inputs"}
-    return build_record(f"local field map of {item.name} by dipole convolution (step 2)", "ppm",
-                        sources=[item.name], b0_dir=b0, voxel_size_mm=vs, dipole_pad=args.pad, d0=args.d0,
-                        config=settings)
 
 
 class FieldEngine:
@@ -241,7 +115,7 @@ def _iter_step1_h5(path):
         yield ChiMap(f"{Path(path).stem}_{i:04d}", data, mask, np.diag(list(vs) + [1.0]), None, vs, b0)
 
 
-def _example_maps():
+def example_maps():
     """Three spheres of +/-0.1-0.3 ppm in a 64^3, 1 mm grid: a built-in example input."""
     grid = np.indices((64, 64, 64), dtype=np.float32)
     chi = np.zeros((64, 64, 64), np.float32)
@@ -250,7 +124,7 @@ def _example_maps():
     yield ChiMap("example_spheres", chi, None, np.eye(4), None, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0))
 
 
-def _output_kind(output: str, n_maps: int) -> str:
+def output_kind(output: str, n_maps: int) -> str:
     suffix = suffix_of(output)
     if suffix in HDF5_SUFFIXES:
         return "h5"
@@ -263,7 +137,7 @@ def _output_kind(output: str, n_maps: int) -> str:
     return "folder"
 
 
-def _refuse_existing(output, kind, maps, overwrite):
+def refuse_existing(output, kind, maps, overwrite):
     targets = [output] if kind != "folder" else [os.path.join(output, f"{m.name}_field.nii.gz") for m in maps]
     existing = [t for t in targets if os.path.exists(t)]
     if existing and not overwrite:
@@ -343,11 +217,3 @@ class StagedOutput:
             elif os.path.exists(tmp):
                 os.remove(tmp)
         return False
-
-
-def cli() -> None:
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    cli()
