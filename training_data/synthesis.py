@@ -28,8 +28,9 @@ from daqsm.config import config_to_dict, write_config
 from daqsm.errors import InputError, shape_mismatch
 from daqsm.output_lock import temp_prefix
 from training_data.augment import AugmentParams, augment_sample
-from training_data.provenance import build_record, write_sidecar
-from training_data.volume_io import atomic_path, check_mask, read_volume, write_volume
+from training_data.formats import chi_folder
+from training_data.provenance import build_record
+from training_data.volume_io import atomic_path, check_mask, read_volume
 
 PROG = "genChi"  # the progress bar's label and the step name recorded in the HDF5 (formats/chi_h5.py)
 COMPRESSIONS = ("gzip", "lzf", "none")
@@ -154,12 +155,12 @@ def _root_attrs(sources, config) -> dict:
     }
 
 
-NIFTI_PATTERNS = ("chi_", "mask_")
+NIFTI_PATTERNS = chi_folder.PATTERNS
 
 
 def write_maps_nifti(folder, sources: list[SourceMap], config: GenChiConfig, overwrite: bool = False,
                      quiet: bool = False) -> str:
-    """Generate maps as OUT/chi_IIII.nii.gz + OUT/mask_IIII.nii.gz + OUT/params.json.
+    """Generate maps as the step-1 NIfTI folder (training_data/formats/chi_folder.py).
 
     Files are written into a temporary folder beside OUT and moved in at the end.
     """
@@ -167,28 +168,28 @@ def write_maps_nifti(folder, sources: list[SourceMap], config: GenChiConfig, ove
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
     tmpdir = tempfile.mkdtemp(prefix=temp_prefix(folder), dir=parent)
-    digits = max(4, len(str(config.n_maps - 1)))
+    digits = chi_folder.digits_for(config.n_maps)
+    what = {"chi": ("synthetic susceptibility map (step 1)", "ppm"), "mask": ("brain mask", None)}
     try:
         params = []
         with _progress(config.n_maps, quiet) as bar:
             for i in range(config.n_maps):
                 chi, mask, drawn = synthesize(sources, config, i)
                 src = sources[drawn["source_index"]]
-                for name, data, what, units in (("chi", chi, "synthetic susceptibility map (step 1)", "ppm"),
-                                                 ("mask", mask.astype(np.uint8), "brain mask", None)):
-                    path = os.path.join(tmpdir, f"{name}_{i:0{digits}d}.nii.gz")
-                    write_volume(path, data, src.affine)
-                    write_sidecar(path, build_record(what, units, sources=[src.path], b0_dir=src.b0_dir,
-                                                     voxel_size_mm=src.voxel_size_mm, d0=None,
-                                                     config=config_to_dict(config), Sample=drawn))
+
+                def sidecar(kind, src=src, drawn=drawn):
+                    return build_record(what[kind][0], what[kind][1], sources=[src.path], b0_dir=src.b0_dir,
+                                        voxel_size_mm=src.voxel_size_mm, d0=None, config=config_to_dict(config),
+                                        Sample=drawn)
+
+                chi_folder.write_map(tmpdir, i, digits, chi, mask, src.affine, sidecar)
                 params.append(drawn)
                 bar.update(1)
-        with open(os.path.join(tmpdir, "params.json"), "w", encoding="utf-8") as fh:
-            json.dump({"voxel_size_mm": list(sources[0].voxel_size_mm), "b0_dir": list(sources[0].b0_dir),
-                       "units": "ppm", "source_files": [s.path for s in sources], "samples": params}, fh)
+        chi_folder.write_params(tmpdir, sources[0].voxel_size_mm, sources[0].b0_dir, [s.path for s in sources],
+                                params)
         write_config(config, os.path.join(tmpdir, "genchi_config.json"))
         if os.path.isdir(folder) and overwrite:
-            for name in previous_maps(folder):  # only what an earlier run of this command wrote
+            for name in chi_folder.previous_maps(folder):  # only what an earlier run of this command wrote
                 if name not in os.listdir(tmpdir):
                     os.remove(os.path.join(folder, name))
         os.makedirs(folder, exist_ok=True)
@@ -200,13 +201,5 @@ def write_maps_nifti(folder, sources: list[SourceMap], config: GenChiConfig, ove
 
 
 def previous_maps(folder) -> list[str]:
-    """File names of the maps an earlier run wrote into `folder` (from its params.json), that exist."""
-    try:
-        with open(os.path.join(folder, "params.json"), encoding="utf-8") as fh:
-            count = len(json.load(fh).get("samples", []))
-    except (OSError, ValueError, AttributeError):
-        return []
-    digits = max(4, len(str(count - 1)))
-    names = [f"{kind}{i:0{digits}d}{ext}" for i in range(count) for kind in NIFTI_PATTERNS
-             for ext in (".nii.gz", ".json")]  # each map and its provenance sidecar
-    return [n for n in names if os.path.isfile(os.path.join(folder, n))]
+    """File names of the maps an earlier run wrote into `folder` (formats/chi_folder.previous_maps)."""
+    return chi_folder.previous_maps(folder)
