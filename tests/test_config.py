@@ -237,3 +237,18 @@ def test_true_false_words_stay_values_of_options_that_take_values():
 
     args = figures.build_parser().parse_args(["losses", "--title", "true", "log.csv"])
     assert (args.title, args.positional_log) == ("true", "log.csv")
+
+
+@pytest.mark.parametrize("command", COMMANDS + ["evaluate"])
+def test_overwrite_true_false_in_every_command(command):
+    module, cls, base = _commands()[command]
+    parser = module.build_parser()
+    if not any("--overwrite" in action.option_strings for action in parser._actions) and command not in (
+            "figures-slices", "figures-losses"):
+        pytest.skip(f"{command} has no --overwrite (step 4 resumes its run folder; daqsm-check writes nothing)")
+    for words, want in ((["--overwrite"], True), (["--overwrite", "true"], True), (["--overwrite", "false"], False),
+                        (["--overwrite=TRUE"], True)):
+        args = parser.parse_args(base + words)
+        got = resolve_config(cls, None, vars(args)).overwrite if "overwrite" in {
+            f.name for f in dataclasses.fields(cls)} else bool(args.overwrite)
+        assert got is want, words
