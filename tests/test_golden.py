@@ -52,9 +52,9 @@ def test_tiny_demo_writes_the_resolved_config_beside_each_output(tiny_run):
     import dataclasses
 
     from evaluation.demo import DemoConfig
-    from training_data.genChi import GenChiConfig
     from training_data.qsmFmapCal_gpu import FieldmapConfig
     from training_data.simulator.simulate import SimulateConfig
+    from training_data.synthesis import GenChiConfig
 
     expected = {"demo_config.json": (DemoConfig, {"size": "tiny", "seed": 0, "output": str(tiny_run)}),
                 "targets/simulate_config.json": (SimulateConfig, {"source": "builtin", "resolution": 6.0,

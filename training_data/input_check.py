@@ -225,7 +225,7 @@ class CheckConfig:
     field: str | None = param(None, "local field map (NIfTI, FILE.mat[:VAR], .h5, .npy)")
     mask: str | None = param(None, "brain mask (0/1) on the field's grid")
     magnitude: str | None = param(None, "magnitude, 3-D or 4-D with echoes last")
-    units: str = param("ppm", "field unit", choices=FIELD_UNITS)
+    units: str = param("ppm", "field unit: ppm, ppb, hz or rad (any case; checked by check_files)")
     b0_tesla: float | None = param(None, "B0 in tesla (needed for hz and rad)", aliases=("b0",))
     te_s: tuple | None = param(None, "echo time(s) in seconds, one per magnitude echo", type=float, aliases=("te",))
     voxel_size_mm: tuple | None = param(None, "voxel size override, mm", type=float, nargs=3,
