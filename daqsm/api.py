@@ -17,7 +17,7 @@ import numpy as np
 
 def synthesize_maps(chi_ppm, mask, n_maps: int, seed: int = 0, voxel_size_mm=(1.0, 1.0, 1.0),
                     b0_dir=(0.0, 0.0, 1.0), **augment):
-    """Step 1: synthetic susceptibility maps from one source map (as `genChi.py`).
+    """Step 1: synthetic susceptibility maps from one source map (as `genChi.py`; training_data/synthesis.py).
 
     Args:
         chi_ppm: float32 (x, y, z) source susceptibility (e.g. COSMOS), ppm; 0 is used outside the mask.
@@ -29,7 +29,7 @@ def synthesize_maps(chi_ppm, mask, n_maps: int, seed: int = 0, voxel_size_mm=(1.
     Returns:
         (chi float32 (N, x, y, z) ppm, masks bool (N, x, y, z), list of N dicts of the drawn values).
     """
-    from training_data.genChi import GenChiConfig, SourceMap, synthesize
+    from training_data.synthesis import GenChiConfig, SourceMap, synthesize
     from training_data.volume_io import check_mask
 
     chi_ppm = np.asarray(chi_ppm, np.float32)
@@ -43,7 +43,7 @@ def synthesize_maps(chi_ppm, mask, n_maps: int, seed: int = 0, voxel_size_mm=(1.
 
 def field_maps(chi_ppm, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), mask=None, pad="auto",
                demean: bool = False, keep_background: bool = False):
-    """Step 2: field maps by dipole convolution (as `qsmFmapCal_gpu.py`; TensorFlow, GPU if present).
+    """Step 2: field maps by dipole convolution (as `qsmFmapCal_gpu.py`, training_data/fieldmaps.py; TensorFlow).
 
     Args:
         chi_ppm: float32 (x, y, z) or (N, x, y, z) susceptibility, ppm.
@@ -54,7 +54,7 @@ def field_maps(chi_ppm, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), m
     Returns:
         float32 field in ppm, the shape of chi_ppm.
     """
-    from training_data.qsmFmapCal_gpu import FieldEngine, compute_field
+    from training_data.fieldmaps import FieldEngine, compute_field
 
     chi_ppm = np.asarray(chi_ppm, np.float32)
     stack = chi_ppm if chi_ppm.ndim == 4 else chi_ppm[None]
@@ -69,7 +69,7 @@ def field_maps(chi_ppm, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), m
 def make_patches(source_fields, source_masks, source_chis, target_fields=(), target_masks=(), target_weights=None,
                  voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), target_b0_tesla=None, target_te_s=None,
                  **config) -> dict:
-    """Step 3: patches of source and target volumes (as `genRDFPatchesSyn.py`, without the file).
+    """Step 3: patches of source and target volumes (as `genRDFPatchesSyn.py`, without the file; training_data/patches.py).
 
     Args:
         source_fields, source_masks, source_chis: sequences (or (N, x, y, z) stacks) of source field
@@ -87,8 +87,8 @@ def make_patches(source_fields, source_masks, source_chis, target_fields=(), tar
     """
     import h5py
 
-    from genRDFPatchesSyn import PatchConfig, cut_patches
     from training_data.patch_inputs import ArrayInputs, PatchVolume
+    from training_data.patches import PatchConfig, cut_patches
 
     vs, b0 = tuple(map(float, voxel_size_mm)), tuple(map(float, b0_dir))
     sources = ArrayInputs(PatchVolume(f"source[{i}]", f, m, c, vs, b0)

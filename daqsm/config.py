@@ -5,8 +5,9 @@ Each dataclass field is one parameter, reachable three ways with the same spelli
     options `--learning-rate VALUE` and `--learning_rate VALUE` (the original keys, e.g.
     `--datasets_path`, keep working);
     booleans as bare flags: `--overwrite` means true, `--no-overwrite` false, and the older
-    `--overwrite true|false` still works (in commands without positional arguments, which a
-    bare flag could otherwise swallow).
+    `--overwrite true|false` (also `--overwrite=true`) still works, a positional argument after it
+    or not: `ArgumentParser` reads a `true`/`false` word after any boolean option itself, so a bare
+    flag never swallows the positional that follows it (every command's parser is one).
 Tuples take one or several values (`--patch-size 64` or `--patch-size 64 64 48` or `[64,64,48]`).
 Values are parsed like YAML scalars and converted to the field's type when the config is
 resolved, so a bad value is one InputError line (exit status 2), never an argparse usage dump.
@@ -29,12 +30,74 @@ import dataclasses
 import difflib
 import json
 import os
+import sys
 import types
 import typing
 
 from daqsm.errors import InputError, choices_message
 
 MISSING = dataclasses.MISSING
+
+
+#: the words `--flag WORD` accepts (case-insensitive), the older spelling of booleans (the YAML 1.1
+#: booleans the value parser took before)
+BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse.ArgumentParser where every boolean option (no value: a bare flag, its `--no-` form,
+    store_true) also takes the older `--flag true|false` / `--flag=true|false`.
+
+    A bare flag takes no value, so it cannot swallow a positional argument after it; the word after
+    a boolean option, when it is `true` or `false`, is read here and turned into the flag itself or
+    the option of the same parameter that sets the other value (or nothing: a store_true left at its
+    default). A `true`/`false` after an option that takes values stays that option's value.
+    Subcommand parsers (add_subparsers) are of this class too.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(self._read_bool_words(args), namespace)
+
+    def _read_bool_words(self, args: list) -> list:
+        out, i = [], 0
+        while i < len(args):
+            token = args[i]
+            if not isinstance(token, str) or token == "--":
+                out.extend(args[i:])
+                break
+            name, eq, word = token.partition("=") if token.startswith("--") else (token, "", "")
+            action = self._option_string_actions.get(name)
+            if not eq:
+                word = args[i + 1] if i + 1 < len(args) else None
+            if action is not None and action.nargs == 0 and _sets(action) is not None and isinstance(word, str) \
+                    and word.lower() in BOOL_WORDS:
+                out.extend(self._bool_spelling(action, name, BOOL_WORDS[word.lower()]))
+                i += 1 if eq else 2
+                continue
+            out.append(token)
+            i += 1
+        return out
+
+    def _bool_spelling(self, action, name: str, value: bool) -> list:
+        """The option strings that give `value` to the parameter of `action` (none: its default)."""
+        if _sets(action) is value:
+            return [name]
+        for other in self._actions:
+            if other.dest == action.dest and other.option_strings and _sets(other) is value:
+                return [other.option_strings[0]]
+        return []
+
+
+def _sets(action) -> bool | None:
+    """The boolean a value-less option stores (None: not a boolean option, e.g. --help)."""
+    if isinstance(action, _Flag):
+        return True
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        return bool(action.const)
+    if isinstance(action, argparse._StoreConstAction) and action.const in BOOL_WORDS:
+        return BOOL_WORDS[action.const]
+    return None
 
 
 def param(default, help: str, **metadata):  # noqa: A002 - the dataclass metadata key is `help`
@@ -82,14 +145,19 @@ def _default_text(field: dataclasses.Field) -> str:
 
 def add_config_options(parser: argparse.ArgumentParser, cls, group_title: str | None = "parameters",
                        config_option: bool = False) -> None:
-    """Add one option per dataclass field (default None = not given) and, if asked, `--config FILE`."""
+    """Add one option per dataclass field (default None = not given) and, if asked, `--config FILE`.
+
+    `parser` must be a daqsm.config.ArgumentParser (it reads the older `--flag true|false`).
+    """
+    if not isinstance(parser, ArgumentParser):
+        raise TypeError("add_config_options: build the parser with daqsm.config.ArgumentParser "
+                        "(it reads `--flag true|false` of the boolean options)")
     if config_option:
         parser.add_argument("--config", metavar="FILE",
                             help="JSON or YAML file of parameters (the keys below); options given here override it")
     group = parser.add_argument_group(group_title, "override the defaults and the --config file") \
         if group_title else parser
     hints = _hints(cls)
-    takes_values = not any(not action.option_strings for action in parser._actions)
     for field in dataclasses.fields(cls):
         elem, is_tuple, count, _ = _spec(field, hints[field.name])
         meta = field.metadata
@@ -106,10 +174,9 @@ def add_config_options(parser: argparse.ArgumentParser, cls, group_title: str | 
         metavar = "PATH" if elem is str and not meta.get("choices") and field.name.endswith(
             ("path", "output", "model", "dir")) else field.name.split("_")[-1].upper()
         if elem is bool and not is_tuple:
-            # `--x true|false` only where no positional argument follows that a bare `--x` could eat
-            value = {"nargs": "?", "metavar": "true|false"} if takes_values else {"nargs": 0}
-            group.add_argument(*strings, dest=field.name, default=None, const="true", action=_Flag, help=help_text,
-                               **value)
+            # a bare flag; `--x true|false` is read by ArgumentParser (a value here would eat a positional)
+            group.add_argument(*strings, dest=field.name, default=None, const="true", nargs=0, action=_Flag,
+                               help=help_text)
             negations = [f"--no-{n.replace('_', '-')}" for n in names]
             if meta.get("negation"):
                 negations.append(option_name(meta["negation"]))
@@ -121,10 +188,10 @@ def add_config_options(parser: argparse.ArgumentParser, cls, group_title: str | 
 
 
 class _Flag(argparse.Action):
-    """A boolean option: bare means true; an explicit value (older `--x false`) is kept for coercion."""
+    """A boolean option, bare: true (`--x false` becomes its `--no-x` in ArgumentParser)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, self.const if values in (None, []) else values)
+        setattr(namespace, self.dest, self.const)
 
 
 def read_config_file(path) -> dict:
@@ -283,6 +350,18 @@ def config_to_dict(config) -> dict:
     for key, value in dataclasses.asdict(config).items():
         out[key] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def config_path_beside(output, command: str, folder: bool) -> str:
+    """Where a command's resolved config goes: OUT/COMMAND_config.json for a folder output, else
+    OUT (its volume suffix removed) + .config.json, e.g. fields.h5 -> fields.config.json."""
+    output = str(output)
+    if folder:
+        return os.path.join(output, f"{command}_config.json")
+    for suffix in (".nii.gz", ".nii", ".h5", ".hdf5"):  # volume suffixes (volume_io's, without importing it)
+        if output.lower().endswith(suffix):
+            return output[: -len(suffix)] + ".config.json"
+    return os.path.splitext(output)[0] + ".config.json"
 
 
 def write_config(config, path, sort_keys: bool = False) -> str:

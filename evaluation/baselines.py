@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 
-from daqsm.config import add_config_options, param, resolve_config
+from daqsm.config import ArgumentParser, add_config_options, param, resolve_config
 from daqsm.errors import InputError, run_cli, shape_mismatch
 from training_data.dipole import dipole_kernel, fft_shape
 
@@ -338,7 +338,7 @@ class BaselineConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m evaluation.baselines",
+    parser = ArgumentParser(prog="python -m evaluation.baselines",
                                      description="Classic QSM dipole inversions (field in ppm -> chi in ppm).")
     parser.add_argument("positional_method", nargs="?", metavar="METHOD", help="tkd, l2 or ndi-tv (= --method)")
     parser.add_argument("--config", metavar="FILE", help="JSON or YAML file of the parameters below")

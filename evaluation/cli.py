@@ -19,6 +19,7 @@ import os
 import sys
 from dataclasses import dataclass, fields
 
+from daqsm.config import ArgumentParser
 from daqsm.errors import InputError, output_path, run_cli
 
 PROG = "python -m evaluation"
@@ -54,7 +55,7 @@ class EvaluateConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     col = parser.add_argument_group("columns (repeat each option once per column)")
     col.add_argument("--recon", action="append", default=[], help="reconstruction, ppm (NIfTI/.mat/.h5/.npy)")

@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from daqsm.config import add_config_options, param, resolve_config
+from daqsm.config import ArgumentParser, add_config_options, config_path_beside, param, resolve_config, write_config
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.validate import integer_at_least
 
@@ -80,7 +80,7 @@ class DemoConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_options(parser, DemoConfig, group_title=None, config_option=True)
     return parser
@@ -205,7 +205,8 @@ def run_demo(args) -> int:
         log = out / "finetuned" / f"{case_name}_loss.csv"
         _step(f"figure: fine-tuning loss {column}", figures.main,
               ["losses", log, "-o", figs / f"finetune_loss_{column}.png", "--overwrite"])
-    print(f"\n{PROG}: done; results in {out} (table.md, table.json, figures/)", file=sys.stderr)
+    write_config(args, config_path_beside(out, "demo", folder=True))  # the demo's own options; each step wrote its own
+    print(f"\n{PROG}: done; results in {out} (table.md, table.json, figures/, demo_config.json)", file=sys.stderr)
     return 0
 
 

@@ -33,7 +33,7 @@ import numpy as np
 if __package__ in (None, ""):  # `python evaluation/figures.py` from a checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from daqsm.config import add_config_options, param, resolve_config  # noqa: E402
+from daqsm.config import ArgumentParser, add_config_options, param, resolve_config  # noqa: E402
 from daqsm.errors import InputError, output_path, run_cli, shape_mismatch  # noqa: E402
 from daqsm.validate import positive  # noqa: E402
 from training_data.volume_io import atomic_path, check_mask, read_volume  # noqa: E402
@@ -270,7 +270,7 @@ class LossesConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("slices", help=SlicesConfig.__doc__.split(": ", 1)[1])
     add_config_options(s, SlicesConfig, group_title=None, config_option=True)

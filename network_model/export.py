@@ -1,6 +1,6 @@
 """`daqsm-export`: a target model (.keras, pre-trained or fine-tuned) -> ONNX, checked with onnxruntime.
 
-    daqsm-export --model M.keras -o M.onnx [--opset 17] [--check-size 32 32 32] [--overwrite]
+    daqsm-export --model M.keras -o M.onnx [--opset 17] [--check-size 32 32 32] [--overwrite] [--config FILE]
 
 The ONNX graph is the target model's inference graph (data contract 3): the target domain's batch
 normalisations with their moving statistics (export_target_model already turned DSBN into plain
@@ -26,12 +26,14 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from daqsm.config import ArgumentParser, add_config_options, config_to_dict, param, resolve_config  # noqa: E402
 from daqsm.errors import InputError, run_cli  # noqa: E402
 
 PROG = "daqsm-export"
@@ -107,22 +109,38 @@ def compare_onnx(model, onnx_path: str, shape, seed: int = 0) -> float:
     return float(np.max(np.abs(got - want)))
 
 
+@dataclass(frozen=True)
+class ExportConfig:
+    """Settings of one export (config-file keys = field names; options daqsm.config)."""
+
+    model: str | None = param(None, "target model (.keras) or a step-4 run folder")
+    output: str | None = param(None, "output .onnx", flags=("-o",))
+    opset: int = param(DEFAULT_OPSET, "ONNX opset")
+    check_size: tuple = param((32, 32, 32), "test volume (x y z voxels) for the onnxruntime check, rounded up to "
+                              "2**depth", type=int, nargs=3)
+    overwrite: bool = param(False, "replace an existing output")
+
+    def __post_init__(self):
+        if self.opset < 1:
+            raise InputError(f"--opset: expected a positive ONNX opset, found {self.opset}")
+        if any(n < 1 for n in self.check_size):
+            raise InputError(f"--check-size: expected positive sizes, found {self.check_size}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="target model (.keras) or a step-4 run folder")
-    p.add_argument("-o", "--output", required=True, help="output .onnx")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    p.add_argument("--check-size", type=int, nargs=3, default=(32, 32, 32), metavar=("X", "Y", "Z"),
-                   help="test volume for the onnxruntime check, rounded up to 2**depth (default 32 32 32)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_config_options(p, ExportConfig, group_title=None, config_option=True)
     return p
 
 
-def run(args) -> dict:
-    """Export, check, write the sidecar; returns the sidecar record."""
+def run(args: ExportConfig) -> dict:
+    """Export, check, write the sidecar (it holds the resolved config); returns the sidecar record."""
     from training_data import provenance
 
+    for name in ("model", "output"):
+        if not getattr(args, name):
+            raise InputError(f"--{name}: required (see {PROG} --help)")
     if not args.output.endswith(".onnx"):
         raise InputError(f"-o {args.output}: expected a file ending in .onnx")
     if os.path.exists(args.output) and not args.overwrite:
@@ -146,7 +164,7 @@ def run(args) -> dict:
     record = provenance.build_record(
         "ONNX export of a daqsm target model (inference graph, target-domain BN)", None,
         sources=[args.model], d0=None, model=args.model,
-        config={"opset": args.opset, "check_size": list(shape)},
+        config=config_to_dict(args),
         Interface={"inputs": {"field_ppm": "float32 (1, x, y, z, 1), ppm", "mask": "float32 (1, x, y, z, 1), 0/1"},
                    "outputs": {OUTPUT_NAME: "float32 (1, x, y, z, 1), ppm"}, "divisor": divisor},
         Check={"runtime": "onnxruntime", "shape": list(shape), "max_abs_diff_ppm": diff,
@@ -161,8 +179,9 @@ def main(argv=None) -> int:
     from training_data import provenance
 
     args = build_parser().parse_args(argv)
+
     def body() -> int:
-        run(args)
+        run(resolve_config(ExportConfig, args.config, vars(args)))
         return 0
 
     with provenance.command(PROG, argv):

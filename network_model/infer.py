@@ -31,7 +31,7 @@ import numpy as np
 if __package__ in (None, ""):  # `python network_model/infer.py` from a checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from daqsm.config import param  # noqa: E402
+from daqsm.config import ArgumentParser, param  # noqa: E402
 from daqsm.errors import InputError, output_path, run_cli  # noqa: E402
 from daqsm.output_lock import claim_output  # noqa: E402
 from daqsm.validate import check_numbers  # noqa: E402
@@ -73,7 +73,7 @@ class InferConfig:
 def build_parser() -> argparse.ArgumentParser:
     from network_model.config import add_config_arguments
 
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, InferConfig)
     return p

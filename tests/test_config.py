@@ -26,10 +26,10 @@ def _commands():
     import genRDFPatchesSyn
     from evaluation import baselines, demo, figures
     from evaluation import cli as evaluate
-    from network_model import infer
+    from network_model import export, infer
     from network_model.model_finetune import train as finetune
     from network_model.train_model import train as pretrain
-    from training_data import genChi, qsmFmapCal_gpu
+    from training_data import genChi, input_check, qsmFmapCal_gpu
     from training_data.simulator import simulate
 
     # (module, config class, argv every parse needs)
@@ -45,12 +45,14 @@ def _commands():
         "demo": (demo, demo.DemoConfig, []),
         "figures-slices": (figures, figures.SlicesConfig, ["slices"]),
         "figures-losses": (figures, figures.LossesConfig, ["losses"]),
+        "export": (export, export.ExportConfig, []),
+        "check": (input_check, input_check.CheckConfig, []),
         "evaluate": (evaluate, evaluate.EvaluateConfig, []),  # columns: a list of mappings, its own reader
     }
 
 
 COMMANDS = ["genchi", "fieldmap", "patches", "train", "finetune", "infer", "simulate", "baseline", "demo",
-            "figures-slices", "figures-losses"]
+            "figures-slices", "figures-losses", "export", "check"]
 # values the generic rule below would pick but the step's own validation refuses
 SPECIAL = {("patches", "grid"): True, ("patches", "patch_size"): (32, 32, 16), ("patches", "stride"): (8, 8, 4),
            ("patches", "target_patch_size"): (16, 16, 16), ("fieldmap", "pad"): "8", ("train", "dipole_pad"): "auto",
@@ -181,3 +183,72 @@ def test_help_without_tensorflow(name, target):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "IMPORTED []" in out.stdout, out.stdout[-500:]
     assert "usage:" in out.stdout
+
+
+# `--overwrite true` (older READMEs) and the bare flag, also where a positional argument follows
+POSITIONAL_RUNS = {  # command -> (argv before the flag, positional argv after it, the positional's dest, value)
+    "genchi": (["--mask", "m.nii.gz", "-o", "o.h5"], ["src.nii.gz"], "source_paths", ["src.nii.gz"]),
+    "fieldmap": (["-o", "f.h5"], ["chi.h5"], "positional_inputs", ["chi.h5"]),
+    "baseline": ([], ["tkd"], "positional_method", "tkd"),
+    "figures-losses": (["losses"], ["log.csv"], "positional_log", "log.csv"),
+    "check": ([], ["case_dir"], "positional_case", "case_dir"),
+}
+
+
+def _overwrite(command, args):
+    module, cls, _ = _commands()[command]
+    if "overwrite" in {f.name for f in dataclasses.fields(cls)}:
+        return resolve_config(cls, None, vars(args)).overwrite
+    return bool(args.overwrite)  # genchi: a plain option of the run, not a parameter
+
+
+@pytest.mark.parametrize("command", sorted(set(POSITIONAL_RUNS) - {"check"}))
+@pytest.mark.parametrize("spelling,expected", [(["--overwrite"], True), (["--overwrite", "true"], True),
+                                               (["--overwrite", "True"], True), (["--overwrite", "false"], False),
+                                               (["--overwrite=true"], True), (["--no-overwrite"], False), ([], False)])
+def test_overwrite_flag_and_old_true_false_before_a_positional(command, spelling, expected):
+    module, _, _ = _commands()[command]
+    before, positional, dest, value = POSITIONAL_RUNS[command]
+    args = module.build_parser().parse_args(before + spelling + positional) if spelling != ["--no-overwrite"] or \
+        command != "genchi" else module.build_parser().parse_args(before + positional)
+    assert getattr(args, dest) == value
+    assert _overwrite(command, args) is expected
+
+
+@pytest.mark.parametrize("command", sorted(POSITIONAL_RUNS))
+def test_any_boolean_option_takes_true_false_before_a_positional(command):
+    module, cls, _ = _commands()[command]
+    before, positional, dest, value = POSITIONAL_RUNS[command]
+    parser = module.build_parser()
+    if command in ("genchi",):
+        args = parser.parse_args(before + ["--quiet", "true"] + positional)
+        assert args.quiet is True and getattr(args, dest) == value
+    for field in dataclasses.fields(cls):
+        if field.type not in (bool, "bool"):
+            continue
+        for word, want in (("true", True), ("false", False), ("FALSE", False)):
+            args = parser.parse_args(before + [option_name(field.name), word] + positional)
+            assert getattr(args, dest) == value, (field.name, word)
+            assert getattr(resolve_config(cls, None, vars(args)), field.name) is want, (field.name, word)
+
+
+def test_true_false_words_stay_values_of_options_that_take_values():
+    from evaluation import figures
+
+    args = figures.build_parser().parse_args(["losses", "--title", "true", "log.csv"])
+    assert (args.title, args.positional_log) == ("true", "log.csv")
+
+
+@pytest.mark.parametrize("command", COMMANDS + ["evaluate"])
+def test_overwrite_true_false_in_every_command(command):
+    module, cls, base = _commands()[command]
+    parser = module.build_parser()
+    if not any("--overwrite" in action.option_strings for action in parser._actions) and command not in (
+            "figures-slices", "figures-losses"):
+        pytest.skip(f"{command} has no --overwrite (step 4 resumes its run folder; daqsm-check writes nothing)")
+    for words, want in ((["--overwrite"], True), (["--overwrite", "true"], True), (["--overwrite", "false"], False),
+                        (["--overwrite=TRUE"], True)):
+        args = parser.parse_args(base + words)
+        got = resolve_config(cls, None, vars(args)).overwrite if "overwrite" in {
+            f.name for f in dataclasses.fields(cls)} else bool(args.overwrite)
+        assert got is want, words

@@ -536,7 +536,8 @@ def test_folder_reader_skips_hidden_temp_files(inputs, tmp_path, capsys):
     (folder / "chi.nii.gz").write_bytes((inputs / "chi.nii.gz").read_bytes())
     (folder / ".tmp-chi.nii.gz-abc.nii.gz").write_bytes(b"half-written by a killed run")
     assert qsmFmapCal_gpu.main([str(folder), "-o", str(tmp_path / "fields")]) == 0
-    assert sorted(os.listdir(tmp_path / "fields")) == ["chi_field.json", "chi_field.nii.gz"]  # map + sidecar
+    assert sorted(os.listdir(tmp_path / "fields")) == ["chi_field.json", "chi_field.nii.gz",  # map + sidecar
+                                                       "fieldmap_config.json"]
 
 
 # --- locks: two runs at once ----------------------------------------------------------------

@@ -47,6 +47,27 @@ def test_tiny_demo_writes_every_step_and_the_full_table(tiny_run):
     assert all(isinstance(table["rmse"][c], float) and table["rmse"][c] > 0 for c in ("SNR1", "SNR2"))
 
 
+def test_tiny_demo_writes_the_resolved_config_beside_each_output(tiny_run):
+    """demo, simulate, genchi and fieldmap each leave their resolved options (every field) beside their output."""
+    import dataclasses
+
+    from evaluation.demo import DemoConfig
+    from training_data.qsmFmapCal_gpu import FieldmapConfig
+    from training_data.simulator.simulate import SimulateConfig
+    from training_data.synthesis import GenChiConfig
+
+    expected = {"demo_config.json": (DemoConfig, {"size": "tiny", "seed": 0, "output": str(tiny_run)}),
+                "targets/simulate_config.json": (SimulateConfig, {"source": "builtin", "resolution": 6.0,
+                                                                  "progress": False}),
+                "step1_chi.config.json": (GenChiConfig, {"n_maps": 2, "seed": 0}),
+                "step2_fields.config.json": (FieldmapConfig, {"inputs": [str(tiny_run / "step1_chi.h5")],
+                                                              "output": str(tiny_run / "step2_fields.h5")})}
+    for name, (cls, values) in expected.items():
+        config = json.loads((tiny_run / name).read_text())
+        assert set(config) == {f.name for f in dataclasses.fields(cls)}, name
+        assert {k: config[k] for k in values} == values, name
+
+
 def test_tiny_demo_matches_golden(tiny_run):
     summary, table = summarise(tiny_run)
     golden, golden_table, golden_versions = load_golden()

@@ -13,8 +13,13 @@ simulator/         the target-domain simulator (phantom, tissue, texture, GRE, G
                    RC2-like target cases Sim{1,2}Snr{1,2} (builtin or RC2 phantom)
 augment.py         elastic deformation, small affine, contrast changes                 step 1
 strong_sources.py  added high-susceptibility sources (haemorrhage/vein/calcification)  step 1
-genChi.py          synthetic susceptibility maps from a COSMOS map                     step 1
-qsmFmapCal_gpu.py  field maps of susceptibility maps by dipole convolution             step 2
-patches.py         patch cutting (the patch HDF5 layout: formats/patch_h5.py)          step 3
+synthesis.py       synthetic susceptibility maps from a COSMOS map (GenChiConfig,      step 1
+                   load_sources, synthesize, the HDF5 / NIfTI-folder writers)
+genChi.py          step 1's command: parse -> synthesis -> write                        step 1
+fieldmaps.py       field maps of susceptibility maps by dipole convolution (ChiMap,     step 2
+                   iter_chi_maps, FieldEngine, compute_field, StagedOutput)
+qsmFmapCal_gpu.py  step 2's command: parse -> fieldmaps -> write                        step 2
+patches.py         PatchConfig, patch grid and cutting (cut_patches, write_patches;     step 3
+                   the patch HDF5 layout: formats/patch_h5.py); command genRDFPatchesSyn.py
 patch_inputs.py    source/target volumes for step 3, read one at a time                step 3
 """

@@ -13,206 +13,38 @@ output (OUT.config.json, or OUT/genchi_config.json).
 Sample i draws from a generator seeded by (seed, i) only, so a map does not depend on N, on the
 chunking or on other samples. Maps are written one at a time (chunked): memory stays at a few
 volumes whatever N is; the file is written under a temporary name and renamed at the end.
+
+The script parses, checks the output and calls training_data/synthesis.py (the library: GenChiConfig,
+load_sources, synthesize, the two writers).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
-import tempfile
-from dataclasses import dataclass, field
 
-import numpy as np
-
-from daqsm.config import add_config_options, config_to_dict, option_name, resolve_config, write_config
-from daqsm.errors import InputError, output_path, run_cli, shape_mismatch
-from daqsm.output_lock import claim_output, temp_prefix
+from daqsm.config import (
+    ArgumentParser,
+    add_config_options,
+    config_path_beside,
+    option_name,
+    resolve_config,
+    write_config,
+)
+from daqsm.errors import InputError, output_path, run_cli
+from daqsm.output_lock import claim_output
 from daqsm.validate import check_numbers
-from training_data.augment import AugmentParams, augment_sample
-from training_data.provenance import build_record, write_sidecar
-from training_data.volume_io import HDF5_SUFFIXES, atomic_path, check_mask, read_volume, suffix_of, write_volume
-
-PROG = "genChi"
-COMPRESSIONS = ("gzip", "lzf", "none")
-
-
-@dataclass(frozen=True)
-class GenChiConfig(AugmentParams):
-    """Step 1 parameters: the augmentations (AugmentParams) plus the run's own settings."""
-
-    n_maps: int = field(default=500, metadata={"help": "number of synthetic maps (also -n)"})
-    seed: int = field(default=0, metadata={"help": "random seed; sample i uses (seed, i)"})
-    voxel_size_mm: tuple | None = field(default=None, metadata={
-        "type": float, "nargs": 3, "help": "override the source's voxel size, mm"})
-    b0_dir: tuple | None = field(default=None, metadata={
-        "type": float, "nargs": 3, "help": "override the B0 direction (voxel axes)"})
-    compression: str = field(default="gzip", metadata={"choices": COMPRESSIONS,
-                                                       "help": "HDF5 compression (gzip level 1 reads in MATLAB)"})
-    workers: int = field(default=0, metadata={"help": "threads for the warp (0: all cores)"})
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.n_maps <= 0:
-            raise InputError(f"-n/--n-maps: expected a positive number of maps, got {self.n_maps}")
-        if self.workers < 0:
-            raise InputError(f"--workers: expected >= 0, got {self.workers}")
-
-
-@dataclass
-class SourceMap:
-    """A source susceptibility map (ppm, zero outside the mask) with its mask and geometry."""
-
-    chi: np.ndarray
-    mask: np.ndarray
-    voxel_size_mm: tuple
-    b0_dir: tuple
-    affine: np.ndarray
-    path: str
-    mask_path: str
-
-
-def load_sources(source_paths, mask_paths, voxel_size_mm=None, b0_dir=None) -> list[SourceMap]:
-    """Read source maps and masks; one mask for all sources or one per source.
-
-    Raises InputError for shape mismatches, empty/non-binary masks, or sources on different grids.
-    """
-    source_paths, mask_paths = list(source_paths), list(mask_paths or [])
-    if not mask_paths:
-        raise InputError("--mask: a brain mask is needed for each source map (or one for all)")
-    if len(mask_paths) not in (1, len(source_paths)):
-        raise InputError(f"--mask: expected 1 or {len(source_paths)} masks (one per SOURCE), got {len(mask_paths)}")
-    if len(mask_paths) == 1:
-        mask_paths = mask_paths * len(source_paths)
-    sources = []
-    for path, mask_path in zip(source_paths, mask_paths):
-        vol = read_volume(path)
-        mask_vol = read_volume(mask_path, dtype=None)
-        if mask_vol.data.shape != vol.data.shape:
-            raise shape_mismatch(f"mask {mask_path}", mask_vol.data.shape, f"source {path}", vol.data.shape)
-        mask = check_mask(mask_vol.data, str(mask_path), vol.data, f"source {path}")
-        geom = vol.geometry(voxel_size_mm, b0_dir)
-        affine = vol.affine if voxel_size_mm is None else np.diag(list(geom.voxel_size_mm) + [1.0])
-        chi = np.where(mask, vol.data, 0).astype(np.float32)
-        sources.append(SourceMap(chi, mask, geom.voxel_size_mm, geom.b0_dir, affine, str(path), str(mask_path)))
-    first = sources[0]
-    for other in sources[1:]:
-        if other.chi.shape != first.chi.shape:
-            raise shape_mismatch(f"source {other.path}", other.chi.shape, f"source {first.path}", first.chi.shape)
-        if not np.allclose(other.voxel_size_mm, first.voxel_size_mm, rtol=1e-3):
-            raise InputError(f"source {other.path}: voxel size {other.voxel_size_mm} differs from "
-                             f"{first.path} {first.voxel_size_mm}; resample or give --voxel-size-mm")
-    return sources
-
-
-def sample_rng(seed: int, index: int) -> np.random.Generator:
-    """The generator of sample `index`: a function of (seed, index) only."""
-    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(index),)))
-
-
-def synthesize(sources: list[SourceMap], config: GenChiConfig, index: int):
-    """Sample `index`: (chi float32 (x, y, z) ppm, mask bool (x, y, z), drawn-parameter dict)."""
-    which = index % len(sources)
-    src = sources[which]
-    chi, mask, drawn = augment_sample(src.chi, src.mask, sample_rng(config.seed, index), config,
-                                      src.voxel_size_mm, workers=config.workers or None)
-    drawn.update(index=int(index), source_index=int(which), seed=int(config.seed))
-    return chi, mask, drawn
-
-
-def _progress(total: int, quiet: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=PROG, unit="map", disable=quiet, file=sys.stderr)
-
-
-def write_maps_hdf5(path, sources: list[SourceMap], config: GenChiConfig, quiet: bool = False) -> str:
-    """Generate config.n_maps maps into one step-1 HDF5 file (training_data/formats/chi_h5.py), atomically."""
-    import h5py
-
-    from training_data.formats.chi_h5 import ChiH5Writer
-
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
-        writer = ChiH5Writer(h5, config.n_maps, sources[0].chi.shape, config.compression, _root_attrs(sources, config))
-        with _progress(config.n_maps, quiet) as bar:
-            for i in range(config.n_maps):
-                chi, mask, drawn = synthesize(sources, config, i)
-                writer.write(i, chi, mask, drawn, drawn["source_index"])
-                bar.update(1)
-    return str(path)
-
-
-def _root_attrs(sources, config) -> dict:
-    return {
-        "step": "genChi",
-        "voxel_size_mm": np.asarray(sources[0].voxel_size_mm, dtype=np.float64),
-        "b0_dir": np.asarray(sources[0].b0_dir, dtype=np.float64),
-        "affine": np.asarray(sources[0].affine, dtype=np.float64),
-        "source_files": [os.path.basename(s.path) for s in sources],
-        "mask_files": [os.path.basename(s.mask_path) for s in sources],
-        "seed": int(config.seed),
-        "n_maps": int(config.n_maps),
-        "config": json.dumps(config_to_dict(config)),
-    }
-
-
-NIFTI_PATTERNS = ("chi_", "mask_")
-
-
-def write_maps_nifti(folder, sources: list[SourceMap], config: GenChiConfig, overwrite: bool = False,
-                     quiet: bool = False) -> str:
-    """Generate maps as OUT/chi_IIII.nii.gz + OUT/mask_IIII.nii.gz + OUT/params.json.
-
-    Files are written into a temporary folder beside OUT and moved in at the end.
-    """
-    folder = os.path.abspath(str(folder).rstrip("/\\") or "/")
-    parent = os.path.dirname(folder)
-    os.makedirs(parent, exist_ok=True)
-    tmpdir = tempfile.mkdtemp(prefix=temp_prefix(folder), dir=parent)
-    digits = max(4, len(str(config.n_maps - 1)))
-    try:
-        params = []
-        with _progress(config.n_maps, quiet) as bar:
-            for i in range(config.n_maps):
-                chi, mask, drawn = synthesize(sources, config, i)
-                src = sources[drawn["source_index"]]
-                for name, data, what, units in (("chi", chi, "synthetic susceptibility map (step 1)", "ppm"),
-                                                 ("mask", mask.astype(np.uint8), "brain mask", None)):
-                    path = os.path.join(tmpdir, f"{name}_{i:0{digits}d}.nii.gz")
-                    write_volume(path, data, src.affine)
-                    write_sidecar(path, build_record(what, units, sources=[src.path], b0_dir=src.b0_dir,
-                                                     voxel_size_mm=src.voxel_size_mm, d0=None,
-                                                     config=config_to_dict(config), Sample=drawn))
-                params.append(drawn)
-                bar.update(1)
-        with open(os.path.join(tmpdir, "params.json"), "w", encoding="utf-8") as fh:
-            json.dump({"voxel_size_mm": list(sources[0].voxel_size_mm), "b0_dir": list(sources[0].b0_dir),
-                       "units": "ppm", "source_files": [s.path for s in sources], "samples": params}, fh)
-        write_config(config, os.path.join(tmpdir, "genchi_config.json"))
-        if os.path.isdir(folder) and overwrite:
-            for name in previous_maps(folder):  # only what an earlier run of this command wrote
-                if name not in os.listdir(tmpdir):
-                    os.remove(os.path.join(folder, name))
-        os.makedirs(folder, exist_ok=True)
-        for name in sorted(os.listdir(tmpdir)):
-            os.replace(os.path.join(tmpdir, name), os.path.join(folder, name))
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    return folder
-
-
-def previous_maps(folder) -> list[str]:
-    """File names of the maps an earlier run wrote into `folder` (from its params.json), that exist."""
-    try:
-        with open(os.path.join(folder, "params.json"), encoding="utf-8") as fh:
-            count = len(json.load(fh).get("samples", []))
-    except (OSError, ValueError, AttributeError):
-        return []
-    digits = max(4, len(str(count - 1)))
-    names = [f"{kind}{i:0{digits}d}{ext}" for i in range(count) for kind in NIFTI_PATTERNS
-             for ext in (".nii.gz", ".json")]  # each map and its provenance sidecar
-    return [n for n in names if os.path.isfile(os.path.join(folder, n))]
+from training_data.synthesis import (  # noqa: F401 - SourceMap, synthesize: names older code imports from here
+    NIFTI_PATTERNS,
+    PROG,
+    GenChiConfig,
+    SourceMap,
+    load_sources,
+    synthesize,
+    write_maps_hdf5,
+    write_maps_nifti,
+)
+from training_data.volume_io import HDF5_SUFFIXES, suffix_of
 
 
 def is_folder_output(out: str) -> bool:
@@ -233,13 +65,12 @@ def check_output(out: str, overwrite: bool) -> None:
 
 
 def config_path_for(out: str) -> str:
-    if is_folder_output(out):
-        return os.path.join(out, "genchi_config.json")
-    return os.path.splitext(out)[0] + ".config.json"
+    """OUT.config.json beside an HDF5 file; OUT/genchi_config.json in a NIfTI folder."""
+    return config_path_beside(out, "genchi", folder=is_folder_output(out))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG, description="Step 1: synthetic susceptibility maps (ppm) from source maps (e.g. COSMOS) "
         "by elastic deformation, contrast changes and added sources.")
     parser.add_argument("source_paths", nargs="+", metavar="SOURCE",

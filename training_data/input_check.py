@@ -2,6 +2,7 @@
 
     daqsm-check CASE_DIR
     daqsm-check --field F --mask M [--magnitude MAG] [--units ppm|ppb|hz|rad --b0 TESLA --te S [S ...]]
+    daqsm-check --config FILE        (keys: the long option names, e.g. case, field, b0_tesla)
 
 Reads the volumes once and runs only cheap numpy checks (no TensorFlow): the files exist and parse,
 3-D field and mask on one grid, finite values, a binary non-empty mask, a field that is not zero in
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from daqsm.config import ArgumentParser, add_config_options, param, resolve_config
 from daqsm.errors import InputError, run_cli, shape_mismatch
 from training_data.geometry import b0_dir_from_affine, voxel_size_from_affine
 from training_data.units import FIELD_UNITS, to_ppm
@@ -214,35 +216,52 @@ def check_case(folder, voxel_size_mm=None, b0_dir=None) -> CheckReport:
     return report
 
 
+@dataclass(frozen=True)
+class CheckConfig:
+    """What to check (config-file keys = field names; options daqsm.config). Nothing is written."""
+
+    case: str | None = param(None, "case folder (local_field.nii.gz, mask.nii.gz, [magnitude.nii.gz, case.json]); "
+                             "also the positional CASE_DIR")
+    field: str | None = param(None, "local field map (NIfTI, FILE.mat[:VAR], .h5, .npy)")
+    mask: str | None = param(None, "brain mask (0/1) on the field's grid")
+    magnitude: str | None = param(None, "magnitude, 3-D or 4-D with echoes last")
+    units: str = param("ppm", "field unit: ppm, ppb, hz or rad (any case; checked by check_files)")
+    b0_tesla: float | None = param(None, "B0 in tesla (needed for hz and rad)", aliases=("b0",))
+    te_s: tuple | None = param(None, "echo time(s) in seconds, one per magnitude echo", type=float, aliases=("te",))
+    voxel_size_mm: tuple | None = param(None, "voxel size override, mm", type=float, nargs=3,
+                                        aliases=("voxel_size",))
+    b0_dir: tuple | None = param(None, "B0 direction override, voxel axes", type=float, nargs=3)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[2])
-    p.add_argument("case", nargs="?", help="case folder (local_field.nii.gz, mask.nii.gz, [magnitude.nii.gz, case.json])")
-    p.add_argument("--field", help="local field map (NIfTI, FILE.mat[:VAR], .h5, .npy)")
-    p.add_argument("--mask", help="brain mask (0/1) on the field's grid")
-    p.add_argument("--magnitude", help="magnitude, 3-D or 4-D with echoes last")
-    p.add_argument("--units", default="ppm", help="field units: ppm (default), ppb, hz, rad")
-    p.add_argument("--b0", type=float, help="B0 in tesla")
-    p.add_argument("--te", type=float, nargs="+", help="echo time(s) in seconds, one per magnitude echo")
-    p.add_argument("--voxel-size", type=float, nargs=3, metavar=("X", "Y", "Z"), help="override, mm")
-    p.add_argument("--b0-dir", type=float, nargs=3, metavar=("X", "Y", "Z"), help="override, voxel axes")
+    p.add_argument("positional_case", nargs="?", metavar="CASE_DIR", help="case folder (= --case)")
+    add_config_options(p, CheckConfig, group_title=None, config_option=True)
     return p
+
+
+def check(cfg: CheckConfig) -> CheckReport:
+    """Run the checks a resolved CheckConfig asks for; raises InputError on the first problem."""
+    if cfg.case and (cfg.field or cfg.mask):
+        raise InputError("input: give a case folder or --field/--mask, not both")
+    if cfg.case:
+        return check_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir)
+    if cfg.field and cfg.mask:
+        te = cfg.te_s[0] if cfg.te_s and len(cfg.te_s) == 1 else cfg.te_s
+        return check_files(cfg.field, cfg.mask, cfg.magnitude, cfg.units, cfg.b0_tesla, te,
+                           cfg.voxel_size_mm, cfg.b0_dir)
+    raise InputError("input: expected a case folder or --field and --mask, found neither")
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        if args.case and (args.field or args.mask):
-            raise InputError("input: give a case folder or --field/--mask, not both")
-        if args.case:
-            report = check_case(args.case, args.voxel_size, args.b0_dir)
-        elif args.field and args.mask:
-            te = args.te[0] if args.te and len(args.te) == 1 else args.te
-            report = check_files(args.field, args.mask, args.magnitude, args.units, args.b0, te,
-                                 args.voxel_size, args.b0_dir)
-        else:
-            raise InputError("input: expected a case folder or --field and --mask, found neither")
+        values = vars(args)
+        if args.positional_case:
+            values = {**values, "case": args.positional_case}
+        report = check(resolve_config(CheckConfig, args.config, values))
         print(report.text())
         print(f"{PROG}: ok")
         return 0

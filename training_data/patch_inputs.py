@@ -25,6 +25,7 @@ import numpy as np
 
 from daqsm.errors import InputError, shape_mismatch
 from training_data.formats import case_folder
+from training_data.formats.chi_folder import mask_path_for
 from training_data.formats.chi_h5 import read_chi_map
 from training_data.formats.field_h5 import read_field_map
 from training_data.input_check import check_case, check_files
@@ -132,14 +133,12 @@ class SourceInputs:
         return len(self.items)
 
     def _mask_for(self, k: int, chi_path: str):
-        base = os.path.basename(chi_path)
         if self.masks:
             n = sum(1 for item in self.items[:k] if item[0] == "file")
             return self.masks[0] if len(self.masks) == 1 else self.masks[n]
-        if base.startswith("chi_"):
-            candidate = os.path.join(os.path.dirname(chi_path), "mask_" + base[4:])
-            if os.path.exists(candidate):
-                return candidate
+        candidate = mask_path_for(chi_path)  # a step-1 NIfTI folder's pair (formats/chi_folder.py)
+        if candidate is not None and os.path.exists(candidate):
+            return candidate
         raise InputError(f"--source {chi_path}: no mask; give --source-masks (one for all or one per map)")
 
     def load(self, k: int) -> PatchVolume:

@@ -1,4 +1,6 @@
-"""Patch cutting and the patch HDF5 layout (step 3, genRDFPatchesSyn.py; read by network_model/data.py).
+"""Step 3 as a library: its parameters (PatchConfig), patch cutting (cut_patches, write_patches).
+
+The command is genRDFPatchesSyn.py; the patch file is read by network_model/data.py.
 
 Grid (mode "patches"): along each axis of length n, patches of size p start at 0, s, 2s, ... while
 they fit; when the last one stops short of the end, one more patch flush with the end (start n - p)
@@ -16,10 +18,15 @@ HDF5 layout: training_data/formats/patch_h5.py (contract 2).
 """
 from __future__ import annotations
 
+import json
 import math
+import sys
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from daqsm.config import config_to_dict
 from daqsm.errors import InputError
 from training_data.formats.patch_h5 import (  # noqa: F401  (the patch file's home; names kept here for callers)
     FORMAT_VERSION,
@@ -28,9 +35,15 @@ from training_data.formats.patch_h5 import (  # noqa: F401  (the patch file's ho
     PatchFileWriter,
     read_patch_file_info,
 )
+from training_data.geometry import int_triple
+from training_data.units import FIELD_UNITS
+from training_data.volume_io import atomic_path
 
 #: Target crop sizes are rounded up to this (2**depth for networks up to 4 poolings).
 CROP_MULTIPLE = 16
+#: the step's name in the patch file's attrs and in messages (the command that wrote it)
+STEP = "genRDFPatchesSyn"
+MODES = ("patches", "crop")
 
 
 def axis_starts(n: int, p: int, stride: int) -> list[int]:
@@ -145,3 +158,145 @@ def select_origins(mask, patch_size, stride, brain_threshold: float = 0.0, rando
                     out.append(origin)
                     break
     return np.asarray(out, dtype=np.int64).reshape(-1, 3)
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Step 3 parameters (config file keys = option names with '_')."""
+
+    patch_size: tuple = field(default=(64, 64, 64), metadata={
+        "type": int, "help": "patch (or crop) size, voxels: 1 or 3 numbers"})
+    stride: tuple | None = field(default=None, metadata={
+        "type": int, "nargs": "+", "help": "grid step, voxels: 1 or 3 numbers; default the patch size"})
+    mode: str = field(default="patches", metadata={"choices": MODES,
+                                                   "help": "grid patches, or one crop per volume around the mask"})
+    target_patch_size: tuple | None = field(default=None, metadata={
+        "type": int, "nargs": "+",
+        "help": "target patch size, voxels (1 or 3 numbers); default: one whole-brain crop per target"})
+    target_margin: int = field(default=8, metadata={"help": "voxels around the brain in whole-brain target crops"})
+    brain_threshold: float = field(default=0.2, metadata={"help": "keep patches with this brain fraction or more"})
+    grid: bool = field(default=True, metadata={"help": "cut the grid patches (patches mode)"})
+    random_crops: int = field(default=0, metadata={"help": "extra randomly placed patches per volume"})
+    seed: int = field(default=0, metadata={"help": "seed of the random crops"})
+    compression: str = field(default="lzf", metadata={"choices": ("lzf", "gzip", "none"),
+                                                      "help": "HDF5 compression of the patches"})
+    field_units: str = field(default="ppm", metadata={"choices": FIELD_UNITS,
+                                                      "help": "units of NIfTI/MAT source field files"})
+    b0_tesla: float | None = field(default=None, metadata={"type": float, "help": "B0 in tesla for hz/rad fields",
+                                                           "aliases": ("b0",)})
+    te_s: float | None = field(default=None, metadata={"type": float, "help": "TE in seconds for rad fields",
+                                                       "aliases": ("te",)})
+    target_field_units: str = field(default="ppm", metadata={"choices": FIELD_UNITS,
+                                                             "help": "units of --target-field files"})
+    target_b0_tesla: float | None = field(default=None, metadata={"type": float, "help": "B0 of --target-field files"})
+    target_te_s: float | None = field(default=None, metadata={"type": float,
+                                                              "help": "TE of --target-field files (and of the weight)"})
+    weight_echo: int = field(default=2, metadata={"help": "echo (1-based) of a 4-D magnitude used as weight"})
+    voxel_size_mm: tuple | None = field(default=None, metadata={"type": float, "nargs": 3,
+                                                                "help": "override the source voxel size, mm"})
+    b0_dir: tuple | None = field(default=None, metadata={"type": float, "nargs": 3,
+                                                         "help": "override the source B0 direction"})
+
+    def __post_init__(self):
+        size = int_triple(self.patch_size, "--patch-size")
+        object.__setattr__(self, "patch_size", size)
+        stride = size if self.stride is None else int_triple(self.stride, "--stride")
+        object.__setattr__(self, "stride", stride)
+        if min(size) <= 0:
+            raise InputError(f"--patch-size: expected positive sizes, got {size}")
+        if min(stride) <= 0:
+            raise InputError(f"--stride: expected positive steps, got {stride}")
+        if self.target_patch_size is not None:
+            target = int_triple(self.target_patch_size, "--target-patch-size")
+            if min(target) <= 0:
+                raise InputError(f"--target-patch-size: expected positive sizes, got {target}")
+            object.__setattr__(self, "target_patch_size", target)
+        if self.target_margin < 0:
+            raise InputError(f"--target-margin: expected >= 0 voxels, got {self.target_margin}")
+        if not 0.0 <= self.brain_threshold <= 1.0:
+            raise InputError(f"--brain-threshold: expected a fraction in [0, 1], got {self.brain_threshold}")
+        if self.random_crops < 0:
+            raise InputError(f"--random-crops: expected >= 0, got {self.random_crops}")
+        if self.weight_echo < 1:
+            raise InputError(f"--weight-echo: expected an echo number >= 1, got {self.weight_echo}")
+        if self.mode == "patches" and not self.grid and not self.random_crops:
+            raise InputError("--no-grid needs --random-crops > 0 (no patch would be cut)")
+
+
+def _same(a, b, tol=1e-3) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return bool(np.allclose(a, b, atol=tol))
+
+
+def write_patches(out, sources, targets, config: PatchConfig, quiet: bool = False) -> dict:
+    """Cut and write all patches to `out` (temp file + rename). Returns counts and timing.
+
+    sources, targets: as cut_patches (training_data.patch_inputs.SourceInputs, TargetInputs).
+    """
+    import h5py
+
+    t0 = time.perf_counter()
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
+        counts = cut_patches(h5, sources, targets, config, quiet)
+    return {**counts, "seconds": time.perf_counter() - t0}
+
+
+def cut_patches(h5, sources, targets, config: PatchConfig, quiet: bool = True) -> dict:
+    """Cut the patches of every source and target volume into an open h5py.File (contract 2).
+
+    Args:
+        h5: an h5py.File open for writing (a file on disk, or in memory with driver="core").
+        sources, targets: objects with len() and load(k) -> PatchVolume (patch_inputs.SourceInputs,
+            TargetInputs or ArrayInputs) and `files` (names recorded in the group attrs).
+        config: PatchConfig.
+
+    Returns:
+        {'source': N, 'target': M} patch counts.
+    """
+    from tqdm import tqdm
+
+    crop = config.mode == "crop"
+    stride = (-1, -1, -1) if crop else config.stride
+    extra = {"brain_threshold": float(config.brain_threshold), "seed": int(config.seed),
+             "config": json.dumps(config_to_dict(config)), "step": STEP}
+    counts = {}
+    target_bbox = config.target_patch_size is None
+    target_size = config.target_patch_size
+    if target_bbox and len(targets):
+        target_size = bbox_crop_size((targets.load(k).mask for k in range(len(targets))), config.target_margin)
+    writer = PatchFileWriter(h5, config.patch_size, stride, config.mode, config.compression, extra,
+                             target_patch_size=target_size, target_mode="bbox" if target_bbox else "patches")
+    for group_id, (group, inputs) in enumerate((("source", sources), ("target", targets))):
+        first = None
+        third = "chi" if group == "source" else "weight"
+        bar = tqdm(range(len(inputs)), desc=f"{STEP} {group}", unit="vol", disable=quiet, file=sys.stderr)
+        for k in bar:
+            vol = inputs.load(k)
+            if first is None:
+                first = vol
+            for attr, name in (("voxel_size_mm", "voxel size"), ("b0_dir", "B0 direction"),
+                               ("b0_tesla", "B0"), ("te_s", "TE")):
+                if not _same(getattr(vol, attr), getattr(first, attr)):
+                    raise InputError(f"{group} {vol.label}: {name} {getattr(vol, attr)} differs from "
+                                     f"{first.label} {getattr(first, attr)}; write separate patch files")
+            size = writer.sizes[group]
+            if crop or (group == "target" and target_bbox):
+                origins = bbox_crop_origin(vol.mask, size)[None]
+            else:
+                stride_g = config.stride if group == "source" else size
+                rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(group_id, k)))
+                origins = select_origins(vol.mask, size, stride_g, config.brain_threshold,
+                                         config.random_crops, rng, config.grid)
+            writer.append(group, k, origins, field=vol.field_ppm, mask=vol.mask, **{third: vol.third})
+        counts[group] = writer.count(group)
+        if counts[group] == 0 and len(inputs) and not quiet:
+            print(f"{STEP}: warning: --{group}: no patch cut from {len(inputs)} volume(s)", file=sys.stderr)
+        vs = first.voxel_size_mm if first else None
+        b0 = first.b0_dir if first else None
+        writer.set_group_attrs(group, vs, b0, inputs.files, getattr(first, "b0_tesla", None),
+                               getattr(first, "te_s", None))
+    if not sum(counts.values()):  # an empty patch file would only fail later, in step 4
+        raise InputError(f"--source/--target: expected at least one patch, cut none (brains smaller than "
+                         f"the patch size or --brain-threshold {config.brain_threshold:g} too high?)")
+    return counts

@@ -13,6 +13,7 @@ import sys
 if __package__ in (None, ""):  # `python network_model/model_finetune/train.py` from a checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from daqsm.config import ArgumentParser  # noqa: E402
 from daqsm.errors import run_cli  # noqa: E402
 from network_model.config import add_config_arguments, resolve_config  # noqa: E402
 from network_model.finetuning import (  # noqa: E402, F401  (the step's names, importable from its script as before)
@@ -29,7 +30,7 @@ from network_model.finetuning import (  # noqa: E402, F401  (the step's names, i
 def build_parser() -> argparse.ArgumentParser:
     from network_model import finetuning
 
-    parser = argparse.ArgumentParser(prog="train.py", description=finetuning.__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="train.py", description=finetuning.__doc__.split("\n\n")[0],
                                      epilog=finetuning.__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser, FinetuneConfig)

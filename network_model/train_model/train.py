@@ -17,6 +17,7 @@ import sys
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from daqsm.config import ArgumentParser  # noqa: E402
 from daqsm.errors import run_cli  # noqa: E402
 from network_model.config import add_config_arguments, resolve_config  # noqa: E402
 from network_model.pretraining import PROG, PretrainConfig, build_loss_fn, pretrain  # noqa: E402, F401
@@ -25,7 +26,7 @@ from network_model.pretraining import PROG, PretrainConfig, build_loss_fn, pretr
 def build_parser() -> argparse.ArgumentParser:
     from network_model import pretraining
 
-    parser = argparse.ArgumentParser(prog="train.py", description=pretraining.__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="train.py", description=pretraining.__doc__.split("\n\n")[0],
                                      epilog=pretraining.__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser, PretrainConfig)

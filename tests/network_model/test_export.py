@@ -57,6 +57,8 @@ def test_onnx_round_trip_matches_keras(model_file, ort, tmp_path, capsys):
         assert np.all(got[mask == 0] == 0)  # chi x mask kept in the graph
     sidecar = json.loads((tmp_path / "target.json").read_text())
     assert sidecar["Check"]["max_abs_diff_ppm"] <= 1e-5 and sidecar["Check"]["shape"] == [12, 16, 20]
+    assert {k: sidecar["Config"][k] for k in ("model", "output", "opset", "check_size", "overwrite")} == {
+        "model": str(model_file), "output": str(out), "opset": 17, "check_size": [12, 16, 20], "overwrite": False}
     import hashlib
 
     assert sidecar["Model"]["SHA256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from daqsm.errors import InputError
-from training_data.formats import case_folder, chi_h5, field_h5, patch_h5
+from training_data.formats import case_folder, chi_folder, chi_h5, field_h5, patch_h5
 
 
 def _case_arrays(n_echoes=4):
@@ -67,6 +67,36 @@ def test_chi_and_field_h5_round_trip(tmp_path):
     assert vs == (1.0, 1.0, 2.0) and b0 == (0.0, 0.0, 1.0)
     fpath = field_h5.write_field_h5(tmp_path / "f.h5", chi * 2)
     np.testing.assert_array_equal(field_h5.read_field_map(fpath, 0), chi[0] * 2)
+
+
+def test_chi_folder_round_trip_and_its_readers(tmp_path):
+    """The step-1 NIfTI folder: written by formats/chi_folder.py, read back by step 3 and by step 2."""
+    from training_data.fieldmaps import iter_chi_maps
+    from training_data.patch_inputs import SourceInputs
+    from training_data.volume_io import write_volume
+
+    rng = np.random.default_rng(2)
+    chi = rng.standard_normal((2, 6, 6, 6)).astype(np.float32)
+    mask = np.zeros_like(chi, bool)
+    mask[:, 1:5, 1:5, 1:5] = True
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    digits = chi_folder.digits_for(2)
+    for i in range(2):
+        chi_folder.write_map(tmp_path, i, digits, chi[i] * mask[i], mask[i], affine)
+    chi_folder.write_params(tmp_path, (1.0, 1.0, 2.0), (0.0, 0.0, 1.0), ["src.nii.gz"], [{"index": 0}, {"index": 1}])
+    assert sorted(chi_folder.previous_maps(tmp_path)) == ["chi_0000.nii.gz", "chi_0001.nii.gz", "mask_0000.nii.gz",
+                                                          "mask_0001.nii.gz"]
+    assert chi_folder.mask_path_for(tmp_path / "chi_0001.nii.gz") == str(tmp_path / "mask_0001.nii.gz")
+    assert chi_folder.mask_path_for(tmp_path / "other.nii.gz") is None
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    for i in range(2):  # step 3 needs a field per map: any volume on the grid
+        write_volume(fields / f"field_{i:04d}.nii.gz", chi[i], affine)
+    loaded = SourceInputs([str(tmp_path)], [str(fields)]).load(1)
+    np.testing.assert_array_equal(loaded.mask, mask[1])
+    np.testing.assert_allclose(loaded.third, chi[1] * mask[1])
+    step2 = [m for m in iter_chi_maps([str(tmp_path)]) if m.name.startswith("chi_")]
+    assert [m.name for m in step2] == ["chi_0000", "chi_0001"] and step2[1].voxel_size_mm == (1.0, 1.0, 2.0)
 
 
 def test_patch_file_has_one_layout(tmp_path):

@@ -48,6 +48,8 @@ def test_good_files_in_hz_pass(tmp_path):
     write_volume(tmp_path / "field_hz.nii.gz", f * hz_per_ppm(3.0), AFFINE)
     assert input_check.main(["--field", str(tmp_path / "field_hz.nii.gz"), "--mask", str(folder / "mask.nii.gz"),
                              "--units", "hz", "--b0", "3"]) == 0
+    assert input_check.main(["--field", str(tmp_path / "field_hz.nii.gz"), "--mask", str(folder / "mask.nii.gz"),
+                             "--units", "Hz", "--b0_tesla", "3"]) == 0  # any case, as before the config layer
 
 
 def _nan_field(f):

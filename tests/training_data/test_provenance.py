@@ -1,6 +1,7 @@
 """Provenance sidecars: every volume a command writes has OUT.json, and its fields match the run."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -123,6 +124,12 @@ def test_fieldmap_and_baseline_sidecars_match_the_run(tmp_path):
         _check_common(record, "ppm", "daqsm-fieldmap", "--pad 8")
         assert record["DipoleKernel"]["Padding"] == "8" and record["DipoleKernel"]["D0"] == pytest.approx(1 / 3)
         assert record["VoxelSize"] == [1.0, 1.0, 2.0] and record["B0Direction"] == [0.0, 0.0, 1.0]
+    # the resolved config of the whole run beside the maps: every option, the given values
+    config = json.loads((tmp_path / "fields" / "fieldmap_config.json").read_text())
+    assert set(config) == {f.name for f in dataclasses.fields(qsmFmapCal_gpu.FieldmapConfig)}
+    assert (config["inputs"], config["output"], config["pad"], config["demean"]) == (
+        [str(tmp_path / "chi")], str(tmp_path / "fields"), "8", False)
+    assert config["d0"] == pytest.approx(1 / 3)
     field = next((tmp_path / "fields").glob("*.nii.gz"))
     out = tmp_path / "base" / "tkd.nii.gz"
     assert baselines.main(["tkd", "--field", str(field), "--mask", str(tmp_path / "mask.nii.gz"), "-o", str(out),
@@ -130,6 +137,9 @@ def test_fieldmap_and_baseline_sidecars_match_the_run(tmp_path):
     record = _sidecars_of_all_volumes(tmp_path / "base")["tkd.nii.gz"]
     _check_common(record, "ppm", "daqsm-baseline", "tkd", "--pad fast")
     assert record["Config"]["method"] == "tkd" and record["DipoleKernel"]["Padding"] == "fast"
+    # the sidecar holds the resolved config: every option of the command, the given values
+    assert set(record["Config"]) == {f.name for f in dataclasses.fields(baselines.BaselineConfig)}
+    assert (record["Config"]["pad"], record["Config"]["output"]) == ("fast", str(out))
     assert record["Sources"][0] == str(field)
 
 

@@ -163,6 +163,18 @@ def test_cli_bad_input_and_overwrite(tmp_path, capsys):
     assert "exist" in capsys.readouterr().err
 
 
+def test_cli_writes_the_resolved_config_beside_the_cases(tmp_path):
+    import dataclasses
+    import json
+
+    out = tmp_path / "o"
+    assert simulate.main(["--source", "builtin", "-o", str(out), "--resolution", "8", "--seed", "3", "--quiet"]) == 0
+    config = json.loads((out / "simulate_config.json").read_text())
+    assert set(config) == {f.name for f in dataclasses.fields(simulate.SimulateConfig)}
+    assert (config["source"], config["output"], config["resolution"], config["seed"], config["progress"]) == (
+        "builtin", str(out), 8.0, 3, False)
+
+
 @pytest.mark.realdata
 def test_rc2_phantom_grid_is_164_205_205(shared_data):
     anatomy = simulate.load_rc2_phantom(shared_data / "rc2_phantom")

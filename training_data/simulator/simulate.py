@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import scipy.ndimage as ndi
 
-from daqsm.config import add_config_options, param, resolve_config
+from daqsm.config import ArgumentParser, add_config_options, config_path_beside, param, resolve_config, write_config
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.validate import in_range
 from training_data.dipole import forward_field
@@ -309,7 +309,7 @@ class SimulateConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m training_data.simulator.{PROG}", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=f"python -m training_data.simulator.{PROG}", description=__doc__.split("\n\n")[0])
     add_config_options(parser, SimulateConfig, group_title=None, config_option=True)
     return parser
 
@@ -344,6 +344,7 @@ def _run(args: SimulateConfig) -> int:
     with folder_removed_on_error(args.output):
         cases = simulate_cases(anatomy, args.output, args.resolution, args.seed, not args.progress,
                                gibbs_removal=not args.keep_gibbs_ringing)
+        write_config(args, config_path_beside(args.output, "simulate", folder=True))
     print(f"{PROG}: wrote {len(cases)} cases to {args.output}", file=sys.stderr)
     return 0
 
