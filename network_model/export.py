@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from daqsm.config import ArgumentParser, add_config_options, config_to_dict, param, resolve_config  # noqa: E402
-from daqsm.errors import InputError, run_cli  # noqa: E402
+from daqsm.errors import InputError, output_path, run_cli  # noqa: E402
 
 PROG = "daqsm-export"
 INPUT_NAMES = ("field_ppm", "mask")
@@ -136,8 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: ExportConfig) -> dict:
     """Export, check, write the sidecar (it holds the resolved config); returns the sidecar record."""
-    from training_data import provenance
-
     for name in ("model", "output"):
         if not getattr(args, name):
             raise InputError(f"--{name}: required (see {PROG} --help)")
@@ -145,9 +143,19 @@ def run(args: ExportConfig) -> dict:
         raise InputError(f"-o {args.output}: expected a file ending in .onnx")
     if os.path.exists(args.output) and not args.overwrite:
         raise InputError(f"-o {args.output}: output exists; give --overwrite to replace it")
+    output_path("-o", args.output)  # before the model is read: a bad location costs no TensorFlow start
     _require_onnx()
+    from daqsm.output_lock import claim_output
+
+    with claim_output("-o", args.output):  # one export per output; a killed one's temp files go
+        return _export(args)
+
+
+def _export(args: ExportConfig) -> dict:
+    """The export itself, inside the output's lock."""
     from network_model.finetuning import load_target_model
     from network_model.model_info import read_model_info, resolve_model_path
+    from training_data import provenance
 
     model, info = load_target_model(args.model)
     divisor = 2 ** info["depth"]

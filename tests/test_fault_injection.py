@@ -33,16 +33,16 @@ def _commands():
     import genRDFPatchesSyn
     from evaluation import baselines, demo, figures
     from evaluation import cli as evaluate
-    from network_model import infer
+    from network_model import export, infer
     from network_model.model_finetune import train as finetune
     from network_model.train_model import train as pretrain
-    from training_data import genChi, qsmFmapCal_gpu
+    from training_data import genChi, input_check, qsmFmapCal_gpu
     from training_data.simulator import simulate
 
     return {"simulate": simulate.main, "genchi": genChi.main, "fieldmap": qsmFmapCal_gpu.main,
             "patches": genRDFPatchesSyn.main, "train": pretrain.main, "finetune": finetune.main,
             "infer": infer.main, "evaluate": evaluate.main, "figures": figures.main, "demo": demo.main,
-            "baseline": baselines.main}
+            "baseline": baselines.main, "export": export.main, "check": input_check.main}
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +104,7 @@ def inputs(tmp_path_factory) -> Path:
     (root / "existing.h5").write_bytes(b"keep me")
     (root / "existing.png").write_bytes(b"keep me")
     (root / "existing.json").write_text("{}")
+    (root / "existing.onnx").write_bytes(b"keep me")
     (root / "a_folder").mkdir()
     os.symlink("loop.nii.gz", root / "loop.nii.gz")  # a link to itself
     os.symlink("a_folder", root / "link_to_folder")
@@ -217,6 +218,7 @@ INFER = f"--model {{in}}/random.keras --field {FIELD} --mask {MASK} -o @O@"
 EVAL = f"--recon {CHI} --truth {CHI} --mask {MASK} --json @O@"
 FIG = f"slices --recon {CHI} --truth {CHI} -o @O@"
 BASE = f"tkd --field {FIELD} --mask {MASK} -o @O@"
+EXPORT = "--model {in}/random.keras -o @O@"
 SIM = "--source {in}/rc2_corrupt --resolution 8 --quiet -o @O@"
 DEMO = "--data {in}/nothing -o @O@"
 
@@ -228,6 +230,8 @@ CASES = [
     *_unwritable("evaluate", EVAL, ".json"), *_unwritable("figures", FIG, ".png"),
     *_unwritable("baseline", BASE, ".nii.gz"), *_unwritable("simulate", "--source builtin --resolution 8 --quiet -o @O@", ""),
     *_unwritable("demo", "--size tiny -o @O@", ""),
+    # export: the output is checked before the model is read (a full disk needs a real model: kill test)
+    *[c for c in _unwritable("export", EXPORT, ".onnx") if not c.id.endswith("full-disk")],
     Case("genchi-folder-under-file", "genchi", _f(GENCHI, "{in}/a_file/out/"), "a_file"),
     Case("fieldmap-h5-under-file", "fieldmap", _f(FIELDMAP, "{in}/a_file/x.h5"), "a_file"),
     Case("finetune-under-file", "finetune", _f(FT, "{in}/a_file/q.nii.gz"), "a_file"),
@@ -382,6 +386,19 @@ CASES = [
     Case("baseline-output-link-to-folder", "baseline", _f(BASE, "{in}/link_to_folder"), "link_to_folder"),
     Case("baseline-empty-mask", "baseline", "tkd --field {in}/field.nii.gz --mask {in}/empty_mask.nii.gz -o {out}/b.nii.gz",
          "empty"),
+    Case("export-exists", "export", _f(EXPORT, "{in}/existing.onnx"), "exists"),
+    Case("export-bad-suffix", "export", _f(EXPORT, "{out}/m.keras"), ".onnx"),
+    Case("export-missing-model", "export", _f(EXPORT, "{out}/m.onnx").replace("random.keras", "none.keras"),
+         "not found"),
+    Case("export-random-model", "export", _f(EXPORT, "{out}/m.onnx"), "not a Keras archive"),
+    Case("export-check-size-zero", "export", _f(EXPORT, "{out}/m.onnx") + " --check-size 0 16 16", "check-size"),
+    Case("export-opset-zero", "export", _f(EXPORT, "{out}/m.onnx") + " --opset 0", "opset"),
+    Case("check-missing-case", "check", "{in}/nothing", "nothing"),
+    Case("check-badjson", "check", "{in}/case_badjson", "case.json"),
+    Case("check-unknown-key", "check", "{in}/case_unknown_key", "did you mean"),
+    Case("check-empty-mask", "check", f"--field {FIELD} --mask {{in}}/empty_mask.nii.gz", "empty"),
+    Case("check-nan-field", "check", "--field {in}/nan.npy --mask {in}/mask.nii.gz", "NaN"),
+    Case("check-grid-mismatch", "check", f"--field {FIELD} --mask {{in}}/other_grid.nii.gz", "shape"),
     Case("baseline-nan-field", "baseline", "tkd --field {in}/nan.npy --mask {in}/mask.nii.gz -o {out}/b.nii.gz", "NaN"),
 ]
 
@@ -442,6 +459,17 @@ def test_fault(case, inputs, tmp_path, capsys, request):
 def test_enough_cases_over_all_commands():
     assert len(CASES) >= 100
     assert {c.command for c in CASES} == set(_commands())
+
+
+def test_every_console_script_is_in_the_table():
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    targets = {line.split("=", 1)[1].strip().split(":")[0]
+               for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines()}
+    tested = {main.__module__ for main in _commands().values()}
+    assert targets <= tested, f"console scripts without fault cases: {sorted(targets - tested)}"
 
 
 # --- single defects that are not "exit 2" cases -----------------------------------------------
