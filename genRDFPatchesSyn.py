@@ -23,7 +23,7 @@ import argparse
 import os
 import sys
 
-from daqsm.config import ArgumentParser, add_config_options, option_name, resolve_config, write_config
+from daqsm.config import ArgumentParser, add_config_options, config_path_beside, option_name, resolve_config, write_config
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import claim_output
 from daqsm.validate import check_numbers
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
             print(f"{PROG}: warning: no target dataset given; /target will be empty", file=sys.stderr)
         with claim_output("-o", args.output):
             stats = write_patches(args.output, sources, targets, config, args.quiet)
-            write_config(config, os.path.splitext(args.output)[0] + ".config.json")
+            write_config(config, config_path_beside(args.output, "patches", folder=False))
         if not args.quiet:
             print(f"{PROG}: wrote {stats['source']} source and {stats['target']} target patches to {args.output} "
                   f"in {stats['seconds']:.1f} s", file=sys.stderr)

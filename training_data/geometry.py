@@ -77,5 +77,9 @@ def voxel_size_from_affine(affine) -> tuple[float, float, float]:
 def b0_dir_from_affine(affine) -> tuple[float, float, float]:
     """B0 (scanner z) in voxel axes from a voxel -> scanner affine: b = R^T [0, 0, 1]."""
     a = np.asarray(affine, dtype=np.float64)[:3, :3]
-    rot = a / np.linalg.norm(a, axis=0, keepdims=True)
+    norms = np.linalg.norm(a, axis=0, keepdims=True)
+    if not np.all(norms > 0):  # a zero column: no voxel axis to express B0 in
+        raise InputError(f"B0 direction: expected an affine with three non-zero voxel axes, found column norms "
+                         f"{norms.ravel().tolist()}")
+    rot = a / norms
     return normalise_b0_dir(rot.T @ np.array([0.0, 0.0, 1.0]))
