@@ -156,9 +156,10 @@ def test_every_field_is_a_cli_option():
 
     parser = finetune.build_parser()
     for f in dataclasses.fields(finetune.FinetuneConfig):  # resolved values: tests/test_config.py
-        given = ["1"] if "tuple" in str(f.type) else "1"  # tuples take one or several values
-        assert getattr(parser.parse_args([f"--{f.name}", "1"]), f.name) == given
-        assert getattr(parser.parse_args([f"--{f.name.replace('_', '-')}", "1"]), f.name) == given
+        value = "true" if f.type in (bool, "bool") else "1"  # booleans take true/false (or nothing)
+        given = [value] if "tuple" in str(f.type) else value  # tuples take one or several values
+        assert getattr(parser.parse_args([f"--{f.name}", value]), f.name) == given
+        assert getattr(parser.parse_args([f"--{f.name.replace('_', '-')}", value]), f.name) == given
     assert parser.parse_args(["-o", "x.nii.gz"]).output == "x.nii.gz"
 
 
