@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daqsm.errors import InputError, shape_mismatch
+from daqsm.errors import shape_mismatch
 from training_data.formats import case_folder
 from training_data.geometry import Geometry
 from training_data.units import rad_per_ppm
@@ -44,15 +44,6 @@ class TargetVolume:
     header: object = None
 
 
-def normalised_weight(magnitude, mask) -> np.ndarray:
-    """Magnitude scaled to max 1 inside the mask, 0 outside (float32)."""
-    mag = np.abs(np.asarray(magnitude, np.float32)) * mask
-    peak = float(mag.max())
-    if peak <= 0:
-        raise InputError("weight: the magnitude is zero everywhere inside the mask")
-    return (mag / peak).astype(np.float32)
-
-
 def load_case(folder, voxel_size_mm=None, b0_dir=None) -> TargetVolume:
     """Read a contract-1 case folder (weighting echo: training_data.formats.case_folder decides)."""
     case = case_folder.read_case(folder)
@@ -75,7 +66,7 @@ def load_files(field_path, mask_path, weight_path=None, units: str = "ppm", b0_t
         if weight_vol.data.shape != field.data.shape:
             raise shape_mismatch(f"weight {weight_path}", weight_vol.data.shape, f"field {field_path}",
                                  field.data.shape)
-        weight = normalised_weight(weight_vol.data, mask)
+        weight = case_folder.weight_from_magnitude(weight_vol.data, mask > 0, name=f"weight {weight_path}")
     else:
         weight = mask.copy()
     phase = rad_per_ppm(b0_tesla, te_s) if b0_tesla and te_s else None

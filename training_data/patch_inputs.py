@@ -182,11 +182,6 @@ class SourceInputs:
 # --- target side -------------------------------------------------------------------------------
 
 
-def _weight_from_magnitude(magnitude, mask, echo: int, name: str) -> np.ndarray:
-    """Echo `echo` (1-based) of a 4-D magnitude (or a 3-D weight), max 1 inside the mask, 0 outside."""
-    return case_folder.weight_from_magnitude(magnitude, mask, echo, name)
-
-
 class TargetInputs:
     """Target datasets: case folders and/or explicit field + mask (+ weight) files, read lazily."""
 
@@ -224,8 +219,8 @@ class TargetInputs:
         mask_data = read_volume(mask_path, dtype=None).data
         mask = check_mask(mask_data, str(mask_path), vol.data, f"target field {field_path}")
         if weight_path:
-            weight = _weight_from_magnitude(read_volume(weight_path, ndim=(3, 4)).data, mask, self.weight_echo,
-                                            str(weight_path))
+            weight = case_folder.weight_from_magnitude(read_volume(weight_path, ndim=(3, 4)).data, mask,
+                                                       self.weight_echo, str(weight_path))
         else:
             weight = mask.astype(np.float32)
         return PatchVolume(str(field_path), vol.data, mask, weight, vol.voxel_size_mm, vol.b0_dir,
