@@ -35,7 +35,7 @@ from daqsm.config import ArgumentParser, param  # noqa: E402
 from daqsm.errors import InputError, output_path, run_cli  # noqa: E402
 from daqsm.output_lock import claim_output  # noqa: E402
 from daqsm.validate import check_numbers  # noqa: E402
-from training_data.provenance import write_sidecar  # noqa: E402
+from training_data.provenance import sidecar_path, write_sidecar  # noqa: E402
 from training_data.volume_io import NIFTI_SUFFIXES, read_field, read_mask, suffix_of, write_volume  # noqa: E402
 
 PROG = "daqsm-infer"
@@ -88,12 +88,6 @@ def resolve_config(args: argparse.Namespace) -> InferConfig:
                         "b0_dir": "finite", "tile": "int>=1", "overlap": "int>=0", "batch_size": "int>=1",
                         "divisor": "int>=1"}, spell=lambda k: "--" + k.replace("_", "-"))
     return cfg
-
-
-def sidecar_path(output: str) -> str:
-    """OUT.nii.gz -> OUT.json."""
-    suffix = suffix_of(output)
-    return output[: -len(suffix)] + ".json"
 
 
 def read_inputs(cfg: InferConfig):
