@@ -2,7 +2,7 @@
 
 Commands (results in benchmarks/results_ablation.md):
     W=work/ablation; D=../shared/data
-    python -m training_data.simulator.simulate --source $D/rc2_phantom -o $W/targets --seed 0 --quiet
+    python -m daqsm.training_data.simulator.simulate --source $D/rc2_phantom -o $W/targets --seed 0 --quiet
     python training_data/genChi.py $D/qsm2016/chi_cosmos.nii.gz --mask $D/qsm2016/msk.nii.gz -n 24 \\
         -o $W/chi.h5 --seed 0 --quiet
     python training_data/qsmFmapCal_gpu.py $W/chi.h5 -o $W/fields.h5
@@ -13,7 +13,7 @@ Commands (results in benchmarks/results_ablation.md):
     python benchmarks/bench_ablation.py finetune --work $W --name balanced_bbox --iterations 150
     python benchmarks/bench_ablation.py table --work $W
     # every saved map and TKD / L2 against the cases' truth and the Gibbs-free truth
-    python -m training_data.simulator.simulate --source $D/rc2_phantom -o $W/targets_gf --seed 0 --quiet
+    python -m daqsm.training_data.simulator.simulate --source $D/rc2_phantom -o $W/targets_gf --seed 0 --quiet
     python benchmarks/bench_ablation.py evaluate --work $W --truths targets targets_gf
 
 Every row uses the same data (24 synthetic maps of the 2016 COSMOS map, 64^3 source patches), the
@@ -22,7 +22,7 @@ cosine schedule, and `--steps` pre-training steps; rows differ in the code (git 
 and the target crops. Results go to WORK/NAME/result.json.
 
 Fine-tuning runs with the stopping rule switched off for `--iterations` iterations while the
-iterate's rmse is recorded every `--every` iterations; the stopping rule (network_model.stopping,
+iterate's rmse is recorded every `--every` iterations; the stopping rule (daqsm.network_model.stopping,
 the same class step 5 uses) is then applied to the logged loss terms, which is what step 5 itself
 does during the run, so the iteration it picks, its rmse and the best iterate's rmse come from one
 run. The rule never sees the ground truth.
@@ -46,7 +46,7 @@ CASES = ("Sim1Snr1", "Sim1Snr2", "Sim2Snr1", "Sim2Snr2")
 
 
 def _case_arrays(case: Path):
-    from training_data.formats.case_folder import read_case
+    from daqsm.training_data.formats.case_folder import read_case
 
     folder = read_case(case, magnitude=False)
     return folder.read_extra("chi"), folder.mask, folder.read_extra("segmentation", dtype=None).astype(np.int32)
@@ -54,7 +54,7 @@ def _case_arrays(case: Path):
 
 def _rmse(chi, truth_arrays) -> float:
     """RC2 rmse of `chi` against `_case_arrays(case)` (read once per case, not per call)."""
-    from evaluation.metrics import rc2_metrics
+    from daqsm.evaluation.metrics import rc2_metrics
 
     truth, mask, seg = truth_arrays
     return float(rc2_metrics(chi, truth, seg, mask).values["rmse"])
@@ -71,10 +71,10 @@ def _revision() -> str:
 
 
 def run_row(args) -> dict:
-    import genRDFPatchesSyn
-    from network_model import infer
-    from network_model.train_model import train as pretrain
-    from training_data.volume_io import read_volume
+    from daqsm.training_data import genRDFPatchesSyn
+    from daqsm.network_model import infer
+    from daqsm.network_model.train_model import train as pretrain
+    from daqsm.training_data.volume_io import read_volume
 
     work, row = Path(args.work), Path(args.work) / args.name
     row.mkdir(parents=True, exist_ok=True)
@@ -111,8 +111,8 @@ def run_row(args) -> dict:
 
 
 def run_finetune(args) -> dict:
-    from network_model.config import resolve_config
-    from network_model.model_finetune.train import FinetuneConfig, finetune
+    from daqsm.network_model.config import resolve_config
+    from daqsm.network_model.model_finetune.train import FinetuneConfig, finetune
 
     work, row = Path(args.work), Path(args.work) / args.name
     model = row / "pretrain" / "target_model.keras"
@@ -151,8 +151,8 @@ def run_finetune(args) -> dict:
 def apply_rule(row: Path, name: str, iterations: int):
     """The stopping rule as step 5 applies it (FinetuneConfig defaults) on the logged terms of a run
     made with the rule off -> (stop iteration, reason, sidecar's FineTuning record)."""
-    from network_model.model_finetune.train import FinetuneConfig
-    from network_model.stopping import StoppingRule, noise_energy
+    from daqsm.network_model.model_finetune.train import FinetuneConfig
+    from daqsm.network_model.stopping import StoppingRule, noise_energy
 
     record = json.loads((row / f"{name}_finetuned.json").read_text())
     sidecar = record["FineTuning"]
@@ -171,9 +171,9 @@ def apply_rule(row: Path, name: str, iterations: int):
 
 def evaluate(args) -> dict:
     """rmse of every saved map of every row, and of TKD / L2 (padded), against each truth folder."""
-    from evaluation.baselines import l2_gradient, tkd
-    from training_data.formats.case_folder import read_case
-    from training_data.volume_io import read_volume, write_volume
+    from daqsm.evaluation.baselines import l2_gradient, tkd
+    from daqsm.training_data.formats.case_folder import read_case
+    from daqsm.training_data.volume_io import read_volume, write_volume
 
     work = Path(args.work)
     (work / "baselines").mkdir(exist_ok=True)
@@ -201,7 +201,7 @@ def evaluate(args) -> dict:
         print(f"truth {truth}:\n| case | " + " | ".join(methods) + " |")
         for name, r in per_case.items():
             print(f"| {name} | " + " | ".join(f"{r[m]:.2f}" for m in methods) + " |")
-    (work / "evaluation.json").write_text(json.dumps(out, indent=1))
+    (work / "daqsm.evaluation.json").write_text(json.dumps(out, indent=1))
     return out
 
 

@@ -38,11 +38,11 @@ def main(argv=None):
     parser.add_argument("--cases", nargs="*", help="case names (default: all in RUN/targets)")
     args = parser.parse_args(argv)
 
-    from evaluation.baselines import NDITVParams, l2_gradient, ndi_tv, tkd
-    from evaluation.metrics import RC2_ROWS, rc2_metrics
-    from network_model import infer
-    from network_model.model_finetune import train as finetune
-    from training_data.volume_io import write_volume
+    from daqsm.evaluation.baselines import NDITVParams, l2_gradient, ndi_tv, tkd
+    from daqsm.evaluation.metrics import RC2_ROWS, rc2_metrics
+    from daqsm.network_model import infer
+    from daqsm.network_model.model_finetune import train as finetune
+    from daqsm.training_data.volume_io import write_volume
 
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def main(argv=None):
     results, timings = {}, {}
     for name in names:
         case = run / "targets" / name
-        from training_data.formats.case_folder import read_case
+        from daqsm.training_data.formats.case_folder import read_case
 
         folder = read_case(case)
         info = folder.info
@@ -84,7 +84,7 @@ def main(argv=None):
             path = out / f"{name}_{method}.nii.gz"
             write_volume(path, chi.astype(np.float32), affine=folder.field.affine)
             recon[method] = path
-        from training_data.volume_io import read_volume
+        from daqsm.training_data.volume_io import read_volume
 
         results[name] = {m: rc2_metrics(read_volume(p).data, truth, seg, mask).values for m, p in recon.items()}
         timings[name] = seconds

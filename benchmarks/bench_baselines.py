@@ -1,7 +1,7 @@
 """Benchmark: the classic inversions on RC2-like case folders (all eight RC2 metrics) or the 2016 data.
 
 Commands (from the repository root; the data stays where it is, nothing is copied):
-    # RC2-like cases (training_data.simulator.simulate): TKD, L2, NLTV stage 1 (discrepancy alpha) and
+    # RC2-like cases (daqsm.training_data.simulator.simulate): TKD, L2, NLTV stage 1 (discrepancy alpha) and
     # stage 2 (best alpha by ground truth) over one alpha scan, eight RC2 metrics each
     PYTHONPATH=$PWD nohup python benchmarks/bench_baselines.py --cases CASES/Sim1Snr1 CASES/Sim2Snr1 \
         --out benchmarks/out/baselines > /tmp/bench_baselines.log 2>&1 &
@@ -12,7 +12,7 @@ Commands (from the repository root; the data stays where it is, nothing is copie
 Python (another session's benchmark): `from benchmarks.bench_baselines import baseline_rows` (repository
 root on sys.path) -> {method: {RC2 row: value, ..., "alpha", "seconds", ...}} for one case folder.
 
-Case folder (training_data.simulator.simulate.write_case): local_field.nii.gz (ppm), magnitude.nii.gz (4-D,
+Case folder (daqsm.training_data.simulator.simulate.write_case): local_field.nii.gz (ppm), magnitude.nii.gz (4-D,
 echoes last), mask.nii.gz, chi.nii.gz (truth, ppm), segmentation.nii.gz, case.json (b0_tesla, te_s,
 voxel_size_mm, b0_dir). NLTV: phase scale at the 2nd echo time (the echo the magnitude weight comes
 from), weight = 2nd echo magnitude (`--weight mask` for none), FFT padding `auto` for every method.
@@ -34,7 +34,7 @@ def load_case(case):
     """(field ppm, mask bool, truth ppm, seg int, weighting-echo magnitude, case.json dict, affine, its TE s)."""
     import numpy as np
 
-    from training_data.formats.case_folder import read_case
+    from daqsm.training_data.formats.case_folder import read_case
 
     folder = read_case(case)
     magnitude = folder.magnitude
@@ -50,8 +50,8 @@ def baseline_rows(case_folder, alphas=None, iterations: int | None = None, weigh
     """TKD, L2, NLTV stage 1 and stage 2 on one case folder, with the eight RC2 metrics each.
 
     Args:
-        case_folder: folder written by training_data.simulator.simulate (module doc).
-        alphas: NLTV alpha grid (default evaluation.nltv_alpha.ALPHA_GRID).
+        case_folder: folder written by daqsm.training_data.simulator.simulate (module doc).
+        alphas: NLTV alpha grid (default daqsm.evaluation.nltv_alpha.ALPHA_GRID).
         iterations: NLTV ADMM iterations per alpha (default NDITVParams().iterations; warm-started).
         weight: "magnitude" (2nd echo) or "mask", the NLTV data weight.
         pad: FFT zero padding of every method.
@@ -64,9 +64,9 @@ def baseline_rows(case_folder, alphas=None, iterations: int | None = None, weigh
         "noise_residual", "noise_ppm" and "scan_seconds" (the scan is shared; "seconds" of each NLTV
         row is the whole scan, as that is what choosing alpha costs).
     """
-    from evaluation import baselines as B
-    from evaluation import nltv_alpha as A
-    from evaluation.metrics import rc2_metrics
+    from daqsm.evaluation import baselines as B
+    from daqsm.evaluation import nltv_alpha as A
+    from daqsm.evaluation.metrics import rc2_metrics
 
     if weight not in ("magnitude", "mask"):
         raise ValueError(f"weight: expected 'magnitude' or 'mask', got {weight!r}")
@@ -94,7 +94,7 @@ def baseline_rows(case_folder, alphas=None, iterations: int | None = None, weigh
     for method, chi in maps.items():
         rows[method] = {**rc2_metrics(chi, truth, seg, mask).values, **rows[method]}
         if out_dir is not None:
-            from training_data.volume_io import write_volume
+            from daqsm.training_data.volume_io import write_volume
 
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             name = f"{Path(case_folder).name}_{method.replace(' ', '_')}.nii.gz"
@@ -104,7 +104,7 @@ def baseline_rows(case_folder, alphas=None, iterations: int | None = None, weigh
 
 def cases_table(results: dict) -> str:
     """Markdown: one table per case (RC2 rows x methods, plus alpha and seconds), then an rmse summary."""
-    from evaluation.metrics import RC2_ROWS
+    from daqsm.evaluation.metrics import RC2_ROWS
 
     lines = []
     for case, rows in results.items():
@@ -125,7 +125,7 @@ def cases_table(results: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", nargs="+", help="RC2-like case folders (training_data.simulator.simulate)")
+    parser.add_argument("--cases", nargs="+", help="RC2-like case folders (daqsm.training_data.simulator.simulate)")
     parser.add_argument("--out", help="--cases: folder for baselines.md, baselines.json and the maps")
     parser.add_argument("--weight", default="magnitude", choices=("magnitude", "mask"), help="--cases: NLTV weight")
     parser.add_argument("--alphas", type=float, nargs="+", help="--cases: NLTV alpha grid (default nltv_alpha.ALPHA_GRID)")
@@ -163,9 +163,9 @@ def _run_2016(args) -> int:
     if not os.path.isdir(args.data):
         print(f"skipped: 2016 challenge data not found at {args.data}")
         return 0
-    from evaluation import baselines as B
-    from evaluation import metrics
-    from training_data.volume_io import read_volume
+    from daqsm.evaluation import baselines as B
+    from daqsm.evaluation import metrics
+    from daqsm.training_data.volume_io import read_volume
 
     field = read_volume(os.path.join(args.data, "phs_tissue.nii.gz"))
     mask = read_volume(os.path.join(args.data, "msk.nii.gz")).data > 0.5

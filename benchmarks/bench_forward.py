@@ -4,10 +4,10 @@ Command (from the repo root, package installed):
     python benchmarks/bench_forward.py [--sizes 160 256] [--repeats 7]
 
 Measures ms per volume (median of repeats, after a warm-up) for:
-  tf_unpadded    training_data.dipole.dipole_operator_tf, pad=None (what steps 2/4/5 call)
+  tf_unpadded    daqsm.training_data.dipole.dipole_operator_tf, pad=None (what steps 2/4/5 call)
   tf_padded      same with pad="auto" (default of step 2)
   tf_bare_fft    tf.signal.rfft3d -> multiply -> irfft3d of the same size (the FFT limit)
-  scipy_rfft     training_data.dipole.forward_field (numpy/scipy path), pad=None
+  scipy_rfft     daqsm.training_data.dipole.forward_field (numpy/scipy path), pad=None
   numpy_complex  np.fft.fftn -> multiply by the full kernel -> ifftn -> real (the naive reference)
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main(argv=None):
 
     import tensorflow as tf
 
-    from training_data.dipole import dipole_kernel, dipole_operator_tf, forward_field
+    from daqsm.training_data.dipole import dipole_kernel, dipole_operator_tf, forward_field
 
     print("| size | tf_unpadded | tf_padded (auto) | tf_bare_fft | scipy_rfft | numpy_complex "
           "| tf_unpadded / bare | numpy / tf_unpadded |")

@@ -10,7 +10,7 @@ ru_maxrss, kB on Linux) is its own; the subprocess reports the peak after buildi
 (TensorFlow + model baseline) and after inference. Tiled and whole-volume outputs at 160^3 are
 saved under benchmarks/out/ and compared (NRMSE inside the mask).
 
-The model is built here because the project U-Net (network_model/unet.py) is written in parallel:
+The model is built here because the project U-Net (daqsm/network_model/unet.py) is written in parallel:
 a 3-D U-Net of the method's size - depth 4 (2^3 max-pooling), base 16 filters doubling per level,
 two 3x3x3 convolutions + BatchNormalization + ReLU per level, nearest-neighbour upsampling, skip
 concatenations, final 1x1x1 linear convolution, output x mask - with seeded random weights
@@ -85,7 +85,7 @@ def run_case(name: str, tile: int, overlap: int) -> dict:
     from daqsm.tf_env import import_tensorflow
 
     import_tensorflow()
-    from network_model import tiling
+    from daqsm.network_model import tiling
 
     n, whole = CASES[name]
     model = build_unet()

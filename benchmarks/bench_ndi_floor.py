@@ -1,11 +1,11 @@
 """The true chi's NDI loss against the crop size: how far small target patches keep data consistency
 from the truth (issue 16 item 4).
 
-Command (a case folder from training_data.simulator.simulate, e.g. the ablation's 1 mm RC2-like cases):
+Command (a case folder from daqsm.training_data.simulator.simulate, e.g. the ablation's 1 mm RC2-like cases):
     python benchmarks/bench_ndi_floor.py --case work/ablation/targets/Sim1Snr2 --crops 32 48 64 96 128
 
 For each crop size: every grid crop (stride half the crop) with at least half brain, the normalised
-NDI (network_model.losses.ndi_loss, W = 2nd echo magnitude, phase scale of the 2nd echo) of the
+NDI (daqsm.network_model.losses.ndi_loss, W = 2nd echo magnitude, phase scale of the 2nd echo) of the
 ground-truth chi on that crop, with the pre-training's dipole model (no FFT padding) and with 'auto'
 padding; then the whole-brain crop step 3 writes by default (bounding box + 8 voxels, to a multiple
 of 16) and the whole volume. Prints a Markdown table (mean over crops).
@@ -31,11 +31,11 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
-    from network_model.losses import ndi_loss
-    from training_data.dipole import dipole_operator_tf
-    from training_data.patches import bbox_crop_origin, bbox_crop_size, extract_patch, grid_origins
-    from training_data.units import rad_per_ppm
-    from training_data.volume_io import read_volume
+    from daqsm.network_model.losses import ndi_loss
+    from daqsm.training_data.dipole import dipole_operator_tf
+    from daqsm.training_data.patches import bbox_crop_origin, bbox_crop_size, extract_patch, grid_origins
+    from daqsm.training_data.units import rad_per_ppm
+    from daqsm.training_data.volume_io import read_volume
 
     case = Path(args.case)
     info = json.loads((case / "case.json").read_text())

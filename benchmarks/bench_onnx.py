@@ -27,8 +27,8 @@ def main() -> None:
     import keras
     import onnxruntime as ort
 
-    from network_model.export import check_volume, export_onnx
-    from network_model.unet import build_target_model
+    from daqsm.network_model.export import check_volume, export_onnx
+    from daqsm.network_model.unet import build_target_model
 
     keras.utils.set_random_seed(0)
     model = build_target_model(args.depth, args.base_filters)

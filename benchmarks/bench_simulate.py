@@ -4,7 +4,7 @@ Command (repo root, package installed):
     python benchmarks/bench_simulate.py [--data ../shared/data] [--resolution 1.0] [--keep-gibbs-ringing]
     python benchmarks/bench_simulate.py --gibbs-only [--data ../shared/data]   # the truth's Gibbs removal alone
 
-Runs `python -m training_data.simulator.simulate` in a subprocess for the built-in phantom and, when the
+Runs `python -m daqsm.training_data.simulator.simulate` in a subprocess for the built-in phantom and, when the
 shared data is present, for the RC2 segmentation, and reports wall seconds and the subprocess's
 peak resident memory (resource.getrusage(RUSAGE_CHILDREN).ru_maxrss).
 """
@@ -24,7 +24,7 @@ def run_case(source: str, resolution: float, keep_ringing: bool = False) -> tupl
     with tempfile.TemporaryDirectory() as out:
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "training_data.simulator.simulate", "--source", source, "-o", out,
+        subprocess.run([sys.executable, "-m", "daqsm.training_data.simulator.simulate", "--source", source, "-o", out,
                         "--resolution", str(resolution), "--quiet"] + ["--keep-gibbs-ringing"] * keep_ringing, check=True,
                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         seconds = time.perf_counter() - start
@@ -36,11 +36,11 @@ def time_gibbs_removal(source: str, resolution: float) -> dict:
     """Wall and CPU seconds of `remove_gibbs_ringing` on one Sim2 truth (cropped in k-space, masked support)."""
     import numpy as np
 
-    from training_data.simulator import simulate as S
-    from training_data.simulator.gibbs import remove_gibbs_ringing
-    from training_data.simulator.gre import crop_kspace
-    from training_data.simulator.texture import texture_ppm
-    from training_data.simulator.tissue import BRAIN_LABELS, tissue_maps
+    from daqsm.training_data.simulator import simulate as S
+    from daqsm.training_data.simulator.gibbs import remove_gibbs_ringing
+    from daqsm.training_data.simulator.gre import crop_kspace
+    from daqsm.training_data.simulator.texture import texture_ppm
+    from daqsm.training_data.simulator.tissue import BRAIN_LABELS, tissue_maps
 
     anatomy = S.load_builtin(S.RC2_NATIVE_MM * resolution) if source == "builtin" else S.load_rc2_phantom(source)
     shape, _, _ = S.output_grid(anatomy, resolution)

@@ -8,7 +8,7 @@ Command (from the repository root; results in benchmarks/results_synth.md):
 Part 1 runs genChi (all augmentations on, sources in every sample) on the real COSMOS map
 (../shared/data/qsm2016, or $QSM_SHARED_DATA) when present, else on a synthetic 160^3 blob, and
 reports wall and CPU seconds per map (generation + gzip write). Part 2 makes `--patch-maps` maps,
-adds their fields (training_data.dipole.forward_field, not timed: that is step 2), then times
+adds their fields (daqsm.training_data.dipole.forward_field, not timed: that is step 2), then times
 genRDFPatchesSyn (64^3 patches, stride 64, brain threshold 0.2, lzf; plus the real local field as a
 target when present) and reports patches/s, file size and peak memory (max RSS of the child
 process). Each command runs as a child process so its peak memory is its own. Fixed seeds.
@@ -71,7 +71,7 @@ def add_fields(path: Path) -> float:
     """Append /field (ppm) to a genChi file as step 2 would (not part of the timings)."""
     import h5py
 
-    from training_data.dipole import forward_field
+    from daqsm.training_data.dipole import forward_field
 
     t0 = time.perf_counter()
     with h5py.File(path, "a") as h5:

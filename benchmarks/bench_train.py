@@ -2,7 +2,7 @@
 
 1. Training throughput (patches/s; a step = one source + one target batch, both counted) for
    64^3 patches and the default network (depth 4, base 16 filters, batch 2 per domain), with the
-   real HDF5 pipeline (network_model.data.patch_dataset, gzip chunks, one patch per read) vs the
+   real HDF5 pipeline (daqsm.network_model.data.patch_dataset, gzip chunks, one patch per read) vs the
    same steps on in-memory tensors. Target: ratio in-memory / HDF5 <= 1.15.
 2. Seconds per fine-tuning iteration on a 160^3 volume (default network, NDI + TV, dipole_pad auto),
    from the elapsed_s column of the fine-tuning loss log (first iteration, with tracing, excluded).
@@ -38,7 +38,7 @@ def ball(n, frac=0.4):
 def write_patches(path, count, n, seed=0):
     import h5py
 
-    from training_data.dipole import forward_field
+    from daqsm.training_data.dipole import forward_field
 
     rng = np.random.default_rng(seed)
     mask = np.repeat(ball(n, 0.45)[None].astype(np.float32), count, axis=0)
@@ -60,11 +60,11 @@ def write_patches(path, count, n, seed=0):
 def bench_throughput(steps, warmup, n=64, count=16, batch=2):
     import tensorflow as tf
 
-    from network_model.data import memory_dataset, patch_dataset, read_patch_group
-    from network_model.train_model.train import PretrainConfig, build_loss_fn
-    from network_model.training_loop import make_optimizer, make_train_step
-    from network_model.unet import DomainAdaptiveUNet
-    from training_data.dipole import dipole_operator_tf
+    from daqsm.network_model.data import memory_dataset, patch_dataset, read_patch_group
+    from daqsm.network_model.train_model.train import PretrainConfig, build_loss_fn
+    from daqsm.network_model.training_loop import make_optimizer, make_train_step
+    from daqsm.network_model.unet import DomainAdaptiveUNet
+    from daqsm.training_data.dipole import dipole_operator_tf
 
     tmp = tempfile.mkdtemp()
     path = os.path.join(tmp, "patches.h5")
@@ -97,10 +97,10 @@ def bench_throughput(steps, warmup, n=64, count=16, batch=2):
 
 def bench_finetune(iterations, n=160):
     from daqsm.tf_env import seed_everything
-    from network_model.model_finetune import train as finetune
-    from network_model.unet import build_target_model
-    from training_data.dipole import forward_field
-    from training_data.volume_io import write_volume
+    from daqsm.network_model.model_finetune import train as finetune
+    from daqsm.network_model.unet import build_target_model
+    from daqsm.training_data.dipole import forward_field
+    from daqsm.training_data.volume_io import write_volume
 
     tmp = tempfile.mkdtemp()
     rng = np.random.default_rng(1)

@@ -146,13 +146,13 @@ def _step(module_main, argv) -> None:
 
 def build_stages(args, size: FullSize, work: Path) -> tuple[list, object]:
     """The chain of the method's real setup, as stages; and the pre-training chunk function."""
-    import genRDFPatchesSyn
-    from evaluation import cli as evaluate
-    from network_model import infer
-    from network_model.model_finetune import train as finetune
-    from network_model.train_model import train as pretrain
-    from training_data import genChi, qsmFmapCal_gpu
-    from training_data.simulator import simulate
+    from daqsm.training_data import genRDFPatchesSyn
+    from daqsm.evaluation import cli as evaluate
+    from daqsm.network_model import infer
+    from daqsm.network_model.model_finetune import train as finetune
+    from daqsm.network_model.train_model import train as pretrain
+    from daqsm.training_data import genChi, qsmFmapCal_gpu
+    from daqsm.training_data.simulator import simulate
 
     if args.data:
         data = Path(args.data)
@@ -170,7 +170,7 @@ def build_stages(args, size: FullSize, work: Path) -> tuple[list, object]:
 
     def targets():
         if not args.data:
-            from evaluation.demo import write_builtin_source
+            from daqsm.evaluation.demo import write_builtin_source
 
             write_builtin_source(work / "source", size.resolution_mm, args.seed)
         _step(simulate.main, ["--source", target_source, "-o", work / "targets", "--resolution", size.resolution_mm,
@@ -243,7 +243,7 @@ def step_rate(log_csv: Path, after_step: int) -> float | None:
 
 def pretrain_total(patches: Path, size: FullSize) -> int:
     """Steps of `epochs` epochs, as train.py counts them (default val_fraction 0.1, seed 0)."""
-    from network_model.data import read_patch_group, split_indices
+    from daqsm.network_model.data import read_patch_group, split_indices
 
     source, target = read_patch_group(patches, "source"), read_patch_group(patches, "target")
     n_src = len(split_indices(source.count, 0.1, 0)[0])

@@ -60,7 +60,7 @@ def _volume(shape, seed: int = 0):
     """Smooth chi (ppm) in an ellipsoid mask and its field (ppm), float32."""
     from scipy.ndimage import gaussian_filter
 
-    from training_data.dipole import forward_field
+    from daqsm.training_data.dipole import forward_field
 
     rng = np.random.default_rng(seed)
     grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
@@ -83,11 +83,11 @@ def _median_time(fn, warmup: int, timed: int) -> float:
 def check_pretrain(size: CheckSize, precision: str) -> float:
     import tensorflow as tf
 
-    from network_model.precision import needs_loss_scale, precision_policy
-    from network_model.train_model.train import PretrainConfig, build_loss_fn
-    from network_model.training_loop import make_optimizer, make_train_step
-    from network_model.unet import DomainAdaptiveUNet
-    from training_data.dipole import dipole_operator_tf
+    from daqsm.network_model.precision import needs_loss_scale, precision_policy
+    from daqsm.network_model.train_model.train import PretrainConfig, build_loss_fn
+    from daqsm.network_model.training_loop import make_optimizer, make_train_step
+    from daqsm.network_model.unet import DomainAdaptiveUNet
+    from daqsm.training_data.dipole import dipole_operator_tf
 
     n = size.patch
     chi, field, mask = zip(*[_volume((n, n, n), seed) for seed in range(2)])
@@ -107,11 +107,11 @@ def check_pretrain(size: CheckSize, precision: str) -> float:
 def check_finetune(size: CheckSize, shape, precision: str) -> float:
     import tensorflow as tf
 
-    from network_model.losses import ndi_loss, tv_loss
-    from network_model.precision import needs_loss_scale, with_precision
-    from network_model.training_loop import make_optimizer, make_train_step
-    from network_model.unet import build_target_model
-    from training_data.dipole import dipole_operator_tf
+    from daqsm.network_model.losses import ndi_loss, tv_loss
+    from daqsm.network_model.precision import needs_loss_scale, with_precision
+    from daqsm.network_model.training_loop import make_optimizer, make_train_step
+    from daqsm.network_model.unet import build_target_model
+    from daqsm.training_data.dipole import dipole_operator_tf
 
     _, field, mask = _volume(shape)
     divisor = 2**size.depth
@@ -135,9 +135,9 @@ def check_finetune(size: CheckSize, shape, precision: str) -> float:
 
 
 def check_infer(size: CheckSize, precision: str) -> dict:
-    from network_model import tiling
-    from network_model.precision import with_precision
-    from network_model.unet import build_target_model
+    from daqsm.network_model import tiling
+    from daqsm.network_model.precision import with_precision
+    from daqsm.network_model.unet import build_target_model
 
     _, field, mask = _volume(size.grid_rc2)
     predict = tiling.keras_predictor(with_precision(build_target_model(size.depth, size.base_filters), precision))
@@ -150,9 +150,9 @@ def check_infer(size: CheckSize, precision: str) -> dict:
 
 def check_data_steps(size: CheckSize, workdir: Path) -> dict:
     """Steps 1-3 on the built-in phantom: seconds per map (steps 1, 2) and for the patch file (step 3)."""
-    import genRDFPatchesSyn
-    from evaluation.demo import write_builtin_source
-    from training_data import genChi, qsmFmapCal_gpu
+    from daqsm.training_data import genRDFPatchesSyn
+    from daqsm.evaluation.demo import write_builtin_source
+    from daqsm.training_data import genChi, qsmFmapCal_gpu
 
     chi_path, mask_path = write_builtin_source(workdir / "source", size.data_resolution_mm, 0)
     timings = {}

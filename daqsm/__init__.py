@@ -16,6 +16,8 @@ daqsm.api -> evaluation -> network_model -> training_data -> the modules below):
     errors.py   InputError and run_cli (one line on stderr, exit status 2)
     tf_env.py   TensorFlow import with the quiet/deterministic settings, seeding
     config.py   the one config layer of every command (dataclass < config file < options)
+    validate.py      numbers against their meaning (finite, positive, in range, integer)
+    output_lock.py   per-output locks (fcntl) and unique temp names
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import numpy as np
 
 def synthesize_maps(chi_ppm, mask, n_maps: int, seed: int = 0, voxel_size_mm=(1.0, 1.0, 1.0),
                     b0_dir=(0.0, 0.0, 1.0), **augment):
-    """Step 1: synthetic susceptibility maps from one source map (as `genChi.py`; training_data/synthesis.py).
+    """Step 1: synthetic susceptibility maps from one source map (as `genChi.py`; daqsm/training_data/synthesis.py).
 
     Args:
         chi_ppm: float32 (x, y, z) source susceptibility (e.g. COSMOS), ppm; 0 is used outside the mask.
@@ -29,8 +29,8 @@ def synthesize_maps(chi_ppm, mask, n_maps: int, seed: int = 0, voxel_size_mm=(1.
     Returns:
         (chi float32 (N, x, y, z) ppm, masks bool (N, x, y, z), list of N dicts of the drawn values).
     """
-    from training_data.synthesis import GenChiConfig, SourceMap, synthesize
-    from training_data.volume_io import check_mask
+    from daqsm.training_data.synthesis import GenChiConfig, SourceMap, synthesize
+    from daqsm.training_data.volume_io import check_mask
 
     chi_ppm = np.asarray(chi_ppm, np.float32)
     mask = check_mask(mask, "mask", chi_ppm, "chi_ppm")
@@ -43,7 +43,7 @@ def synthesize_maps(chi_ppm, mask, n_maps: int, seed: int = 0, voxel_size_mm=(1.
 
 def field_maps(chi_ppm, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), mask=None, pad="auto",
                demean: bool = False, keep_background: bool = False):
-    """Step 2: field maps by dipole convolution (as `qsmFmapCal_gpu.py`, training_data/fieldmaps.py; TensorFlow).
+    """Step 2: field maps by dipole convolution (as `qsmFmapCal_gpu.py`, daqsm/training_data/fieldmaps.py; TensorFlow).
 
     Args:
         chi_ppm: float32 (x, y, z) or (N, x, y, z) susceptibility, ppm.
@@ -54,7 +54,7 @@ def field_maps(chi_ppm, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), m
     Returns:
         float32 field in ppm, the shape of chi_ppm.
     """
-    from training_data.fieldmaps import FieldEngine, compute_field
+    from daqsm.training_data.fieldmaps import FieldEngine, compute_field
 
     chi_ppm = np.asarray(chi_ppm, np.float32)
     stack = chi_ppm if chi_ppm.ndim == 4 else chi_ppm[None]
@@ -69,7 +69,7 @@ def field_maps(chi_ppm, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), m
 def make_patches(source_fields, source_masks, source_chis, target_fields=(), target_masks=(), target_weights=None,
                  voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), target_b0_tesla=None, target_te_s=None,
                  **config) -> dict:
-    """Step 3: patches of source and target volumes (as `genRDFPatchesSyn.py`, without the file; training_data/patches.py).
+    """Step 3: patches of source and target volumes (as `genRDFPatchesSyn.py`, without the file; daqsm/training_data/patches.py).
 
     Args:
         source_fields, source_masks, source_chis: sequences (or (N, x, y, z) stacks) of source field
@@ -87,8 +87,8 @@ def make_patches(source_fields, source_masks, source_chis, target_fields=(), tar
     """
     import h5py
 
-    from training_data.patch_inputs import ArrayInputs, PatchVolume
-    from training_data.patches import PatchConfig, cut_patches
+    from daqsm.training_data.patch_inputs import ArrayInputs, PatchVolume
+    from daqsm.training_data.patches import PatchConfig, cut_patches
 
     vs, b0 = tuple(map(float, voxel_size_mm)), tuple(map(float, b0_dir))
     sources = ArrayInputs(PatchVolume(f"source[{i}]", f, m, c, vs, b0)
@@ -105,7 +105,7 @@ def make_patches(source_fields, source_masks, source_chis, target_fields=(), tar
 
 
 def _write_patches(path, patches: dict) -> str:
-    from training_data.formats.patch_h5 import write_patch_file
+    from daqsm.training_data.formats.patch_h5 import write_patch_file
 
     src, tgt = patches["source"], patches["target"]
     attrs = patches.get("attrs", {}).get("target", {})
@@ -137,10 +137,10 @@ def pretrain(patches: dict | None = None, patch_file=None, **config):
          log: list of dicts per step: loss, l1, ndi, tv, ...).
     """
     from daqsm.errors import InputError
-    from network_model.config import resolve_config
-    from network_model.model_info import load_model_file
-    from network_model.pretraining import PretrainConfig
-    from network_model.pretraining import pretrain as run_pretrain
+    from daqsm.network_model.config import resolve_config
+    from daqsm.network_model.model_info import load_model_file
+    from daqsm.network_model.pretraining import PretrainConfig
+    from daqsm.network_model.pretraining import pretrain as run_pretrain
 
     if (patches is None) == (patch_file is None):
         raise InputError("pretrain: give patches (make_patches' dict) or patch_file, one of them")
@@ -174,11 +174,11 @@ def finetune(model, field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0),
     import json
 
     from daqsm.errors import InputError
-    from network_model.config import resolve_config
-    from network_model.finetuning import FinetuneConfig, output_paths
-    from network_model.finetuning import finetune as run_finetune
-    from network_model.model_info import load_model_file, save_model_atomic
-    from training_data.volume_io import read_volume, write_volume
+    from daqsm.network_model.config import resolve_config
+    from daqsm.network_model.finetuning import FinetuneConfig, output_paths
+    from daqsm.network_model.finetuning import finetune as run_finetune
+    from daqsm.network_model.model_info import load_model_file, save_model_atomic
+    from daqsm.training_data.volume_io import read_volume, write_volume
 
     config.setdefault("progress", False)
     with tempfile.TemporaryDirectory(prefix="daqsm-finetune-") as tmp:
@@ -216,9 +216,9 @@ def infer(model, field_ppm, mask, tile=(96,), overlap=(32,), whole: bool = False
     Returns:
         float32 (x, y, z) chi in ppm, 0 outside the mask's box.
     """
-    from network_model.infer import predict_volume
-    from network_model.model_info import load_model_file, read_model_info, resolve_model_path, spatial_divisor
-    from training_data.volume_io import check_mask
+    from daqsm.network_model.infer import predict_volume
+    from daqsm.network_model.model_info import load_model_file, read_model_info, resolve_model_path, spatial_divisor
+    from daqsm.training_data.volume_io import check_mask
 
     info = {}
     if isinstance(model, (str, os.PathLike)):
@@ -232,7 +232,7 @@ def infer(model, field_ppm, mask, tile=(96,), overlap=(32,), whole: bool = False
 
 
 def metrics(chi_ppm, truth_ppm, segmentation, mask) -> dict:
-    """The eight RC2 metrics of a reconstruction (evaluation.metrics.rc2_metrics; no TensorFlow).
+    """The eight RC2 metrics of a reconstruction (daqsm.evaluation.metrics.rc2_metrics; no TensorFlow).
 
     Args:
         chi_ppm, truth_ppm: float (x, y, z) in ppm; segmentation: int (x, y, z) RC2 labels or None;
@@ -241,6 +241,6 @@ def metrics(chi_ppm, truth_ppm, segmentation, mask) -> dict:
     Returns:
         {row: value} in the RC2 order (rmse, rmse_detrend, ..., calcification streaking).
     """
-    from evaluation.metrics import rc2_metrics
+    from daqsm.evaluation.metrics import rc2_metrics
 
     return dict(rc2_metrics(chi_ppm, truth_ppm, segmentation, mask).values)

@@ -22,7 +22,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """The tiny demo (`python -m evaluation.demo --size tiny --seed 0`) run once in a fresh process."""
+    """The tiny demo (`python -m daqsm.evaluation.demo --size tiny --seed 0`) run once in a fresh process."""
     from tests.golden.generate import finish, run_tiny
 
     out = tmp_path_factory.mktemp("tiny_demo") / "run1"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.network_model.synthetic import ball_mask, smooth_chi
-from training_data.volume_io import read_volume, write_volume
+from daqsm.training_data.volume_io import read_volume, write_volume
 
 N = 16
 VOXEL = (1.0, 1.0, 1.25)  # exact in a NIfTI header (float32), so command and API see the same geometry
@@ -35,7 +35,7 @@ def arrays():
 
 def test_step1_synthesize_maps_matches_genchi(arrays, tmp_path):
     import daqsm
-    from training_data import genChi
+    from daqsm.training_data import genChi
 
     write_volume(tmp_path / "chi.nii.gz", arrays["chi"], AFFINE)
     write_volume(tmp_path / "mask.nii.gz", arrays["mask"], AFFINE)
@@ -51,7 +51,7 @@ def test_step1_synthesize_maps_matches_genchi(arrays, tmp_path):
 def test_step2_field_maps_matches_command(arrays, tmp_path):
     pytest.importorskip("tensorflow")
     import daqsm
-    from training_data import qsmFmapCal_gpu
+    from daqsm.training_data import qsmFmapCal_gpu
 
     write_volume(tmp_path / "chi.nii.gz", arrays["chi"], AFFINE)
     write_volume(tmp_path / "mask.nii.gz", arrays["mask"], AFFINE)
@@ -65,8 +65,8 @@ def test_step2_field_maps_matches_command(arrays, tmp_path):
 
 def test_step3_make_patches_matches_command(arrays, tmp_path):
     import daqsm
-    import genRDFPatchesSyn
-    from training_data.dipole import forward_field
+    from daqsm.training_data import genRDFPatchesSyn
+    from daqsm.training_data.dipole import forward_field
 
     field = (forward_field(arrays["chi"], VOXEL) * arrays["mask"]).astype(np.float32)
     for name, data in (("chi", arrays["chi"]), ("mask", arrays["mask"]), ("field", field)):
@@ -90,7 +90,7 @@ def trained(tmp_path_factory):
     """A tiny patch set, and step 4 run through the command and through the API."""
     pytest.importorskip("tensorflow")
     import daqsm
-    from network_model.train_model import train
+    from daqsm.network_model.train_model import train
     from tests.network_model.synthetic import make_patch_file
 
     root = tmp_path_factory.mktemp("api")
@@ -115,9 +115,9 @@ def test_step4_pretrain_matches_command(trained):
 
 def test_infer_and_finetune_match_commands(trained, tmp_path):
     import daqsm
-    from network_model import infer
-    from network_model.model_finetune import train as finetune_cmd
-    from training_data.dipole import forward_field
+    from daqsm.network_model import infer
+    from daqsm.network_model.model_finetune import train as finetune_cmd
+    from daqsm.training_data.dipole import forward_field
 
     root, _, _ = trained
     model_path = root / "run" / "target_model.keras"
@@ -143,7 +143,7 @@ def test_infer_and_finetune_match_commands(trained, tmp_path):
 
 def test_metrics_matches_evaluation():
     import daqsm
-    from evaluation.metrics import rc2_metrics
+    from daqsm.evaluation.metrics import rc2_metrics
 
     rng = np.random.default_rng(2)
     truth = smooth_chi(N, 3)

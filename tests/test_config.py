@@ -23,14 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _commands():
-    import genRDFPatchesSyn
-    from evaluation import baselines, demo, figures
-    from evaluation import cli as evaluate
-    from network_model import export, infer
-    from network_model.model_finetune import train as finetune
-    from network_model.train_model import train as pretrain
-    from training_data import genChi, input_check, qsmFmapCal_gpu
-    from training_data.simulator import simulate
+    from daqsm.training_data import genRDFPatchesSyn
+    from daqsm.evaluation import baselines, demo, figures
+    from daqsm.evaluation import cli as evaluate
+    from daqsm.network_model import export, infer
+    from daqsm.network_model.model_finetune import train as finetune
+    from daqsm.network_model.train_model import train as pretrain
+    from daqsm.training_data import genChi, input_check, qsmFmapCal_gpu
+    from daqsm.training_data.simulator import simulate
 
     # (module, config class, argv every parse needs)
     return {
@@ -122,7 +122,7 @@ def test_every_option_resolves(command, key, tmp_path):
 
 
 def test_old_boolean_and_name_spellings():
-    from network_model.model_finetune import train as finetune
+    from daqsm.network_model.model_finetune import train as finetune
 
     parser = finetune.build_parser()
     cfg = resolve_config(finetune.FinetuneConfig, None, vars(parser.parse_args(
@@ -233,7 +233,7 @@ def test_any_boolean_option_takes_true_false_before_a_positional(command):
 
 
 def test_true_false_words_stay_values_of_options_that_take_values():
-    from evaluation import figures
+    from daqsm.evaluation import figures
 
     args = figures.build_parser().parse_args(["losses", "--title", "true", "log.csv"])
     assert (args.title, args.positional_log) == ("true", "log.csv")

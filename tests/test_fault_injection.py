@@ -24,20 +24,20 @@ import numpy as np
 import pytest
 
 from tests.network_model.synthetic import ball_mask, make_patch_file, smooth_chi
-from training_data.volume_io import write_volume
+from daqsm.training_data.volume_io import write_volume
 
 N = 16
 
 
 def _commands():
-    import genRDFPatchesSyn
-    from evaluation import baselines, demo, figures
-    from evaluation import cli as evaluate
-    from network_model import export, infer
-    from network_model.model_finetune import train as finetune
-    from network_model.train_model import train as pretrain
-    from training_data import genChi, input_check, qsmFmapCal_gpu
-    from training_data.simulator import simulate
+    from daqsm.training_data import genRDFPatchesSyn
+    from daqsm.evaluation import baselines, demo, figures
+    from daqsm.evaluation import cli as evaluate
+    from daqsm.network_model import export, infer
+    from daqsm.network_model.model_finetune import train as finetune
+    from daqsm.network_model.train_model import train as pretrain
+    from daqsm.training_data import genChi, input_check, qsmFmapCal_gpu
+    from daqsm.training_data.simulator import simulate
 
     return {"simulate": simulate.main, "genchi": genChi.main, "fieldmap": qsmFmapCal_gpu.main,
             "patches": genRDFPatchesSyn.main, "train": pretrain.main, "finetune": finetune.main,
@@ -54,7 +54,7 @@ def inputs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("inputs")
     mask = ball_mask(N).astype(np.uint8)
     chi = smooth_chi(N, 1)
-    from training_data.dipole import forward_field
+    from daqsm.training_data.dipole import forward_field
 
     field = (forward_field(chi) * mask).astype(np.float32)
     write_volume(root / "chi.nii.gz", chi)
@@ -478,7 +478,7 @@ def test_every_console_script_is_in_the_table():
 def test_case_json_te_as_one_number_is_one_echo(inputs, tmp_path):
     import h5py
 
-    import genRDFPatchesSyn
+    from daqsm.training_data import genRDFPatchesSyn
 
     out = tmp_path / "p.h5"
     assert genRDFPatchesSyn.main(["--source", str(inputs / "step1.h5"), "--patch-size", "16", "16", "16", "--quiet",
@@ -489,7 +489,7 @@ def test_case_json_te_as_one_number_is_one_echo(inputs, tmp_path):
 
 
 def test_genchi_overwrite_keeps_files_it_did_not_write(inputs, tmp_path):
-    from training_data import genChi
+    from daqsm.training_data import genChi
 
     out = tmp_path / "maps"
     argv = [str(inputs / "chi.nii.gz"), "--mask", str(inputs / "mask.nii.gz"), "--elastic-alpha", "0",
@@ -505,7 +505,7 @@ def test_genchi_overwrite_keeps_files_it_did_not_write(inputs, tmp_path):
 
 
 def test_rejected_run_leaves_the_run_config_as_it_was(inputs, tmp_path, capsys):
-    from network_model.train_model import train as pretrain
+    from daqsm.network_model.train_model import train as pretrain
 
     run = tmp_path / "run"
     run.mkdir()
@@ -518,7 +518,7 @@ def test_rejected_run_leaves_the_run_config_as_it_was(inputs, tmp_path, capsys):
 
 
 def test_nan_weights_after_the_last_update_export_nothing(inputs, tmp_path, capsys):
-    from network_model.train_model import train as pretrain
+    from daqsm.network_model.train_model import train as pretrain
 
     run = tmp_path / "run"
     # float32(1e39) is inf: the one update makes the weights NaN/Inf while the loss before it was finite
@@ -536,7 +536,7 @@ def test_nan_validation_loss_stops_the_run(tmp_path):
 
     import tensorflow as tf
 
-    from network_model.training_loop import LossLog, run_loop
+    from daqsm.network_model.training_loop import LossLog, run_loop
 
     result = run_loop(lambda _batch: {"loss": tf.constant(1.0)}, itertools.repeat(None),
                       tf.Variable(0, dtype=tf.int64), 5, LossLog(str(tmp_path / "log.csv")),
@@ -547,7 +547,7 @@ def test_nan_validation_loss_stops_the_run(tmp_path):
 def test_nonfinite_weights_or_validation_are_not_exported():
     import keras
 
-    from network_model.pretraining import nonfinite_reason
+    from daqsm.network_model.pretraining import nonfinite_reason
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     assert nonfinite_reason(model, {"loss": 1.0, "val_loss": 0.5}) is None
@@ -557,7 +557,7 @@ def test_nonfinite_weights_or_validation_are_not_exported():
 
 
 def test_folder_reader_skips_hidden_temp_files(inputs, tmp_path, capsys):
-    from training_data import qsmFmapCal_gpu
+    from daqsm.training_data import qsmFmapCal_gpu
 
     folder = tmp_path / "maps"
     folder.mkdir()
@@ -649,9 +649,9 @@ def test_kill_9_leaves_no_output_and_the_rerun_cleans_up(step, inputs, tmp_path)
     out_dir.mkdir()
     out = out_dir / ("x.h5")
     module, argv = {
-        "genchi": ("training_data.genChi", [inputs / "chi.nii.gz", "--mask", inputs / "mask.nii.gz", "-n", "2000",
+        "genchi": ("daqsm.training_data.genChi", [inputs / "chi.nii.gz", "--mask", inputs / "mask.nii.gz", "-n", "2000",
                                             "--quiet", "-o", out]),
-        "fieldmap": ("training_data.qsmFmapCal_gpu", [many, "-o", out]),
+        "fieldmap": ("daqsm.training_data.qsmFmapCal_gpu", [many, "-o", out]),
         "patches": ("genRDFPatchesSyn", ["--source", many, "--patch-size", "8", "8", "8", "--stride", "2", "2", "2",
                                          "--quiet", "-o", out])}[step]
     _kill_when_temp_appears(_main_code(module, argv), out_dir)
@@ -667,8 +667,8 @@ def test_kill_9_leaves_no_output_and_the_rerun_cleans_up(step, inputs, tmp_path)
 def test_kill_9_finetune_then_rerun_completes_the_set(inputs, tmp_path):
     import keras
 
-    from network_model.model_finetune import train as finetune
-    from network_model.unet import build_target_model
+    from daqsm.network_model.model_finetune import train as finetune
+    from daqsm.network_model.unet import build_target_model
 
     keras.utils.set_random_seed(0)
     build_target_model(depth=1, base_filters=2).save(tmp_path / "pre.keras")
@@ -676,7 +676,7 @@ def test_kill_9_finetune_then_rerun_completes_the_set(inputs, tmp_path):
     out_dir.mkdir()
     argv = ["--model", tmp_path / "pre.keras", "--field", inputs / "field.nii.gz", "--mask", inputs / "mask.nii.gz",
             "--b0", "3", "--te", "0.02", "--progress", "false", "-o", out_dir / "q.nii.gz"]
-    _kill_when_temp_appears(_main_code("network_model.model_finetune.train", argv + ["--iterations", "100000",
+    _kill_when_temp_appears(_main_code("daqsm.network_model.model_finetune.train", argv + ["--iterations", "100000",
                                                                                       "--convergence_tol", "0",
                                                                                       "--tau", "0"]), out_dir)
     assert not (out_dir / "q.nii.gz").exists()

@@ -24,7 +24,7 @@ import math
 import numpy as np
 import pytest
 
-from evaluation.metrics import RC2_ROWS
+from daqsm.evaluation.metrics import RC2_ROWS
 from tests.golden import compare as golden_compare
 from tests.golden.generate import PACKAGES, load_golden, package_versions, summarise
 
@@ -51,10 +51,10 @@ def test_tiny_demo_writes_the_resolved_config_beside_each_output(tiny_run):
     """demo, simulate, genchi and fieldmap each leave their resolved options (every field) beside their output."""
     import dataclasses
 
-    from evaluation.demo import DemoConfig
-    from training_data.qsmFmapCal_gpu import FieldmapConfig
-    from training_data.simulator.simulate import SimulateConfig
-    from training_data.synthesis import GenChiConfig
+    from daqsm.evaluation.demo import DemoConfig
+    from daqsm.training_data.qsmFmapCal_gpu import FieldmapConfig
+    from daqsm.training_data.simulator.simulate import SimulateConfig
+    from daqsm.training_data.synthesis import GenChiConfig
 
     expected = {"demo_config.json": (DemoConfig, {"size": "tiny", "seed": 0, "output": str(tiny_run)}),
                 "targets/simulate_config.json": (SimulateConfig, {"source": "builtin", "resolution": 6.0,

@@ -1,46 +1,11 @@
-"""Step 4 — domain-adaptive pre-training: patch HDF5 (ppm) -> DSBN U-Net -> target model (.keras).
+"""Step 4: domain-adaptive pre-training (DSBN U-Net, L1 + NDI + TV) -> target model .keras.
 
-The step itself (losses, run folder, checkpoints, resume) is network_model/pretraining.py; this
-script parses the options (network_model/pretraining.PretrainConfig, one `--key` per field, or a
-`--config` file) and calls it. From Python on arrays: `daqsm.pretrain`.
-
-Usage:
-    python network_model/train_model/train.py --datasets_path patches.h5 --run_dir runs/pre
-    python network_model/train_model/train.py --config pretrain.yaml --batch_size 4
+Launcher at the original method's path; the code is `daqsm.network_model.train_model.train` in the installed package
+(`pip install -e .`), also the console command `daqsm-train`.
 """
-from __future__ import annotations
-
-import argparse
-import os
 import sys
 
-if __package__ in (None, ""):  # run as a file: make the repository importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from daqsm.config import ArgumentParser  # noqa: E402
-from daqsm.errors import run_cli  # noqa: E402
-from network_model.config import add_config_arguments, resolve_config  # noqa: E402
-from network_model.pretraining import PROG, PretrainConfig, build_loss_fn, pretrain  # noqa: E402, F401
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from network_model import pretraining
-
-    parser = ArgumentParser(prog="train.py", description=pretraining.__doc__.split("\n\n")[0],
-                                     epilog=pretraining.__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, PretrainConfig)
-    return parser
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_cli(lambda: pretrain(resolve_config(PretrainConfig, args)), PROG)
-
-
-def cli() -> None:
-    sys.exit(main())
-
+from daqsm.network_model.train_model.train import cli
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

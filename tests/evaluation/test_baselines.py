@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation import baselines as B
-from evaluation.metrics import nrmse_pair
-from training_data.dipole import dipole_kernel, forward_field
-from training_data.volume_io import read_volume, write_volume
+from daqsm.evaluation import baselines as B
+from daqsm.evaluation.metrics import nrmse_pair
+from daqsm.training_data.dipole import dipole_kernel, forward_field
+from daqsm.training_data.volume_io import read_volume, write_volume
 
 N = 32
 
@@ -191,7 +191,7 @@ def test_command_bad_inputs_exit_2(tmp_path, capsys):
 @pytest.mark.realdata
 def test_direct_inversions_on_2016_data(shared_data):
     """Regression on the 2016 challenge data (benchmarks/results_baselines.md: TKD 110.6 %, L2 81.3 %)."""
-    from evaluation.metrics import nrmse_2016
+    from daqsm.evaluation.metrics import nrmse_2016
 
     folder = shared_data / "qsm2016"
     field = read_volume(folder / "phs_tissue.nii.gz")

@@ -1,4 +1,4 @@
-"""`python -m evaluation`: several columns, case folders, config files, and bad input -> exit 2."""
+"""`python -m daqsm.evaluation`: several columns, case folders, config files, and bad input -> exit 2."""
 from __future__ import annotations
 
 import json
@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from evaluation import metrics
-from evaluation.__main__ import main
+from daqsm.evaluation import metrics
+from daqsm.evaluation.__main__ import main
 from tests.evaluation.test_metrics import _case
-from training_data.volume_io import write_volume
+from daqsm.training_data.volume_io import write_volume
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from evaluation import figures
+from daqsm.evaluation import figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -106,8 +106,8 @@ def test_colour_window_is_symmetric_percentile_of_truth_inside_mask():
 
 
 def test_module_runs_without_tensorflow(volumes, tmp_path):
-    """`python -m evaluation.figures` must not import TensorFlow (fast, and usable without it)."""
-    code = ("import sys; from evaluation import figures; "
+    """`python -m daqsm.evaluation.figures` must not import TensorFlow (fast, and usable without it)."""
+    code = ("import sys; from daqsm.evaluation import figures; "
             f"rc = figures.main(['slices', '--recon', {volumes['recon']!r}, '--truth', {volumes['truth']!r}, "
             f"'-o', {str(tmp_path / 'x.png')!r}]); assert 'tensorflow' not in sys.modules; sys.exit(rc)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from daqsm.errors import InputError
-from evaluation import metrics
+from daqsm.evaluation import metrics
 
 
 def _case(shape=(32, 32, 32), seed=0, with_calc=True):

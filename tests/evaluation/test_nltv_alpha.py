@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation import baselines as B
-from evaluation import nltv_alpha as A
-from evaluation.metrics import nrmse_pair
+from daqsm.evaluation import baselines as B
+from daqsm.evaluation import nltv_alpha as A
+from daqsm.evaluation.metrics import nrmse_pair
 from tests.evaluation.test_baselines import phantom
-from training_data.dipole import forward_field
-from training_data.volume_io import read_volume, write_volume
+from daqsm.training_data.dipole import forward_field
+from daqsm.training_data.volume_io import read_volume, write_volume
 
 
 def noisy_phantom(sigma_ppm: float, seed: int = 0):

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from daqsm.errors import InputError
-from evaluation import tables
+from daqsm.evaluation import tables
 
 
 def _table():

@@ -3,7 +3,7 @@
 Regenerate after an intended change (and say why in the commit):
     python tests/golden/generate.py
 
-It runs `python -m evaluation.demo --size tiny --seed 0` (built-in phantom at 6 mm, 2 synthetic
+It runs `python -m daqsm.evaluation.demo --size tiny --seed 0` (built-in phantom at 6 mm, 2 synthetic
 maps, 16^3 patches, a depth-2 network, 3 pre-training steps, 3 fine-tuning iterations) in a fresh
 process into a temporary folder and writes, beside this file:
 
@@ -57,7 +57,7 @@ def run_tiny(out_dir, env: dict | None = None, python: str | None = None) -> sub
     """
     out_dir = Path(out_dir)
     log = open(str(out_dir) + ".log", "w", encoding="utf-8")
-    cmd = [python or sys.executable, "-m", "evaluation.demo", "-o", str(out_dir), *DEMO_ARGS]
+    cmd = [python or sys.executable, "-m", "daqsm.evaluation.demo", "-o", str(out_dir), *DEMO_ARGS]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
     proc.log_path = log.name
     log.close()
@@ -120,7 +120,7 @@ def summarise(out_dir) -> tuple[dict, dict]:
     """Summary arrays of every step's output and the fine-tuned table of a tiny demo run."""
     import h5py
 
-    from training_data.volume_io import read_volume
+    from daqsm.training_data.volume_io import read_volume
 
     out_dir = Path(out_dir)
     summary = {}

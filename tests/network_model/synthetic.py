@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from training_data.dipole import forward_field
+from daqsm.training_data.dipole import forward_field
 
 
 def ball_mask(n: int, radius_fraction: float = 0.4) -> np.ndarray:
@@ -24,7 +24,7 @@ def smooth_chi(n: int, seed: int, amplitude_ppm: float = 0.1) -> np.ndarray:
 
 def make_patch_file(path, count: int = 6, n: int = 16, seed: int = 0, b0_tesla=3.0, te_s=0.02) -> str:
     """Contract-2 patch HDF5 with `count` source and target patches of n^3 voxels."""
-    from network_model.data import write_patch_file
+    from daqsm.network_model.data import write_patch_file
 
     mask = ball_mask(n)
     src_chi = np.stack([smooth_chi(n, seed + i) for i in range(count)])

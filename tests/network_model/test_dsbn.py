@@ -7,7 +7,7 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from network_model.dsbn import DomainSpecificBatchNormalization  # noqa: E402
+from daqsm.network_model.dsbn import DomainSpecificBatchNormalization  # noqa: E402
 
 
 def _data(mean, seed, shape=(4, 4, 4, 4, 3)):

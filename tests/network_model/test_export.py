@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from network_model import export  # noqa: E402
+from daqsm.network_model import export  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def ort():
 def model_file(tmp_path_factory, ort):
     import keras
 
-    from network_model.unet import build_target_model
+    from daqsm.network_model.unet import build_target_model
 
     keras.utils.set_random_seed(5)
     model = build_target_model(depth=2, base_filters=4)

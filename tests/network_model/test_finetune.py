@@ -8,11 +8,11 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from network_model.model_finetune import train as finetune  # noqa: E402
+from daqsm.network_model.model_finetune import train as finetune  # noqa: E402
 from tests.network_model.synthetic import smooth_chi  # noqa: E402
-from training_data.dipole import forward_field  # noqa: E402
-from training_data.units import hz_per_ppm  # noqa: E402
-from training_data.volume_io import read_volume, write_volume  # noqa: E402
+from daqsm.training_data.dipole import forward_field  # noqa: E402
+from daqsm.training_data.units import hz_per_ppm  # noqa: E402
+from daqsm.training_data.volume_io import read_volume, write_volume  # noqa: E402
 
 SHAPE = (18, 20, 22)  # not divisible by 2**depth: exercises the padding
 AFFINE = np.array([[0.9, 0.0, 0.0, -10.0], [0.0, 1.1, 0.1, 5.0], [0.0, -0.1, 1.1, 2.0], [0, 0, 0, 1]])
@@ -33,7 +33,7 @@ def _phantom():
 def case(tmp_path_factory):
     import keras
 
-    from network_model.unet import build_target_model
+    from daqsm.network_model.unet import build_target_model
 
     root = tmp_path_factory.mktemp("ft")
     chi, field, mask = _phantom()
@@ -130,8 +130,8 @@ def test_padding_is_centred():
 def test_case_folder_weight_and_phase(case, tmp_path):
     import json
 
-    from network_model.target_data import load_case
-    from training_data.units import rad_per_ppm
+    from daqsm.network_model.target_data import load_case
+    from daqsm.training_data.units import rad_per_ppm
 
     _, field, mask = _phantom()
     folder = tmp_path / "Sim1Snr1"
@@ -164,7 +164,7 @@ def test_every_field_is_a_cli_option():
 
 
 def test_boolean_options_work_as_bare_flags():
-    from network_model.config import resolve_config
+    from daqsm.network_model.config import resolve_config
 
     parser = finetune.build_parser()
     bare = resolve_config(finetune.FinetuneConfig, parser.parse_args(["--overwrite", "--progress", "false"]))

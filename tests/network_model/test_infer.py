@@ -13,10 +13,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from network_model import infer
-from network_model.model_info import write_model_info
-from training_data.dipole import forward_field
-from training_data.units import hz_per_ppm
+from daqsm.network_model import infer
+from daqsm.network_model.model_info import write_model_info
+from daqsm.training_data.dipole import forward_field
+from daqsm.training_data.units import hz_per_ppm
 
 SHAPE = (50, 46, 48)  # 50 and 46 are not multiples of 4: padding is exercised
 AFFINE = np.array([[1.0, 0, 0, -20], [0, 1.2, 0, -30], [0, 0, 0.9, -10], [0, 0, 0, 1]])

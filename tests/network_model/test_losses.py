@@ -6,9 +6,9 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from network_model.losses import NDI_REFERENCE_RAD_PER_PPM, l1_loss, ndi_loss, tv_loss  # noqa: E402
-from training_data.dipole import dipole_operator_tf, forward_field  # noqa: E402
-from training_data.units import rad_per_ppm  # noqa: E402
+from daqsm.network_model.losses import NDI_REFERENCE_RAD_PER_PPM, l1_loss, ndi_loss, tv_loss  # noqa: E402
+from daqsm.training_data.dipole import dipole_operator_tf, forward_field  # noqa: E402
+from daqsm.training_data.units import rad_per_ppm  # noqa: E402
 
 
 def _vol(a):

@@ -32,7 +32,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from network_model.train_model import train  # noqa: E402
+from daqsm.network_model.train_model import train  # noqa: E402
 from tests.network_model.synthetic import make_patch_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,10 +6,10 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from network_model.losses import ndi_loss  # noqa: E402
+from daqsm.network_model.losses import ndi_loss  # noqa: E402
 from tests.network_model.synthetic import ball_mask, smooth_chi  # noqa: E402
-from training_data.dipole import dipole_operator_tf, forward_field  # noqa: E402
-from training_data.patches import extract_patch, grid_origins  # noqa: E402
+from daqsm.training_data.dipole import dipole_operator_tf, forward_field  # noqa: E402
+from daqsm.training_data.patches import extract_patch, grid_origins  # noqa: E402
 
 
 def true_chi_ndi(chi, field, mask, crop: int, pad: str = "none") -> float:

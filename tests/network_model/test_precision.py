@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from daqsm.errors import InputError  # noqa: E402
-from network_model.precision import PRECISIONS, check_precision, precision_policy, with_precision  # noqa: E402
+from daqsm.network_model.precision import PRECISIONS, check_precision, precision_policy, with_precision  # noqa: E402
 from tests.network_model.synthetic import ball_mask, make_patch_file, smooth_chi  # noqa: E402
 
 STEP_RTOL = 5e-3
@@ -29,7 +29,7 @@ N = 16
 def _batch():
     import tensorflow as tf
 
-    from training_data.dipole import forward_field
+    from daqsm.training_data.dipole import forward_field
 
     mask = np.stack([ball_mask(N)] * 2)[..., None]
     chi = np.stack([smooth_chi(N, 1), smooth_chi(N, 2)])[..., None]
@@ -42,10 +42,10 @@ def _one_step(precision: str, weights=None, loss_scale: bool = False):
     """Loss terms of one pre-training step and the loss after it; the weights used."""
     import tensorflow as tf
 
-    from network_model.train_model.train import PretrainConfig, build_loss_fn
-    from network_model.training_loop import make_optimizer, make_train_step
-    from network_model.unet import DomainAdaptiveUNet
-    from training_data.dipole import dipole_operator_tf
+    from daqsm.network_model.train_model.train import PretrainConfig, build_loss_fn
+    from daqsm.network_model.training_loop import make_optimizer, make_train_step
+    from daqsm.network_model.unet import DomainAdaptiveUNet
+    from daqsm.training_data.dipole import dipole_operator_tf
 
     with precision_policy(precision):
         model = DomainAdaptiveUNet(2, 4).build_for()
@@ -88,7 +88,7 @@ def test_loss_scaling_gives_the_unscaled_update():
 def test_pretrain_bfloat16_exports_a_float32_model(tmp_path):
     import keras
 
-    from network_model.train_model import train
+    from daqsm.network_model.train_model import train
 
     patches = make_patch_file(tmp_path / "p.h5", count=4, n=8)
     run = tmp_path / "run"
@@ -120,7 +120,7 @@ def test_precision_names():
 def test_float16_without_gpu_is_one_line(tmp_path, capsys):
     import tensorflow as tf
 
-    from network_model.train_model import train
+    from daqsm.network_model.train_model import train
 
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("a GPU is present: float16 runs there")
@@ -134,11 +134,11 @@ def test_float16_without_gpu_is_one_line(tmp_path, capsys):
 def test_finetune_and_infer_in_bfloat16(tmp_path):
     import keras
 
-    from network_model import infer
-    from network_model.model_finetune import train as finetune
-    from network_model.unet import build_target_model
-    from training_data.dipole import forward_field
-    from training_data.volume_io import read_volume, write_volume
+    from daqsm.network_model import infer
+    from daqsm.network_model.model_finetune import train as finetune
+    from daqsm.network_model.unet import build_target_model
+    from daqsm.training_data.dipole import forward_field
+    from daqsm.training_data.volume_io import read_volume, write_volume
 
     mask = ball_mask(N).astype(np.uint8)
     field = (forward_field(smooth_chi(N, 4), pad="auto") * mask).astype(np.float32)

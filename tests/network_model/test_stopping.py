@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from network_model.stopping import StoppingRule, noise_energy
+from daqsm.network_model.stopping import StoppingRule, noise_energy
 from tests.network_model.synthetic import ball_mask, smooth_chi
-from training_data.dipole import forward_field
-from training_data.noise import estimate_noise_ppm
-from training_data.units import rad_per_ppm
+from daqsm.training_data.dipole import forward_field
+from daqsm.training_data.noise import estimate_noise_ppm
+from daqsm.training_data.units import rad_per_ppm
 
 
 def _noisy_field(n=40, sigma=0.004, seed=0, weight=None):
@@ -60,9 +60,9 @@ def test_finetuning_stops_where_the_residual_meets_the_noise(tmp_path):
     pytest.importorskip("tensorflow")
     import keras
 
-    from network_model.model_finetune import train as finetune
-    from network_model.unet import build_target_model
-    from training_data.volume_io import write_volume
+    from daqsm.network_model.model_finetune import train as finetune
+    from daqsm.network_model.unet import build_target_model
+    from daqsm.training_data.volume_io import write_volume
 
     sigma = 0.004
     field, mask, _, _ = _noisy_field(n=24, sigma=sigma, seed=4)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from daqsm.errors import InputError
-from network_model import tiling
+from daqsm.network_model import tiling
 
 
 def identity(field_batch, mask_batch):

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from network_model.train_model import train  # noqa: E402
+from daqsm.network_model.train_model import train  # noqa: E402
 from tests.network_model.synthetic import make_patch_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,7 +96,7 @@ def test_config_file_and_unknown_key(patches, tmp_path, capsys):
     cfg.write_text("datasets_path: nothere.h5\nbase_filter: 8\n")
     assert train.main(["--config", str(cfg)]) == 2
     assert "unknown key 'base_filter' (did you mean 'base_filters'?)" in capsys.readouterr().err
-    from network_model.config import resolve_config
+    from daqsm.network_model.config import resolve_config
 
     cfg.write_text(f"datasets_path: {patches}\nbase_filters: 8\nlearning_rate: 1e-3\n")
     args = train.build_parser().parse_args(["--config", str(cfg), "--base_filters", "6"])
@@ -119,12 +119,12 @@ MIRRORED = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from network_model.train_model.train import PretrainConfig, build_loss_fn
-    from network_model.training_loop import make_strategy, make_optimizer, make_train_step
-    from network_model.unet import DomainAdaptiveUNet
-    from training_data.dipole import dipole_operator_tf
+    from daqsm.network_model.train_model.train import PretrainConfig, build_loss_fn
+    from daqsm.network_model.training_loop import make_strategy, make_optimizer, make_train_step
+    from daqsm.network_model.unet import DomainAdaptiveUNet
+    from daqsm.training_data.dipole import dipole_operator_tf
     from tests.network_model.synthetic import ball_mask, smooth_chi
-    from training_data.dipole import forward_field
+    from daqsm.training_data.dipole import forward_field
     cfg = PretrainConfig(depth=2, base_filters=2)
     n = 8
     mask = np.stack([ball_mask(n)] * 2)[..., None]

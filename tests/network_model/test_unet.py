@@ -6,9 +6,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from network_model.unet import DomainAdaptiveUNet, build_target_model, describe_target_model, export_target_model  # noqa: E402
+from daqsm.network_model.unet import DomainAdaptiveUNet, build_target_model, describe_target_model, export_target_model  # noqa: E402
 from tests.network_model.synthetic import ball_mask, smooth_chi  # noqa: E402
-from training_data.dipole import forward_field  # noqa: E402
+from daqsm.training_data.dipole import forward_field  # noqa: E402
 
 
 def _conv_params(cin, cout, k=3):

@@ -8,7 +8,7 @@ import pytest
 import scipy.ndimage as ndi
 
 from daqsm.errors import InputError
-from training_data.augment import (
+from daqsm.training_data.augment import (
     CONTRAST_FAMILIES,
     AugmentParams,
     add_sources,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from daqsm.errors import InputError
-from training_data.dipole import dipole_kernel, fft_shape, forward_field, forward_field_tf
+from daqsm.training_data.dipole import dipole_kernel, fft_shape, forward_field, forward_field_tf
 
 
 def sphere(n, radius_mm, voxel_size_mm=(1.0, 1.0, 1.0), supersample=3):

@@ -8,9 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from training_data import qsmFmapCal_gpu
-from training_data.dipole import forward_field
-from training_data.volume_io import read_volume, write_volume
+from daqsm.training_data import qsmFmapCal_gpu
+from daqsm.training_data.dipole import forward_field
+from daqsm.training_data.volume_io import read_volume, write_volume
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""One home per file format (training_data/formats): each writer's output read back by its reader."""
+"""One home per file format (daqsm/training_data/formats): each writer's output read back by its reader."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from daqsm.errors import InputError
-from training_data.formats import case_folder, chi_folder, chi_h5, field_h5, patch_h5
+from daqsm.training_data.formats import case_folder, chi_folder, chi_h5, field_h5, patch_h5
 
 
 def _case_arrays(n_echoes=4):
@@ -47,8 +47,8 @@ def test_single_echo_case_weights_by_that_echo(tmp_path):
 
 
 def test_the_three_case_readers_agree(tmp_path):
-    from network_model.target_data import load_case
-    from training_data.patch_inputs import TargetInputs
+    from daqsm.network_model.target_data import load_case
+    from daqsm.training_data.patch_inputs import TargetInputs
 
     arrays = _case_arrays()
     folder = case_folder.write_case(tmp_path / "c", arrays, {"b0_tesla": 3.0}, np.eye(4))  # no te_s
@@ -71,9 +71,9 @@ def test_chi_and_field_h5_round_trip(tmp_path):
 
 def test_chi_folder_round_trip_and_its_readers(tmp_path):
     """The step-1 NIfTI folder: written by formats/chi_folder.py, read back by step 3 and by step 2."""
-    from training_data.fieldmaps import iter_chi_maps
-    from training_data.patch_inputs import SourceInputs
-    from training_data.volume_io import write_volume
+    from daqsm.training_data.fieldmaps import iter_chi_maps
+    from daqsm.training_data.patch_inputs import SourceInputs
+    from daqsm.training_data.volume_io import write_volume
 
     rng = np.random.default_rng(2)
     chi = rng.standard_normal((2, 6, 6, 6)).astype(np.float32)

@@ -12,7 +12,7 @@ import pytest
 
 from daqsm.config import option_name
 from tests.training_data.test_augment import blob
-from training_data import genChi
+from daqsm.training_data import genChi
 
 VOXEL = (1.1, 1.0, 1.2)
 

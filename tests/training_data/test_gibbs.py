@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training_data.simulator import simulate
-from training_data.simulator.gibbs import nyquist_ringing, remove_gibbs_ringing
-from training_data.simulator.gre import crop_kspace
-from training_data.simulator.tissue import label_chi_ppm
-from training_data.volume_io import read_volume
+from daqsm.training_data.simulator import simulate
+from daqsm.training_data.simulator.gibbs import nyquist_ringing, remove_gibbs_ringing
+from daqsm.training_data.simulator.gre import crop_kspace
+from daqsm.training_data.simulator.tissue import label_chi_ppm
+from daqsm.training_data.volume_io import read_volume
 
 RESOLUTION_MM = 3.0  # built-in phantom, native 1.92 mm -> 61 x 74 x 61: cropped in k-space, small
 RINGING_LIMIT = 0.003

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from tests.network_model.synthetic import ball_mask, smooth_chi
-from training_data import input_check
-from training_data.dipole import forward_field
-from training_data.units import hz_per_ppm
-from training_data.volume_io import write_volume
+from daqsm.training_data import input_check
+from daqsm.training_data.dipole import forward_field
+from daqsm.training_data.units import hz_per_ppm
+from daqsm.training_data.volume_io import write_volume
 
 N = 16
 TE = [0.004, 0.012, 0.020, 0.028]
@@ -124,7 +124,7 @@ def test_ppm_labelled_hz_and_missing_b0_are_named(tmp_path, capsys):
 
 
 def test_inference_runs_the_same_check_before_loading_the_model(tmp_path, capsys):
-    from network_model import infer
+    from daqsm.network_model import infer
 
     folder, *_ = _write_case(tmp_path / "c")
     BROKEN_CASES["Hz labelled ppm"][0](folder)
@@ -135,8 +135,8 @@ def test_inference_runs_the_same_check_before_loading_the_model(tmp_path, capsys
 
 def test_finetune_and_patches_run_the_same_check(tmp_path, capsys):
     from daqsm.errors import InputError
-    from network_model.model_finetune import train as finetune
-    from training_data.patch_inputs import TargetInputs
+    from daqsm.network_model.model_finetune import train as finetune
+    from daqsm.training_data.patch_inputs import TargetInputs
 
     folder, *_ = _write_case(tmp_path / "c")
     BROKEN_CASES["echoes vs TEs"][0](folder)

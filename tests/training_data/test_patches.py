@@ -9,12 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import genRDFPatchesSyn
+from daqsm.training_data import genRDFPatchesSyn
 from daqsm.errors import InputError
 from tests.training_data.test_augment import blob
-from training_data import genChi
-from training_data.dipole import forward_field
-from training_data.patches import (
+from daqsm.training_data import genChi
+from daqsm.training_data.dipole import forward_field
+from daqsm.training_data.patches import (
     assemble_patches,
     axis_starts,
     bbox_crop_origin,
@@ -24,7 +24,7 @@ from training_data.patches import (
     read_patch_file_info,
     select_origins,
 )
-from training_data.units import hz_per_ppm
+from daqsm.training_data.units import hz_per_ppm
 
 P = 8
 
@@ -192,7 +192,7 @@ def test_default_target_crop_holds_the_whole_brain_and_both_domains_are_zero_out
 def test_patch_reader_refuses_fields_outside_the_mask(tmp_path):
     import h5py as h5lib
 
-    from network_model.data import read_patch_group, write_patch_file
+    from daqsm.network_model.data import read_patch_group, write_patch_file
 
     rng = np.random.default_rng(0)
     mask = np.zeros((2, 8, 8, 8), np.float32)

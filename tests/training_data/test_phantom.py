@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training_data.simulator.phantom import make_phantom, phantom_grid
-from training_data.simulator.tissue import CHIREF_PPM, label_chi_ppm
+from daqsm.training_data.simulator.phantom import make_phantom, phantom_grid
+from daqsm.training_data.simulator.tissue import CHIREF_PPM, label_chi_ppm
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.training_data.test_input_check import _write_case
-from training_data import provenance
+from daqsm.training_data import provenance
 
 
 def _sidecars_of_all_volumes(folder: Path) -> dict:
@@ -54,7 +54,7 @@ def model_and_case(tmp_path_factory):
     pytest.importorskip("tensorflow")
     import keras
 
-    from network_model.unet import build_target_model
+    from daqsm.network_model.unet import build_target_model
 
     root = tmp_path_factory.mktemp("prov")
     folder, *_ = _write_case(root / "case")
@@ -64,7 +64,7 @@ def model_and_case(tmp_path_factory):
 
 
 def test_finetune_sidecars_match_the_run(model_and_case, tmp_path):
-    from network_model.model_finetune import train as finetune
+    from daqsm.network_model.model_finetune import train as finetune
 
     model, case = model_and_case
     out = tmp_path / "ft" / "sub-01"
@@ -90,7 +90,7 @@ def test_finetune_sidecars_match_the_run(model_and_case, tmp_path):
 
 
 def test_infer_sidecars_match_the_run(model_and_case, tmp_path):
-    from network_model import infer
+    from daqsm.network_model import infer
 
     model, case = model_and_case
     out = tmp_path / "inf" / "sub-02.nii.gz"
@@ -106,10 +106,10 @@ def test_infer_sidecars_match_the_run(model_and_case, tmp_path):
 
 
 def test_fieldmap_and_baseline_sidecars_match_the_run(tmp_path):
-    from evaluation import baselines
+    from daqsm.evaluation import baselines
     from tests.network_model.synthetic import ball_mask, smooth_chi
-    from training_data import qsmFmapCal_gpu
-    from training_data.volume_io import write_volume
+    from daqsm.training_data import qsmFmapCal_gpu
+    from daqsm.training_data.volume_io import write_volume
 
     affine = np.diag([1.0, 1.0, 2.0, 1.0])
     (tmp_path / "chi").mkdir()
@@ -144,7 +144,7 @@ def test_fieldmap_and_baseline_sidecars_match_the_run(tmp_path):
 
 
 def test_simulated_case_volumes_have_sidecars(tmp_path):
-    from training_data.simulator.simulate import write_case
+    from daqsm.training_data.simulator.simulate import write_case
 
     case = {"b0_tesla": 7.0, "te_s": [0.004, 0.012], "voxel_size_mm": [1.0, 1.0, 1.0], "b0_dir": [0.0, 0.0, 1.0],
             "source": "builtin", "variant": "Sim1", "seed": 0}
@@ -161,8 +161,8 @@ def test_simulated_case_volumes_have_sidecars(tmp_path):
 
 def test_genchi_nifti_maps_have_sidecars(tmp_path):
     from tests.network_model.synthetic import ball_mask, smooth_chi
-    from training_data import genChi
-    from training_data.volume_io import write_volume
+    from daqsm.training_data import genChi
+    from daqsm.training_data.volume_io import write_volume
 
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
     write_volume(tmp_path / "chi.nii.gz", smooth_chi(16, 0), affine)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from tests.network_model.synthetic import ball_mask, smooth_chi
-from training_data.dipole import forward_field
-from training_data.qc_residual import residual_map_ppm, residual_summary
-from training_data.units import rad_per_ppm
+from daqsm.training_data.dipole import forward_field
+from daqsm.training_data.qc_residual import residual_map_ppm, residual_summary
+from daqsm.training_data.units import rad_per_ppm
 
 N = 24
 VS, B0 = (1.0, 1.0, 1.2), (0.1, 0.0, 1.0)
@@ -43,10 +43,10 @@ def test_small_angle_form_and_weight():
 
 
 def test_mean_square_times_phase_squared_is_the_ndi_term():
-    """The map is the per-voxel root of fine-tuning's data term (network_model.losses.ndi_loss)."""
+    """The map is the per-voxel root of fine-tuning's data term (daqsm.network_model.losses.ndi_loss)."""
     tf = pytest.importorskip("tensorflow")
-    from network_model.losses import ndi_loss
-    from training_data.dipole import dipole_operator_tf
+    from daqsm.network_model.losses import ndi_loss
+    from daqsm.training_data.dipole import dipole_operator_tf
 
     chi, field, mask = _phantom()
     s = rad_per_ppm(7.0, 0.02)
@@ -76,8 +76,8 @@ def test_summary_compares_with_the_noise_estimate():
 def test_figure_shows_the_residual_as_a_fourth_row(tmp_path):
     from PIL import Image
 
-    from evaluation import figures
-    from training_data.volume_io import write_volume
+    from daqsm.evaluation import figures
+    from daqsm.training_data.volume_io import write_volume
 
     chi, field, mask = _phantom()
     for name, data in (("chi", chi), ("mask", mask.astype(np.uint8)),

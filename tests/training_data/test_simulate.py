@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from training_data.dipole import forward_field
-from training_data.simulator import simulate
-from training_data.simulator.gre import add_noise, crop_kspace, estimate_local_field
-from training_data.volume_io import read_volume
+from daqsm.training_data.dipole import forward_field
+from daqsm.training_data.simulator import simulate
+from daqsm.training_data.simulator.gre import add_noise, crop_kspace, estimate_local_field
+from daqsm.training_data.volume_io import read_volume
 
 COARSE_MM = 4.0  # the built-in phantom at 4 mm: 46 x 55 x 46 voxels, fast
 
@@ -46,7 +46,7 @@ def test_wrapped_phase_is_unwrapped():
     grid = np.indices(shape).astype(np.float32)
     field = 0.6 * np.exp(-(((grid - 16) ** 2).sum(0)) / (2 * 8.0**2)).astype(np.float32)
     te = (0.004, 0.012, 0.020, 0.028)
-    from training_data.units import rad_per_ppm
+    from daqsm.training_data.units import rad_per_ppm
 
     echoes = [np.exp(1j * rad_per_ppm(7.0, t) * field).astype(np.complex64) for t in te]
     assert rad_per_ppm(7.0, 0.008) * field.max() > np.pi
@@ -95,8 +95,8 @@ def test_same_seed_same_files_other_seed_differs(tmp_path):
 
 
 def test_labels_survive_resampling_and_texture_in_range():
-    from training_data.simulator.phantom import make_phantom
-    from training_data.simulator.tissue import TEXTURE_STD_RANGE_PPB
+    from daqsm.training_data.simulator.phantom import make_phantom
+    from daqsm.training_data.simulator.tissue import TEXTURE_STD_RANGE_PPB
 
     native = simulate.load_builtin(2.0)
     out_shape, _, _ = simulate.output_grid(native, 5.0)

@@ -10,9 +10,9 @@ import pytest
 import scipy.io
 
 from daqsm.errors import InputError
-from training_data.geometry import b0_dir_from_affine
-from training_data.units import hz_per_ppm, rad_per_ppm, to_ppm
-from training_data.volume_io import read_field, read_mask, read_volume, write_volume
+from daqsm.training_data.geometry import b0_dir_from_affine
+from daqsm.training_data.units import hz_per_ppm, rad_per_ppm, to_ppm
+from daqsm.training_data.volume_io import read_field, read_mask, read_volume, write_volume
 
 
 def write_mat73(path, variables: dict):

@@ -1,0 +1,320 @@
+"""Step 4 — domain-adaptive pre-training: patch HDF5 (ppm) -> DSBN U-Net -> target model (.keras).
+
+Each step runs one source batch (synthetic field, mask, chi label; BN domain 0) and one target
+batch (measured field, mask, weight; BN domain 1) through the same network and minimises
+
+    L = L1(source) + lambda_ndi * NDI(target) + lambda_tv * TV(target)
+
+(daqsm.network_model.losses; NDI in radians with the phase scale from the `/target` attrs `b0_tesla`
+and `te_s`, or `phase_rad_per_ppm`, normalised so the original weights 1 : 20 : 0.05 keep their
+meaning at every B0 and TE; TV inside the mask per mask voxel). The log has each raw term and each
+weighted term (`ndi_weighted` = lambda_ndi * ndi, `tv_weighted` = lambda_tv * tv). Source and target
+batches may differ in size: large target crops (the field inside a patch has sources outside it,
+so data consistency needs them) with `target_batch_size` crops per step. The run folder holds `config.json` (resolved config),
+`log.csv`, `tensorboard/`, `checkpoints/` (resume after a kill: rerun the same command) and, at
+the end, `target_model.keras` (data contract 3).
+
+Usage:
+    python network_model/train_model/train.py --datasets_path patches.h5 --run_dir runs/pre
+    python network_model/train_model/train.py --config pretrain.yaml --batch_size 4
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+from daqsm.config import param
+from daqsm.errors import InputError, output_path
+from daqsm.validate import check_numbers
+from daqsm.network_model.config import write_resolved_config
+
+PROG = "train.py (step 4)"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Parameters of step 4 (every field is a config key and a `--key value` option)."""
+
+    datasets_path: str = param("", 'patch HDF5 holding /source (synthetic, labelled)')
+    targetdata_path: str = param("", 'patch HDF5 holding /target (may be the same file; empty = datasets_path)')
+    run_dir: str = param("runs/pretrain", 'outputs, checkpoints, logs', flags=("-o",))
+    depth: int = param(4, 'poolings; patch sizes must be divisible by 2**depth')
+    base_filters: int = param(16, 'filters of level 0 (doubling per level)')
+    input_scale: float = param(100.0, 'network input = field_ppm * input_scale (original x100)')
+    label_scale: float = param(100.0 / 3.0, 'network output = chi_ppm * label_scale (original x100/3)')
+    bn_momentum: float = param(0.99, 'Keras BN momentum (PyTorch 0.01)')
+    batch_size: int = param(2, 'source patches per step (global, over replicas)')
+    target_batch_size: int = param(0, 'target crops per step; 0: batch_size')
+    epochs: int = param(6, 'passes over the larger training split')
+    steps_per_epoch: int = param(0, '0: the larger training split / batch_size')
+    max_steps: int = param(0, '0: epochs * steps_per_epoch; else stop (checkpointed) at this step')
+    learning_rate: float = param(1e-4, 'Adam learning rate')
+    lr_schedule: str = param("constant", 'learning-rate schedule', choices=("constant", "cosine", "exponential"))
+    lr_decay_steps: int = param(0, '0: the run length')
+    lr_decay_rate: float = param(0.5, 'decay factor of the exponential schedule')
+    lambda_ndi: float = param(20.0, "weight of the NDI term (normalised to the original's 100*ppm argument)")
+    lambda_tv: float = param(0.05, 'weight of the TV term (network units, inside the mask)')
+    phase_rad_per_ppm: float | None = param(None, 'None: rad_per_ppm(/target b0_tesla, te_s)')
+    dipole_pad: str = param("none", 'FFT padding of the patch dipole model (daqsm.training_data.dipole)')
+    val_fraction: float = param(0.1, 'held-out patches per domain')
+    validate_every: int = param(0, 'steps; 0: once per epoch')
+    checkpoint_every: int = param(0, 'steps; 0: once per epoch')
+    keep_checkpoints: int = param(3, 'checkpoints kept in run_dir/checkpoints')
+    seed: int = param(0, 'seed of the weights, shuffling and the validation split')
+    strategy: str = param("default", 'tf.distribute strategy', choices=("default", "mirrored", "multiworker"))
+    collective_timeout_s: float = param(300.0, 'multiworker: a collective waiting longer ends the run (0: no bound)')
+    precision: str = param("float32",
+        'compute precision (daqsm/network_model/precision.py)', choices=("float32", "mixed_float16", "mixed_bfloat16"))
+    resume: bool = param(True, "continue from the run folder's last checkpoint")
+    progress: bool = param(True, 'progress bar (--quiet: none)', negation="quiet")
+
+
+def phase_scale(cfg: PretrainConfig, target) -> float:
+    """Radians per ppm for NDI: the config value, else from the target group's B0 and TE."""
+    from daqsm.training_data.units import rad_per_ppm
+
+    if cfg.phase_rad_per_ppm is not None:
+        if not (cfg.phase_rad_per_ppm > 0 and math.isfinite(cfg.phase_rad_per_ppm)):
+            raise InputError(f"phase_rad_per_ppm: expected a positive number, got {cfg.phase_rad_per_ppm}")
+        return float(cfg.phase_rad_per_ppm)
+    if target.b0_tesla is None or target.te_s is None:
+        raise InputError(f"{target.path}: /target has no b0_tesla/te_s attributes; "
+                         "set phase_rad_per_ppm (radians per ppm, 2*pi*gamma_bar*B0*TE)")
+    return rad_per_ppm(target.b0_tesla, target.te_s)
+
+
+def build_loss_fn(model, dipole, phase_rad_per_ppm: float, cfg: PretrainConfig, training: bool = True):
+    """Per-replica loss of one (source, target) batch pair -> dict of scalar terms."""
+    from daqsm.network_model.losses import l1_loss, ndi_loss, pretrain_terms, tv_loss
+    from daqsm.network_model.training_loop import replica_mean
+
+    def loss_fn(batch):
+        (s_field, s_mask, s_chi), (t_field, t_mask, t_weight) = batch
+        chi_s = model([s_field, s_mask], domain=0, training=training)
+        chi_t = model([t_field, t_mask], domain=1, training=training)
+        l1 = replica_mean(l1_loss(chi_s, s_chi, s_mask, cfg.label_scale))
+        ndi = replica_mean(ndi_loss(chi_t, t_field, t_weight, t_mask, dipole, phase_rad_per_ppm))
+        tv = replica_mean(tv_loss(chi_t, t_mask, cfg.label_scale))
+        return pretrain_terms(l1, ndi, tv, cfg.lambda_ndi, cfg.lambda_tv)
+
+    return loss_fn
+
+
+def target_batch(cfg: PretrainConfig) -> int:
+    """Target crops per step (`target_batch_size`, or `batch_size` when 0)."""
+    return cfg.target_batch_size or cfg.batch_size
+
+
+def make_validate(model, dipole, phase: float, cfg: PretrainConfig, source, target, src_val, tgt_val):
+    """Validation on the held-out patches (inference-mode BN), or None when there are none."""
+    import numpy as np
+    import tensorflow as tf
+
+    from daqsm.network_model.data import patch_dataset
+    from daqsm.network_model.losses import l1_loss, ndi_loss, pretrain_loss, tv_loss
+
+    if len(src_val) == 0 or len(tgt_val) == 0:
+        return None
+    src_ds = patch_dataset(source, src_val, cfg.batch_size, shuffle=False, repeat=False, drop_remainder=False)
+    tgt_ds = patch_dataset(target, tgt_val, target_batch(cfg), shuffle=False, repeat=False, drop_remainder=False)
+
+    @tf.function
+    def src_terms(field, mask, chi):
+        return l1_loss(model([field, mask], domain=0, training=False), chi, mask, cfg.label_scale)
+
+    @tf.function
+    def tgt_terms(field, mask, weight):
+        chi = model([field, mask], domain=1, training=False)
+        return ndi_loss(chi, field, weight, mask, dipole, phase), tv_loss(chi, mask, cfg.label_scale)
+
+    def validate():
+        l1 = np.concatenate([src_terms(*b).numpy() for b in src_ds]).mean()
+        pairs = [tgt_terms(*b) for b in tgt_ds]
+        ndi = np.concatenate([p[0].numpy() for p in pairs]).mean()
+        tv = np.concatenate([p[1].numpy() for p in pairs]).mean()
+        return {"val_loss": pretrain_loss(l1, ndi, tv, cfg.lambda_ndi, cfg.lambda_tv), "val_l1": l1, "val_ndi": ndi,
+                "val_tv": tv}
+
+    return validate
+
+
+def pretrain(cfg: PretrainConfig) -> int:
+    """Run (or resume) step 4; returns the exit status (0 done, 1 stopped on a non-finite loss)."""
+    if not cfg.datasets_path:
+        raise InputError("datasets_path: give the patch HDF5 file (--datasets_path FILE)")
+    check_options(cfg)
+    output_path("--run_dir", cfg.run_dir, kind="folder")
+
+    from daqsm.tf_env import import_tensorflow
+
+    tf = import_tensorflow()
+
+    from daqsm.errors import choices_message
+    from daqsm.network_model.data import read_patch_group, split_indices
+    from daqsm.network_model.distributed import WorkerOutput, is_chief
+    from daqsm.network_model.precision import check_device
+    from daqsm.network_model.training_loop import SCHEDULES, make_strategy
+    from daqsm.network_model.unet import check_spatial_shape
+
+    source = read_patch_group(cfg.datasets_path, "source")
+    target = read_patch_group(cfg.targetdata_path or cfg.datasets_path, "target")
+    for info in (source, target):
+        try:
+            check_spatial_shape(info.patch_size, cfg.depth)
+        except ValueError as err:
+            raise InputError(f"{info.path}: /{info.group} patches {info.patch_size}: {err}") from None
+    if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.max_steps < 0 or cfg.target_batch_size < 0:
+        raise InputError("batch_size and epochs must be >= 1, max_steps and target_batch_size >= 0")
+    phase = phase_scale(cfg, target)
+    if str(cfg.lr_schedule).lower() not in SCHEDULES:  # before anything is written (and before any TF op:
+        raise choices_message("lr_schedule", cfg.lr_schedule, SCHEDULES)  # multiworker needs a fresh runtime)
+    check_device(cfg.precision)
+    strategy = make_strategy(cfg.strategy, cfg.collective_timeout_s)
+    chief = is_chief(strategy)
+    for name, size in (("batch_size", cfg.batch_size), ("target_batch_size", target_batch(cfg))):
+        if size % strategy.num_replicas_in_sync:
+            raise InputError(f"{name} {size} must be divisible by the {strategy.num_replicas_in_sync} replicas")
+
+    src_train, src_val = split_indices(source.count, cfg.val_fraction, cfg.seed)
+    tgt_train, tgt_val = split_indices(target.count, cfg.val_fraction, cfg.seed + 1)
+    steps_per_epoch = cfg.steps_per_epoch or max(1, math.ceil(len(src_train) / cfg.batch_size),
+                                                  math.ceil(len(tgt_train) / target_batch(cfg)))
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+
+    ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")  # the chief's: every worker resumes from it
+    if not cfg.resume and tf.train.latest_checkpoint(ckpt_dir):
+        raise InputError(f"{cfg.run_dir}: holds checkpoints; use --resume true or another --run_dir")
+    import contextlib
+
+    from daqsm.output_lock import claim_output
+
+    # one run per folder: a second one stops with "in use by PID N" instead of doubling the log (the
+    # chief's folder; other workers write to their own temp folders)
+    lock = claim_output("--run_dir", cfg.run_dir, kind="folder") if chief else contextlib.nullcontext()
+    with lock:
+        created = not os.path.isdir(cfg.run_dir)
+        try:
+            with WorkerOutput(cfg.run_dir, strategy) as out:  # non-chief workers write to a removed temp folder
+                return _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val, tgt_train,
+                              tgt_val, phase, steps_per_epoch, total)
+        except (InputError, OSError):
+            # a new run that failed before its first checkpoint leaves no run folder; one with a
+            # checkpoint stays (rerun the command to resume)
+            if chief and created and os.path.isdir(cfg.run_dir) and not tf.train.latest_checkpoint(ckpt_dir):
+                import shutil
+
+                shutil.rmtree(cfg.run_dir, ignore_errors=True)
+            raise
+
+
+def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val, tgt_train, tgt_val, phase,
+           steps_per_epoch, total) -> int:
+    """The part of `pretrain` that runs on every worker; writes go to `out` (the run folder on the chief)."""
+    from daqsm.tf_env import seed_everything
+    from daqsm.network_model.data import patch_dataset
+    from daqsm.network_model.distributed import check_same_step, distribute_options, is_lost_peer, lost_worker_message
+    from daqsm.network_model.model_info import save_model_atomic, write_model_info
+    from daqsm.network_model.precision import needs_loss_scale, precision_policy
+    from daqsm.network_model.training_loop import LossLog, make_optimizer, make_train_step, run_loop
+    from daqsm.network_model.unet import DomainAdaptiveUNet, export_target_model
+    from daqsm.training_data.dipole import dipole_operator_tf
+
+    seed_everything(cfg.seed)
+    with strategy.scope(), precision_policy(cfg.precision):
+        model = DomainAdaptiveUNet(cfg.depth, cfg.base_filters, 2, cfg.input_scale, cfg.label_scale,
+                                   cfg.bn_momentum).build_for(target.patch_size)
+        optimizer = make_optimizer(cfg.learning_rate, cfg.lr_schedule, cfg.lr_decay_steps or total,
+                                   cfg.lr_decay_rate, loss_scale=needs_loss_scale(cfg.precision))
+        optimizer.build(model.trainable_variables)
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    checkpoint = tf.train.Checkpoint(step=step_var, model=model, optimizer=optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, out.join("checkpoints"), max_to_keep=cfg.keep_checkpoints)
+    latest = tf.train.latest_checkpoint(ckpt_dir)
+    if latest:
+        try:
+            checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as err:
+            raise InputError(f"{latest}: does not match this network (depth/base_filters/precision "
+                             f"changed?): {str(err).splitlines()[0][:200]}") from None
+        print(f"{PROG}: resuming from {latest} (step {int(step_var.numpy())})", file=sys.stderr)
+    check_same_step(strategy, step_var)
+    if out.chief:
+        # written only now that the schedule, the patches and the checkpoint are known to fit: a rejected
+        # resume leaves the run's config as it was
+        write_resolved_config(cfg, out.join("config.json"))
+
+    dipole = dipole_operator_tf(target.patch_size, target.voxel_size_mm, target.b0_dir, cfg.dipole_pad)
+    epoch = int(step_var.numpy()) // steps_per_epoch  # reshuffle differently after a resume
+    src_ds = patch_dataset(source, src_train, cfg.batch_size, seed=cfg.seed + 7919 * epoch)
+    tgt_ds = patch_dataset(target, tgt_train, target_batch(cfg), seed=cfg.seed + 1 + 7919 * epoch)
+    pairs = distribute_options(tf.data.Dataset.zip((src_ds, tgt_ds)), strategy)
+    batches = iter(strategy.experimental_distribute_dataset(pairs))
+    step_fn = make_train_step(strategy, model, optimizer, build_loss_fn(model, dipole, phase, cfg))
+    validate = make_validate(model, dipole, phase, cfg, source, target, src_val, tgt_val)
+
+    log = LossLog(out.join("log.csv"), out.join("tensorboard"))
+    log.truncate_after(int(step_var.numpy()))
+    try:
+        result = run_loop(step_fn, batches, step_var, total, log, manager=manager,
+                          checkpoint_every=cfg.checkpoint_every or steps_per_epoch, validate=validate,
+                          validate_every=cfg.validate_every or steps_per_epoch, progress=cfg.progress and out.chief,
+                          desc="pre-training", healthy=lambda: nonfinite_reason(model, {}))
+    except tf.errors.OpError as err:
+        if strategy.num_replicas_in_sync < 2 or not is_lost_peer(err):
+            raise
+        message = lost_worker_message(err, strategy, int(step_var.numpy()) + 1, tf.train.latest_checkpoint(ckpt_dir))
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 1
+    if result.reason == "nan":
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in result.terms.items())
+        loss_ok = math.isfinite(result.terms.get("loss", float("nan")))
+        what = (nonfinite_reason(model, result.terms) if loss_ok else None) or "non-finite loss"
+        print(f"{PROG}: stopped: {what} at step {result.step} ({terms}); nothing exported; "
+              f"last checkpoint: {manager.latest_checkpoint or 'none'} (lower learning_rate or check the "
+              "patches)", file=sys.stderr)
+        return 1
+    bad = nonfinite_reason(model, result.terms)
+    if bad:  # the loss is checked before each update; the last update or the validation can still be NaN
+        print(f"{PROG}: stopped: {bad} at step {result.step}; nothing exported; last checkpoint: "
+              f"{manager.latest_checkpoint or 'none'} (lower learning_rate or check the patches)", file=sys.stderr)
+        return 1
+    if not out.chief:
+        return 0  # only the chief exports (its checkpoints are the ones a restart reads)
+    model_path = out.join("target_model.keras")
+    if result.step < total:
+        print(f"{PROG}: stopped at step {result.step} of {total}", file=sys.stderr)
+    save_model_atomic(export_target_model(model, domain=1), model_path)
+    # the training geometry beside the model, so inference can warn on a different one
+    write_model_info(model_path, target.voxel_size_mm, target.b0_dir, 2**cfg.depth, step=result.step)
+    terms = ", ".join(f"{k}={v:.4g}" for k, v in result.terms.items())
+    print(f"{PROG}: step {result.step}/{total} {terms}; target model: {model_path}")
+    return 0
+
+
+def nonfinite_reason(model, terms: dict) -> str | None:
+    """Why a trained model must not be exported: NaN/Inf weights or validation terms, else None."""
+    import numpy as np
+
+    bad_terms = [k for k, v in terms.items() if k.startswith("val_") and not np.isfinite(v)]
+    if bad_terms:
+        return f"non-finite validation loss ({', '.join(bad_terms)})"
+    for weight in model.weights:
+        if not np.all(np.isfinite(np.asarray(weight))):
+            return f"non-finite weights in {weight.path if hasattr(weight, 'path') else weight.name}"
+    return None
+
+
+def check_options(cfg: PretrainConfig) -> None:
+    """Every number against its meaning, before any file is read or written."""
+    check_numbers(cfg, {"depth": "int>=1", "base_filters": "int>=1", "input_scale": "positive",
+                        "label_scale": "positive", "bn_momentum": (0.0, 1.0), "batch_size": "int>=1",
+                        "target_batch_size": "int>=0", "epochs": "int>=1", "steps_per_epoch": "int>=0",
+                        "max_steps": "int>=0", "learning_rate": "positive", "lr_decay_steps": "int>=0",
+                        "lr_decay_rate": "positive", "lambda_ndi": "non_negative", "lambda_tv": "non_negative",
+                        "phase_rad_per_ppm": "positive", "val_fraction": (0.0, 0.9), "validate_every": "int>=0",
+                        "checkpoint_every": "int>=0", "keep_checkpoints": "int>=1",
+                        "collective_timeout_s": "non_negative"})
+
+

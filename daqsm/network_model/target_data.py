@@ -1,0 +1,77 @@
+"""One measured (target-domain) dataset for fine-tuning: field (ppm), mask, NDI weight and phase scale.
+
+Two ways in:
+    a case folder (data contract 1): local_field.nii.gz (ppm), mask.nii.gz, optional
+        magnitude.nii.gz (4-D, echoes last) and case.json (b0_tesla, te_s list, voxel_size_mm, b0_dir);
+    separate files: a field in ppm, Hz or radians (NIfTI, MATLAB .mat v5/v7.3, HDF5, .npy; units
+        converted by daqsm.training_data.units), a mask and an optional weight (e.g. a magnitude image).
+
+Weight W (contract 1): daqsm.training_data.formats.case_folder (the 2nd echo's magnitude, max 1 in the mask).
+Phase scale for NDI (radians per ppm): 2 pi gamma_bar B0 TE of the weighting echo.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from daqsm.errors import shape_mismatch
+from daqsm.training_data.formats import case_folder
+from daqsm.training_data.geometry import Geometry
+from daqsm.training_data.units import rad_per_ppm
+from daqsm.training_data.volume_io import read_field, read_mask, read_volume
+
+
+@dataclass
+class TargetVolume:
+    """A dataset ready for fine-tuning.
+
+    Attributes:
+        field_ppm: float32 (x, y, z) local field in ppm, 0 outside the mask.
+        mask: float32 (x, y, z) 0/1.
+        weight: float32 (x, y, z) in [0, 1], 0 outside the mask.
+        geometry: shape, voxel size (mm), B0 direction (voxel axes).
+        phase_rad_per_ppm: radians per ppm for the NDI loss, None when B0/TE are unknown.
+        affine, header: of the field file (kept for the output NIfTI).
+    """
+
+    field_ppm: np.ndarray
+    mask: np.ndarray
+    weight: np.ndarray
+    geometry: Geometry
+    phase_rad_per_ppm: float | None
+    affine: np.ndarray
+    header: object = None
+
+
+def load_case(folder, voxel_size_mm=None, b0_dir=None) -> TargetVolume:
+    """Read a contract-1 case folder (weighting echo: daqsm.training_data.formats.case_folder decides)."""
+    case = case_folder.read_case(folder)
+    mask = case.mask.astype(np.float32)
+    b0, te = case.b0_tesla, case.weight_te_s()
+    phase = rad_per_ppm(b0, te) if b0 and te else None
+    geometry = Geometry(case.field.data.shape, voxel_size_mm or case.voxel_size_mm or (1.0, 1.0, 1.0),
+                        b0_dir or case.b0_dir or (0.0, 0.0, 1.0))
+    return TargetVolume(case.field.data * mask, mask, case.weight(), geometry, phase, case.field.affine,
+                        case.field.header)
+
+
+def load_files(field_path, mask_path, weight_path=None, units: str = "ppm", b0_tesla=None, te_s=None,
+               voxel_size_mm=None, b0_dir=None) -> TargetVolume:
+    """Read a field (any supported format and unit), a mask and an optional weight/magnitude."""
+    field = read_field(field_path, units, b0_tesla, te_s)
+    mask = read_mask(mask_path, field.data, f"field {field_path}").astype(np.float32)
+    if weight_path:
+        weight_vol = read_volume(weight_path)
+        if weight_vol.data.shape != field.data.shape:
+            raise shape_mismatch(f"weight {weight_path}", weight_vol.data.shape, f"field {field_path}",
+                                 field.data.shape)
+        weight = case_folder.weight_from_magnitude(weight_vol.data, mask > 0, name=f"weight {weight_path}")
+    else:
+        weight = mask.copy()
+    phase = rad_per_ppm(b0_tesla, te_s) if b0_tesla and te_s else None
+    geometry = field.geometry(voxel_size_mm, b0_dir)
+    affine = field.affine
+    if field.voxel_size_mm is None:  # .mat/.npy carry no geometry: the output affine uses the voxel size
+        affine = np.diag(list(geometry.voxel_size_mm) + [1.0])
+    return TargetVolume(field.data * mask, mask, weight, geometry, phase, affine, field.header)

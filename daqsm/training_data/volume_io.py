@@ -1,0 +1,286 @@
+"""Volume I/O: NIfTI, MATLAB .mat (v5 via scipy, v7.3 via h5py), HDF5 datasets and .npy.
+
+One call, `read_volume`, returns the array with its voxel size (mm), affine and, where the file
+says so, the B0 direction in voxel axes. `write_volume` writes atomically (temp file + rename) and
+keeps an input's affine and header. `read_field` converts field maps to ppm (daqsm.training_data.units).
+
+A variable of a .mat/.h5 file is chosen with `variable=` or the `FILE:VARIABLE` form of the path.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from pathlib import Path
+
+import numpy as np
+
+from daqsm.errors import InputError, shape_mismatch
+from daqsm.training_data.geometry import Geometry, b0_dir_from_affine, check_voxel_size, voxel_size_from_affine
+from daqsm.training_data.units import to_ppm
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MAT_SUFFIXES = (".mat",)
+HDF5_SUFFIXES = (".h5", ".hdf5")
+NPY_SUFFIXES = (".npy",)
+ALL_SUFFIXES = NIFTI_SUFFIXES + MAT_SUFFIXES + HDF5_SUFFIXES + NPY_SUFFIXES
+
+
+@dataclass
+class Volume:
+    """An array with where it came from and its geometry.
+
+    Attributes:
+        data: the array (float32 unless read with another dtype), axes (x, y, z[, ...]).
+        affine: 4x4 voxel -> scanner mm (diagonal from the voxel size when the file has none).
+        voxel_size_mm: voxel size in mm, or None when the file does not say.
+        b0_dir: unit B0 direction in voxel axes, or None when the file does not say.
+        header: NIfTI header to reuse on write, else None.
+        path: the file read.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    voxel_size_mm: tuple | None = None
+    b0_dir: tuple | None = None
+    header: object = None
+    path: str = ""
+    attrs: dict = dc_field(default_factory=dict)
+
+    def geometry(self, voxel_size_mm=None, b0_dir=None) -> Geometry:
+        """Geometry with optional overrides; missing values default to 1 mm and B0 along z."""
+        return Geometry(self.data.shape[:3], voxel_size_mm or self.voxel_size_mm or (1.0, 1.0, 1.0),
+                        b0_dir if b0_dir is not None else (self.b0_dir or (0.0, 0.0, 1.0)))
+
+
+def suffix_of(path) -> str:
+    name = str(path).lower()
+    for suffix in ALL_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return Path(name).suffix
+
+
+def split_variable(path, variable=None) -> tuple[str, str | None]:
+    """Split 'file.mat:var' into ('file.mat', 'var'); an explicit `variable` wins."""
+    text = str(path)
+    if variable is None and ":" in text:
+        head, tail = text.rsplit(":", 1)
+        if suffix_of(head) in MAT_SUFFIXES + HDF5_SUFFIXES and tail:
+            return head, tail
+    return text, variable
+
+
+def read_volume(path, variable: str | None = None, ndim: int | tuple | None = 3,
+                allow_nonfinite: bool = False, dtype=np.float32) -> Volume:
+    """Read one volume.
+
+    Args:
+        path: .nii/.nii.gz/.mat/.h5/.hdf5/.npy file ('file.mat:var' selects a variable).
+        variable: variable / dataset name for .mat and .h5 files holding several.
+        ndim: required number of dimensions (int or tuple of allowed), None for any.
+        allow_nonfinite: accept NaN/Inf (otherwise an InputError names the file).
+        dtype: output dtype (None keeps the stored one).
+
+    Returns:
+        Volume.
+    """
+    path, variable = split_variable(path, variable)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise InputError(f"{path}: expected a file, found a folder")
+    suffix = suffix_of(path)
+    readers = {".nii": _read_nifti, ".nii.gz": _read_nifti, ".mat": _read_mat,
+               ".h5": _read_hdf5, ".hdf5": _read_hdf5, ".npy": _read_npy}
+    if suffix not in readers:
+        raise InputError(f"{path}: unknown format {suffix!r}; expected one of {', '.join(ALL_SUFFIXES)}")
+    try:
+        vol = readers[suffix](path, variable)
+    except InputError:
+        raise
+    except Exception as err:  # corrupt or foreign file: one line, not a traceback
+        raise InputError(f"{path}: cannot read as {suffix} ({type(err).__name__}: {err})".splitlines()[0]) from None
+    vol.path = path
+    if dtype is not None:
+        if np.iscomplexobj(vol.data) and not np.issubdtype(np.dtype(dtype), np.complexfloating):
+            raise InputError(f"{path}: expected real values, found complex data")
+        vol.data = np.asarray(vol.data, dtype=dtype)
+    allowed = (ndim,) if isinstance(ndim, int) else ndim
+    if allowed is not None and vol.data.ndim not in allowed:
+        want = " or ".join(f"{n}-D" for n in allowed)
+        raise InputError(f"{path}: expected a {want} volume, found {vol.data.ndim}-D of shape {vol.data.shape}")
+    if not allow_nonfinite and vol.data.dtype.kind in "fc" and not np.all(np.isfinite(vol.data)):
+        bad = int(np.size(vol.data) - np.count_nonzero(np.isfinite(vol.data)))
+        raise InputError(f"{path}: expected finite values, found {bad} NaN/Inf voxels")
+    return vol
+
+
+def read_field(path, units: str = "ppm", b0_tesla=None, te_s=None, variable=None) -> Volume:
+    """Read a 3-D local field map and convert it to ppm (units: ppm, ppb, hz or rad)."""
+    vol = read_volume(path, variable)
+    vol.data = to_ppm(vol.data, units, b0_tesla, te_s)
+    return vol
+
+
+def read_mask(path, like: np.ndarray | None = None, like_name: str = "field", variable=None) -> np.ndarray:
+    """Read a binary brain mask; checks it is 3-D, 0/1, not empty, and on the grid of `like`."""
+    vol = read_volume(path, variable, dtype=None)
+    return check_mask(vol.data, str(path), like, like_name)
+
+
+def check_mask(mask, name: str, like=None, like_name: str = "field") -> np.ndarray:
+    """Validate a mask array and return it as bool."""
+    mask = np.asarray(mask)
+    if like is not None and mask.shape != tuple(np.shape(like)[:3]):
+        raise shape_mismatch(f"mask {name}", mask.shape, like_name, np.shape(like)[:3])
+    values = np.unique(mask)
+    if not np.all(np.isin(values, (0, 1))):
+        shown = ", ".join(f"{v:g}" for v in values[:5]) + (", ..." if values.size > 5 else "")
+        raise InputError(f"mask {name}: expected binary values 0/1, found {shown}")
+    if not np.any(mask):
+        raise InputError(f"mask {name}: the mask is empty (no voxel is 1)")
+    return mask.astype(bool)
+
+
+def write_volume(path, data, affine=None, header=None, voxel_size_mm=None, variable: str = "data",
+                 attrs: dict | None = None) -> str:
+    """Write a volume atomically; returns the path.
+
+    NIfTI keeps `affine` and `header` (data dtype updated); without an affine one is built from
+    the voxel size. .mat writes v5 (scipy), .h5 a dataset `variable` with `attrs`, .npy the array.
+    """
+    path = str(path)
+    data = np.asarray(data)
+    suffix = suffix_of(path)
+    if affine is None:
+        affine = np.diag(list(check_voxel_size(voxel_size_mm or (1, 1, 1))) + [1.0])
+    with atomic_path(path) as tmp:
+        if suffix in NIFTI_SUFFIXES:
+            import nibabel as nib
+
+            hdr = header.copy() if header is not None else None
+            img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64), header=hdr)
+            img.set_data_dtype(data.dtype)
+            img.header.set_xyzt_units("mm", "sec")
+            nib.save(img, tmp)
+        elif suffix in MAT_SUFFIXES:
+            import scipy.io
+
+            scipy.io.savemat(tmp, {variable: data}, do_compression=True)
+        elif suffix in HDF5_SUFFIXES:
+            import h5py
+
+            with h5py.File(tmp, "w") as h5:
+                dset = h5.create_dataset(variable, data=data, compression="gzip")
+                for key, value in (attrs or {}).items():
+                    dset.attrs[key] = value
+        elif suffix in NPY_SUFFIXES:
+            with open(tmp, "wb") as fh:
+                np.save(fh, data)
+        else:
+            raise InputError(f"{path}: unknown output format {suffix!r}; expected one of {', '.join(ALL_SUFFIXES)}")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temp path beside `path` (same suffix); rename onto `path` only on success."""
+    path = str(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    suffix = suffix_of(path)
+    from daqsm.output_lock import temp_prefix
+
+    # unique per call (two runs never share a temp), named after the output so that the next run on
+    # it can remove what a killed one left (daqsm.output_lock.remove_stale_temps)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix, dir=directory)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs should get the usual permissions
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# --- readers -------------------------------------------------------------------------------
+
+
+def _read_nifti(path, variable):
+    import nibabel as nib
+
+    img = nib.load(path)
+    data = np.asanyarray(img.dataobj)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    return Volume(data, affine, voxel_size_from_affine(affine), b0_dir_from_affine(affine), img.header)
+
+
+def _read_npy(path, variable):
+    data = np.load(path, allow_pickle=False)
+    return Volume(data, np.eye(4))
+
+
+def _pick(names, variable, path, kind):
+    if variable is not None:
+        if variable not in names:
+            raise InputError(f"{path}: no {kind} {variable!r}; present: {', '.join(names) or 'none'}")
+        return variable
+    if len(names) != 1:
+        listed = ", ".join(names) or "none"
+        raise InputError(f"{path}: holds {len(names)} {kind}s ({listed}); name one as FILE{suffix_of(path)}:NAME")
+    return names[0]
+
+
+def _read_mat(path, variable):
+    import h5py
+
+    if h5py.is_hdf5(path):
+        return _read_mat73(path, variable)
+    import scipy.io
+
+    contents = scipy.io.loadmat(path)
+    names = [k for k in contents if not k.startswith("__")]
+    name = _pick(names, variable, path, "variable")
+    return Volume(np.asarray(contents[name]), np.eye(4), attrs={"variable": name})
+
+
+def _read_mat73(path, variable):
+    """MATLAB v7.3 = HDF5 with reversed axes; complex is a compound (real, imag)."""
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        names = [k for k in h5.keys() if not k.startswith("#") and isinstance(h5[k], h5py.Dataset)]
+        name = _pick(names, variable, path, "variable")
+        raw = h5[name][()]
+        matlab_class = h5[name].attrs.get("MATLAB_class", b"double")
+    if raw.dtype.names and {"real", "imag"} <= set(raw.dtype.names):
+        raw = raw["real"] + 1j * raw["imag"]
+    if isinstance(matlab_class, bytes):
+        matlab_class = matlab_class.decode()
+    data = np.transpose(raw)  # h5py sees MATLAB's column-major array with its axes reversed
+    if matlab_class == "logical":
+        data = data.astype(bool)
+    return Volume(np.ascontiguousarray(data), np.eye(4), attrs={"variable": name, "matlab_class": matlab_class})
+
+
+def _read_hdf5(path, variable):
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        names = []
+        h5.visititems(lambda key, obj: names.append(key) if isinstance(obj, h5py.Dataset) else None)
+        name = _pick(names, variable, path, "dataset")
+        dset = h5[name]
+        data = dset[()]
+        attrs = {**dict(h5.attrs), **dict(dset.attrs)}
+    vs = attrs.get("voxel_size_mm")
+    b0 = attrs.get("b0_dir")
+    affine = np.diag(list(vs) + [1.0]) if vs is not None else np.eye(4)
+    return Volume(data, affine, tuple(map(float, vs)) if vs is not None else None,
+                  tuple(map(float, b0)) if b0 is not None else None, attrs=attrs)

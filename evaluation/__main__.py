@@ -1,7 +1,0 @@
-"""`python -m evaluation`: the RC2 metric table (see evaluation/cli.py for the options)."""
-from __future__ import annotations
-
-from evaluation.cli import build_parser, cli, main  # noqa: F401  (main/build_parser re-exported for tests)
-
-if __name__ == "__main__":
-    cli()
