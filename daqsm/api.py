@@ -3,8 +3,8 @@
 Conventions: float32 arrays, axes (x, y, z) (a leading N for stacks of maps), fields and chi in ppm,
 masks 0/1, voxel sizes in mm, B0 directions in voxel axes, B0 in tesla, TE in seconds. Bad input
 raises daqsm.errors.InputError (a ValueError) with the one-line message the commands print.
-Steps 4 and 5 run their file-based training loop in a temporary folder (checkpoints, logs) and
-return what it produced; nothing is left on disk.
+Step 4 runs its file-based training loop in a temporary folder (checkpoints, logs) and returns what
+it produced; step 5 calls its array core (daqsm.network_model.finetune_core) and writes nothing.
 """
 from __future__ import annotations
 
@@ -171,36 +171,32 @@ def finetune(model, field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0),
         (chi float32 (x, y, z) ppm; record: the sidecar dict (FineTuning: iterations, stop_reason, noise) with
          'log', a list of dicts per iteration; the fine-tuned keras.Model).
     """
-    import json
-
     from daqsm.errors import InputError
     from daqsm.network_model.config import resolve_config
-    from daqsm.network_model.finetuning import FinetuneConfig, output_paths
-    from daqsm.network_model.finetuning import finetune as run_finetune
-    from daqsm.network_model.model_info import load_model_file, save_model_atomic
-    from daqsm.training_data.volume_io import read_volume, write_volume
+    from daqsm.network_model.finetune_core import finetune_volume
+    from daqsm.network_model.finetuning import FinetuneConfig, load_target_model
+    from daqsm.network_model.target_data import target_from_arrays
+    from daqsm.network_model.unet import describe_target_model
 
     config.setdefault("progress", False)
-    with tempfile.TemporaryDirectory(prefix="daqsm-finetune-") as tmp:
-        model_path = model if isinstance(model, (str, os.PathLike)) else save_model_atomic(
-            model, os.path.join(tmp, "model.keras"))
-        affine = np.diag(list(map(float, voxel_size_mm)) + [1.0])
-        files = {"field": field_ppm, "mask": np.asarray(mask, np.float32)}
-        if weight is not None:
-            files["weight"] = weight
-        for name, data in files.items():
-            write_volume(os.path.join(tmp, f"{name}.nii.gz"), np.asarray(data, np.float32), affine=affine)
-        out = os.path.join(tmp, "chi.nii.gz")
-        cfg = resolve_config(FinetuneConfig, None, model=str(model_path), output=out, b0_tesla=b0_tesla, te_s=te_s,
-                             voxel_size_mm=tuple(map(float, voxel_size_mm)), b0_dir=tuple(map(float, b0_dir)),
-                             **{k: os.path.join(tmp, f"{k}.nii.gz") for k in files}, **config)
-        if run_finetune(cfg) != 0:
-            raise InputError("finetune: stopped on a non-finite loss; nothing produced")
-        paths = output_paths(out)
-        with open(paths["sidecar"], encoding="utf-8") as fh:
-            record = json.load(fh)
-        record["log"] = _read_log(paths["log"])
-        return read_volume(out).data, record, load_model_file(paths["model"])
+    params = resolve_config(FinetuneConfig, None, b0_tesla=b0_tesla, te_s=te_s, **config)
+    target = target_from_arrays(field_ppm, mask, weight, voxel_size_mm, b0_dir, b0_tesla, te_s,
+                                params.phase_rad_per_ppm)
+    if isinstance(model, (str, os.PathLike)):
+        model, info = load_target_model(str(model))
+    else:
+        try:
+            info = describe_target_model(model)
+        except (ValueError, KeyError) as err:
+            raise InputError(f"model: not a target model of this package ({err})") from None
+        import keras
+
+        weights, model = model.get_weights(), keras.models.clone_model(model)  # the caller's model stays as it is
+        model.set_weights(weights)
+    result = finetune_volume(model, target, params, info)  # writes nothing
+    if result.status != "ok":
+        raise InputError("finetune: stopped on a non-finite loss; nothing produced")
+    return result.chi, {**result.record, "log": result.log}, result.model
 
 
 def infer(model, field_ppm, mask, tile=(96,), overlap=(32,), whole: bool = False, batch_size: int = 1,

@@ -37,7 +37,7 @@ from daqsm.config import ArgumentParser, add_config_options, param, resolve_conf
 from daqsm.errors import InputError, run_cli, shape_mismatch
 from daqsm.training_data.dipole import dipole_kernel, fft_shape
 
-METHODS = ("tkd", "l2", "ndi-tv")
+METHODS = ("tkd", "l2", "ndi-tv", "tv")
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,10 @@ class NDITVParams:
         tol: stop when ||chi_k - chi_{k-1}|| / ||chi_k|| falls below this.
         newton_steps: Newton iterations of the per-voxel nonlinear v-update.
         b0_tesla, te_s: set the phase scale 2 pi gamma_bar B0 TE (rad per ppm) that turns the field
-            into the phase of exp(i.) (3 T, 25 ms: 20.06 rad/ppm, the 2016 challenge's setting).
+            into the phase of exp(i.) (3 T, 25 ms: 20.06 rad/ppm, the 2016 challenge's setting). The
+            command never assumes them: it reads them from --case or --b0/--te.
+        linear: linear TV (TV-ADMM): the data term W^2 (D u - phi)^2 instead of W^2 |e^{iDu} - e^{i phi}|^2,
+            its v-update closed form (the same splitting otherwise; Bilgic et al. 2014's TV-ADMM with a weight).
     """
 
     alpha: float = 0.1
@@ -68,6 +71,7 @@ class NDITVParams:
     newton_steps: int = 4
     b0_tesla: float = 3.0
     te_s: float = 0.025
+    linear: bool = False
 
 
 TKD_THRESHOLD = 0.19
@@ -276,7 +280,10 @@ def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(
         s_z += gu - z
         # where W = 0 the v-update is v = D u + s_v exactly; Newton only on the weighted voxels
         v = du + s_v
-        v[weighted] = solve_v(v[weighted], phi_w, w2_w, mu_data, v0=v_w, steps=p.newton_steps)
+        if p.linear:  # argmin W^2 (v - phi)^2 + mu/2 (v - t)^2
+            v[weighted] = (2.0 * w2_w * phi_w + mu_data * v[weighted]) / (2.0 * w2_w + mu_data)
+        else:
+            v[weighted] = solve_v(v[weighted], phi_w, w2_w, mu_data, v0=v_w, steps=p.newton_steps)
         v_w = v[weighted]
         s_v += du - v
         change = np.linalg.norm(u_new - u) / max(np.linalg.norm(u_new), 1e-12)
@@ -312,7 +319,10 @@ _ND = NDITVParams()
 class BaselineConfig:
     """Options of `python -m daqsm.evaluation.baselines` (config-file keys = field names)."""
 
-    method: str = param("", "tkd, l2 or ndi-tv (also the first positional argument)", choices=METHODS)
+    method: str = param("", "tkd, l2, ndi-tv (nonlinear TV) or tv (linear TV-ADMM) (also the first positional "
+                        "argument)", choices=METHODS)
+    case: str = param("", "case folder (contract 1): field, mask, magnitude weight, B0, TE, voxel size and B0 "
+                      "direction from the case (instead of --field/--mask)")
     field: str = param("", "local field map, ppm (NIfTI/.mat/.h5/.npy)")
     mask: str = param("", "brain mask, 0/1")
     weight: str = param("", "ndi-tv data weight (e.g. 2nd echo magnitude); default the mask")
@@ -324,16 +334,18 @@ class BaselineConfig:
                      "voxels per side")
     threshold: float = param(TKD_THRESHOLD, "tkd: |D| threshold")
     lambda_grad: float = param(L2_LAMBDA, "l2: gradient weight", aliases=("lambda",))
-    alpha: str = param(str(_ND.alpha), "ndi-tv: TV weight, or 'auto': scan --alpha-grid and take the discrepancy "
-                       "principle's alpha (daqsm.evaluation.nltv_alpha; needs no ground truth)")
+    alpha: str = param(str(_ND.alpha), "ndi-tv / tv: TV weight, or 'auto': scan --alpha-grid and take the "
+                       "discrepancy principle's alpha (daqsm.evaluation.nltv_alpha; needs no ground truth)")
     alpha_grid: tuple | None = param(None, "ndi-tv --alpha auto: the scanned values (default nltv_alpha.ALPHA_GRID)",
                                      type=float)
     mu_grad: float | None = param(None, "ndi-tv: gradient consistency (default 10*alpha)", aliases=("mu",))
     mu_data: float = param(_ND.mu_data, "ndi-tv: data split weight")
     iterations: int = param(_ND.iterations, "ndi-tv: max iterations")
     tol: float = param(_ND.tol, "ndi-tv: relative update tolerance")
-    b0_tesla: float = param(_ND.b0_tesla, "ndi-tv: B0 in tesla", aliases=("b0",))
-    te_s: float = param(_ND.te_s, "ndi-tv: echo time in seconds", aliases=("te",))
+    b0_tesla: float | None = param(None, "ndi-tv / tv: B0 in tesla (default: the case's; never assumed)",
+                                   aliases=("b0",))
+    te_s: float | None = param(None, "ndi-tv / tv: echo time of the weighting echo in seconds (default: the "
+                               "case's; never assumed)", aliases=("te",))
     overwrite: bool = param(False, "replace an existing output")
 
 
@@ -381,7 +393,9 @@ def _run(args) -> int:
 
     if args.method not in METHODS:
         raise choices_message("method", args.method, METHODS)
-    for name in ("field", "mask", "output"):
+    if args.case and (args.field or args.mask or args.weight):
+        raise InputError("give either --case or --field/--mask/--weight, not both")
+    for name in (("output",) if args.case else ("field", "mask", "output")):
         if not getattr(args, name):
             raise InputError(f"--{name}: required (see --help)")
     if os.path.exists(args.output) and not args.overwrite:
@@ -401,21 +415,36 @@ def _run(args) -> int:
     output_path("-o", args.output)
     if args.alpha_grid and args.alpha.strip().lower() != "auto":
         raise InputError("--alpha-grid: only with --alpha auto")
-    if args.weight and args.method != "ndi-tv":
-        raise InputError(f"--weight: only ndi-tv uses a data weight, not {args.method}")
-    field = read_volume(args.field)
-    mask = check_mask(read_volume(args.mask, dtype=None).data, args.mask, field.data)
-    geom = field.geometry(args.voxel_size_mm, args.b0_dir)
+    tv_method = args.method in ("ndi-tv", "tv")
+    if args.weight and not tv_method:
+        raise InputError(f"--weight: only ndi-tv and tv use a data weight, not {args.method}")
+    b0_tesla, te_s, weight = args.b0_tesla, args.te_s, None
+    if args.case:  # like-for-like with fine-tuning: everything from the case (contract 1)
+        from daqsm.training_data.formats.case_folder import read_case
+
+        case = read_case(args.case, "--case", magnitude=tv_method)
+        field, mask = case.field, case.mask
+        geom = field.geometry(args.voxel_size_mm or case.voxel_size_mm, args.b0_dir or case.b0_dir)
+        b0_tesla, te_s = b0_tesla or case.b0_tesla, te_s or case.weight_te_s()
+        weight = case.weight() if tv_method else None
+    else:
+        field = read_volume(args.field)
+        mask = check_mask(read_volume(args.mask, dtype=None).data, args.mask, field.data)
+        geom = field.geometry(args.voxel_size_mm, args.b0_dir)
+        weight = read_volume(args.weight).data if args.weight else None
+    if tv_method and not (b0_tesla and te_s):
+        raise InputError(f"{args.method}: the phase scale needs B0 and TE: give --b0 TESLA --te SECONDS "
+                         f"(or --case DIR with case.json), found b0 {b0_tesla}, te {te_s}")
     common = dict(voxel_size_mm=geom.voxel_size_mm, b0_dir=geom.b0_dir, pad=args.pad)
     if args.method == "tkd":
         chi = tkd(field.data, mask, threshold=args.threshold, **common)
     elif args.method == "l2":
         chi = l2_gradient(field.data, mask, lambda_grad=args.lambda_grad, **common)
     else:
-        weight = read_volume(args.weight).data if args.weight else None
         auto = args.alpha.strip().lower() == "auto"
-        params = NDITVParams(alpha=NDITVParams.alpha if auto else _alpha(args.alpha), mu_grad=args.mu_grad, mu_data=args.mu_data,
-                             iterations=args.iterations, tol=args.tol, b0_tesla=args.b0_tesla, te_s=args.te_s)
+        params = NDITVParams(alpha=NDITVParams.alpha if auto else _alpha(args.alpha), mu_grad=args.mu_grad,
+                             mu_data=args.mu_data, iterations=args.iterations, tol=args.tol, b0_tesla=b0_tesla,
+                             te_s=te_s, linear=args.method == "tv")
         if auto:
             from daqsm.evaluation import nltv_alpha
 
@@ -423,19 +452,22 @@ def _run(args) -> int:
                                          alphas=args.alpha_grid or nltv_alpha.ALPHA_GRID, **common)
             choice = nltv_alpha.choose_alpha_discrepancy(scan)
             for a, r, it in zip(scan.alphas, scan.residual, scan.iterations):
-                print(f"ndi-tv: alpha {a:.3g}: residual {r:.4g}, {it} iterations")
-            print(f"ndi-tv: alpha {choice.alpha:.3g} by the discrepancy principle ({choice.note}), {scan.seconds:.1f} s")
+                print(f"{args.method}: alpha {a:.3g}: residual {r:.4g}, {it} iterations")
+            print(f"{args.method}: alpha {choice.alpha:.3g} by the discrepancy principle ({choice.note}), "
+                  f"{scan.seconds:.1f} s")
             chi = scan.maps[choice.index]
         else:
             chi, info = ndi_tv(field.data, mask, weight, params=params, return_info=True, **common)
-            print(f"ndi-tv: {info['iterations']} iterations, converged={info['converged']}, {info['seconds']:.1f} s")
+            print(f"{args.method}: {info['iterations']} iterations, converged={info['converged']}, "
+                  f"{info['seconds']:.1f} s")
     write_volume(args.output, chi.astype(np.float32), affine=field.affine, header=field.header)
     from daqsm.training_data.provenance import build_record, write_sidecar
 
     settings = {k: v for k, v in vars(args).items()}
-    b0 = args.b0_tesla if args.method == "ndi-tv" else None
+    settings.update(b0_tesla=b0_tesla, te_s=te_s)
     write_sidecar(args.output, build_record(f"susceptibility map, {args.method} baseline", "ppm",
-                                            sources=[args.field, args.mask, args.weight], b0_tesla=b0,
+                                            sources=[args.case] if args.case else [args.field, args.mask, args.weight],
+                                            b0_tesla=b0_tesla if tv_method else None,
                                             b0_dir=geom.b0_dir, voxel_size_mm=geom.voxel_size_mm, dipole_pad=args.pad,
                                             config=settings))
     print(f"wrote {args.output}")

@@ -38,7 +38,6 @@ Usage:
 """
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import sys
@@ -49,6 +48,7 @@ from daqsm.errors import InputError, output_path
 from daqsm.output_lock import claim_output
 from daqsm.validate import check_numbers
 from daqsm.network_model.config import write_resolved_config
+from daqsm.network_model.finetune_core import centred_padding  # noqa: F401  (imported from here by the step script)
 
 PROG = "model_finetune/train.py (step 5)"
 
@@ -73,7 +73,16 @@ class FinetuneConfig:
     learning_rate: float = param(1e-3, 'measured: demo Sim2Snr1 rmse 49.0 at 150 it. vs 52.1 with 1e-4')
     lr_schedule: str = param("constant", 'learning-rate schedule', choices=("constant", "cosine", "exponential"))
     warmup_iterations: int = param(10, 'linear learning-rate ramp at the start')
-    lambda_tv: float = param(0.002, 'TV weight (network units; original 0.002 SNR1, 0.001 SNR2)')
+    lambda_tv: str = param("auto", "TV weight: 'auto' picks it per case without ground truth (NLTV's discrepancy "
+                           "rule mapped to network units, daqsm/network_model/tv_weight.py); a number overrides it")
+    lambda_scan_iterations: int = param(60, "--lambda-tv auto: NLTV iterations per alpha of the scan")
+    prior: str = param("none", "keep the pre-trained prior: none, map (pull to the pre-trained map) or weights "
+                       "(L2-SP)", choices=("none", "map", "weights"))
+    prior_weight: float = param(0.0, "weight of the prior term (network units)")
+    trainable: str = param("all", "weights updated: all, decoder (decoder + output layer) or norm (BN gamma/beta)",
+                           choices=("all", "decoder", "norm"))
+    stop_model_error: bool = param(True, "the discrepancy stop uses the lambda rule's target (noise + model "
+                                   "error floor) when it is larger than the noise energy")
     dipole_pad: str = param("auto", 'FFT zero-padding of the dipole model (daqsm.training_data.dipole)')
     tau: float = param(1.0, 'discrepancy principle: stop when NDI <= tau * noise energy; 0: off')
     noise_ppm: float | None = param(None, 'std of W * field noise (ppm); None: estimated from the field')
@@ -111,29 +120,18 @@ def load_target_model(path: str):
     return model, info
 
 
-def centred_padding(shape, step: int) -> list:
-    """[(before, after)] per axis to reach the next multiple of `step` (split evenly)."""
-    pads = []
-    for n in shape:
-        extra = (-int(n)) % step
-        pads.append((extra // 2, extra - extra // 2))
-    return pads
-
-
 def load_inputs(cfg: FinetuneConfig):
+    """Read the inputs once and run daqsm-check's checks on what was read (target_data.load_case/_files)."""
     from daqsm.network_model.target_data import load_case, load_files
-    from daqsm.training_data.input_check import check_case, check_files
 
     if cfg.case:
         if cfg.field or cfg.mask:
             raise InputError("give either --case or --field/--mask, not both")
-        check_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir)  # daqsm-check's checks, before any heavy work
-        return load_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir)
+        return load_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir, check=True)
     if not cfg.field or not cfg.mask:
         raise InputError("input: give --field and --mask (or --case DIR)")
-    check_files(cfg.field, cfg.mask, cfg.weight or None, cfg.units, cfg.b0_tesla, cfg.te_s, cfg.voxel_size_mm, cfg.b0_dir)
     return load_files(cfg.field, cfg.mask, cfg.weight or None, cfg.units, cfg.b0_tesla, cfg.te_s,
-                      cfg.voxel_size_mm, cfg.b0_dir)
+                      cfg.voxel_size_mm, cfg.b0_dir, check=True)
 
 
 def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
@@ -160,11 +158,15 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
     for path in paths.values():
         output_path("-o", path)
     check_numbers(cfg, {"b0_tesla": "positive", "te_s": "positive", "phase_rad_per_ppm": "positive",
-                        "voxel_size_mm": "positive", "b0_dir": "finite", "convergence_window": "int>=1"},
+                        "voxel_size_mm": "positive", "b0_dir": "finite", "convergence_window": "int>=1",
+                        "lambda_scan_iterations": "int>=1", "prior_weight": "non_negative"},
                   spell=lambda k: "--" + k.replace("_", "-"))
     if cfg.iterations < 1:
         raise InputError(f"iterations: expected >= 1, got {cfg.iterations}")
-    for name in ("learning_rate", "tau", "convergence_tol", "lambda_tv"):
+    from daqsm.network_model.tv_weight import parse_lambda_tv
+
+    parse_lambda_tv(cfg.lambda_tv)
+    for name in ("learning_rate", "tau", "convergence_tol"):
         value = getattr(cfg, name)
         if not (math.isfinite(value) and value >= 0) or (name == "learning_rate" and value <= 0):
             raise InputError(f"{name}: expected a {'positive' if name == 'learning_rate' else 'non-negative'} "
@@ -183,135 +185,54 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
 
 
 def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> int:
-    """The fine-tuning itself, inside the output's lock."""
-    from daqsm.network_model.precision import check_precision, needs_loss_scale, with_precision
+    """The file shell around the core (daqsm.network_model.finetune_core), inside the output's lock."""
+    import csv
 
-    precision = check_precision(cfg.precision)
+    from daqsm.network_model.finetune_core import finetune_volume
+    from daqsm.network_model.model_info import save_model_atomic, spatial_divisor, write_model_info
+    from daqsm.network_model.precision import check_device
+    from daqsm.training_data.provenance import write_sidecar
+    from daqsm.training_data.volume_io import atomic_path, write_volume
+
     leftovers = [p for p in paths.values() if os.path.exists(p)]
     if leftovers and not os.path.exists(paths["qsm"]):
         print(f"{PROG}: note: replacing {len(leftovers)} file(s) of an interrupted run without {paths['qsm']}",
               file=sys.stderr)
-    target = load_inputs(cfg)
+    target = load_inputs(cfg)  # read once, checked on the loaded arrays
     phase = cfg.phase_rad_per_ppm or target.phase_rad_per_ppm
     if phase is None or not (phase > 0 and math.isfinite(phase)):
         raise InputError("phase scale unknown: give --b0 TESLA and --te SECONDS (or --phase_rad_per_ppm)")
+    from daqsm.network_model.precision import check_precision
 
-    from daqsm.tf_env import import_tensorflow, seed_everything
-
-    tf = import_tensorflow()
-    import numpy as np
-
-    from daqsm.network_model.losses import finetune_terms, ndi_loss, tv_loss
-    from daqsm.network_model.model_info import save_model_atomic, spatial_divisor, write_model_info
-    from daqsm.network_model.precision import check_device
-    from daqsm.network_model.stopping import StoppingRule, noise_energy
-    from daqsm.network_model.tiling import brain_box
-    from daqsm.network_model.training_loop import LossLog, make_optimizer, make_train_step, run_loop
-    from daqsm.training_data.dipole import dipole_operator_tf
-    from daqsm.training_data.noise import estimate_noise_ppm
-    from daqsm.training_data.provenance import write_sidecar
-    from daqsm.training_data.volume_io import write_volume
-
-    check_device(precision)
+    check_device(check_precision(cfg.precision))
     model, info = load_target_model(cfg.model)
-    if precision != "float32":  # the same weights, convolutions in reduced precision
-        model = with_precision(model, precision)
-    seed_everything(cfg.seed)
-    divisor = 2 ** info["depth"]
-    # the brain's bounding box plus a margin (module docstring); the output goes back on the full grid
-    box = brain_box(target.mask, divisor)
-    field_b, mask_b, weight_b = target.field_ppm[box], target.mask[box], target.weight[box]
-    shape = field_b.shape
-    pads = centred_padding(shape, divisor)
-    crop = tuple(slice(b, b + n) for (b, _), n in zip(pads, shape))
-
-    def padded(a):
-        return tf.constant(np.pad(a, pads)[None, ..., None], tf.float32)
-
-    field_in, mask_in = padded(field_b), padded(mask_b)
-    field_c = tf.constant(field_b[None], tf.float32)
-    mask_c = tf.constant(mask_b[None], tf.float32)
-    weight_c = tf.constant(weight_b[None], tf.float32)
-    dipole = dipole_operator_tf(shape, target.geometry.voxel_size_mm, target.geometry.b0_dir, cfg.dipole_pad)
-
-    def predict():
-        chi = model([field_in, mask_in], training=False)  # inference-mode BN (module docstring)
-        return chi[(0, *crop, 0)][None]                   # (1, x, y, z): the box's grid
-
-    def loss_fn(_batch):
-        chi = predict()
-        ndi = tf.reduce_mean(ndi_loss(chi, field_c, weight_c, mask_c, dipole, phase))
-        tv = tf.reduce_mean(tv_loss(chi, mask_c, info["label_scale"]))
-        return finetune_terms(ndi, tv, cfg.lambda_tv)
-
-    sigma = cfg.noise_ppm if cfg.noise_ppm is not None else estimate_noise_ppm(field_b, mask_b, weight_b)
-    energy = noise_energy(sigma, phase)  # recorded even when the rule is off (tau 0)
-    rule = StoppingRule(energy if cfg.tau > 0 else None, cfg.tau, cfg.convergence_window, cfg.convergence_tol,
-                        min_iterations=cfg.warmup_iterations)
-    strategy = tf.distribute.get_strategy()
-    optimizer = make_optimizer(cfg.learning_rate, cfg.lr_schedule, cfg.iterations,
-                               warmup_steps=cfg.warmup_iterations, loss_scale=needs_loss_scale(precision))
-    optimizer.build(model.trainable_variables)
-    step_fn = make_train_step(strategy, model, optimizer, loss_fn)
-
-    def full_map():
-        chi_full = np.zeros(target.mask.shape, np.float32)
-        chi_full[box] = predict()[0].numpy() * mask_b
-        return chi_full
-
-    if monitor is not None:
-        train_step, updates = step_fn, [0]
-
-        def step_fn(batch):  # noqa: F811 (the monitored step)
-            terms = train_step(batch)
-            updates[0] += 1
-            if updates[0] % max(1, int(monitor_every)) == 0:
-                monitor(updates[0], full_map())
-            return terms
-
-        monitor(0, full_map())
-    os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
-    from daqsm.output_lock import temp_prefix
-
-    # hidden, named after the output: the next run on it removes what a killed run left
-    tmp_log = os.path.join(os.path.dirname(os.path.abspath(cfg.output)), temp_prefix(cfg.output) + "loss.csv")
-    if os.path.exists(tmp_log):
-        os.remove(tmp_log)
-    evaluate = tf.function(loss_fn)
-    initial = {k: float(v) for k, v in evaluate(None).items()}
-    log = LossLog(tmp_log)
-    log.write(0, initial)
-    result = run_loop(step_fn, itertools.repeat(None), tf.Variable(0, dtype=tf.int64), cfg.iterations, log,
-                      convergence=rule, progress=cfg.progress, desc="fine-tuning")
-    if result.reason == "nan":
-        os.remove(tmp_log)
-        print(f"{PROG}: stopped: non-finite loss at iteration {result.step}; nothing written "
-              "(lower --learning_rate or check the field units)", file=sys.stderr)
+    result = finetune_volume(model, target, cfg, info, monitor, monitor_every,
+                             say=lambda line: print(f"{PROG}: {line}", file=sys.stderr))
+    if result.status == "nan":
+        print(f"{PROG}: stopped: non-finite loss at iteration {result.record['FineTuning']['iterations']}; "
+              "nothing written (lower --learning_rate or check the field units)", file=sys.stderr)
         return 1
-    final = {k: float(v) for k, v in evaluate(None).items()}  # the map that is written
-    chi = full_map()
-    if not np.all(np.isfinite(chi)):
-        os.remove(tmp_log)
-        raise InputError(f"model {cfg.model}: fine-tuning produced NaN/Inf values; nothing written")
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
     # the QSM goes last: a run killed before it leaves an incomplete set that the rerun replaces
-    save_model_atomic(model if precision == "float32" else with_precision(model, "float32"), paths["model"])
+    save_model_atomic(result.model, paths["model"])
     write_model_info(paths["model"], target.geometry.voxel_size_mm, target.geometry.b0_dir,
-                     spatial_divisor(model), fine_tuned_on=str(cfg.case or cfg.field))
-    os.replace(tmp_log, paths["log"])
+                     spatial_divisor(result.model), fine_tuned_on=str(cfg.case or cfg.field))
+    columns = list(dict.fromkeys(k for row in result.log for k in row))
+    with atomic_path(paths["log"]) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, columns, restval="")
+        writer.writeheader()
+        writer.writerows(result.log)
     write_resolved_config(cfg, paths["config"])
-    reason = "done" if result.reason == "running" else result.reason
-    qc = write_residual(paths, chi, target, cfg.dipole_pad, float(phase), sigma, cfg, "fine-tuned")
+    ft = result.record["FineTuning"]
+    qc = write_residual(paths, result.chi, target, cfg.dipole_pad, float(phase), ft["noise_ppm"], cfg, "fine-tuned")
     record = {"Units": "ppm", "Description": "susceptibility map, fine-tuned domain-adaptive network (step 5)",
-              "FineTuning": {"iterations": int(result.step), "stop_reason": reason,
-                             "max_iterations": int(cfg.iterations), "noise_ppm": float(sigma),
-                             "noise_estimated": cfg.noise_ppm is None, "noise_energy": energy, "tau": cfg.tau,
-                             "initial": initial, "final": final,
-                             "residual_over_noise": (final["ndi"] / energy) if energy else None},
-              "Box": [[b.start, b.stop] for b in box], "PhaseRadPerPpm": float(phase), "QC": qc}
+              **result.record, "QC": qc}
     write_sidecar(paths["qsm"], provenance_record(cfg, target, "fine-tuned"), record)
-    write_volume(paths["qsm"], chi, target.affine, target.header)  # last: it marks the set complete
+    write_volume(paths["qsm"], result.chi, target.affine, target.header)  # last: it marks the set complete
+    initial, final, energy = ft["initial"], ft["final"], ft["noise_energy"]
     ratio = f", ndi / noise energy {final['ndi'] / energy:.3g}" if energy else ""
-    print(f"{PROG}: stopped ({reason}) after {result.step} iterations: loss {initial['loss']:.5g} -> "
+    print(f"{PROG}: stopped ({ft['stop_reason']}) after {ft['iterations']} iterations, lambda_tv "
+          f"{ft['lambda_tv']:.4g} ({ft['LambdaTV']['rule']}): loss {initial['loss']:.5g} -> "
           f"{final['loss']:.5g} (ndi {initial['ndi']:.5g} -> {final['ndi']:.5g}{ratio}); wrote {paths['qsm']}")
     return 0
 

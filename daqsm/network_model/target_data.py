@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daqsm.errors import shape_mismatch
+from daqsm.errors import InputError, shape_mismatch
 from daqsm.training_data.formats import case_folder
 from daqsm.training_data.geometry import Geometry
 from daqsm.training_data.units import rad_per_ppm
@@ -44,9 +44,14 @@ class TargetVolume:
     header: object = None
 
 
-def load_case(folder, voxel_size_mm=None, b0_dir=None) -> TargetVolume:
-    """Read a contract-1 case folder (weighting echo: daqsm.training_data.formats.case_folder decides)."""
+def load_case(folder, voxel_size_mm=None, b0_dir=None, check: bool = False) -> TargetVolume:
+    """Read a contract-1 case folder (weighting echo: daqsm.training_data.formats.case_folder decides).
+
+    check: run daqsm-check's checks (daqsm.training_data.input_check) on the arrays just read.
+    """
     case = case_folder.read_case(folder)
+    if check:
+        _check_case_arrays(case, voxel_size_mm, b0_dir)
     mask = case.mask.astype(np.float32)
     b0, te = case.b0_tesla, case.weight_te_s()
     phase = rad_per_ppm(b0, te) if b0 and te else None
@@ -56,16 +61,56 @@ def load_case(folder, voxel_size_mm=None, b0_dir=None) -> TargetVolume:
                         case.field.header)
 
 
+def _check_case_arrays(case, voxel_size_mm, b0_dir) -> None:
+    """daqsm-check's case checks (input_check.check_case) on a case already in memory."""
+    import os
+
+    from daqsm.training_data.geometry import voxel_size_from_affine
+    from daqsm.training_data.input_check import check_field_values, check_geometry
+
+    field_path = os.path.join(case.folder, case_folder.FIELD_NAME)
+    vs = case.info.get("voxel_size_mm")
+    if vs is not None and voxel_size_mm is None and not np.allclose(vs, voxel_size_from_affine(case.field.affine),
+                                                                    rtol=0.01):
+        raise InputError(f"{os.path.join(case.folder, case_folder.INFO_NAME)}: voxel_size_mm {tuple(vs)} disagrees "
+                         f"with the header of {field_path} "
+                         f"{tuple(round(v, 4) for v in voxel_size_from_affine(case.field.affine))}")
+    check_geometry(case.field, f"field {field_path}", voxel_size_mm or vs, b0_dir or case.info.get("b0_dir"))
+    check_field_values(case.field.data, case.mask, f"field {field_path}", "ppm")
+    if case.magnitude is not None:
+        mag_path = os.path.join(case.folder, case_folder.MAGNITUDE_NAME)
+        if np.any(case.magnitude < 0):
+            raise InputError(f"magnitude {mag_path}: expected non-negative values, found minimum "
+                             f"{float(case.magnitude.min()):.4g}")
+        echoes = case.magnitude.shape[3] if case.magnitude.ndim == 4 else 1
+        if len(case.te_list) > 1 and echoes != len(case.te_list):
+            raise InputError(f"magnitude {mag_path}: expected {len(case.te_list)} echoes (one per TE "
+                             f"{case.te_list}), found {echoes}")
+
+
 def load_files(field_path, mask_path, weight_path=None, units: str = "ppm", b0_tesla=None, te_s=None,
-               voxel_size_mm=None, b0_dir=None) -> TargetVolume:
-    """Read a field (any supported format and unit), a mask and an optional weight/magnitude."""
+               voxel_size_mm=None, b0_dir=None, check: bool = False) -> TargetVolume:
+    """Read a field (any supported format and unit), a mask and an optional weight/magnitude.
+
+    check: run daqsm-check's checks (daqsm.training_data.input_check) on the arrays just read.
+    """
+    from daqsm.training_data.input_check import check_field_values, check_geometry
+
+    if check and str(units).lower() not in ("ppm", "ppb", "hz", "rad"):
+        raise InputError(f"units: expected one of ppm, ppb, hz, rad, found {units!r}")
     field = read_field(field_path, units, b0_tesla, te_s)
     mask = read_mask(mask_path, field.data, f"field {field_path}").astype(np.float32)
+    if check:
+        check_geometry(field, f"field {field_path}", voxel_size_mm, b0_dir)
+        check_field_values(field.data, mask > 0, f"field {field_path}", str(units))
     if weight_path:
         weight_vol = read_volume(weight_path)
         if weight_vol.data.shape != field.data.shape:
             raise shape_mismatch(f"weight {weight_path}", weight_vol.data.shape, f"field {field_path}",
                                  field.data.shape)
+        if check and np.any(weight_vol.data < 0):
+            raise InputError(f"magnitude {weight_path}: expected non-negative values, found minimum "
+                             f"{float(weight_vol.data.min()):.4g}")
         weight = case_folder.weight_from_magnitude(weight_vol.data, mask > 0, name=f"weight {weight_path}")
     else:
         weight = mask.copy()
@@ -75,3 +120,30 @@ def load_files(field_path, mask_path, weight_path=None, units: str = "ppm", b0_t
     if field.voxel_size_mm is None:  # .mat/.npy carry no geometry: the output affine uses the voxel size
         affine = np.diag(list(geometry.voxel_size_mm) + [1.0])
     return TargetVolume(field.data * mask, mask, weight, geometry, phase, affine, field.header)
+
+
+def target_from_arrays(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),
+                       b0_tesla=None, te_s=None, phase_rad_per_ppm=None) -> TargetVolume:
+    """A TargetVolume from arrays in memory, checked as daqsm-check checks files (no file is read).
+
+    Args:
+        field_ppm: float (x, y, z) local field, ppm. mask: (x, y, z) 0/1.
+        weight: (x, y, z) magnitude or weight (normalised to max 1 in the mask), or None (the mask).
+        voxel_size_mm, b0_dir: geometry. b0_tesla, te_s: give the NDI phase scale 2 pi gamma_bar B0 TE,
+            unless phase_rad_per_ppm is given.
+    """
+    from daqsm.training_data.input_check import check_field_values
+    from daqsm.training_data.volume_io import check_mask
+
+    field = np.asarray(field_ppm, np.float32)
+    if field.ndim != 3:
+        raise InputError(f"field_ppm: expected a 3-D volume, found shape {field.shape}")
+    if not np.all(np.isfinite(field)):
+        raise InputError("field_ppm: expected finite values, found NaN/Inf")
+    mask_b = check_mask(mask, "mask", field, "field_ppm")
+    check_field_values(field, mask_b, "field_ppm", "ppm")
+    mask_f = mask_b.astype(np.float32)
+    w = mask_f.copy() if weight is None else case_folder.weight_from_magnitude(weight, mask_b, name="weight")
+    phase = phase_rad_per_ppm or (rad_per_ppm(b0_tesla, te_s) if b0_tesla and te_s else None)
+    geometry = Geometry(field.shape, tuple(map(float, voxel_size_mm)), tuple(map(float, b0_dir)))
+    return TargetVolume(field * mask_f, mask_f, w, geometry, phase, np.diag(list(geometry.voxel_size_mm) + [1.0]))

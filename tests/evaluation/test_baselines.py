@@ -152,7 +152,7 @@ def test_shared_kernel_and_anisotropic_voxels():
     assert dipole_kernel((24, 24, 24), vs, b0) is dipole_kernel((24, 24, 24), vs, b0)  # one cached kernel
 
 
-@pytest.mark.parametrize("method", ["tkd", "l2", "ndi-tv"])
+@pytest.mark.parametrize("method", ["tkd", "l2", "ndi-tv", "tv"])
 def test_command_writes_ppm_with_affine(tmp_path, method):
     chi, brain, _ = phantom(24)
     affine = np.diag([1.1, 1.1, 1.2, 1.0])
@@ -160,7 +160,7 @@ def test_command_writes_ppm_with_affine(tmp_path, method):
     f = write_volume(tmp_path / "field.nii.gz", forward_field(chi, (1.1, 1.1, 1.2)) * brain, affine)
     m = write_volume(tmp_path / "mask.nii.gz", brain.astype(np.uint8), affine)
     out = tmp_path / f"{method}.nii.gz"
-    extra = ["--iterations", "5"] if method == "ndi-tv" else []
+    extra = ["--iterations", "5", "--b0", "3", "--te", "0.025"] if method in ("ndi-tv", "tv") else []
     assert B.main([method, "--field", f, "--mask", m, "-o", str(out)] + extra) == 0
     vol = read_volume(out)
     assert np.allclose(vol.affine, affine) and vol.data.shape == chi.shape
@@ -179,13 +179,48 @@ def test_command_bad_inputs_exit_2(tmp_path, capsys):
                  ["tkd", "--weight", f] + base,                   # weight only for ndi-tv
                  ["tkd", "--threshold", "0"] + base,              # bad threshold
                  ["l2", "--lambda", "-1"] + base,                 # bad lambda
-                 ["ndi-tv", "--alpha", "0"] + base,               # bad alpha
+                 ["ndi-tv", "--alpha", "0", "--b0", "3", "--te", "0.02"] + base,  # bad alpha
+                 ["ndi-tv"] + base,                               # no B0 / TE: never a silent 3 T default
+                 ["tv", "--b0", "3"] + base,                      # no TE
+                 ["tkd", "--case", str(tmp_path)] + base,         # --case and --field
                  ["tkd", "--field", str(tmp_path / "none.nii.gz"), "--mask", m, "-o", out]):
         assert B.main(argv) == 2, argv
         assert capsys.readouterr().err.count("\n") == 1
     assert not (tmp_path / "out.nii.gz").exists()
     assert B.main(["tkd"] + base) == 0
     assert B.main(["tkd"] + base) == 2  # exists, no --overwrite
+
+
+def test_linear_tv_matches_nonlinear_tv_at_small_phase():
+    """With a small phase (|s (f - D chi)| << 1) 2 - 2 cos x ~ x^2: linear and nonlinear TV agree."""
+    chi, brain, _ = phantom(24)
+    field = forward_field(chi) * brain
+    params = B.NDITVParams(alpha=1e-4, iterations=60, b0_tesla=0.05, te_s=0.01)
+    nonlinear = B.ndi_tv(field, brain, params=params)
+    linear = B.ndi_tv(field, brain, params=B.NDITVParams(**{**params.__dict__, "linear": True}))
+    assert nrmse_pair(linear, nonlinear, brain)[0] < 1.0
+    assert nrmse_pair(linear, chi, brain)[0] < 60.0
+
+
+def test_command_reads_b0_te_and_weight_from_the_case(tmp_path, capsys):
+    """--case: B0, TE of the weighting echo, voxel size and magnitude weight come from the case (like-for-like)."""
+    import json
+
+    from daqsm.training_data.formats.case_folder import write_case
+
+    chi, brain, _ = phantom(16)
+    vs = (1.5, 1.5, 1.5)
+    field = (forward_field(chi, vs) * brain).astype(np.float32)
+    magnitude = np.stack([brain * 1.0, brain * 0.8], -1).astype(np.float32)
+    folder = tmp_path / "case"
+    write_case(folder, {"local_field": field, "mask": brain.astype(np.uint8), "magnitude": magnitude},
+               {"b0_tesla": 7.0, "te_s": [0.004, 0.012], "voxel_size_mm": list(vs), "b0_dir": [0, 0, 1]},
+               np.diag(list(vs) + [1.0]))
+    out = tmp_path / "tv.nii.gz"
+    assert B.main(["ndi-tv", "--case", str(folder), "--iterations", "3", "-o", str(out)]) == 0
+    record = json.loads((tmp_path / "tv.json").read_text())
+    text = json.dumps(record)
+    assert '"b0_tesla": 7.0' in text and '"te_s": 0.012' in text, text
 
 
 @pytest.mark.realdata
