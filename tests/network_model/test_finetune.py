@@ -170,3 +170,49 @@ def test_boolean_options_work_as_bare_flags():
     bare = resolve_config(finetune.FinetuneConfig, parser.parse_args(["--overwrite", "--progress", "false"]))
     assert bare.overwrite is True and bare.progress is False
     assert resolve_config(finetune.FinetuneConfig, parser.parse_args([])).overwrite is False
+
+
+def test_auto_lambda_and_its_evidence_in_the_sidecar(case, tmp_path):
+    """--lambda-tv auto (the default): the NLTV rule's alpha mapped to network units, its evidence and the
+    stop's target (noise + model-error floor, never below the noise energy) recorded."""
+    import json
+
+    from daqsm.network_model.tv_weight import lambda_from_alpha
+    from daqsm.training_data.units import rad_per_ppm
+
+    out = tmp_path / "q.nii.gz"
+    assert finetune.main(["--model", str(case / "pre.keras"), "-o", str(out), "--progress", "false", "--b0", "3",
+                          "--te", "0.02", "--field", str(case / "field.nii.gz"), "--mask", str(case / "mask.nii.gz"),
+                          "--iterations", "3", "--lambda-scan-iterations", "10"]) == 0
+    ft = json.loads((tmp_path / "q.json").read_text())["FineTuning"]
+    rule = ft["LambdaTV"]
+    assert rule["rule"] == "discrepancy" and "discrepancy rule" in rule["note"]
+    voxel = tuple(np.sqrt((AFFINE[:3, :3] ** 2).sum(0)))
+    assert ft["lambda_tv"] == pytest.approx(lambda_from_alpha(rule["alpha"], rad_per_ppm(3, 0.02), voxel, 100 / 3),
+                                            rel=1e-5)
+    assert len(rule["alphas"]) == len(rule["ndi_per_alpha"]) >= 3
+    assert ft["stop_ndi_target"] == pytest.approx(max(ft["noise_energy"], rule["ndi_target"]))
+
+
+@pytest.mark.parametrize("extra", [["--prior", "map", "--prior-weight", "1"], ["--prior", "weights",
+                                                                                "--prior-weight", "10"],
+                                   ["--trainable", "decoder"], ["--trainable", "norm"]])
+def test_prior_keeping_variants_run_and_save_a_whole_model(case, tmp_path, extra):
+    import json
+
+    import keras
+
+    out = tmp_path / "q.nii.gz"
+    assert _run(case, out, "--field", str(case / "field.nii.gz"), "--mask", str(case / "mask.nii.gz"),
+                "--iterations", "3", *extra) == 0
+    ft = json.loads((tmp_path / "q.json").read_text())["FineTuning"]
+    whole = keras.saving.load_model(tmp_path / "q_model.keras")
+    assert all(layer.trainable for layer in whole.layers)
+    pre = keras.saving.load_model(case / "pre.keras")
+    if "--trainable" in extra:  # frozen layers keep their pre-trained weights
+        assert 0 < ft["trainable_weights"] < sum(int(np.prod(v.shape)) for v in pre.trainable_variables)
+        frozen = "enc0_conv0" if extra[-1] == "decoder" else "out_conv"
+        for a, b in zip(whole.get_layer(frozen).get_weights(), pre.get_layer(frozen).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    else:
+        assert "prior" in open(tmp_path / "q_loss.csv").readline()
