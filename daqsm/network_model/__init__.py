@@ -6,7 +6,9 @@ losses.py           L1 (source), NDI data consistency (target, radians), anisotr
                     loss compositions of steps 4 and 5
 data.py             tf.data pipelines from the step-3 patch HDF5
 training_loop.py    GradientTape loop shared by pre-training and fine-tuning
-stopping.py         fine-tuning's stopping rule (discrepancy principle + flat loss)
+stopping.py         fine-tuning's stopping rule (discrepancy principle with model error + flat loss)
+tv_weight.py        fine-tuning's lambda_tv per case without truth (NLTV's rule mapped to network units)
+finetune_core.py    step 5's core on arrays: finetune_volume(model, target, params) -> result, no files
 distributed.py      several workers (MultiWorkerMirroredStrategy, TF_CONFIG)
 precision.py        mixed precision (float16 / bfloat16 policies, loss scaling)
 config.py           steps 4-5 and inference on the one config layer (daqsm/config.py)
@@ -15,7 +17,7 @@ target_data.py      one target dataset (case folder or files) for fine-tuning
 tiling.py           overlapping-tile inference with smooth blending
 infer.py            inference command (pre-trained or fine-tuned model -> QSM)
 pretraining.py      step 4: domain-adaptive pre-training (PretrainConfig, pretrain)
-finetuning.py       step 5: per-dataset fine-tuning (FinetuneConfig, finetune)
+finetuning.py       step 5's file shell: FinetuneConfig, read/check inputs once, lock, sidecars, writes
 train_model/        step 4's script (thin: parse -> pretraining.pretrain)
 model_finetune/     step 5's script (thin: parse -> finetuning.finetune)
 """

@@ -1,34 +1,16 @@
-"""Step 5 — per-dataset fine-tuning: pre-trained target model + one field map (ppm) -> QSM (ppm, NIfTI).
+"""Step 5 — per-dataset fine-tuning, the file shell: pre-trained target model + one field map (ppm) -> QSM (ppm, NIfTI).
 
-Minimises L = NDI + lambda_tv * TV (daqsm.network_model.losses) on the brain's bounding box (plus a
-margin of 2**(depth-1) voxels), starting from the pre-trained target model (data contract 3), then
-writes the susceptibility map (input affine kept, ppm, zero outside the mask), the fine-tuned model,
-a loss log and a sidecar OUT.json with the chosen iteration and why the run stopped.
-
-Stopping rule (daqsm/network_model/stopping.py; needs no ground truth): the discrepancy principle stops at
-the first iteration whose NDI term reaches the noise energy estimated from the field (`tau`), else
-a flat loss stops it (`convergence_window`, `convergence_tol`), else `iterations`. The learning
-rate ramps up linearly over `warmup_iterations` (full-size Adam steps at once first degrade the
-pre-trained map).
-
-BN during fine-tuning: the target model's batch normalisations run in **inference mode** (the
-target-domain moving statistics learned in pre-training); gamma/beta and all convolutions are
-updated. With a single whole volume as the batch, batch statistics would change the network's
-function at iteration 0 (the volume's statistics differ from the patches'), so fine-tuning would
-start from a different map than the pre-trained prediction; frozen statistics keep the start equal to
-it and make the result independent of how much background padding the volume has.
-
-Padding: the network needs sizes divisible by 2**depth, so the field and mask are zero-padded
-(centred); the mask zeroes the network output there. The output is cropped back to the original
-grid **before** the dipole model, so the FFT sees the true geometry (voxel size, B0 direction) and
-the padding never enters the loss; `dipole_pad` additionally zero-pads the FFT grid (default
-'auto') so the dipole convolution is linear, not circular.
+The fine-tuning itself (objective NDI + lambda_tv * TV [+ prior], lambda_tv per case without truth,
+stopping rule, BN in inference mode, padding) is daqsm/network_model/finetune_core.py
+(`finetune_volume`, on arrays, writes nothing). This shell owns the files: it validates the config,
+claims the output (lock, --overwrite), reads the inputs once and runs daqsm-check's checks on the
+loaded arrays, calls the core, then writes the outputs atomically, the QSM last.
 
 Output: OUT.nii.gz, OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json (provenance sidecar,
-daqsm/training_data/provenance.py: iterations, stop reason, noise estimate, residual / noise energy, model
-SHA-256, geometry, kernel convention) and the QC map OUT_residual.nii.gz (ppm, daqsm/training_data/qc_residual.py)
-with OUT_residual.json. `--bids true` names the QSM OUT_Chimap.nii.gz. The inputs pass daqsm-check's
-checks (daqsm/training_data/input_check.py) first.
+daqsm/training_data/provenance.py: iterations, stop reason, noise estimate, lambda_tv with its rule and
+evidence, residual / noise energy, model SHA-256, geometry, kernel convention) and the QC map
+OUT_residual.nii.gz (ppm, daqsm/training_data/qc_residual.py) with OUT_residual.json. `--bids true`
+names the QSM OUT_Chimap.nii.gz.
 
 Usage:
     python network_model/model_finetune/train.py --model runs/pre/target_model.keras \\
