@@ -87,7 +87,7 @@ def run_classic(args) -> None:
     from daqsm.evaluation import nltv_alpha
     from daqsm.evaluation.baselines import NDITVParams, l2_gradient, tkd
     from daqsm.network_model.tiling import brain_box
-    from daqsm.network_model.tv_weight import choose_lambda_tv
+    from daqsm.network_model.tv_weight import lambda_from_alpha
     from daqsm.training_data.units import rad_per_ppm
 
     out = Path(args.out)
@@ -109,22 +109,32 @@ def run_classic(args) -> None:
         best = min(l2_grid, key=lambda k: l2_grid[k]["rmse"])
         rows[f"L2 stage 2 ({best:g})"] = l2_grid[best]
         s = target.phase_rad_per_ppm
-        base = NDITVParams(b0_tesla=s / rad_per_ppm(1.0, 1.0), te_s=1.0)  # the case's phase scale
+        # both TV scans on the brain box fine-tuning sees, with the lambda rule's iterations: the NLTV scan is
+        # the rule's own (stage 1 = its alpha), so the network's lambda and NLTV stage 1 share one alpha
+        base = NDITVParams(b0_tesla=s / rad_per_ppm(1.0, 1.0), te_s=1.0, iterations=args.scan_iterations)
+        box = brain_box(target.mask, 8)
+        field_b, mask_b, weight_b = target.field_ppm[box], mask[box], target.weight[box]
+
+        def full(chi_box):
+            chi = np.zeros(mask.shape, np.float32)
+            chi[box] = chi_box
+            return chi
+
         for label, linear in (("NLTV", False), ("linear TV", True)):
-            scan = nltv_alpha.scan_alpha(target.field_ppm, mask, target.weight, params=replace(base, linear=linear),
-                                         **common)
+            scan = nltv_alpha.scan_alpha(field_b, mask_b, weight_b, g.voxel_size_mm, g.b0_dir,
+                                         replace(base, linear=linear), pad="auto")
             stage1 = nltv_alpha.choose_alpha_discrepancy(scan)
-            stage2, _ = nltv_alpha.best_alpha_by_truth(scan, truth, mask)
-            rows[f"{label} stage 1 ({stage1.alpha:.3g})"] = _metrics(scan.maps[stage1.index], truth, seg, mask)
-            rows[f"{label} stage 2 ({stage2.alpha:.3g})"] = _metrics(scan.maps[stage2.index], truth, seg, mask)
+            stage2, _ = nltv_alpha.best_alpha_by_truth(scan, truth[box], mask_b)
+            rows[f"{label} stage 1 ({stage1.alpha:.3g})"] = _metrics(full(scan.maps[stage1.index]), truth, seg, mask)
+            rows[f"{label} stage 2 ({stage2.alpha:.3g})"] = _metrics(full(scan.maps[stage2.index]), truth, seg, mask)
             print(f"{name}: {label} scan {scan.seconds:.0f} s: stage 1 {stage1.alpha:.3g} ({stage1.note}), "
                   f"stage 2 {stage2.alpha:.3g}", file=sys.stderr, flush=True)
-        box = brain_box(target.mask, 8)
-        choice = choose_lambda_tv(target.field_ppm[box], target.mask[box], target.weight[box], g.voxel_size_mm,
-                                  g.b0_dir, s, args.label_scale)
-        chi, loss, nit = direct_minimiser(target, choice.lambda_tv, args.label_scale)
-        rows[f"direct minimiser at the no-truth lambda ({choice.lambda_tv:.3g})"] = _metrics(chi, truth, seg, mask)
-        results[name] = {"rows": rows, "lambda_rule": choice.record(), "direct_loss": loss, "direct_iterations": nit,
+            if not linear:
+                lam = lambda_from_alpha(stage1.alpha, s, g.voxel_size_mm, args.label_scale)
+                rule = {"alpha": stage1.alpha, "lambda_tv": lam, "note": stage1.note, "seconds": scan.seconds}
+        chi, loss, nit = direct_minimiser(target, lam, args.label_scale, iterations=args.direct_iterations)
+        rows[f"direct minimiser at the no-truth lambda ({lam:.3g})"] = _metrics(chi, truth, seg, mask)
+        results[name] = {"rows": rows, "lambda_rule": rule, "direct_loss": loss, "direct_iterations": nit,
                          "seconds": round(time.perf_counter() - t0, 1)}
         (out / "classic.json").write_text(json.dumps(results, indent=1))
         print(f"{name}: " + ", ".join(f"{k} {v['rmse']:.2f}" for k, v in rows.items()), file=sys.stderr, flush=True)
@@ -200,7 +210,7 @@ def table(args) -> None:
     out = Path(args.out)
     classic = json.loads((out / "classic.json").read_text()) if (out / "classic.json").exists() else {}
     for name, r in classic.items():
-        print(f"\n{name} (lambda rule: {r['lambda_rule']['note']})\n\n| method | rmse | hfen | ssim |\n|---|---:|---:|---:|")
+        print(f"\n{name} (no-truth alpha {r['lambda_rule']['alpha']:.3g} -> lambda {r['lambda_rule']['lambda_tv']:.4g}: {r['lambda_rule']['note']})\n\n| method | rmse | hfen | ssim |\n|---|---:|---:|---:|")
         for method, m in r["rows"].items():
             print(f"| {method} | {m['rmse']:.2f} | {m.get('hfen', float('nan')):.2f} | {m.get('ssim', float('nan')):.3f} |")
     print("\n| variant | case | lambda | start | worst of first 25 | stop (it., reason) | rmse at stop | best (it.) "
@@ -225,6 +235,8 @@ def main(argv=None) -> int:
         p.add_argument("--cases", nargs="+", required=True)
         p.add_argument("--redo", action="store_true")
     cl.add_argument("--label-scale", type=float, default=100.0 / 3.0)
+    cl.add_argument("--scan-iterations", type=int, default=60, help="ADMM iterations per alpha (the rule's)")
+    cl.add_argument("--direct-iterations", type=int, default=300)
     ft.add_argument("--model", required=True)
     ft.add_argument("--name", required=True)
     ft.add_argument("--iterations", type=int, default=200)

@@ -100,6 +100,34 @@ def select_trainable(model, which: str) -> int:
     return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
 
+def check_params(params) -> None:
+    """The number rules of step 5's parameters (the command and the API both get them)."""
+    from daqsm.validate import check_numbers
+
+    check_numbers(params, {"b0_tesla": "positive", "te_s": "positive", "phase_rad_per_ppm": "positive",
+                           "voxel_size_mm": "positive", "b0_dir": "finite", "convergence_window": "int>=1",
+                           "lambda_scan_iterations": "int>=1", "prior_weight": "non_negative"},
+                  spell=lambda k: "--" + k.replace("_", "-"))
+    if params.iterations < 1:
+        raise InputError(f"iterations: expected >= 1, got {params.iterations}")
+    from daqsm.network_model.tv_weight import parse_lambda_tv
+
+    parse_lambda_tv(params.lambda_tv)
+    for name in ("learning_rate", "tau", "convergence_tol"):
+        value = getattr(params, name)
+        if not (math.isfinite(value) and value >= 0) or (name == "learning_rate" and value <= 0):
+            raise InputError(f"{name}: expected a {'positive' if name == 'learning_rate' else 'non-negative'} "
+                             f"number, got {value}")
+    if params.noise_ppm is not None and not (math.isfinite(params.noise_ppm) and params.noise_ppm >= 0):
+        raise InputError(f"noise_ppm: expected a non-negative number of ppm, got {params.noise_ppm}")
+    if params.warmup_iterations < 0:
+        raise InputError(f"warmup_iterations: expected >= 0, got {params.warmup_iterations}")
+    if params.prior not in PRIORS:
+        raise InputError(f"prior: expected one of {', '.join(PRIORS)}, got {params.prior!r}")
+    if params.trainable not in TRAINABLE:
+        raise InputError(f"trainable: expected one of {', '.join(TRAINABLE)}, got {params.trainable!r}")
+
+
 def finetune_volume(model, target, params, info: dict | None = None, monitor=None, monitor_every: int = 10,
                     say=None) -> FinetuneResult:
     """Fine-tune `model` on one target volume; nothing is written (module docstring).
@@ -133,13 +161,12 @@ def finetune_volume(model, target, params, info: dict | None = None, monitor=Non
     from daqsm.training_data.dipole import dipole_operator_tf
     from daqsm.training_data.noise import estimate_noise_ppm
 
+    check_params(params)
     say = say or (lambda _line: None)
     messages: list = []
     phase = params.phase_rad_per_ppm or target.phase_rad_per_ppm
     if phase is None or not (phase > 0 and math.isfinite(phase)):
         raise InputError("phase scale unknown: give --b0 TESLA and --te SECONDS (or --phase_rad_per_ppm)")
-    if params.prior not in PRIORS:
-        raise InputError(f"prior: expected one of {', '.join(PRIORS)}, got {params.prior!r}")
     precision = check_precision(params.precision)
     info = info or describe_target_model(model)
     if precision != "float32":  # the same weights, convolutions in reduced precision

@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from daqsm.config import param
 from daqsm.errors import InputError, output_path
 from daqsm.output_lock import claim_output
-from daqsm.validate import check_numbers
 from daqsm.network_model.config import write_resolved_config
-from daqsm.network_model.finetune_core import centred_padding  # noqa: F401  (imported from here by the step script)
+from daqsm.network_model.finetune_core import centred_padding, check_params  # noqa: F401  (centred_padding: the step script's name)
 
 PROG = "model_finetune/train.py (step 5)"
 
@@ -139,24 +138,7 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
         raise InputError(f"output {paths['qsm']} exists; use --overwrite to replace it")
     for path in paths.values():
         output_path("-o", path)
-    check_numbers(cfg, {"b0_tesla": "positive", "te_s": "positive", "phase_rad_per_ppm": "positive",
-                        "voxel_size_mm": "positive", "b0_dir": "finite", "convergence_window": "int>=1",
-                        "lambda_scan_iterations": "int>=1", "prior_weight": "non_negative"},
-                  spell=lambda k: "--" + k.replace("_", "-"))
-    if cfg.iterations < 1:
-        raise InputError(f"iterations: expected >= 1, got {cfg.iterations}")
-    from daqsm.network_model.tv_weight import parse_lambda_tv
-
-    parse_lambda_tv(cfg.lambda_tv)
-    for name in ("learning_rate", "tau", "convergence_tol"):
-        value = getattr(cfg, name)
-        if not (math.isfinite(value) and value >= 0) or (name == "learning_rate" and value <= 0):
-            raise InputError(f"{name}: expected a {'positive' if name == 'learning_rate' else 'non-negative'} "
-                             f"number, got {value}")
-    if cfg.noise_ppm is not None and not (math.isfinite(cfg.noise_ppm) and cfg.noise_ppm >= 0):
-        raise InputError(f"noise_ppm: expected a non-negative number of ppm, got {cfg.noise_ppm}")
-    if cfg.warmup_iterations < 0:
-        raise InputError(f"warmup_iterations: expected >= 0, got {cfg.warmup_iterations}")
+    check_params(cfg)
     if not cfg.model:
         raise InputError("model: give the pre-trained model with --model FILE.keras")
     from daqsm.network_model.precision import check_precision
