@@ -1,4 +1,7 @@
-"""Classic dipole inversions for comparison: TKD, closed-form L2-gradient and nonlinear TV (ADMM).
+"""Classic dipole inversions for comparison: TKD, closed-form L2-gradient, nonlinear and linear TV (ADMM).
+
+The TV solver lives in daqsm/training_data/tv_inversion.py (step 5's lambda rule uses it too); its
+names are importable from here as before.
 
 All three share the project's one kernel `daqsm.training_data.dipole.dipole_kernel` (rfft half-spectrum,
 D(0) = 0) and use scipy.fft rfftn/irfftn in float32/complex64. Inputs: local field in ppm and a
@@ -27,51 +30,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.fft
 
 from daqsm.config import ArgumentParser, add_config_options, param, resolve_config
-from daqsm.errors import InputError, run_cli, shape_mismatch
-from daqsm.training_data.dipole import dipole_kernel, fft_shape
+from daqsm.errors import InputError, run_cli
+from daqsm.training_data.dipole import dipole_kernel
+from daqsm.training_data.tv_inversion import (  # noqa: F401  (the solver's names, importable from here as before)
+    NDITVParams,
+    _check_weight,
+    _irfft,
+    _prepare,
+    _rfft,
+    grad,
+    grad_adjoint,
+    gradient_eigenvalues,
+    ndi_data_gradient,
+    ndi_data_term,
+    ndi_tv,
+    solve_v,
+)
 
 METHODS = ("tkd", "l2", "ndi-tv", "tv")
-
-
-@dataclass(frozen=True)
-class NDITVParams:
-    """Defaults of the nonlinear TV inversion (phase units: rad, chi scaled by `phase_scale`).
-
-    Defaults chosen on the 2016 challenge data (3 T, phase scale 20.06 rad/ppm), NRMSE vs chi_33 after
-    40 iterations for alpha in {1e-4, 3e-4, 1e-2, 3e-2, 0.1, 0.3}: 246, 205, 104, 82, 76, 87 %; mu_grad
-    in {1, 10, 100} x alpha: 75.7, 76.1, 79.1 %. High-SNR simulations need a smaller alpha (the noisy
-    test phantom, field noise 0.002 ppm, does best near 3e-3): tune alpha per dataset.
-
-    Attributes:
-        alpha: TV weight (alpha1 in FANSI), in the phase-unit problem.
-        mu_grad: gradient consistency weight of the z = grad(chi) split (mu1); None -> 10 * alpha.
-        mu_data: consistency weight of the v = D chi split of the nonlinear data term (mu2).
-        iterations: maximum ADMM iterations.
-        tol: stop when ||chi_k - chi_{k-1}|| / ||chi_k|| falls below this.
-        newton_steps: Newton iterations of the per-voxel nonlinear v-update.
-        b0_tesla, te_s: set the phase scale 2 pi gamma_bar B0 TE (rad per ppm) that turns the field
-            into the phase of exp(i.) (3 T, 25 ms: 20.06 rad/ppm, the 2016 challenge's setting). The
-            command never assumes them: it reads them from --case or --b0/--te.
-        linear: linear TV (TV-ADMM): the data term W^2 (D u - phi)^2 instead of W^2 |e^{iDu} - e^{i phi}|^2,
-            its v-update closed form (the same splitting otherwise; Bilgic et al. 2014's TV-ADMM with a weight).
-    """
-
-    alpha: float = 0.1
-    mu_grad: float | None = None
-    mu_data: float = 1.0
-    iterations: int = 150
-    tol: float = 1e-3
-    newton_steps: int = 4
-    b0_tesla: float = 3.0
-    te_s: float = 0.025
-    linear: bool = False
 
 
 TKD_THRESHOLD = 0.19
@@ -79,54 +60,6 @@ TKD_THRESHOLD = 0.19
 # over lambda in {0.003, 0.01, 0.03, 0.1, 0.3, 1, 3}: 140, 110, 92, 81.3, 79.8, 83, 88 %): 0.1 is within
 # 2 % of the minimum (0.3) with less over-smoothing (detrended RC2 rmse 121 vs 131 %).
 L2_LAMBDA = 0.1
-
-
-# --- shared pieces ---------------------------------------------------------------------------
-
-
-def _prepare(field_ppm, mask, pad):
-    field = np.asarray(field_ppm, dtype=np.float32)
-    if field.ndim != 3:
-        raise InputError(f"field: expected a 3-D volume, found shape {field.shape}")
-    if not np.all(np.isfinite(field)):
-        raise InputError("field: expected finite values, found NaN/Inf")
-    mask = np.asarray(mask).astype(bool)
-    if mask.shape != field.shape:
-        raise shape_mismatch("mask", mask.shape, "field", field.shape)
-    return field * mask, mask, fft_shape(field.shape, pad)
-
-
-def _rfft(x, full):
-    return scipy.fft.rfftn(x, s=full, workers=-1).astype(np.complex64, copy=False)
-
-
-def _irfft(x_hat, full, shape=None):
-    out = scipy.fft.irfftn(x_hat, s=full, workers=-1).astype(np.float32, copy=False)
-    return out if shape is None else out[: shape[0], : shape[1], : shape[2]]
-
-
-def gradient_eigenvalues(full, voxel_size_mm) -> np.ndarray:
-    """sum_i |E_i|^2 on the rfft grid for periodic forward differences (x[n+1] - x[n]) / h_i.
-
-    E_i(k) = (exp(2 pi i k_i / N_i) - 1) / h_i, so |E_i|^2 = (2 - 2 cos(2 pi k_i / N_i)) / h_i^2.
-    Returns float32 (nx, ny, nz // 2 + 1).
-    """
-    axes = []
-    for axis, (n, h) in enumerate(zip(full, voxel_size_mm)):
-        k = np.arange(n // 2 + 1 if axis == 2 else n)
-        e2 = (2.0 - 2.0 * np.cos(2.0 * np.pi * k / n)) / h**2
-        axes.append(e2.reshape([-1 if a == axis else 1 for a in range(3)]))
-    return (axes[0] + axes[1] + axes[2]).astype(np.float32)
-
-
-def grad(x, voxel_size_mm) -> np.ndarray:
-    """Periodic forward differences, float32 (3, x, y, z), per mm."""
-    return np.stack([(np.roll(x, -1, axis=a) - x) / np.float32(h) for a, h in enumerate(voxel_size_mm)])
-
-
-def grad_adjoint(g, voxel_size_mm) -> np.ndarray:
-    """Adjoint of `grad`: sum_i (g_i[n-1] - g_i[n]) / h_i."""
-    return sum((np.roll(g[a], 1, axis=a) - g[a]) / np.float32(h) for a, h in enumerate(voxel_size_mm))
 
 
 # --- TKD and L2 ------------------------------------------------------------------------------
@@ -176,137 +109,6 @@ def l2_gradient(field_ppm, mask, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0
     denom = kernel**2 + np.float32(lambda_grad) * gradient_eigenvalues(full, voxel_size_mm)
     denom[0, 0, 0] = 1.0  # numerator is 0 there (D(0) = 0): the mean of chi is set to 0
     return _irfft(_rfft(field, full) * (kernel / denom), full, field.shape) * mask
-
-
-# --- nonlinear TV (FANSI-style ADMM) ---------------------------------------------------------
-
-
-def ndi_data_term(phase_model, phase_meas, weight) -> float:
-    """sum W^2 |exp(i a) - exp(i b)|^2 = sum W^2 (2 - 2 cos(a - b)), phases in radians."""
-    return float(np.sum(np.asarray(weight, np.float64) ** 2 * (2.0 - 2.0 * np.cos(
-        np.asarray(phase_model, np.float64) - phase_meas))))
-
-
-def ndi_data_gradient(phase_model, phase_meas, weight) -> np.ndarray:
-    """Gradient of `ndi_data_term` w.r.t. the model phase: 2 W^2 sin(a - b)."""
-    return 2.0 * np.asarray(weight) ** 2 * np.sin(np.asarray(phase_model) - phase_meas)
-
-
-def solve_v(target, phase_meas, weight2, mu_data, v0=None, steps: int = 4) -> np.ndarray:
-    """Per-voxel argmin_v W^2 |e^{iv} - e^{i phi}|^2 + mu/2 (v - target)^2 by safeguarded Newton.
-
-    Stationarity: 2 W^2 sin(v - phi) + mu (v - target) = 0. Where the curvature
-    2 W^2 cos(v - phi) + mu is small or negative, a gradient step 1 / (mu + 2 W^2) (the inverse
-    Lipschitz constant) replaces the Newton step, so each step decreases the objective.
-    """
-    v = np.array(target if v0 is None else v0, dtype=np.float32, copy=True)
-    lipschitz = mu_data + 2.0 * weight2
-    for _ in range(steps):
-        diff = v - phase_meas
-        g1 = 2.0 * weight2 * np.sin(diff) + mu_data * (v - target)
-        g2 = 2.0 * weight2 * np.cos(diff) + mu_data
-        v -= g1 / np.where(g2 > 0.1 * mu_data, g2, lipschitz)
-    return v
-
-
-def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),
-           params: NDITVParams = NDITVParams(), pad="auto", return_info: bool = False, chi0=None):
-    """Weighted nonlinear TV inversion by ADMM (FANSI-style; Milovic et al. 2018).
-
-    Problem (phase units phi = s f, u = s chi, s = 2 pi gamma_bar B0 TE in rad/ppm):
-        min_u ||W (exp(i D u) - exp(i phi))||_2^2 + alpha ||G u||_1   (anisotropic TV)
-    Splits z = G u and v = D u with scaled duals; each iteration:
-        u = IFFT[(mu_grad F(G^T(z - s_z)) + mu_data D F(v - s_v)) / (mu_grad |E|^2 + mu_data D^2)]
-        z = soft(G u + s_z, alpha / mu_grad);  s_z += G u - z
-        v = argmin W^2 |e^{iv} - e^{i phi}|^2 + mu_data/2 |v - (D u + s_v)|^2 (Newton, `solve_v`)
-        s_v += D u - v
-    Units: exp(i.) needs radians, hence the phase scale; the result is divided by it again.
-
-    Args:
-        field_ppm: float32 (x, y, z) local field, ppm.
-        mask: (x, y, z) 0/1 brain mask.
-        weight: (x, y, z) data weight >= 0 (e.g. magnitude), normalised to max 1 inside the mask;
-            None -> the mask.
-        params: NDITVParams.
-        pad: FFT zero padding, as `tkd` (the padding has weight 0 in the data term).
-        return_info: also return {"iterations", "converged", "seconds"}.
-        chi0: optional float32 (x, y, z) start, ppm (warm start, e.g. the solution at a nearby alpha
-            in an alpha scan); the splits start consistent with it (z = G u0, v = D u0).
-
-    Returns:
-        float32 (x, y, z) chi in ppm (0 outside the mask) [, info].
-    """
-    start = time.perf_counter()
-    p = params
-    if not (p.alpha > 0 and p.mu_data > 0 and p.iterations >= 1 and p.tol >= 0):
-        raise InputError(f"ndi-tv parameters: expected alpha, mu_data > 0 and iterations >= 1, got {p}")
-    from daqsm.training_data.units import rad_per_ppm
-
-    scale = np.float32(rad_per_ppm(p.b0_tesla, p.te_s))
-    mu_grad = np.float32(p.mu_grad if p.mu_grad is not None else 10.0 * p.alpha)
-    mu_data, alpha = np.float32(p.mu_data), np.float32(p.alpha)
-    field, mask, full = _prepare(field_ppm, mask, pad)
-    w = mask.astype(np.float32) if weight is None else _check_weight(weight, mask)
-    padding = [(0, f - n) for n, f in zip(field.shape, full)]
-    phi = np.pad(field * scale, padding)
-    w2 = np.pad(w * w, padding)
-    kernel = dipole_kernel(full, voxel_size_mm, b0_dir)
-    denom = mu_grad * gradient_eigenvalues(full, voxel_size_mm) + mu_data * kernel**2
-    denom[0, 0, 0] = 1.0  # both numerator terms vanish at k = 0: mean fixed to 0
-    weighted = w2 > 0
-    if chi0 is None:
-        u = np.zeros_like(phi)
-        z = np.zeros((3,) + full, np.float32)
-        v = phi.copy()
-    else:
-        chi0 = np.asarray(chi0, np.float32)
-        if chi0.shape != field.shape:
-            raise shape_mismatch("chi0", chi0.shape, "field", field.shape)
-        u = np.pad(chi0 * scale, padding)
-        z = grad(u, voxel_size_mm)
-        v = _irfft(_rfft(u, full) * kernel, full)
-    s_z = np.zeros_like(z)
-    s_v = np.zeros_like(phi)
-    phi_w, w2_w, v_w = phi[weighted], w2[weighted], v[weighted]
-    converged, it = False, 0
-    for it in range(1, p.iterations + 1):
-        rhs = _rfft(mu_grad * grad_adjoint(z - s_z, voxel_size_mm), full) + mu_data * kernel * _rfft(v - s_v, full)
-        u_hat = rhs / denom
-        u_new = _irfft(u_hat, full)
-        du = _irfft(u_hat * kernel, full)
-        gu = grad(u_new, voxel_size_mm)
-        z = gu + s_z
-        z = np.sign(z) * np.maximum(np.abs(z) - alpha / mu_grad, 0.0)
-        s_z += gu - z
-        # where W = 0 the v-update is v = D u + s_v exactly; Newton only on the weighted voxels
-        v = du + s_v
-        if p.linear:  # argmin W^2 (v - phi)^2 + mu/2 (v - t)^2
-            v[weighted] = (2.0 * w2_w * phi_w + mu_data * v[weighted]) / (2.0 * w2_w + mu_data)
-        else:
-            v[weighted] = solve_v(v[weighted], phi_w, w2_w, mu_data, v0=v_w, steps=p.newton_steps)
-        v_w = v[weighted]
-        s_v += du - v
-        change = np.linalg.norm(u_new - u) / max(np.linalg.norm(u_new), 1e-12)
-        u = u_new
-        if change < p.tol:
-            converged = True
-            break
-    chi = (u[: field.shape[0], : field.shape[1], : field.shape[2]] / scale * mask).astype(np.float32)
-    if return_info:
-        return chi, {"iterations": it, "converged": converged, "seconds": time.perf_counter() - start}
-    return chi
-
-
-def _check_weight(weight, mask) -> np.ndarray:
-    w = np.asarray(weight, dtype=np.float32)
-    if w.shape != mask.shape:
-        raise shape_mismatch("weight", w.shape, "mask", mask.shape)
-    if not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise InputError("weight: expected finite values >= 0")
-    peak = float(w[mask].max())
-    if peak <= 0:
-        raise InputError("weight: all zero inside the mask")
-    return w * mask / np.float32(peak)
 
 
 # --- command ---------------------------------------------------------------------------------

@@ -4,10 +4,10 @@ Why a rule: a fixed lambda does not transfer (docs: "A regularisation weight doe
 original's 0.002 belonged to its own TV sum, voxel size and weighting; here it is ~20x too weak on the
 built-in 3 mm cases, and the weight that is right changes with the noise, the voxel size, B0 and TE.
 
-The rule: nonlinear TV (daqsm.evaluation.baselines.ndi_tv, the fast classic solver of the *same*
+The rule: nonlinear TV (daqsm.training_data.tv_inversion.ndi_tv, the fast classic solver of the *same*
 objective: same field, weight W, dipole kernel, FFT padding and phase scale) is run over a log grid of
-alpha (daqsm.evaluation.nltv_alpha.scan_alpha, warm-started from the largest alpha down), alpha is
-picked by the discrepancy rule with the model-error floor (nltv_alpha.choose_alpha_discrepancy), and
+alpha (daqsm.training_data.tv_alpha.scan_alpha, warm-started from the largest alpha down), alpha is
+picked by the discrepancy rule with the model-error floor (tv_alpha.choose_alpha_discrepancy), and
 mapped to the network's units exactly (`lambda_from_alpha`).
 
 The mapping, written out. With u = s chi (s: phase scale, rad/ppm), nonlinear TV minimises
@@ -42,7 +42,7 @@ from daqsm.errors import InputError
 REFERENCE_RAD_PER_PPM = 100.0
 #: Iterations per alpha of the scan (warm-started): enough for the residual ordering the rule reads.
 SCAN_ITERATIONS = 60
-#: alpha mapped when the rule cannot decide: the geometric middle of nltv_alpha.ALPHA_GRID's upper half,
+#: alpha mapped when the rule cannot decide: the geometric middle of tv_alpha.ALPHA_GRID's upper half,
 #: inside the best alphas measured on the built-in cases (3 mm: 1e-2; test phantom: 3e-3 - 2e-2).
 FALLBACK_ALPHA = 1e-2
 #: A residual curve whose largest value is within this factor of its smallest does not decide.
@@ -120,7 +120,7 @@ def parse_lambda_tv(value) -> float | None:
 
 def _nltv_params(phase_rad_per_ppm: float, iterations: int):
     """NDITVParams whose phase scale is `phase_rad_per_ppm` (B0 and TE enter only as their product)."""
-    from daqsm.evaluation.baselines import NDITVParams
+    from daqsm.training_data.tv_inversion import NDITVParams
     from daqsm.training_data.units import rad_per_ppm
 
     return NDITVParams(b0_tesla=float(phase_rad_per_ppm) / rad_per_ppm(1.0, 1.0), te_s=1.0, iterations=iterations)
@@ -136,13 +136,13 @@ def choose_lambda_tv(field_ppm, mask, weight, voxel_size_mm, b0_dir, phase_rad_p
         voxel_size_mm, b0_dir, dipole_pad: geometry and FFT padding of the fine-tuning's dipole model.
         phase_rad_per_ppm: the NDI phase scale s.
         label_scale: the model's network units per ppm.
-        alphas: NLTV grid (default nltv_alpha.ALPHA_GRID).
+        alphas: NLTV grid (default tv_alpha.ALPHA_GRID).
         iterations: ADMM iterations per alpha.
 
     Returns:
         LambdaChoice.
     """
-    from daqsm.evaluation import nltv_alpha
+    from daqsm.training_data import tv_alpha as nltv_alpha
 
     start = time.perf_counter()
     mask = np.asarray(mask) > 0

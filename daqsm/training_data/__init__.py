@@ -24,6 +24,9 @@ patches.py         PatchConfig, patch grid and cutting (cut_patches, write_patch
 patch_inputs.py    source/target volumes for step 3, read one at a time                step 3
 input_check.py     daqsm-check: the inputs of steps 3-5 checked without TensorFlow
 noise.py           noise estimate of a field map (ppm) from its finest wavelet band
+tv_inversion.py    nonlinear / linear TV dipole inversion by ADMM (FANSI-style): the baselines'
+                   and step 5's lambda rule's classic solver
+tv_alpha.py        the scan of that solver over alpha and the no-truth discrepancy rule (stage 1)
 provenance.py      sidecar records (OUT.json): command, config, inputs' SHA-256, versions
 qc_residual.py     QC map: the data-consistency residual of a QSM (ppm)
 """

@@ -75,7 +75,8 @@ def test_command_alpha_auto(tmp_path, capsys):
     f = write_volume(tmp_path / "field.nii.gz", forward_field(chi, pad="auto") * brain)
     m = write_volume(tmp_path / "mask.nii.gz", brain.astype(np.uint8))
     out = tmp_path / "tv.nii.gz"
-    argv = ["ndi-tv", "--field", f, "--mask", m, "-o", str(out), "--alpha", "auto", "--alpha-grid", "1e-3", "1e-2",
+    argv = ["ndi-tv", "--field", f, "--mask", m, "-o", str(out), "--b0", "3", "--te", "0.025", "--alpha", "auto",
+            "--alpha-grid", "1e-3", "1e-2",
             "--iterations", "5"]
     assert B.main(argv) == 0
     assert "by the discrepancy principle" in capsys.readouterr().out
