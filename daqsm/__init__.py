@@ -12,12 +12,16 @@ Steps (daqsm/api.py; units in each docstring):
 Names are imported on first use (module __getattr__), so `import daqsm` does not import TensorFlow.
 
 Shared infrastructure, importing nothing of the pipeline packages (dependencies point one way:
-daqsm.api -> evaluation -> network_model -> training_data -> the modules below):
+daqsm.api -> evaluation -> network_model -> qc -> training_data -> the modules below):
     errors.py   InputError and run_cli (one line on stderr, exit status 2)
     tf_env.py   TensorFlow import with the quiet/deterministic settings, seeding
     config.py   the one config layer of every command (dataclass < config file < options)
     validate.py      numbers against their meaning (finite, positive, in range, integer)
     output_lock.py   per-output locks (fcntl) and unique temp names
+    provenance.py    sidecar records (OUT.json): command, config, inputs' SHA-256, versions (written by
+                     training_data/formats/sidecar.py)
+
+Quality control between the data and the learning side: daqsm/qc/ (noise estimate, residual map).
 """
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ from daqsm.training_data.formats.patch_h5 import (  # noqa: F401  (the patch fil
     PatchFileWriter,
     read_patch_file_info,
 )
-from daqsm.training_data.geometry import int_triple
+from daqsm.training_data.geometry import extract_patch, int_triple  # noqa: F401  (extract_patch: kept here for callers)
 from daqsm.training_data.units import FIELD_UNITS
 from daqsm.training_data.volume_io import atomic_path
 
@@ -71,22 +71,6 @@ def grid_origins(shape, patch_size, stride) -> np.ndarray:
     starts = [axis_starts(int(n), int(p), int(s)) for n, p, s in zip(shape, patch_size, stride)]
     mesh = np.meshgrid(*starts, indexing="ij")
     return np.stack([m.ravel() for m in mesh], axis=1).astype(np.int64)
-
-
-def extract_patch(volume, origin, size) -> np.ndarray:
-    """volume[origin : origin + size] as float32, zero-padded where the box leaves the volume."""
-    volume = np.asarray(volume)
-    origin = np.asarray(origin, dtype=np.int64)
-    size = np.asarray(size, dtype=np.int64)
-    out = np.zeros(tuple(size), dtype=np.float32)
-    src_lo = np.maximum(origin, 0)
-    src_hi = np.minimum(origin + size, volume.shape[:3])
-    if np.any(src_hi <= src_lo):
-        return out
-    dst_lo = src_lo - origin
-    dst_hi = dst_lo + (src_hi - src_lo)
-    out[tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))] = volume[tuple(slice(a, b) for a, b in zip(src_lo, src_hi))]
-    return out
 
 
 def assemble_patches(patches, origins, shape) -> np.ndarray:

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from daqsm.training_data.provenance import command
+    from daqsm.provenance import command
 
     args = build_parser().parse_args(argv)
 
@@ -147,8 +147,8 @@ def _write(args, maps, out_kind, shared_mask) -> int:
 
 
 def _sidecar(item: ChiMap, vs, b0, args) -> dict:
-    """Provenance of one NIfTI field map (daqsm/training_data/provenance.py); .h5 outputs carry attrs instead."""
-    from daqsm.training_data.provenance import build_record
+    """Provenance of one NIfTI field map (daqsm/provenance.py); .h5 outputs carry attrs instead."""
+    from daqsm.provenance import build_record
 
     settings = {k: v for k, v in dataclasses.asdict(args).items() if k != "inputs"}
     return build_record(f"local field map of {item.name} by dipole convolution (step 2)", "ppm",

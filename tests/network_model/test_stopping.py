@@ -9,7 +9,7 @@ import pytest
 from daqsm.network_model.stopping import StoppingRule, noise_energy
 from tests.network_model.synthetic import ball_mask, smooth_chi
 from daqsm.training_data.dipole import forward_field
-from daqsm.training_data.noise import estimate_noise_ppm
+from daqsm.qc.noise import estimate_noise_ppm
 from daqsm.training_data.units import rad_per_ppm
 
 
