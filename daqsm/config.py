@@ -344,6 +344,22 @@ def resolve_config(cls, config_path=None, overrides: dict | None = None):
     return cls(**values)
 
 
+def require(config, names, spell=option_name) -> None:
+    """Refuse empty required inputs of a resolved config (after its file was read: a file may hold them).
+
+    Args:
+        config: the resolved dataclass.
+        names: field names that must be non-empty.
+        spell: field name -> how the message writes its option (default `--dashed-name`).
+
+    Raises:
+        InputError: "SPELLING: required (option or config key 'name'), got none" for the first empty one.
+    """
+    for name in names:
+        if getattr(config, name) in (None, "", ()):
+            raise InputError(f"{spell(name)}: required (option or config key {name!r}), got none")
+
+
 def config_to_dict(config) -> dict:
     """Plain JSON-ready dict of a config dataclass (tuples become lists)."""
     out = {}

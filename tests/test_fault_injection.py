@@ -652,7 +652,7 @@ def test_kill_9_leaves_no_output_and_the_rerun_cleans_up(step, inputs, tmp_path)
         "genchi": ("daqsm.training_data.genChi", [inputs / "chi.nii.gz", "--mask", inputs / "mask.nii.gz", "-n", "2000",
                                             "--quiet", "-o", out]),
         "fieldmap": ("daqsm.training_data.qsmFmapCal_gpu", [many, "-o", out]),
-        "patches": ("genRDFPatchesSyn", ["--source", many, "--patch-size", "8", "8", "8", "--stride", "2", "2", "2",
+        "patches": ("daqsm.training_data.genRDFPatchesSyn", ["--source", many, "--patch-size", "8", "8", "8", "--stride", "2", "2", "2",
                                          "--quiet", "-o", out])}[step]
     _kill_when_temp_appears(_main_code(module, argv), out_dir)
     assert not out.exists()  # nothing half-written under the output's name

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from daqsm.config import config_to_dict
+from daqsm.config import config_to_dict, param
 from daqsm.errors import InputError
 from daqsm.training_data.formats.patch_h5 import (  # noqa: F401  (the patch file's home; names kept here for callers)
     FORMAT_VERSION,
@@ -205,6 +205,24 @@ class PatchConfig:
             raise InputError(f"--weight-echo: expected an echo number >= 1, got {self.weight_echo}")
         if self.mode == "patches" and not self.grid and not self.random_crops:
             raise InputError("--no-grid needs --random-crops > 0 (no patch would be cut)")
+
+
+@dataclass(frozen=True)
+class PatchCommandConfig(PatchConfig):
+    """Step 3's command: PatchConfig plus the inputs and output, so a config file can hold every one."""
+
+    source: tuple = param((), "genChi output (.h5 with /chi,/mask[,/field], or its NIfTI folder), or chi files",
+                          type=str)
+    source_fields: tuple = param((), "field maps of the sources: .h5 with /field (step 2), a folder, or files "
+                                 "(e.g. MATLAB)", type=str)
+    source_masks: tuple = param((), "masks for chi files (1 or one per file)", type=str)
+    target: tuple = param((), "target case folder(s) (contract 1)", type=str)
+    target_field: tuple = param((), "target local field file(s)", type=str)
+    target_mask: tuple = param((), "their brain mask(s)", type=str)
+    target_weight: tuple = param((), "their magnitude (4-D: --weight-echo is used) or weight files", type=str)
+    output: str = param("", "output patch file (.h5/.hdf5)", flags=("-o",))
+    overwrite: bool = param(False, "replace an existing output")
+    quiet: bool = param(False, "no progress bars")
 
 
 def _same(a, b, tol=1e-3) -> bool:
