@@ -21,7 +21,14 @@ daqsm.api -> evaluation -> network_model -> qc -> training_data -> the modules b
     provenance.py    sidecar records (OUT.json): command, config, inputs' SHA-256, versions (written by
                      training_data/formats/sidecar.py)
 
-Quality control between the data and the learning side: daqsm/qc/ (noise estimate, residual map).
+Pipeline packages (each __init__.py lists its modules):
+    training_data/   steps 1-3: physics (units, geometry, dipole), volume I/O, file formats, the simulator
+    qc/              quality control: a field's noise level, a QSM's data-consistency residual map
+    network_model/   steps 4-5 and inference (TensorFlow / Keras)
+    evaluation/      RC2 metrics, tables, figures, classic baselines, the demo
+
+`daqsm` is the only top-level name pip installs; the step scripts at the original method's paths
+(training_data/genChi.py, genRDFPatchesSyn.py, ...) are launchers into it (README, "Where the code lives").
 """
 from __future__ import annotations
 

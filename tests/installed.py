@@ -8,7 +8,7 @@ new environment sees this interpreter's site-packages through a `.pth` file (aft
 site-packages, so the installed `daqsm` comes first; `.pth` files of that folder, such as an editable
 install's finder, are not run), so it works offline and in CI's fresh environment alike.
 
-Measured (2 shared cores, warm file cache): build 10 s, venv + install 8 s.
+Measured (2 cores shared with other jobs, warm file cache): wheel 10 s, venv 0.3 s, install 7 s.
 """
 from __future__ import annotations
 
