@@ -21,15 +21,8 @@ import argparse
 import os
 import sys
 
-from daqsm.config import (
-    ArgumentParser,
-    add_config_options,
-    config_path_beside,
-    option_name,
-    require,
-    resolve_config,
-    write_config,
-)
+from daqsm.config import (ArgumentParser, add_config_options, config_path_beside, option_name, require, resolve_config,
+                          write_config)
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import claim_output
 from daqsm.validate import check_numbers
