@@ -19,7 +19,8 @@ synthesis.py       synthetic susceptibility maps from a COSMOS map (GenChiConfig
                    load_sources, synthesize, the HDF5 / NIfTI-folder writers)
 genChi.py          step 1's command: parse -> synthesis -> write                        step 1
 fieldmaps.py       field maps of susceptibility maps by dipole convolution (ChiMap,     step 2
-                   iter_chi_maps, FieldEngine, compute_field, StagedOutput)
+                   iter_chi_maps, FieldEngine, compute_field, StagedOutput, FieldmapConfig,
+                   write_field_maps)
 qsmFmapCal_gpu.py  step 2's command: parse -> fieldmaps -> write                        step 2
 patches.py         PatchConfig, patch grid and cutting (cut_patches, write_patches;     step 3
                    the patch HDF5 layout: formats/patch_h5.py); command genRDFPatchesSyn.py
