@@ -345,15 +345,9 @@ def resolve_config(cls, config_path=None, overrides: dict | None = None):
 
 
 def require(config, names, spell=option_name) -> None:
-    """Refuse empty required inputs of a resolved config (after its file was read: a file may hold them).
+    """Refuse the first empty one of `names` (fields) of a resolved config, with its option `spell(name)`.
 
-    Args:
-        config: the resolved dataclass.
-        names: field names that must be non-empty.
-        spell: field name -> how the message writes its option (default `--dashed-name`).
-
-    Raises:
-        InputError: "SPELLING: required (option or config key 'name'), got none" for the first empty one.
+    Checked after the config file was read, since a file may hold the inputs (no argparse `required`).
     """
     for name in names:
         if getattr(config, name) in (None, "", ()):
