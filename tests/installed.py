@@ -6,7 +6,9 @@ without its dependencies and makes a user folder that holds its own `evaluation/
 and `network_model/` packages, each raising ImportError when imported. Nothing is downloaded: the
 new environment sees this interpreter's site-packages through a `.pth` file (after its own
 site-packages, so the installed `daqsm` comes first; `.pth` files of that folder, such as an editable
-install's finder, are not run), so it works offline and in CI's fresh environment alike.
+install's finder, are not run), so it works offline and in CI's fresh environment alike. The build
+uses this environment's setuptools and wheel (`--no-build-isolation`; a Python 3.11 venv has
+setuptools, and `wheel` comes with TensorFlow's dependencies), as the packaging would with them.
 
 Measured (2 cores shared with other jobs, warm file cache): wheel 10 s, venv 0.3 s, install 7 s.
 """
