@@ -344,6 +344,16 @@ def resolve_config(cls, config_path=None, overrides: dict | None = None):
     return cls(**values)
 
 
+def require(config, names, spell=option_name) -> None:
+    """Refuse the first empty one of `names` (fields) of a resolved config, with its option `spell(name)`.
+
+    Checked after the config file was read, since a file may hold the inputs (no argparse `required`).
+    """
+    for name in names:
+        if getattr(config, name) in (None, "", ()):
+            raise InputError(f"{spell(name)}: required (option or config key {name!r}), got none")
+
+
 def config_to_dict(config) -> dict:
     """Plain JSON-ready dict of a config dataclass (tuples become lists)."""
     out = {}

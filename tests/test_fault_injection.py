@@ -31,7 +31,7 @@ N = 16
 
 def _commands():
     from daqsm.training_data import genRDFPatchesSyn
-    from daqsm.evaluation import baselines, demo, figures
+    from daqsm.evaluation import baseline_cli as baselines, demo, figures
     from daqsm.evaluation import cli as evaluate
     from daqsm.network_model import export, infer
     from daqsm.network_model.model_finetune import train as finetune

@@ -3,7 +3,8 @@
 metrics.py    the eight QSM Challenge 2.0 metrics, HFEN, XSIM, correlation (numpy only)
 tables.py     metric x dataset tables as Markdown, CSV and JSON
 figures.py    orthogonal-slice figures and loss curves (PNG)
-baselines.py  TKD, closed-form L2-gradient and nonlinear TV (ADMM) inversions
+baselines.py  TKD, closed-form L2-gradient and nonlinear TV (ADMM) inversions (the solvers)
+baseline_cli.py  the baseline command (daqsm-baseline): solvers + nltv_alpha's `--alpha auto`
 nltv_alpha.py nonlinear TV's alpha: discrepancy rule without truth (stage 1), best by truth (stage 2)
 demo.py       `daqsm-demo`: the five steps, evaluation and figures in one run
 cli.py        the evaluation command (`python -m daqsm.evaluation`, daqsm-evaluate)

@@ -48,9 +48,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from daqsm.errors import InputError, shape_mismatch
-from daqsm.evaluation.baselines import NDITVParams, _check_weight, ndi_data_term, ndi_tv
+from daqsm.evaluation.baselines import NDITVParams, check_weight, ndi_data_term, ndi_tv
 from daqsm.training_data.dipole import forward_field
-from daqsm.training_data.noise import estimate_noise_ppm as shared_noise_estimate
+from daqsm.qc.noise import estimate_noise_ppm as shared_noise_estimate
 
 # 1e-4 .. 0.1 in steps of 10^(1/3) (x2.15): the 2016 data's best (0.1, 3 T / 25 ms) and high-SNR
 # simulations' (~3e-3) both inside, 10 solves
@@ -100,11 +100,11 @@ class AlphaChoice:
 
 def _weight(weight, mask):
     mask = np.asarray(mask).astype(bool)
-    return mask.astype(np.float32) if weight is None else _check_weight(weight, mask)
+    return mask.astype(np.float32) if weight is None else check_weight(weight, mask)
 
 
 def estimate_noise_ppm(field_ppm, mask, weight=None) -> float:
-    """Robust std of W times the field noise, ppm (daqsm.training_data.noise.estimate_noise_ppm; W
+    """Robust std of W times the field noise, ppm (daqsm.qc.noise.estimate_noise_ppm; W
     normalised to max 1 inside the mask, the mask when None)."""
     mask = np.asarray(mask).astype(bool)
     if mask.shape != np.shape(field_ppm):

@@ -153,7 +153,8 @@ def _export(args: ExportConfig) -> dict:
     """The export itself, inside the output's lock."""
     from daqsm.network_model.finetuning import load_target_model
     from daqsm.network_model.model_info import read_model_info, resolve_model_path
-    from daqsm.training_data import provenance
+    from daqsm import provenance
+    from daqsm.training_data.formats.sidecar import write_sidecar
 
     model, info = load_target_model(args.model)
     divisor = 2 ** info["depth"]
@@ -175,14 +176,14 @@ def _export(args: ExportConfig) -> dict:
                    "outputs": {OUTPUT_NAME: "float32 (1, x, y, z, 1), ppm"}, "divisor": divisor},
         Check={"runtime": "onnxruntime", "shape": list(shape), "max_abs_diff_ppm": diff,
                "tolerance_ppm": TOLERANCE_PPM})
-    provenance.write_sidecar(args.output, record)
+    write_sidecar(args.output, record)
     print(f"wrote {args.output}: inputs field_ppm, mask (1, x, y, z, 1), x, y, z divisible by {divisor} "
           f"-> chi_ppm; onnxruntime vs keras max |diff| {diff:.2g} ppm on {shape}")
     return record
 
 
 def main(argv=None) -> int:
-    from daqsm.training_data import provenance
+    from daqsm import provenance
 
     args = build_parser().parse_args(argv)
 

@@ -25,8 +25,8 @@ the padding never enters the loss; `dipole_pad` additionally zero-pads the FFT g
 'auto') so the dipole convolution is linear, not circular.
 
 Output: OUT.nii.gz, OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json (provenance sidecar,
-daqsm/training_data/provenance.py: iterations, stop reason, noise estimate, residual / noise energy, model
-SHA-256, geometry, kernel convention) and the QC map OUT_residual.nii.gz (ppm, daqsm/training_data/qc_residual.py)
+daqsm/provenance.py: iterations, stop reason, noise estimate, residual / noise energy, model
+SHA-256, geometry, kernel convention) and the QC map OUT_residual.nii.gz (ppm, daqsm/qc/residual.py)
 with OUT_residual.json. `--bids true` names the QSM OUT_Chimap.nii.gz. The inputs pass daqsm-check's
 checks (daqsm/training_data/input_check.py) first.
 
@@ -81,7 +81,7 @@ class FinetuneConfig:
     convergence_tol: float = param(1e-3, 'stop when a window improves the loss by less than this (relative); 0: off')
     output: str = param("",
         'output QSM NIfTI (ppm); also OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json', flags=("-o",))
-    bids: bool = param(False, 'name the QSM the BIDS way: OUT_Chimap.nii.gz (daqsm/training_data/provenance.py)')
+    bids: bool = param(False, 'name the QSM the BIDS way: OUT_Chimap.nii.gz (daqsm/provenance.py)')
     overwrite: bool = param(False, 'replace existing outputs')
     seed: int = param(0, "seed of the weights' initial state and any randomness")
     progress: bool = param(True, 'progress bar (--quiet: none)', negation="quiet")
@@ -150,7 +150,7 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
     if cfg.bids:
         from dataclasses import replace
 
-        from daqsm.training_data.provenance import bids_chimap_path
+        from daqsm.provenance import bids_chimap_path
 
         cfg = replace(cfg, output=bids_chimap_path(cfg.output), bids=False)
     paths = output_paths(cfg.output)
@@ -208,8 +208,8 @@ def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> 
     from daqsm.network_model.tiling import brain_box
     from daqsm.network_model.training_loop import LossLog, make_optimizer, make_train_step, run_loop
     from daqsm.training_data.dipole import dipole_operator_tf
-    from daqsm.training_data.noise import estimate_noise_ppm
-    from daqsm.training_data.provenance import write_sidecar
+    from daqsm.qc.noise import estimate_noise_ppm
+    from daqsm.training_data.formats.sidecar import write_sidecar
     from daqsm.training_data.volume_io import write_volume
 
     check_device(precision)
@@ -317,9 +317,9 @@ def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> 
 
 
 def provenance_record(cfg: FinetuneConfig, target, what: str) -> dict:
-    """The sidecar's provenance keys (daqsm/training_data/provenance.py) for this run's outputs."""
+    """The sidecar's provenance keys (daqsm/provenance.py) for this run's outputs."""
     from daqsm.training_data.formats.case_folder import read_info
-    from daqsm.training_data.provenance import build_record
+    from daqsm.provenance import build_record
 
     b0 = cfg.b0_tesla
     if cfg.case and b0 is None:
@@ -331,9 +331,9 @@ def provenance_record(cfg: FinetuneConfig, target, what: str) -> dict:
 
 
 def write_residual(paths: dict, chi, target, dipole_pad, phase: float, noise_ppm, cfg, what: str) -> dict:
-    """QC residual map (daqsm/training_data/qc_residual.py) beside the QSM, with its sidecar; returns the summary."""
-    from daqsm.training_data.provenance import write_sidecar
-    from daqsm.training_data.qc_residual import residual_map_ppm, residual_summary
+    """QC residual map (daqsm/qc/residual.py) beside the QSM, with its sidecar; returns the summary."""
+    from daqsm.training_data.formats.sidecar import write_sidecar
+    from daqsm.qc.residual import residual_map_ppm, residual_summary
     from daqsm.training_data.volume_io import write_volume
 
     geometry = target.geometry

@@ -9,8 +9,8 @@ Inputs in any format daqsm.training_data.volume_io reads (NIfTI, .mat v5/v7.3 as
 inputs an affine from --voxel-size), is 0 outside the mask, and a sidecar OUT.json records the
 resolved settings, the input geometry and the model's training geometry (MODEL.keras.json, see
 daqsm/network_model/model_info.py); a one-line warning goes to stderr when the two differ. The sidecar is
-the provenance record of daqsm/training_data/provenance.py (plus these keys); OUT_residual.nii.gz is the
-QC data-consistency residual (ppm, daqsm/training_data/qc_residual.py) with its own sidecar.
+the provenance record of daqsm/provenance.py (plus these keys); OUT_residual.nii.gz is the
+QC data-consistency residual (ppm, daqsm/qc/residual.py) with its own sidecar.
 Inputs pass daqsm-check's checks first; --bids names the output OUT_Chimap.nii.gz.
 
 Default is overlapping-tile inference (bounded memory); --whole runs one pass on the volume
@@ -33,7 +33,8 @@ from daqsm.config import ArgumentParser, param
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import claim_output
 from daqsm.validate import check_numbers
-from daqsm.training_data.provenance import sidecar_path, write_sidecar
+from daqsm.provenance import sidecar_path
+from daqsm.training_data.formats.sidecar import write_sidecar
 from daqsm.training_data.volume_io import NIFTI_SUFFIXES, read_field, read_mask, suffix_of, write_volume
 
 PROG = "daqsm-infer"
@@ -65,7 +66,7 @@ class InferConfig:
     overwrite: bool = param(False, "replace an existing output")
     precision: str = param("float32", "compute precision (daqsm/network_model/precision.py); the output is float32 "
                            "either way", choices=("float32", "mixed_float16", "mixed_bfloat16"))
-    bids: bool = param(False, "name the output the BIDS way, OUT_Chimap.nii.gz (daqsm/training_data/provenance.py)")
+    bids: bool = param(False, "name the output the BIDS way, OUT_Chimap.nii.gz (daqsm/provenance.py)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +163,7 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
     if not cfg.output:
         raise InputError("-o/--output: expected an output NIfTI path")
     if cfg.bids:
-        from daqsm.training_data.provenance import bids_chimap_path
+        from daqsm.provenance import bids_chimap_path
 
         cfg = dataclasses.replace(cfg, output=bids_chimap_path(cfg.output), bids=False)
     if suffix_of(cfg.output) not in NIFTI_SUFFIXES:
@@ -216,7 +217,7 @@ def residual_path(output: str) -> str:
 
 
 def provenance_record(cfg: InferConfig, voxel_size, b0_dir, b0_tesla, description: str) -> dict:
-    from daqsm.training_data.provenance import build_record
+    from daqsm.provenance import build_record
 
     return build_record(description, "ppm", sources=[cfg.case] if cfg.case else [cfg.field, cfg.mask],
                         b0_tesla=b0_tesla, b0_dir=b0_dir, voxel_size_mm=voxel_size, dipole_pad=QC_PAD,
@@ -224,12 +225,12 @@ def provenance_record(cfg: InferConfig, voxel_size, b0_dir, b0_tesla, descriptio
 
 
 def write_qc(cfg: InferConfig, chi, field_ppm, mask, voxel_size, b0_dir, b0_tesla, affine, header) -> dict:
-    """QC residual map beside the output, defined as fine-tuning's (daqsm/training_data/qc_residual.py).
+    """QC residual map beside the output, defined as fine-tuning's (daqsm/qc/residual.py).
 
     A case folder gives fine-tuning's W (2nd echo magnitude) and phase scale (daqsm.network_model.target_data);
     separate files W = mask and the phase scale from --b0/--te (the small-angle form without them).
     """
-    from daqsm.training_data.qc_residual import residual_map_ppm, residual_summary
+    from daqsm.qc.residual import residual_map_ppm, residual_summary
     from daqsm.training_data.units import rad_per_ppm
 
     weight = None
@@ -252,7 +253,7 @@ def write_qc(cfg: InferConfig, chi, field_ppm, mask, voxel_size, b0_dir, b0_tesl
 
 
 def main(argv=None) -> int:
-    from daqsm.training_data.provenance import command
+    from daqsm.provenance import command
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from daqsm.config import config_to_dict, write_config
+from daqsm.config import config_to_dict, param, write_config
 from daqsm.errors import InputError, shape_mismatch
 from daqsm.output_lock import temp_prefix
 from daqsm.training_data.augment import AugmentParams, augment_sample
 from daqsm.training_data.formats import chi_folder
-from daqsm.training_data.provenance import build_record
+from daqsm.provenance import build_record
 from daqsm.training_data.volume_io import atomic_path, check_mask, read_volume
 
 PROG = "genChi"  # the progress bar's label and the step name recorded in the HDF5 (formats/chi_h5.py)
@@ -56,6 +56,25 @@ class GenChiConfig(AugmentParams):
             raise InputError(f"-n/--n-maps: expected a positive number of maps, got {self.n_maps}")
         if self.workers < 0:
             raise InputError(f"--workers: expected >= 0, got {self.workers}")
+
+
+@dataclass(frozen=True)
+class GenChiCommandConfig(GenChiConfig):
+    """The command's parameters: step 1's (GenChiConfig) plus its inputs and output, so that a config
+    file can hold every one (`source`, `mask`, `output` included); the positional SOURCE... and
+    `--mask`, `-o` are the same keys."""
+
+    source: tuple = param((), "source chi map(s) in ppm: NIfTI, .mat (FILE.mat:VAR) or .h5 (FILE.h5:DATASET); "
+                          "also given as SOURCE...", type=str, aliases=("source_paths",))
+    mask: tuple = param((), "brain mask(s) 0/1 on the source grid: one for all sources or one per source", type=str)
+    output: str = param("", "output .h5/.hdf5 file, or a folder (ending with '/') for NIfTI files", flags=("-o",))
+    overwrite: bool = param(False, "replace an existing output")
+    quiet: bool = param(False, "no progress bar")
+
+
+#: the inputs argparse used to demand, now checked after the config file is read, and their spelling
+INPUT_KEYS = ("source", "mask", "output")
+INPUT_SPELLING = {"source": "SOURCE", "mask": "--mask", "output": "-o/--output"}
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from daqsm.evaluation import baseline_cli
 from daqsm.evaluation import baselines as B
 from daqsm.evaluation import nltv_alpha as A
 from daqsm.evaluation.metrics import nrmse_pair
@@ -77,8 +78,8 @@ def test_command_alpha_auto(tmp_path, capsys):
     out = tmp_path / "tv.nii.gz"
     argv = ["ndi-tv", "--field", f, "--mask", m, "-o", str(out), "--alpha", "auto", "--alpha-grid", "1e-3", "1e-2",
             "--iterations", "5"]
-    assert B.main(argv) == 0
+    assert baseline_cli.main(argv) == 0
     assert "by the discrepancy principle" in capsys.readouterr().out
     assert read_volume(out).data.shape == chi.shape
     for bad in (["--alpha", "often"], ["--alpha", "0.1", "--alpha-grid", "1e-3"]):
-        assert B.main(["ndi-tv", "--field", f, "--mask", m, "-o", str(tmp_path / "x.nii.gz")] + bad) == 2
+        assert baseline_cli.main(["ndi-tv", "--field", f, "--mask", m, "-o", str(tmp_path / "x.nii.gz")] + bad) == 2

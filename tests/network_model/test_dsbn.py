@@ -4,10 +4,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-tf = pytest.importorskip("tensorflow")
+from tests import requires
 
-from daqsm.network_model.dsbn import DomainSpecificBatchNormalization  # noqa: E402
+pytestmark = requires.tensorflow
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tensorflow_imports():
+    """TensorFlow and the modules that import it, imported when these tests run, not while pytest collects."""
+    global keras, tf, DomainSpecificBatchNormalization
+    import keras
+    import tensorflow as tf
+
+    from daqsm.network_model.dsbn import DomainSpecificBatchNormalization
 
 
 def _data(mean, seed, shape=(4, 4, 4, 4, 3)):

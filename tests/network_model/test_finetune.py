@@ -6,7 +6,9 @@ import csv
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
+from tests import requires  # noqa: E402
+
+pytestmark = requires.tensorflow
 
 from daqsm.network_model.model_finetune import train as finetune  # noqa: E402
 from tests.network_model.synthetic import smooth_chi  # noqa: E402

@@ -4,11 +4,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
+from daqsm.training_data.dipole import dipole_operator_tf, forward_field
+from daqsm.training_data.units import rad_per_ppm
+from tests import requires
 
-from daqsm.network_model.losses import NDI_REFERENCE_RAD_PER_PPM, l1_loss, ndi_loss, tv_loss  # noqa: E402
-from daqsm.training_data.dipole import dipole_operator_tf, forward_field  # noqa: E402
-from daqsm.training_data.units import rad_per_ppm  # noqa: E402
+pytestmark = requires.tensorflow
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tensorflow_imports():
+    """TensorFlow and the modules that import it, imported when these tests run, not while pytest collects."""
+    global tf, NDI_REFERENCE_RAD_PER_PPM, l1_loss, ndi_loss, tv_loss
+    import tensorflow as tf
+
+    from daqsm.network_model.losses import NDI_REFERENCE_RAD_PER_PPM, l1_loss, ndi_loss, tv_loss
 
 
 def _vol(a):

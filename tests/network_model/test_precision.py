@@ -16,7 +16,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
+from tests import requires  # noqa: E402
+
+pytestmark = requires.tensorflow
 
 from daqsm.errors import InputError  # noqa: E402
 from daqsm.network_model.precision import PRECISIONS, check_precision, precision_policy, with_precision  # noqa: E402

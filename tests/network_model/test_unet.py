@@ -4,11 +4,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+from tests.network_model.synthetic import ball_mask, smooth_chi
+from daqsm.training_data.dipole import forward_field
+from tests import requires
 
-from daqsm.network_model.unet import DomainAdaptiveUNet, build_target_model, describe_target_model, export_target_model  # noqa: E402
-from tests.network_model.synthetic import ball_mask, smooth_chi  # noqa: E402
-from daqsm.training_data.dipole import forward_field  # noqa: E402
+pytestmark = requires.tensorflow
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tensorflow_imports():
+    """TensorFlow and the modules that import it, imported when these tests run, not while pytest collects."""
+    global keras, DomainAdaptiveUNet, build_target_model, describe_target_model, export_target_model
+    import keras
+
+    from daqsm.network_model.unet import DomainAdaptiveUNet, build_target_model, describe_target_model, export_target_model
 
 
 def _conv_params(cin, cout, k=3):

@@ -129,7 +129,7 @@ def test_config_file_and_override_precedence(source, tmp_path, capsys):
 def test_every_parameter_is_reachable_from_the_command_line():
     parser = genChi.build_parser()
     options = {opt for action in parser._actions for opt in action.option_strings}
-    for field in dataclasses.fields(genChi.GenChiConfig):
+    for field in dataclasses.fields(genChi.GenChiCommandConfig):
         assert option_name(field.name) in options, field.name
 
 

@@ -274,7 +274,7 @@ def test_every_parameter_is_reachable_from_the_command_line():
     from daqsm.config import option_name
 
     options = {opt for action in genRDFPatchesSyn.build_parser()._actions for opt in action.option_strings}
-    for field in dataclasses.fields(genRDFPatchesSyn.PatchConfig):
+    for field in dataclasses.fields(genRDFPatchesSyn.PatchCommandConfig):
         assert option_name(field.name) in options, field.name
 
 

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from daqsm.training_data.provenance import command
+    from daqsm.provenance import command
 
     args = build_parser().parse_args(argv)
     with command("daqsm-finetune", argv):

@@ -227,7 +227,7 @@ def write_case(folder, arrays: dict, info: dict, affine, sidecar=None) -> str:
         info: written as case.json (b0_tesla, te_s, voxel_size_mm, b0_dir, ...).
         affine: 4x4 of every volume.
         sidecar: optional callable(stem) -> provenance record, written beside each volume
-            (daqsm/training_data/provenance.py).
+            (daqsm/provenance.py).
     """
     from daqsm.training_data.volume_io import write_volume
 
@@ -238,7 +238,7 @@ def write_case(folder, arrays: dict, info: dict, affine, sidecar=None) -> str:
         for name, data in arrays.items():
             write_volume(tmp / f"{name}.nii.gz", data, affine=affine)
             if sidecar is not None:
-                from daqsm.training_data.provenance import write_sidecar
+                from daqsm.training_data.formats.sidecar import write_sidecar
 
                 write_sidecar(tmp / f"{name}.nii.gz", sidecar(name))
         (tmp / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")

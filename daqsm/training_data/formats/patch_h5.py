@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from daqsm.errors import InputError
+from daqsm.training_data.geometry import extract_patch
 
 FORMAT_VERSION = 2
 INPUT_CONTRACT = "field*mask"
@@ -85,8 +86,6 @@ class PatchFileWriter:
         Returns:
             The number of patches appended.
         """
-        from daqsm.training_data.patches import extract_patch
-
         names = GROUP_DATASETS[group_name]
         if set(volumes) != set(names):
             raise ValueError(f"{group_name} needs volumes {names}, got {sorted(volumes)}")

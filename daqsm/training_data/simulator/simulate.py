@@ -279,8 +279,8 @@ FIELD_VOLUMES = ("local_field", "magnitude")
 
 
 def case_sidecar(name: str, case: dict) -> dict:
-    """Provenance of one simulated volume (daqsm/training_data/provenance.py); the field used the one kernel."""
-    from daqsm.training_data.provenance import build_record
+    """Provenance of one simulated volume (daqsm/provenance.py); the field used the one kernel."""
+    from daqsm.provenance import build_record
 
     description, units = CASE_VOLUMES.get(name, (name, None))
     extra = {"EchoTime": case["te_s"]} if name == "magnitude" else {}
@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from daqsm.training_data.provenance import command
+    from daqsm.provenance import command
 
     args = build_parser().parse_args(argv)
     with command("daqsm-simulate", argv):

@@ -6,7 +6,7 @@ import pytest
 
 from tests.network_model.synthetic import ball_mask, smooth_chi
 from daqsm.training_data.dipole import forward_field
-from daqsm.training_data.qc_residual import residual_map_ppm, residual_summary
+from daqsm.qc.residual import residual_map_ppm, residual_summary
 from daqsm.training_data.units import rad_per_ppm
 
 N = 24

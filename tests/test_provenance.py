@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.training_data.test_input_check import _write_case
-from daqsm.training_data import provenance
+from daqsm import provenance
 
 
 def _sidecars_of_all_volumes(folder: Path) -> dict:
@@ -106,7 +106,7 @@ def test_infer_sidecars_match_the_run(model_and_case, tmp_path):
 
 
 def test_fieldmap_and_baseline_sidecars_match_the_run(tmp_path):
-    from daqsm.evaluation import baselines
+    from daqsm.evaluation import baseline_cli as baselines
     from tests.network_model.synthetic import ball_mask, smooth_chi
     from daqsm.training_data import qsmFmapCal_gpu
     from daqsm.training_data.volume_io import write_volume

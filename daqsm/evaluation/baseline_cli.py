@@ -1,0 +1,159 @@
+"""`daqsm-baseline` (`python -m daqsm.evaluation.baseline_cli`): the command around the classic inversions.
+
+Usage: `daqsm-baseline tkd|l2|ndi-tv --field F --mask M [--weight W] [--alpha A|auto] [--voxel-size X Y Z]
+[--b0-dir X Y Z] [--pad none|fast|auto|N] [method options] -o OUT.nii.gz`. The solvers are in
+baselines.py, the alpha scan of `--alpha auto` in nltv_alpha.py; this module imports both and neither
+imports it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from daqsm.config import ArgumentParser, add_config_options, param, resolve_config
+from daqsm.errors import InputError, run_cli
+from daqsm.evaluation.baselines import L2_LAMBDA, METHODS, TKD_THRESHOLD, NDITVParams, l2_gradient, ndi_tv, tkd
+
+_ND = NDITVParams()
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Options of `daqsm-baseline` (config-file keys = field names)."""
+
+    method: str = param("", "tkd, l2 or ndi-tv (also the first positional argument)", choices=METHODS)
+    field: str = param("", "local field map, ppm (NIfTI/.mat/.h5/.npy)")
+    mask: str = param("", "brain mask, 0/1")
+    weight: str = param("", "ndi-tv data weight (e.g. 2nd echo magnitude); default the mask")
+    output: str = param("", "output chi map, ppm (.nii.gz keeps the field's affine)", flags=("-o",))
+    voxel_size_mm: tuple | None = param(None, "voxel size in mm; default from the file", type=float, nargs=3,
+                                        aliases=("voxel_size",))
+    b0_dir: tuple | None = param(None, "B0 in voxel axes; default from the affine, else 0 0 1", type=float, nargs=3)
+    pad: str = param("auto", "FFT zero padding: auto (a quarter of each axis per side), fast, none (circular) or "
+                     "voxels per side")
+    threshold: float = param(TKD_THRESHOLD, "tkd: |D| threshold")
+    lambda_grad: float = param(L2_LAMBDA, "l2: gradient weight", aliases=("lambda",))
+    alpha: str = param(str(_ND.alpha), "ndi-tv: TV weight, or 'auto': scan --alpha-grid and take the discrepancy "
+                       "principle's alpha (daqsm.evaluation.nltv_alpha; needs no ground truth)")
+    alpha_grid: tuple | None = param(None, "ndi-tv --alpha auto: the scanned values (default nltv_alpha.ALPHA_GRID)",
+                                     type=float)
+    mu_grad: float | None = param(None, "ndi-tv: gradient consistency (default 10*alpha)", aliases=("mu",))
+    mu_data: float = param(_ND.mu_data, "ndi-tv: data split weight")
+    iterations: int = param(_ND.iterations, "ndi-tv: max iterations")
+    tol: float = param(_ND.tol, "ndi-tv: relative update tolerance")
+    b0_tesla: float = param(_ND.b0_tesla, "ndi-tv: B0 in tesla", aliases=("b0",))
+    te_s: float = param(_ND.te_s, "ndi-tv: echo time in seconds", aliases=("te",))
+    overwrite: bool = param(False, "replace an existing output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="python -m daqsm.evaluation.baseline_cli",
+                                     description="Classic QSM dipole inversions (field in ppm -> chi in ppm).")
+    parser.add_argument("positional_method", nargs="?", metavar="METHOD", help="tkd, l2 or ndi-tv (= --method)")
+    parser.add_argument("--config", metavar="FILE", help="JSON or YAML file of the parameters below")
+    add_config_options(parser, BaselineConfig, group_title=None)
+    return parser
+
+
+def main(argv=None) -> int:
+    from daqsm.provenance import command
+
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        values = vars(args)
+        if args.positional_method:
+            values = {**values, "method": args.positional_method}
+        return _run(resolve_config(BaselineConfig, args.config, values))
+
+    with command("daqsm-baseline", argv):
+        return run_cli(body, "python -m daqsm.evaluation.baseline_cli")
+
+
+def _alpha(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"--alpha: expected a positive number or 'auto', got {text!r}") from None
+
+
+def cli() -> None:
+    """Console entry point."""
+    sys.exit(main())
+
+
+def _run(args) -> int:
+    import os
+
+    from daqsm.errors import choices_message
+    from daqsm.training_data.volume_io import check_mask, read_volume, write_volume
+
+    if args.method not in METHODS:
+        raise choices_message("method", args.method, METHODS)
+    for name in ("field", "mask", "output"):
+        if not getattr(args, name):
+            raise InputError(f"--{name}: required (see --help)")
+    if os.path.exists(args.output) and not args.overwrite:
+        raise InputError(f"{args.output}: output exists; pass --overwrite to replace it")
+    from daqsm.errors import output_path
+    from daqsm.validate import check_numbers
+
+    check_numbers(args, {"threshold": "positive", "lambda_grad": "non_negative", "mu_grad": "non_negative",
+                         "mu_data": "positive", "iterations": "int>=1", "tol": "non_negative", "b0_tesla": "positive",
+                         "te_s": "positive", "alpha_grid": "positive", "voxel_size": "positive", "b0_dir": "finite"},
+                  spell=lambda k: {"lambda_grad": "--lambda", "mu_grad": "--mu", "b0_tesla": "--b0",
+                                       "te_s": "--te"}.get(k, "--" + k.replace("_", "-")))
+    if args.alpha.strip().lower() != "auto":
+        from daqsm.validate import positive
+
+        positive("--alpha", _alpha(args.alpha))
+    output_path("-o", args.output)
+    if args.alpha_grid and args.alpha.strip().lower() != "auto":
+        raise InputError("--alpha-grid: only with --alpha auto")
+    if args.weight and args.method != "ndi-tv":
+        raise InputError(f"--weight: only ndi-tv uses a data weight, not {args.method}")
+    field = read_volume(args.field)
+    mask = check_mask(read_volume(args.mask, dtype=None).data, args.mask, field.data)
+    geom = field.geometry(args.voxel_size_mm, args.b0_dir)
+    common = dict(voxel_size_mm=geom.voxel_size_mm, b0_dir=geom.b0_dir, pad=args.pad)
+    if args.method == "tkd":
+        chi = tkd(field.data, mask, threshold=args.threshold, **common)
+    elif args.method == "l2":
+        chi = l2_gradient(field.data, mask, lambda_grad=args.lambda_grad, **common)
+    else:
+        weight = read_volume(args.weight).data if args.weight else None
+        auto = args.alpha.strip().lower() == "auto"
+        params = NDITVParams(alpha=NDITVParams.alpha if auto else _alpha(args.alpha), mu_grad=args.mu_grad, mu_data=args.mu_data,
+                             iterations=args.iterations, tol=args.tol, b0_tesla=args.b0_tesla, te_s=args.te_s)
+        if auto:
+            from daqsm.evaluation import nltv_alpha
+
+            scan = nltv_alpha.scan_alpha(field.data, mask, weight, params=params,
+                                         alphas=args.alpha_grid or nltv_alpha.ALPHA_GRID, **common)
+            choice = nltv_alpha.choose_alpha_discrepancy(scan)
+            for a, r, it in zip(scan.alphas, scan.residual, scan.iterations):
+                print(f"ndi-tv: alpha {a:.3g}: residual {r:.4g}, {it} iterations")
+            print(f"ndi-tv: alpha {choice.alpha:.3g} by the discrepancy principle ({choice.note}), {scan.seconds:.1f} s")
+            chi = scan.maps[choice.index]
+        else:
+            chi, info = ndi_tv(field.data, mask, weight, params=params, return_info=True, **common)
+            print(f"ndi-tv: {info['iterations']} iterations, converged={info['converged']}, {info['seconds']:.1f} s")
+    write_volume(args.output, chi.astype(np.float32), affine=field.affine, header=field.header)
+    from daqsm.provenance import build_record
+    from daqsm.training_data.formats.sidecar import write_sidecar
+
+    settings = {k: v for k, v in vars(args).items()}
+    b0 = args.b0_tesla if args.method == "ndi-tv" else None
+    write_sidecar(args.output, build_record(f"susceptibility map, {args.method} baseline", "ppm",
+                                            sources=[args.field, args.mask, args.weight], b0_tesla=b0,
+                                            b0_dir=geom.b0_dir, voxel_size_mm=geom.voxel_size_mm, dipole_pad=args.pad,
+                                            config=settings))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli()
