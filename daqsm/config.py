@@ -366,21 +366,7 @@ def config_path_beside(output, command: str, folder: bool) -> str:
 
 def write_config(config, path, sort_keys: bool = False) -> str:
     """Write the resolved config as JSON atomically; returns the path."""
-    import tempfile
+    from daqsm.outputs import write_text_atomic
 
-    # temp file + rename (infrastructure imports nothing of the data package, so no volume_io.atomic_path)
-    folder = os.path.dirname(os.path.abspath(str(path)))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(str(path))}-", dir=folder)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(config_to_dict(config), fh, indent=2, sort_keys=sort_keys)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_text_atomic(path, json.dumps(config_to_dict(config), indent=2, sort_keys=sort_keys) + "\n")
     return str(path)

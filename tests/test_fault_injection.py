@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from tests.network_model.synthetic import ball_mask, make_patch_file, smooth_chi
+from daqsm.outputs import is_any_temp
 from daqsm.training_data.volume_io import write_volume
 
 N = 16
@@ -108,6 +109,17 @@ def inputs(tmp_path_factory) -> Path:
     (root / "a_folder").mkdir()
     os.symlink("loop.nii.gz", root / "loop.nii.gz")  # a link to itself
     os.symlink("a_folder", root / "link_to_folder")
+    user = root / "user_folder"  # a user's own folder: never an output folder of ours
+    user.mkdir()
+    for name in ("params.json", "config.json", "log.csv"):
+        (user / name).write_text("the user's own file\n")
+    qset = root / "qset"  # a complete susceptibility-map set written as x.nii.gz
+    qset.mkdir()
+    write_volume(qset / "x.nii.gz", chi)
+    for name in ("x.json", "x_model.keras", "x_loss.csv", "x_config.json", "x_residual.json"):
+        (qset / name).write_text("part of a complete set\n")
+    write_volume(qset / "x_residual.nii.gz", chi)
+    (qset / "y.json").write_text('{"the user": "own notes"}\n')  # a sidecar name, no map: not ours
     return root
 
 
@@ -258,6 +270,22 @@ CASES = [
     Case("evaluate-exists", "evaluate", _f(EVAL, "{in}/existing.json"), "exist"),
     Case("infer-exists", "infer", _f(INFER, "{in}/existing.nii.gz"), "exists"),
     Case("finetune-exists", "finetune", _f(FT, "{in}/existing.nii.gz"), "exists"),
+    # --- 1b. an output is owned whole (issue 23): user folders, companion sets, inputs as outputs
+    Case("genchi-users-folder", "genchi", _f(GENCHI, "{in}/user_folder/"), "not made by"),
+    Case("train-users-folder", "train", _f(TRAIN, "{in}/user_folder"), "not made by"),
+    Case("finetune-other-suffix-of-a-set", "finetune", _f(FT, "{in}/qset/x.nii"), "exists"),
+    Case("infer-other-suffix-of-a-set", "infer", _f(INFER, "{in}/qset/x.nii"), "exists"),
+    Case("baseline-other-suffix-of-a-set", "baseline", _f(BASE, "{in}/qset/x.nii"), "exists"),
+    Case("infer-sidecar-exists", "infer", _f(INFER, "{in}/qset/y.nii.gz"), "y.json"),
+    Case("finetune-sidecar-exists", "finetune", _f(FT, "{in}/qset/y.nii.gz"), "y.json"),
+    Case("baseline-sidecar-exists", "baseline", _f(BASE, "{in}/qset/y.nii.gz"), "y.json"),
+    Case("infer-sidecar-replaces-case-json", "infer",
+         "--model {in}/random.keras --case {in}/case -o {in}/case/case.nii.gz --overwrite", "case.json"),
+    Case("baseline-sidecar-replaces-case-json", "baseline",
+         "tkd --field {in}/case/local_field.nii.gz --mask {in}/case/mask.nii.gz -o {in}/case/case.nii --overwrite",
+         "case.json"),
+    Case("finetune-sidecar-replaces-case-json", "finetune",
+         "--model {in}/random.keras --case {in}/case -o {in}/case/case.nii.gz --overwrite", "case.json"),
     # --- 2. metadata files
     Case("patches-case-badjson", "patches", _f(PATCHES, "{out}/p.h5") + " --target {in}/case_badjson", "case.json"),
     Case("patches-case-unknown-key", "patches", _f(PATCHES, "{out}/p.h5") + " --target {in}/case_unknown_key",
@@ -562,7 +590,7 @@ def test_folder_reader_skips_hidden_temp_files(inputs, tmp_path, capsys):
     folder = tmp_path / "maps"
     folder.mkdir()
     (folder / "chi.nii.gz").write_bytes((inputs / "chi.nii.gz").read_bytes())
-    (folder / ".tmp-chi.nii.gz-abc.nii.gz").write_bytes(b"half-written by a killed run")
+    (folder / ".chi.nii.gz.tmp-abcdefgh.nii.gz").write_bytes(b"half-written by a killed run")
     assert qsmFmapCal_gpu.main([str(folder), "-o", str(tmp_path / "fields")]) == 0
     assert sorted(os.listdir(tmp_path / "fields")) == ["chi_field.json", "chi_field.nii.gz",  # map + sidecar
                                                        "fieldmap_config.json"]
@@ -606,7 +634,7 @@ def test_second_run_on_one_output_stops_with_the_pid(command, inputs, tmp_path, 
     if command in ("genchi", "fieldmap", "patches"):  # the lock of a killed holder does not block the next run
         assert _commands()[command](Case("", command, argv).args(inputs, tmp_path)) == 0
         assert out.exists()
-        assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+        assert not [n for n in os.listdir(tmp_path) if is_any_temp(n)]
 
 
 # --- kill -9 in the middle of a write, then rerun -------------------------------------------
@@ -623,7 +651,7 @@ def _kill_when_temp_appears(argv_code: str, folder: Path, timeout: float = 240.0
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if any(n.startswith(".tmp-") and not n.startswith(".tmp-probe") for n in os.listdir(folder)):
+            if any(is_any_temp(n) for n in os.listdir(folder)):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the command ended before it could be killed mid-write"
@@ -652,7 +680,7 @@ def test_kill_9_leaves_no_output_and_the_rerun_cleans_up(step, inputs, tmp_path)
         "genchi": ("daqsm.training_data.genChi", [inputs / "chi.nii.gz", "--mask", inputs / "mask.nii.gz", "-n", "2000",
                                             "--quiet", "-o", out]),
         "fieldmap": ("daqsm.training_data.qsmFmapCal_gpu", [many, "-o", out]),
-        "patches": ("genRDFPatchesSyn", ["--source", many, "--patch-size", "8", "8", "8", "--stride", "2", "2", "2",
+        "patches": ("daqsm.training_data.genRDFPatchesSyn", ["--source", many, "--patch-size", "8", "8", "8", "--stride", "2", "2", "2",
                                          "--quiet", "-o", out])}[step]
     _kill_when_temp_appears(_main_code(module, argv), out_dir)
     assert not out.exists()  # nothing half-written under the output's name
@@ -660,7 +688,7 @@ def test_kill_9_leaves_no_output_and_the_rerun_cleans_up(step, inputs, tmp_path)
     rerun = _commands()[step](["--overwrite", *map(str, small)] if step != "fieldmap" else list(map(str, small)))
     assert rerun == 0
     assert out.exists()
-    assert not [n for n in os.listdir(out_dir) if n.startswith(".tmp-") or n.endswith(".lock")]
+    assert not [n for n in os.listdir(out_dir) if is_any_temp(n) or n.endswith(".lock")]
 
 
 @pytest.mark.slow

@@ -31,9 +31,9 @@ import numpy as np
 
 from daqsm.config import ArgumentParser, param
 from daqsm.errors import InputError, output_path, run_cli
-from daqsm.output_lock import claim_output
+from daqsm.output_lock import check_qsm_set, claim_qsm_set
 from daqsm.validate import check_numbers
-from daqsm.training_data.provenance import sidecar_path, write_sidecar
+from daqsm.training_data.provenance import bids_chimap_path, write_sidecar
 from daqsm.training_data.volume_io import NIFTI_SUFFIXES, read_field, read_mask, suffix_of, write_volume
 
 PROG = "daqsm-infer"
@@ -153,8 +153,16 @@ def predict_volume(model, field_ppm, mask, divisor: int, tile=(96,), overlap=(32
     return chi, box, n_tiles
 
 
-def run(cfg: InferConfig, log=print, warn=None) -> dict:
-    """Run inference as configured; returns the record written to the sidecar."""
+def input_paths(cfg: InferConfig) -> list:
+    """What inference reads: an output may not replace any of it."""
+    return [cfg.case] if cfg.case else [cfg.field, cfg.mask, cfg.model]
+
+
+def run(cfg: InferConfig, log=print, warn=None, qset=None) -> dict:
+    """Run inference as configured; returns the record written to the sidecar.
+
+    `qset`: the held set of the output (daqsm.output_lock.claim_qsm_set); the CLI passes it.
+    """
     from daqsm.network_model import tiling
     from daqsm.network_model.model_info import geometry_warning, load_model_file, read_model_info, resolve_model_path, spatial_divisor
 
@@ -167,11 +175,7 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
         cfg = dataclasses.replace(cfg, output=bids_chimap_path(cfg.output), bids=False)
     if suffix_of(cfg.output) not in NIFTI_SUFFIXES:
         raise InputError(f"{cfg.output}: expected an output ending in .nii or .nii.gz")
-    for path in (cfg.output, residual_path(cfg.output)):
-        if os.path.exists(path) and not cfg.overwrite:
-            raise InputError(f"{path}: output exists; give --overwrite to replace it")
-    for path in (cfg.output, residual_path(cfg.output), sidecar_path(cfg.output)):
-        output_path("-o", path)
+    check_qsm_set("-o", cfg.output, cfg.overwrite, input_paths(cfg))  # the whole set, before any work
     tiling.check_tiling(cfg.tile, cfg.overlap, 1)
     if cfg.batch_size < 1:
         raise InputError(f"--batch-size: expected a positive integer, got {cfg.batch_size}")
@@ -201,18 +205,28 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
         "geometry_warning": message, "divisor": int(divisor), "mode": "whole" if cfg.whole else "tiled",
         "tiles": int(n_tiles), "seconds": round(seconds, 3), "box": [[b.start, b.stop] for b in box],
     }
-    write_volume(cfg.output, chi.astype(np.float32), affine=affine, header=field.header)
+    # the QC map and the sidecars first, the QSM last: a failing QC leaves no map that makes the set
+    # look complete (daqsm.output_lock.QsmSet)
+    if qset is not None:
+        qset.start_writing()
     record["QC"] = write_qc(cfg, chi, field.data, np.asarray(mask), voxel_size, b0_dir, b0_tesla, affine, field.header)
     write_sidecar(cfg.output, provenance_record(cfg, voxel_size, b0_dir, b0_tesla, "susceptibility map, "
                                                 "pre-trained / exported target network (inference)"), record)
+
+    def write_qsm(path):
+        write_volume(path, chi.astype(np.float32), affine=affine, header=field.header)
+
+    qset.commit(write_qsm) if qset is not None else write_qsm(cfg.output)
     log(f"wrote {cfg.output}: chi in ppm, shape {chi.shape}, {record['mode']} ({n_tiles} tiles), "
         f"{seconds:.1f} s")
     return record
 
 
 def residual_path(output: str) -> str:
-    """OUT.nii.gz -> OUT_residual.nii.gz (QC map, ppm)."""
-    return output[: -len(suffix_of(output))] + "_residual.nii.gz"
+    """OUT.nii.gz -> OUT_residual.nii.gz (QC map, ppm): the companion rule of daqsm.outputs.qsm_set."""
+    from daqsm.outputs import qsm_set
+
+    return qsm_set(output)["residual"]
 
 
 def provenance_record(cfg: InferConfig, voxel_size, b0_dir, b0_tesla, description: str) -> dict:
@@ -261,8 +275,9 @@ def main(argv=None) -> int:
         cfg = resolve_config(args)
         if cfg.output:
             output_path("-o", cfg.output)
-            with claim_output("-o", cfg.output):
-                run(cfg)
+            output = cfg.output if not cfg.bids else bids_chimap_path(cfg.output)
+            with claim_qsm_set("-o", output, cfg.overwrite, input_paths(cfg)) as qset:
+                run(cfg, qset=qset)
         else:
             run(cfg)
         return 0

@@ -20,6 +20,7 @@ Usage:
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 
 from daqsm.config import param
 from daqsm.errors import InputError, output_path
+from daqsm.outputs import write_text_atomic
 from daqsm.validate import check_numbers
 from daqsm.network_model.config import write_resolved_config
 
@@ -192,9 +194,13 @@ def pretrain(cfg: PretrainConfig) -> int:
 
     # one run per folder: a second one stops with "in use by PID N" instead of doubling the log (the
     # chief's folder; other workers write to their own temp folders)
-    lock = claim_output("--run_dir", cfg.run_dir, kind="folder") if chief else contextlib.nullcontext()
+    # the run folder is new, empty or one this command made (its marker), never a user's folder
+    created = not os.path.isdir(cfg.run_dir)
+    lock = claim_output("--run_dir", cfg.run_dir, kind="folder", command="daqsm-train") if chief \
+        else contextlib.nullcontext()
     with lock:
-        created = not os.path.isdir(cfg.run_dir)
+        if chief and tf.train.latest_checkpoint(ckpt_dir):
+            check_resume_matches(cfg, os.path.join(cfg.run_dir, "config.json"))
         try:
             with WorkerOutput(cfg.run_dir, strategy) as out:  # non-chief workers write to a removed temp folder
                 return _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val, tgt_train,
@@ -207,6 +213,57 @@ def pretrain(cfg: PretrainConfig) -> int:
 
                 shutil.rmtree(cfg.run_dir, ignore_errors=True)
             raise
+
+
+# options that may change when a run is resumed: how long it runs and how it reports, not what it learns
+RESUMABLE = {"run_dir", "resume", "progress", "epochs", "max_steps", "keep_checkpoints", "validate_every",
+             "checkpoint_every", "strategy", "collective_timeout_s"}
+
+
+PATCH_PRINTS = "patch_files.json"  # size and digest of the patch files the run started with
+
+
+def check_resume_matches(cfg: PretrainConfig, config_path: str) -> None:
+    """A resumed run keeps the config and the patch files it started with (else: one line naming the keys)."""
+    from daqsm.config import config_to_dict
+
+    try:
+        with open(config_path, encoding="utf-8") as fh:
+            before = json.load(fh)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as err:
+        raise InputError(f"{config_path}: cannot read the run's config to resume ({err}); "
+                         "use another --run_dir") from None
+    now = config_to_dict(cfg)
+    before = before if isinstance(before, dict) else {}
+    differ = sorted(k for k in now if k not in RESUMABLE and k in before and before[k] != now[k])
+    try:
+        with open(os.path.join(os.path.dirname(config_path), PATCH_PRINTS), encoding="utf-8") as fh:
+            started = json.load(fh)
+    except (OSError, ValueError):
+        started = None  # a run of an earlier version: only the config is compared
+    if started is not None and started != patch_fingerprints(cfg):
+        differ.append("patch file contents")
+    if differ:
+        raise InputError(f"--run_dir {cfg.run_dir}: resuming with a different {', '.join(differ)} than the run "
+                         "started with; give the same values, or another --run_dir to start a new run")
+
+
+def patch_fingerprints(cfg: PretrainConfig) -> dict:
+    """Size and digest of the first and last MiB of each patch file: a replaced file is noticed at resume."""
+    import hashlib
+
+    prints = {}
+    for path in dict.fromkeys(p for p in (cfg.datasets_path, cfg.targetdata_path or cfg.datasets_path) if p):
+        digest = hashlib.sha1()
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            digest.update(fh.read(1 << 20))
+        prints[os.path.basename(path)] = [size, digest.hexdigest()]
+    return prints
 
 
 def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val, tgt_train, tgt_val, phase,
@@ -244,6 +301,7 @@ def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val,
         # written only now that the schedule, the patches and the checkpoint are known to fit: a rejected
         # resume leaves the run's config as it was
         write_resolved_config(cfg, out.join("config.json"))
+        write_text_atomic(out.join(PATCH_PRINTS), json.dumps(patch_fingerprints(cfg)) + "\n")
 
     dipole = dipole_operator_tf(target.patch_size, target.voxel_size_mm, target.b0_dir, cfg.dipole_pad)
     epoch = int(step_var.numpy()) // steps_per_epoch  # reshuffle differently after a resume

@@ -177,20 +177,14 @@ class StagedOutput:
 
     def _temp_for(self, final: str) -> str:
         """A unique temp name beside `final` (two runs never share one), named after the output."""
-        import tempfile
-
-        from daqsm.output_lock import temp_prefix
+        from daqsm.outputs import temp_path
         from daqsm.training_data.volume_io import suffix_of
 
-        folder = os.path.dirname(os.path.abspath(final))
-        # folder outputs: the temps sit inside the output folder, named after the output folder
-        # (so that the next run's stale-temp clean-up finds them) plus the map's name
-        prefix = temp_prefix(self.output) + (os.path.basename(final) + "-" if self.kind == "folder" else "")
-        if self.kind == "folder":
-            folder = os.path.dirname(os.path.abspath(self.output.rstrip(os.sep)))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix_of(final), dir=folder)
-        os.close(fd)
+        # folder outputs: the temps sit beside the output folder, named after it (daqsm/outputs.py),
+        # so that the next run's stale-temp clean-up finds them
+        owner = self.output if self.kind == "folder" else final
+        os.makedirs(os.path.dirname(os.path.abspath(owner.rstrip(os.sep))), exist_ok=True)
+        tmp = temp_path(owner, suffix=suffix_of(final))
         self.staged.append((tmp, final))
         return tmp
 

@@ -32,7 +32,8 @@ from daqsm.config import (
     write_config,
 )
 from daqsm.errors import InputError, output_path, run_cli
-from daqsm.output_lock import claim_output
+from daqsm.output_lock import check_owned_folder, claim_output
+from daqsm.outputs import refuse_existing
 from daqsm.validate import check_numbers
 from daqsm.training_data.synthesis import (  # noqa: F401 - SourceMap, synthesize: names older code imports from here
     NIFTI_PATTERNS,
@@ -54,14 +55,14 @@ def is_folder_output(out: str) -> bool:
 def check_output(out: str, overwrite: bool) -> None:
     """Refuse an existing output unless --overwrite; refuse unknown output formats."""
     if is_folder_output(out):
+        check_owned_folder("-o", out, "daqsm-genchi")  # never a user's folder, even with --overwrite
         if os.path.isdir(out) and not overwrite and any(
                 n.startswith(NIFTI_PATTERNS) for n in os.listdir(out)):
             raise InputError(f"{out}: output folder already holds maps; use --overwrite to replace them")
         return
     if suffix_of(out) not in HDF5_SUFFIXES:
         raise InputError(f"-o {out}: expected an .h5/.hdf5 file or a folder (ending with '/') for NIfTI")
-    if os.path.exists(out) and not overwrite:
-        raise InputError(f"{out}: output file exists; use --overwrite to replace it")
+    refuse_existing("-o", [out, config_path_for(out)], overwrite)
 
 
 def config_path_for(out: str) -> str:
@@ -100,7 +101,8 @@ def main(argv=None) -> int:
         folder = is_folder_output(args.output)
         output_path("-o", args.output, kind="folder" if folder else "file")
         sources = load_sources(args.source_paths, args.mask, config.voxel_size_mm, config.b0_dir)
-        with claim_output("-o", args.output, kind="folder" if folder else "file"):
+        with claim_output("-o", args.output, kind="folder" if folder else "file", command="daqsm-genchi",
+                          companions=() if folder else [config_path_for(args.output)]):
             if folder:
                 out = write_maps_nifti(args.output, sources, config, args.overwrite, args.quiet)
             else:

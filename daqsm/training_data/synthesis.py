@@ -19,14 +19,13 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from daqsm.config import config_to_dict, write_config
 from daqsm.errors import InputError, shape_mismatch
-from daqsm.output_lock import temp_prefix
+from daqsm.outputs import temp_path
 from daqsm.training_data.augment import AugmentParams, augment_sample
 from daqsm.training_data.formats import chi_folder
 from daqsm.training_data.provenance import build_record
@@ -167,7 +166,7 @@ def write_maps_nifti(folder, sources: list[SourceMap], config: GenChiConfig, ove
     folder = os.path.abspath(str(folder).rstrip("/\\") or "/")
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
-    tmpdir = tempfile.mkdtemp(prefix=temp_prefix(folder), dir=parent)
+    tmpdir = temp_path(folder, suffix="", folder=True)
     digits = chi_folder.digits_for(config.n_maps)
     what = {"chi": ("synthetic susceptibility map (step 1)", "ppm"), "mask": ("brain mask", None)}
     try:

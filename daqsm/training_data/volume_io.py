@@ -8,9 +8,7 @@ A variable of a .mat/.h5 file is chosen with `variable=` or the `FILE:VARIABLE` 
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
@@ -185,28 +183,11 @@ def write_volume(path, data, affine=None, header=None, voxel_size_mm=None, varia
     return path
 
 
-@contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temp path beside `path` (same suffix); rename onto `path` only on success."""
-    path = str(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    suffix = suffix_of(path)
-    from daqsm.output_lock import temp_prefix
+    """The one atomic writer (daqsm/outputs.py): a temp beside `path`, renamed onto it on success."""
+    from daqsm.outputs import atomic_path as contract_atomic_path
 
-    # unique per call (two runs never share a temp), named after the output so that the next run on
-    # it can remove what a killed one left (daqsm.output_lock.remove_stale_temps)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix, dir=directory)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs should get the usual permissions
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    return contract_atomic_path(path)
 
 
 # --- readers -------------------------------------------------------------------------------

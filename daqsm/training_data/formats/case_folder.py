@@ -18,7 +18,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from daqsm.errors import InputError, shape_mismatch
+from daqsm.outputs import temp_path
 from daqsm.training_data.volume_io import Volume, check_mask, read_volume
 
 WEIGHT_ECHO = 2  # 1-based; the only echo when the magnitude has fewer
@@ -233,7 +233,7 @@ def write_case(folder, arrays: dict, info: dict, affine, sidecar=None) -> str:
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    tmp = Path(temp_path(folder, suffix="", folder=True))
     try:
         for name, data in arrays.items():
             write_volume(tmp / f"{name}.nii.gz", data, affine=affine)
