@@ -7,7 +7,7 @@
   parse of their names, never by a prefix glob.
 - `qsm_set(output)`: the one rule for the companion names of a susceptibility map (steps 5, infer,
   baselines), keyed on the stem whatever the suffix (.nii or .nii.gz).
-- `did_you_mean(value, valid)`: the one "did you mean" hint.
+- `did_you_mean(value, valid)`: the one "did you mean" hint (defined in daqsm/errors.py).
 
 Temp names are `.NAME.tmp-RANDOM[.SUFFIX]` beside NAME (RANDOM: 8 characters of [a-z0-9_]). The
 hyphen before RANDOM and the fixed RANDOM length make the parse exact: the temps of `maps` never
@@ -23,7 +23,7 @@ import secrets
 import shutil
 from typing import Iterable, Sequence
 
-from daqsm.errors import InputError
+from daqsm.errors import InputError, did_you_mean  # noqa: F401 (the one hint, re-exported)
 
 _RANDOM = "abcdefghijklmnopqrstuvwxyz0123456789_"
 _SUFFIXES = (".nii.gz", ".nii", ".npy", ".mat", ".h5", ".hdf5", ".json", ".keras", ".csv", ".onnx", ".png",
@@ -175,11 +175,3 @@ def refuse_inputs_as_outputs(option: str, outputs: Iterable, inputs: Iterable) -
         hit = real.get(os.path.realpath(str(out)))
         if hit is not None:
             raise InputError(f"{option}: writing {out} would replace the input {hit}; choose another output name")
-
-
-def did_you_mean(value, valid: Sequence[str]) -> str:
-    """' (did you mean 'x'?)' for the nearest valid name, or ''."""
-    import difflib
-
-    near = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1)
-    return f" (did you mean {near[0]!r}?)" if near else ""

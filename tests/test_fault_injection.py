@@ -109,6 +109,22 @@ def inputs(tmp_path_factory) -> Path:
     (root / "a_folder").mkdir()
     os.symlink("loop.nii.gz", root / "loop.nii.gz")  # a link to itself
     os.symlink("a_folder", root / "link_to_folder")
+    # same shape, other affine: an x-flipped map, a y-flipped mask; a sheared grid
+    write_volume(root / "chi_xflip.nii.gz", chi, affine=np.diag([-1.0, 1, 1, 1]))
+    write_volume(root / "mask_yflip.nii.gz", mask, affine=np.diag([1.0, -1, 1, 1]))
+    shear = np.eye(4)
+    shear[0, 1] = 0.3
+    write_volume(root / "sheared.nii.gz", chi, affine=shear)
+    import scipy.sparse
+
+    scipy.io.savemat(root / "char.mat", {"chi": "not a map"})
+    scipy.io.savemat(root / "struct.mat", {"chi": {"x": chi}})
+    scipy.io.savemat(root / "sparse.mat", {"chi": scipy.sparse.eye(N).tocsc()})
+    scipy.io.savemat(root / "cell.mat", {"chi": np.array([chi, "x"], dtype=object)})
+    with h5py.File(root / "string.h5", "w") as h5:
+        h5["chi"] = b"not a map"
+    (root / "latin1.json").write_bytes(b'{"batch_size": 2, "note": "\xff"}')
+    (root / "inf_int.json").write_text('{"batch_size": Infinity}')
     user = root / "user_folder"  # a user's own folder: never an output folder of ours
     user.mkdir()
     for name in ("params.json", "config.json", "log.csv"):
@@ -286,6 +302,29 @@ CASES = [
          "case.json"),
     Case("finetune-sidecar-replaces-case-json", "finetune",
          "--model {in}/random.keras --case {in}/case -o {in}/case/case.nii.gz --overwrite", "case.json"),
+    # --- 1c. nothing silently wrong, one line for every odd input (issue 23)
+    Case("evaluate-xflipped-recon", "evaluate", f"--recon {{in}}/chi_xflip.nii.gz --truth {CHI} --mask {MASK} "
+         "--json {out}/t.json", "affine"),
+    Case("check-yflipped-mask", "check", f"--field {FIELD} --mask {{in}}/mask_yflip.nii.gz", "affine"),
+    Case("baseline-yflipped-mask", "baseline", _f(BASE, "{out}/b.nii.gz").replace(MASK, "{in}/mask_yflip.nii.gz"),
+         "affine"),
+    Case("fieldmap-sheared", "fieldmap", "{in}/sheared.nii.gz -o {out}/f.nii.gz", "sheared"),
+    Case("genchi-sheared", "genchi", "{in}/sheared.nii.gz --mask {in}/mask.nii.gz -n 1 -o {out}/c.h5", "sheared"),
+    *[Case(f"fieldmap-matlab-{kind}", "fieldmap", f"{{in}}/{kind}.mat -o {{out}}/f.nii.gz", "numeric")
+      for kind in ("char", "struct", "sparse", "cell")],
+    Case("fieldmap-hdf5-string", "fieldmap", "{in}/string.h5 -o {out}/f.nii.gz", "numeric"),
+    Case("infer-batch-inf", "infer", _f(INFER, "{out}/q.nii.gz") + " --batch-size inf", "batch"),
+    Case("finetune-iterations-nan", "finetune", _f(FT, "{out}/q.nii.gz") + " --iterations nan", "iterations"),
+    Case("infer-config-inf-integer", "infer", _f(INFER, "{out}/q.nii.gz") + " --config {in}/inf_int.json", "batch"),
+    Case("infer-config-not-utf8", "infer", _f(INFER, "{out}/q.nii.gz") + " --config {in}/latin1.json", "UTF-8"),
+    Case("finetune-seed-negative", "finetune", _f(FT, "{out}/q.nii.gz") + " --seed -1", "seed"),
+    Case("finetune-seed-too-big", "finetune", _f(FT, "{out}/q.nii.gz") + " --seed 4294967296", "seed"),
+    Case("genchi-seed-too-big", "genchi", _f(GENCHI, "{out}/c.h5") + " --seed 4294967296", "seed"),
+    Case("fieldmap-pad-huge", "fieldmap", _f(FIELDMAP, "{out}/f.nii.gz") + " --pad 100000", "pad"),
+    Case("baseline-pad-no-memory", "baseline", _f(BASE, "{out}/b.nii.gz") + " --pad 1000", "GiB"),
+    Case("baseline-te-out-of-range", "baseline", _f(BASE, "{out}/b.nii.gz").replace("tkd", "ndi-tv") +
+         " --te 25 --b0 3", "te"),
+    Case("finetune-b0-out-of-range", "finetune", _f(FT, "{out}/q.nii.gz").replace("--b0 3", "--b0 3000"), "b0"),
     # --- 2. metadata files
     Case("patches-case-badjson", "patches", _f(PATCHES, "{out}/p.h5") + " --target {in}/case_badjson", "case.json"),
     Case("patches-case-unknown-key", "patches", _f(PATCHES, "{out}/p.h5") + " --target {in}/case_unknown_key",

@@ -1,7 +1,7 @@
 """The tree shows the architecture: one installed name, dependencies point one way, no circles.
 
 daqsm.api -> daqsm.evaluation -> daqsm.network_model -> daqsm.training_data -> daqsm's infrastructure
-(errors, tf_env, config, validate, output_lock), which imports none of the pipeline packages.
+(errors, tf_env, config, validate, outputs, output_lock), which imports none of the pipeline packages.
 """
 from __future__ import annotations
 

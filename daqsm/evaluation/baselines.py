@@ -409,7 +409,7 @@ def _invert_and_write(args, qset) -> int:
     from daqsm.training_data.volume_io import check_mask, read_volume, write_volume
 
     field = read_volume(args.field)
-    mask = check_mask(read_volume(args.mask, dtype=None).data, args.mask, field.data)
+    mask = check_mask(read_volume(args.mask, dtype=None), args.mask, field, f"field {args.field}")
     geom = field.geometry(args.voxel_size_mm, args.b0_dir)
     common = dict(voxel_size_mm=geom.voxel_size_mm, b0_dir=geom.b0_dir, pad=args.pad)
     if args.method == "tkd":

@@ -139,8 +139,9 @@ def run(args: ExportConfig) -> dict:
             raise InputError(f"--{name}: required (see {PROG} --help)")
     if not args.output.endswith(".onnx"):
         raise InputError(f"-o {args.output}: expected a file ending in .onnx")
-    if os.path.exists(args.output) and not args.overwrite:
-        raise InputError(f"-o {args.output}: output exists; give --overwrite to replace it")
+    from daqsm.outputs import refuse_existing
+
+    refuse_existing("-o", [args.output], args.overwrite)
     output_path("-o", args.output)  # before the model is read: a bad location costs no TensorFlow start
     _require_onnx()
     from daqsm.output_lock import claim_output

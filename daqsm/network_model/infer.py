@@ -113,7 +113,7 @@ def read_inputs(cfg: InferConfig):
     else:
         check_files(field_path, mask_path, None, units, b0_tesla, te_s, cfg.voxel_size_mm, cfg.b0_dir)
     field = read_field(field_path, units, b0_tesla, te_s)
-    mask = read_mask(mask_path, like=field.data, like_name=f"field {field_path}")
+    mask = read_mask(mask_path, like=field, like_name=f"field {field_path}")
     voxel_size = cfg.voxel_size_mm or case_info.get("voxel_size_mm") or field.voxel_size_mm
     b0_dir = cfg.b0_dir or case_info.get("b0_dir") or field.b0_dir
     affine = field.affine

@@ -139,9 +139,9 @@ def output_kind(output: str, n_maps: int) -> str:
 
 def refuse_existing(output, kind, maps, overwrite):
     targets = [output] if kind != "folder" else [os.path.join(output, f"{m.name}_field.nii.gz") for m in maps]
-    existing = [t for t in targets if os.path.exists(t)]
-    if existing and not overwrite:
-        raise InputError(f"-o {existing[0]}: output exists; use --overwrite to replace it")
+    from daqsm.outputs import refuse_existing as refuse  # the one message of the output contract
+
+    refuse("-o", targets, overwrite)
 
 
 class StagedOutput:

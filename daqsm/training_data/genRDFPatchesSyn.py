@@ -26,6 +26,7 @@ import sys
 from daqsm.config import ArgumentParser, add_config_options, config_path_beside, option_name, resolve_config, write_config
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import claim_output
+from daqsm.outputs import refuse_existing
 from daqsm.validate import check_numbers
 from daqsm.training_data.patch_inputs import SourceInputs, TargetInputs
 from daqsm.training_data.patches import MODES, PatchConfig, cut_patches, write_patches  # noqa: F401 - names callers import
@@ -68,8 +69,8 @@ def main(argv=None) -> int:
                                "brain_threshold": (0.0, 1.0)}, spell=option_name)
         if suffix_of(args.output) not in HDF5_SUFFIXES:
             raise InputError(f"-o {args.output}: expected an .h5/.hdf5 output file")
-        if os.path.exists(args.output) and not args.overwrite:
-            raise InputError(f"{args.output}: output file exists; use --overwrite to replace it")
+        config_out = config_path_beside(args.output, "patches", folder=False)
+        refuse_existing("-o", [args.output, config_out], args.overwrite)
         output_path("-o", args.output)
         sources = SourceInputs(args.source, args.source_fields, args.source_masks, config.field_units,
                                config.b0_tesla, config.te_s, config.voxel_size_mm, config.b0_dir)
@@ -78,9 +79,9 @@ def main(argv=None) -> int:
                                config.weight_echo)
         if not len(targets) and not args.quiet:
             print(f"{PROG}: warning: no target dataset given; /target will be empty", file=sys.stderr)
-        with claim_output("-o", args.output):
+        with claim_output("-o", args.output, companions=[config_out]):
             stats = write_patches(args.output, sources, targets, config, args.quiet)
-            write_config(config, config_path_beside(args.output, "patches", folder=False))
+            write_config(config, config_out)
         if not args.quiet:
             print(f"{PROG}: wrote {stats['source']} source and {stats['target']} target patches to {args.output} "
                   f"in {stats['seconds']:.1f} s", file=sys.stderr)

@@ -176,7 +176,7 @@ def check_files(field_path, mask_path, magnitude_path=None, units: str = "ppm", 
     te = _te_list(te_s, "--te")
     field = _read(field_path)
     report.shape = field.data.shape
-    mask = check_mask(_read(mask_path, dtype=None).data, str(mask_path), field.data, f"field {field_path}")
+    mask = check_mask(_read(mask_path, dtype=None), str(mask_path), field, f"field {field_path}")
     report.lines.append(f"field {field_path}: shape {field.data.shape}; mask {int(mask.sum())} voxels "
                         f"({100 * mask.mean():.1f}%)")
     check_geometry(field, f"field {field_path}", voxel_size_mm, b0_dir, report)

@@ -216,8 +216,7 @@ class TargetInputs:
                                case.info.get("b0_tesla"), case.weight_te_s(self.weight_echo))
         _, field_path, mask_path, weight_path = entry
         vol = read_field(field_path, self.units, self.b0_tesla, self.te_s)
-        mask_data = read_volume(mask_path, dtype=None).data
-        mask = check_mask(mask_data, str(mask_path), vol.data, f"target field {field_path}")
+        mask = check_mask(read_volume(mask_path, dtype=None), str(mask_path), vol, f"target field {field_path}")
         if weight_path:
             weight = case_folder.weight_from_magnitude(read_volume(weight_path, ndim=(3, 4)).data, mask,
                                                        self.weight_echo, str(weight_path))

@@ -88,7 +88,7 @@ def load_sources(source_paths, mask_paths, voxel_size_mm=None, b0_dir=None) -> l
         mask_vol = read_volume(mask_path, dtype=None)
         if mask_vol.data.shape != vol.data.shape:
             raise shape_mismatch(f"mask {mask_path}", mask_vol.data.shape, f"source {path}", vol.data.shape)
-        mask = check_mask(mask_vol.data, str(mask_path), vol.data, f"source {path}")
+        mask = check_mask(mask_vol, str(mask_path), vol, f"source {path}")
         geom = vol.geometry(voxel_size_mm, b0_dir)
         affine = vol.affine if voxel_size_mm is None else np.diag(list(geom.voxel_size_mm) + [1.0])
         chi = np.where(mask, vol.data, 0).astype(np.float32)

@@ -331,17 +331,18 @@ def _run(args: SimulateConfig) -> int:
         in_range("--native", args.native, 0.1, args.resolution)
     output_path("-o", args.output, kind="folder")
     existing = [Path(args.output) / f"{v}{s}" for v in VARIANTS for s in PEAK_SNR]
-    if any(p.exists() for p in existing) and not args.overwrite:
-        raise InputError(f"-o {args.output}: case folders exist; use --overwrite to replace them")
+    from daqsm.outputs import refuse_existing
+
+    refuse_existing("-o", existing, args.overwrite)
     if args.source.lower() == "builtin":
         anatomy = load_builtin(args.native or RC2_NATIVE_MM * args.resolution)
     else:
         anatomy = load_rc2_phantom(args.source)
     if any(args.resolution < v - 1e-6 for v in anatomy.voxel_size_mm):
         raise InputError(f"--resolution {args.resolution:g}: expected at least the native voxel size {anatomy.voxel_size_mm}")
-    from daqsm.output_lock import folder_removed_on_error
+    from daqsm.output_lock import claim_output, folder_removed_on_error
 
-    with folder_removed_on_error(args.output):
+    with claim_output("-o", args.output, kind="folder"), folder_removed_on_error(args.output):
         cases = simulate_cases(anatomy, args.output, args.resolution, args.seed, not args.progress,
                                gibbs_removal=not args.keep_gibbs_ringing)
         write_config(args, config_path_beside(args.output, "simulate", folder=True))
