@@ -125,6 +125,15 @@ def inputs(tmp_path_factory) -> Path:
         h5["chi"] = b"not a map"
     (root / "latin1.json").write_bytes(b'{"batch_size": 2, "note": "\xff"}')
     (root / "inf_int.json").write_text('{"batch_size": Infinity}')
+    # step-2 field files of other maps / another B0 direction than the step-1 maps they are paired with
+    with h5py.File(root / "step1_b0.h5", "w") as h5:
+        h5["chi"], h5["mask"] = np.stack([np.nan_to_num(chi)] * 2), np.stack([mask] * 2)
+        h5.attrs["b0_dir"], h5.attrs["voxel_size_mm"] = [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]
+    for name, files, b0 in (("fields_other.h5", ["other_0000", "other_0001"], [0.0, 0.0, 1.0]),
+                            ("fields_b0x.h5", ["step1_b0_0000", "step1_b0_0001"], [1.0, 0.0, 0.0])):
+        with h5py.File(root / name, "w") as h5:
+            h5["field"] = np.stack([field] * 2)
+            h5.attrs["files"], h5.attrs["b0_dir"], h5.attrs["voxel_size_mm"] = files, b0, [1.0, 1.0, 1.0]
     user = root / "user_folder"  # a user's own folder: never an output folder of ours
     user.mkdir()
     for name in ("params.json", "config.json", "log.csv"):
@@ -325,6 +334,10 @@ CASES = [
     Case("baseline-te-out-of-range", "baseline", _f(BASE, "{out}/b.nii.gz").replace("tkd", "ndi-tv") +
          " --te 25 --b0 3", "te"),
     Case("finetune-b0-out-of-range", "finetune", _f(FT, "{out}/q.nii.gz").replace("--b0 3", "--b0 3000"), "b0"),
+    Case("patches-fields-of-other-maps", "patches", "--source {in}/step1_b0.h5 --source-fields {in}/fields_other.h5 "
+         "--patch-size 16 16 16 --quiet -o {out}/p.h5", "other_0000"),
+    Case("patches-fields-of-other-b0", "patches", "--source {in}/step1_b0.h5 --source-fields {in}/fields_b0x.h5 "
+         "--patch-size 16 16 16 --quiet -o {out}/p.h5", "B0 direction"),
     # --- 2. metadata files
     Case("patches-case-badjson", "patches", _f(PATCHES, "{out}/p.h5") + " --target {in}/case_badjson", "case.json"),
     Case("patches-case-unknown-key", "patches", _f(PATCHES, "{out}/p.h5") + " --target {in}/case_unknown_key",
