@@ -175,3 +175,13 @@ def refuse_inputs_as_outputs(option: str, outputs: Iterable, inputs: Iterable) -
         hit = real.get(os.path.realpath(str(out)))
         if hit is not None:
             raise InputError(f"{option}: writing {out} would replace the input {hit}; choose another output name")
+
+
+def storable_text(value):
+    """Text (or a list of texts) that HDF5 and JSON can store: a file name's undecodable bytes
+    (Python's surrogate escapes) become \\xNN instead of failing the write half-way."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value):
+        return [storable_text(v) for v in value]
+    return value

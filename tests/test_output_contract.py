@@ -162,3 +162,48 @@ def test_resume_with_another_config_or_patch_file_is_refused(inputs, tmp_path, c
     finally:
         os.replace(tmp_path / "saved.h5", inputs / "patches.h5")
     assert pretrain.main(argv + ["--max_steps", "2"]) == 0  # the same config and file: resumes
+
+
+def test_a_non_utf8_file_name_is_stored_not_a_traceback(inputs, tmp_path):
+    """A file name with an undecodable byte (Linux allows any bytes) ends up escaped in the HDF5 record."""
+    import h5py
+
+    from daqsm.training_data import qsmFmapCal_gpu
+
+    odd = os.fsdecode(bytes(tmp_path) + b"/chi\xff.nii.gz")
+    (Path(odd)).write_bytes((inputs / "chi.nii.gz").read_bytes())
+    assert qsmFmapCal_gpu.main([odd, "-o", str(tmp_path / "f.h5")]) == 0
+    with h5py.File(tmp_path / "f.h5", "r") as h5:
+        assert list(h5.attrs["files"]) == ["chi\\xff"]
+    assert not [n for n in os.listdir(tmp_path) if is_any_temp(n)]
+
+
+@pytest.mark.slow
+def test_a_hand_edited_log_at_resume_is_one_line(inputs, tmp_path, capsys):
+    from daqsm.network_model.train_model import train as pretrain
+
+    run = tmp_path / "run"
+    argv = ["--datasets_path", str(inputs / "patches.h5"), "--depth", "1", "--base_filters", "2",
+            "--progress", "false", "--val_fraction", "0", "-o", str(run)]
+    assert pretrain.main(argv + ["--max_steps", "1"]) == 0
+    with open(run / "log.csv", "a") as fh:
+        fh.write("two,0.5\n")
+    capsys.readouterr()
+    assert pretrain.main(argv + ["--max_steps", "2"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "log.csv" in err[0]
+
+
+@pytest.mark.slow
+def test_a_failing_onnx_check_leaves_no_onnx(tiny_model, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnxruntime")
+    from daqsm.network_model import export
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("onnxruntime cannot load it")
+
+    monkeypatch.setattr(export, "compare_onnx", broken)
+    assert export.main(["--model", str(tiny_model), "-o", str(tmp_path / "m.onnx")]) == 2
+    assert "onnxruntime" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []

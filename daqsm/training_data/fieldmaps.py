@@ -201,8 +201,13 @@ class StagedOutput:
 
     def __exit__(self, exc_type, exc, tb):
         if self.h5 is not None:
-            if exc_type is None:
-                self.writer.finish(self.names)
+            try:
+                if exc_type is None:
+                    self.writer.finish(self.names)
+            except BaseException:
+                self.h5.close()
+                self._discard()
+                raise
             self.h5.close()
         for tmp, final in self.staged:
             if exc_type is None:
@@ -211,3 +216,8 @@ class StagedOutput:
             elif os.path.exists(tmp):
                 os.remove(tmp)
         return False
+
+    def _discard(self) -> None:
+        for tmp, _ in self.staged:
+            if os.path.exists(tmp):
+                os.remove(tmp)

@@ -212,8 +212,10 @@ def write_volume(path, data, affine=None, header=None, voxel_size_mm=None, varia
 
             with h5py.File(tmp, "w") as h5:
                 dset = h5.create_dataset(variable, data=data, compression="gzip")
+                from daqsm.outputs import storable_text
+
                 for key, value in (attrs or {}).items():
-                    dset.attrs[key] = value
+                    dset.attrs[key] = storable_text(value)
         elif suffix in NPY_SUFFIXES:
             with open(tmp, "wb") as fh:
                 np.save(fh, data)
