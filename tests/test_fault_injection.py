@@ -91,6 +91,15 @@ def inputs(tmp_path_factory) -> Path:
         write_volume(folder / "chi.nii.gz", chi)
         write_volume(folder / "segmentation.nii.gz", mask)
         (folder / "case.json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
+    four = root / "case_4echo_1te"  # a 4-echo magnitude but one TE: step 5 cannot tell echo 2's TE
+    four.mkdir()
+    write_volume(four / "local_field.nii.gz", field)
+    write_volume(four / "mask.nii.gz", mask)
+    write_volume(four / "magnitude.nii.gz", np.stack([mask * (1.0 - 0.1 * e) for e in range(4)], -1).astype(np.float32))
+    (four / "case.json").write_text(json.dumps({"b0_tesla": 3.0, "te_s": [0.02]}))
+    with h5py.File(root / "field_b0x.h5", "w") as h5:  # an HDF5 field whose attribute says B0 is along x
+        h5["field"] = field
+        h5.attrs["b0_dir"], h5.attrs["voxel_size_mm"] = [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]
     rc2 = root / "rc2_corrupt"
     rc2.mkdir()
     write_volume(rc2 / "SegmentedModel.nii.gz", mask)
@@ -338,6 +347,8 @@ CASES = [
          "--patch-size 16 16 16 --quiet -o {out}/p.h5", "other_0000"),
     Case("patches-fields-of-other-b0", "patches", "--source {in}/step1_b0.h5 --source-fields {in}/fields_b0x.h5 "
          "--patch-size 16 16 16 --quiet -o {out}/p.h5", "B0 direction"),
+    Case("check-zero-b0-dir", "check", f"--field {FIELD} --mask {MASK} --b0-dir 0 0 0", "B0"),
+    Case("check-one-te-four-echoes", "check", "{in}/case_4echo_1te", "echo"),
     # --- 2. metadata files
     Case("patches-case-badjson", "patches", _f(PATCHES, "{out}/p.h5") + " --target {in}/case_badjson", "case.json"),
     Case("patches-case-unknown-key", "patches", _f(PATCHES, "{out}/p.h5") + " --target {in}/case_unknown_key",
@@ -646,6 +657,15 @@ def test_folder_reader_skips_hidden_temp_files(inputs, tmp_path, capsys):
     assert qsmFmapCal_gpu.main([str(folder), "-o", str(tmp_path / "fields")]) == 0
     assert sorted(os.listdir(tmp_path / "fields")) == ["chi_field.json", "chi_field.nii.gz",  # map + sidecar
                                                        "fieldmap_config.json"]
+
+
+def test_check_reads_an_hdf5_fields_b0_attribute_as_step_5_does(inputs):
+    from daqsm.network_model.target_data import load_files
+    from daqsm.training_data.input_check import check_files
+
+    report = check_files(inputs / "field_b0x.h5", inputs / "mask.nii.gz")
+    assert np.allclose(report.b0_dir, load_files(str(inputs / "field_b0x.h5"), str(inputs / "mask.nii.gz")).geometry.b0_dir)
+    assert np.allclose(report.b0_dir, (1.0, 0.0, 0.0))
 
 
 # --- locks: two runs at once ----------------------------------------------------------------

@@ -98,7 +98,7 @@ BROKEN_CASES = {
                                "voxel size expected"),
     "negative magnitude": (lambda d: _write_case(d, magnitude=-np.ones((N, N, N, 4), np.float32)),
                            "non-negative"),
-    "implausible B0": (lambda d: _write_case(d, info={"b0_tesla": 3000}), "b0_tesla expected"),
+    "implausible B0": (lambda d: _write_case(d, info={"b0_tesla": 3000}), "b0_tesla: expected"),
 }
 
 
