@@ -207,3 +207,13 @@ def test_a_failing_onnx_check_leaves_no_onnx(tiny_model, tmp_path, capsys, monke
     assert export.main(["--model", str(tiny_model), "-o", str(tmp_path / "m.onnx")]) == 2
     assert "onnxruntime" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_a_divisor_that_does_not_fit_the_model_is_one_line(inputs, tiny_model, tmp_path, capsys):
+    from daqsm.network_model import infer
+
+    status = infer.main(["--model", str(tiny_model), "--field", str(inputs / "field.nii.gz"), "--mask",
+                         str(inputs / "mask.nii.gz"), "--divisor", "3", "-o", str(tmp_path / "q.nii.gz")])
+    assert status == 2
+    assert "--divisor 3" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []

@@ -187,7 +187,10 @@ def run(cfg: InferConfig, log=print, warn=None, qset=None) -> dict:
     if precision != "float32":
         model = with_precision(model, precision)
     info = read_model_info(resolve_model_path(cfg.model))
-    divisor = cfg.divisor or info.get("divisor") or spatial_divisor(model)
+    needed = spatial_divisor(model)
+    divisor = cfg.divisor or info.get("divisor") or needed
+    if int(divisor) % int(needed):  # the network's poolings cannot take such tiles: one line, not a TF error
+        raise InputError(f"--divisor {divisor}: expected a multiple of {needed} (2**depth of {cfg.model})")
     message = geometry_warning(info, voxel_size, b0_dir)
     if message:
         warn(message)
