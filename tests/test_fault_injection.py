@@ -685,7 +685,9 @@ def _hold_lock(path):
 
 
 LOCKED = {"genchi": ("c.h5", GENCHI), "fieldmap": ("f.nii.gz", FIELDMAP), "train": ("run", TRAIN),
-          "patches": ("p.h5", PATCHES), "finetune": ("q.nii.gz", FT), "infer": ("q.nii.gz", INFER)}
+          "patches": ("p.h5", PATCHES), "finetune": ("q.nii.gz", FT), "infer": ("q.nii.gz", INFER),
+          "baseline": ("b.nii.gz", BASE), "evaluate": ("t.json", EVAL), "figures": ("s.png", FIG),
+          "simulate": ("t", "--source builtin --resolution 8 --quiet -o @O@")}
 
 
 @pytest.mark.parametrize("command", sorted(LOCKED))
