@@ -217,3 +217,24 @@ def test_a_divisor_that_does_not_fit_the_model_is_one_line(inputs, tiny_model, t
     assert status == 2
     assert "--divisor 3" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_the_qc_residual_on_the_brain_box_matches_the_whole_grid():
+    """daqsm-infer computes the QC map on the brain box (memory set by the brain, not the grid)."""
+    from daqsm.network_model.infer import qc_in_brain_box
+    from daqsm.training_data.dipole import forward_field
+    from daqsm.training_data.qc_residual import residual_map_ppm, residual_summary
+
+    n, small = 64, ball_mask(24).astype(bool)
+    mask = np.zeros((n, n, n), bool)
+    mask[20:44, 16:40, 22:46] = small
+    chi = np.zeros((n, n, n), np.float32)
+    chi[20:44, 16:40, 22:46] = smooth_chi(24, 3) * small
+    field = (forward_field(chi * 0.9) * mask).astype(np.float32)  # a residual that is not zero
+    whole = residual_map_ppm(chi, field, mask, None, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0), "auto", 5.0)
+    boxed, summary = qc_in_brain_box(chi, field, mask, None, (1.0, 1.0, 1.0), (0.0, 0.0, 1.0), 5.0)
+    assert boxed.shape == whole.shape and not np.any(boxed[~mask])
+    scale = float(np.abs(whole[mask]).max())
+    assert np.max(np.abs(boxed - whole)) < 0.05 * scale
+    expected = residual_summary(whole, field, mask, None)["ResidualRmsPpm"]
+    assert abs(summary["ResidualRmsPpm"] - expected) < 0.02 * expected

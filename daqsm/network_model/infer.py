@@ -246,7 +246,6 @@ def write_qc(cfg: InferConfig, chi, field_ppm, mask, voxel_size, b0_dir, b0_tesl
     A case folder gives fine-tuning's W (2nd echo magnitude) and phase scale (daqsm.network_model.target_data);
     separate files W = mask and the phase scale from --b0/--te (the small-angle form without them).
     """
-    from daqsm.training_data.qc_residual import residual_map_ppm, residual_summary
     from daqsm.training_data.units import rad_per_ppm
 
     weight = None
@@ -257,15 +256,33 @@ def write_qc(cfg: InferConfig, chi, field_ppm, mask, voxel_size, b0_dir, b0_tesl
         weight, phase = target.weight, target.phase_rad_per_ppm
     else:
         phase = rad_per_ppm(b0_tesla, cfg.te_s) if b0_tesla and cfg.te_s else None
-    residual = residual_map_ppm(chi, field_ppm, mask, weight, voxel_size or (1.0, 1.0, 1.0),
-                                b0_dir or (0.0, 0.0, 1.0), QC_PAD, phase)
-    summary = residual_summary(residual, field_ppm, mask, weight)
+    residual, summary = qc_in_brain_box(chi, field_ppm, mask, weight, voxel_size or (1.0, 1.0, 1.0),
+                                        b0_dir or (0.0, 0.0, 1.0), phase)
     out = residual_path(cfg.output)
     write_volume(out, residual, affine=affine, header=header)
     write_sidecar(out, provenance_record(cfg, voxel_size, b0_dir, b0_tesla, "weighted data-consistency residual "
                                          f"of {os.path.basename(cfg.output)} (ppm)"),
                   {"PhaseRadPerPpm": phase, "QC": summary})
     return summary
+
+
+def qc_in_brain_box(chi, field_ppm, mask, weight, voxel_size, b0_dir, phase):
+    """The QC residual computed on the mask's bounding box, not the whole grid (issue 23).
+
+    W is 0 outside the mask and chi is 0 outside the box, so only the box's padded FFT is needed:
+    peak memory is set by the brain, not the grid (benchmarks/results_infer.md). Returns the residual
+    float32 (x, y, z) ppm on the full grid and its summary.
+    """
+    from daqsm.network_model.tiling import brain_box
+    from daqsm.training_data.qc_residual import residual_map_ppm, residual_summary
+
+    box = brain_box(mask, 8)  # 4 voxels of margin: the noise estimate's neighbourhood stays inside
+    weight_b = None if weight is None else np.asarray(weight)[box]
+    residual_b = residual_map_ppm(chi[box], field_ppm[box], mask[box], weight_b, voxel_size, b0_dir, QC_PAD, phase)
+    summary = residual_summary(residual_b, field_ppm[box], mask[box], weight_b)
+    residual = np.zeros(np.shape(chi), np.float32)
+    residual[box] = residual_b
+    return residual, summary
 
 
 def main(argv=None) -> int:

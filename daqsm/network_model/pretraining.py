@@ -237,7 +237,12 @@ def check_resume_matches(cfg: PretrainConfig, config_path: str) -> None:
                          "use another --run_dir") from None
     now = config_to_dict(cfg)
     before = before if isinstance(before, dict) else {}
-    differ = sorted(k for k in now if k not in RESUMABLE and k in before and before[k] != now[k])
+    def same(key) -> bool:
+        if key in ("datasets_path", "targetdata_path") and before[key] and now[key]:  # one file, two spellings
+            return os.path.realpath(str(before[key])) == os.path.realpath(str(now[key]))
+        return before[key] == now[key]
+
+    differ = sorted(k for k in now if k not in RESUMABLE and k in before and not same(k))
     try:
         with open(os.path.join(os.path.dirname(config_path), PATCH_PRINTS), encoding="utf-8") as fh:
             started = json.load(fh)
