@@ -90,7 +90,7 @@ def iter_chi_maps(inputs, variable=None):
     for entry in inputs:
         path = Path(split_variable(entry)[0])
         if path.is_dir():
-            # hidden files are skipped: a killed run's temps (.tmp-*) are no inputs
+            # hidden files are skipped: a killed run's temps (.NAME.tmp-*) are no inputs
             files = sorted(p for p in path.iterdir() if suffix_of(p) in ALL_SUFFIXES and not p.name.startswith("."))
             if not files:
                 raise InputError(f"{path}: folder holds no volume files ({', '.join(ALL_SUFFIXES)})")
