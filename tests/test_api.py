@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.network_model.synthetic import ball_mask, smooth_chi
 from daqsm.training_data.volume_io import read_volume, write_volume
+from tests.network_model.synthetic import ball_mask, smooth_chi
 
 N = 16
 VOXEL = (1.0, 1.0, 1.25)  # exact in a NIfTI header (float32), so command and API see the same geometry

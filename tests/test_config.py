@@ -24,13 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _commands():
-    from daqsm.training_data import genRDFPatchesSyn
-    from daqsm.evaluation import baseline_cli as baselines, demo, figures
+    from daqsm.evaluation import baseline_cli as baselines
     from daqsm.evaluation import cli as evaluate
+    from daqsm.evaluation import demo, figures
     from daqsm.network_model import export, infer
     from daqsm.network_model.model_finetune import train as finetune
     from daqsm.network_model.train_model import train as pretrain
-    from daqsm.training_data import genChi, input_check, qsmFmapCal_gpu
+    from daqsm.training_data import genChi, genRDFPatchesSyn, input_check, qsmFmapCal_gpu
     from daqsm.training_data.simulator import simulate
 
     # (module, config class, argv every parse needs)

@@ -1,8 +1,8 @@
 """The tree shows the architecture: one installed name, dependencies point one way, no circles.
 
 daqsm.api -> daqsm.evaluation -> daqsm.network_model -> daqsm.qc -> daqsm.training_data -> daqsm's
-infrastructure (errors, tf_env, config, validate, output_lock, provenance), which imports none of the
-pipeline packages.
+infrastructure (errors, tf_env, config, validate, outputs, output_lock, provenance), which imports none of
+the pipeline packages.
 """
 from __future__ import annotations
 

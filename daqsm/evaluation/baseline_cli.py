@@ -86,20 +86,18 @@ def cli() -> None:
 
 
 def _run(args) -> int:
-    import os
-
     from daqsm.errors import choices_message
-    from daqsm.training_data.volume_io import check_mask, read_volume, write_volume
 
     if args.method not in METHODS:
         raise choices_message("method", args.method, METHODS)
     for name in ("field", "mask", "output"):
         if not getattr(args, name):
             raise InputError(f"--{name}: required (see --help)")
-    if os.path.exists(args.output) and not args.overwrite:
-        raise InputError(f"{args.output}: output exists; pass --overwrite to replace it")
-    from daqsm.errors import output_path
+    from daqsm.output_lock import check_qsm_set, claim_qsm_set
     from daqsm.validate import check_numbers
+
+    inputs = [args.field, args.mask, args.weight]
+    check_qsm_set("-o", args.output, args.overwrite, inputs)  # the whole set (daqsm.outputs.qsm_set)
 
     check_numbers(args, {"threshold": "positive", "lambda_grad": "non_negative", "mu_grad": "non_negative",
                          "mu_data": "positive", "iterations": "int>=1", "tol": "non_negative", "b0_tesla": "positive",
@@ -110,13 +108,20 @@ def _run(args) -> int:
         from daqsm.validate import positive
 
         positive("--alpha", _alpha(args.alpha))
-    output_path("-o", args.output)
     if args.alpha_grid and args.alpha.strip().lower() != "auto":
         raise InputError("--alpha-grid: only with --alpha auto")
     if args.weight and args.method != "ndi-tv":
         raise InputError(f"--weight: only ndi-tv uses a data weight, not {args.method}")
+    with claim_qsm_set("-o", args.output, args.overwrite, inputs) as qset:
+        return _invert_and_write(args, qset)
+
+
+def _invert_and_write(args, qset) -> int:
+    """The inversion and its outputs, inside the lock of the output's set; the map is written last."""
+    from daqsm.training_data.volume_io import check_mask, read_volume, write_volume
+
     field = read_volume(args.field)
-    mask = check_mask(read_volume(args.mask, dtype=None).data, args.mask, field.data)
+    mask = check_mask(read_volume(args.mask, dtype=None), args.mask, field, f"field {args.field}")
     geom = field.geometry(args.voxel_size_mm, args.b0_dir)
     common = dict(voxel_size_mm=geom.voxel_size_mm, b0_dir=geom.b0_dir, pad=args.pad)
     if args.method == "tkd":
@@ -141,9 +146,10 @@ def _run(args) -> int:
         else:
             chi, info = ndi_tv(field.data, mask, weight, params=params, return_info=True, **common)
             print(f"ndi-tv: {info['iterations']} iterations, converged={info['converged']}, {info['seconds']:.1f} s")
-    write_volume(args.output, chi.astype(np.float32), affine=field.affine, header=field.header)
     from daqsm.provenance import build_record
     from daqsm.training_data.formats.sidecar import write_sidecar
+
+    qset.start_writing()
 
     settings = {k: v for k, v in vars(args).items()}
     b0 = args.b0_tesla if args.method == "ndi-tv" else None
@@ -151,6 +157,7 @@ def _run(args) -> int:
                                             sources=[args.field, args.mask, args.weight], b0_tesla=b0,
                                             b0_dir=geom.b0_dir, voxel_size_mm=geom.voxel_size_mm, dipole_pad=args.pad,
                                             config=settings))
+    qset.commit(lambda path: write_volume(path, chi.astype(np.float32), affine=field.affine, header=field.header))
     print(f"wrote {args.output}")
     return 0
 

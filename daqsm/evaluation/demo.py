@@ -109,12 +109,11 @@ def _step(title: str, module_main, argv) -> None:
 
 
 def run_demo(args) -> int:
-    from daqsm.training_data import genRDFPatchesSyn
     from daqsm.evaluation import cli as evaluate
     from daqsm.network_model import infer
     from daqsm.network_model.model_finetune import train as finetune
     from daqsm.network_model.train_model import train as pretrain
-    from daqsm.training_data import genChi, qsmFmapCal_gpu
+    from daqsm.training_data import genChi, genRDFPatchesSyn, qsmFmapCal_gpu
     from daqsm.training_data.simulator import simulate
 
     size = SIZES[args.size or ("real" if args.data else "small")]

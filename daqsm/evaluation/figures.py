@@ -30,11 +30,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 from daqsm.config import ArgumentParser, add_config_options, param, resolve_config
 from daqsm.errors import InputError, output_path, run_cli, shape_mismatch
+from daqsm.training_data.volume_io import atomic_path, check_mask, check_same_grid, read_volume
 from daqsm.validate import positive
-from daqsm.training_data.volume_io import atomic_path, check_mask, read_volume
 
 PROG = "daqsm-figures"
 SLICES_SIZE_IN, LOSSES_SIZE_IN, DPI = (9.0, 9.0), (8.0, 5.0), 100
@@ -237,8 +236,9 @@ def _save(fig, path, plt) -> str:
 def _check_output(path, overwrite: bool) -> None:
     if not str(path).lower().endswith(".png"):
         raise InputError(f"{path}: expected an output ending in .png")
-    if os.path.exists(path) and not overwrite:
-        raise InputError(f"{path}: output exists; give --overwrite to replace it")
+    from daqsm.outputs import refuse_existing
+
+    refuse_existing("-o", [path], overwrite)
     output_path("-o", path)
 
 
@@ -291,24 +291,28 @@ def main(argv=None) -> int:
             if not getattr(cfg, name):
                 raise InputError(f"--{name}: required (see {PROG} {args.command} --help)")
         _check_output(cfg.output, cfg.overwrite)
+        from daqsm.output_lock import claim_output
+
+        with claim_output("-o", cfg.output):  # two runs on one figure: the second stops with the PID
+            _draw(args, cfg)
+        return 0
+
+    def _draw(args, cfg) -> None:
         if args.command == "slices":
             if cfg.window is not None:
                 positive("--window", cfg.window)
             truth = read_volume(cfg.truth)
             recon = read_volume(cfg.recon)
-            if recon.data.shape != truth.data.shape:
-                raise shape_mismatch(f"reconstruction {cfg.recon}", recon.data.shape, f"truth {cfg.truth}",
-                                     truth.data.shape)
+            check_same_grid(recon, f"reconstruction {cfg.recon}", truth, f"truth {cfg.truth}")
             mask = None
             if cfg.mask:
-                mask = check_mask(read_volume(cfg.mask, dtype=None).data, cfg.mask, truth.data, "truth")
+                mask = check_mask(read_volume(cfg.mask, dtype=None), cfg.mask, truth, "truth")
             residual = read_volume(cfg.residual).data if cfg.residual else None
             slice_figure(recon.data, truth.data, cfg.output, mask, truth.voxel_size_mm or (1.0, 1.0, 1.0),
                          cfg.window, cfg.title or None, residual)
         else:
             loss_figure(cfg.log, cfg.output, list(cfg.columns) if cfg.columns else None, cfg.title or None)
         print(f"wrote {cfg.output}")
-        return 0
 
     return run_cli(body, PROG)
 

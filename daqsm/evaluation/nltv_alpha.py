@@ -49,8 +49,8 @@ import numpy as np
 
 from daqsm.errors import InputError, shape_mismatch
 from daqsm.evaluation.baselines import NDITVParams, check_weight, ndi_data_term, ndi_tv
-from daqsm.training_data.dipole import forward_field
 from daqsm.qc.noise import estimate_noise_ppm as shared_noise_estimate
+from daqsm.training_data.dipole import forward_field
 
 # 1e-4 .. 0.1 in steps of 10^(1/3) (x2.15): the 2016 data's best (0.1, 3 T / 25 ms) and high-SNR
 # simulations' (~3e-3) both inside, 10 solves

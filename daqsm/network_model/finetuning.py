@@ -45,10 +45,9 @@ import sys
 from dataclasses import dataclass
 
 from daqsm.config import param
-from daqsm.errors import InputError, output_path
-from daqsm.output_lock import claim_output
-from daqsm.validate import check_numbers
+from daqsm.errors import InputError
 from daqsm.network_model.config import write_resolved_config
+from daqsm.validate import check_numbers
 
 PROG = "model_finetune/train.py (step 5)"
 
@@ -92,10 +91,9 @@ class FinetuneConfig:
 def output_paths(output: str) -> dict:
     """Companion files of OUT.nii.gz: OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json (sidecar),
     OUT_residual.nii.gz (QC residual map, ppm) and its sidecar OUT_residual.json."""
-    stem = output[:-7] if output.endswith(".nii.gz") else os.path.splitext(output)[0]
-    return {"qsm": output, "model": stem + "_model.keras", "log": stem + "_loss.csv",
-            "config": stem + "_config.json", "sidecar": stem + ".json",
-            "residual": stem + "_residual.nii.gz", "residual_sidecar": stem + "_residual.json"}
+    from daqsm.outputs import qsm_set
+
+    return qsm_set(output)  # the one companion rule (steps 5, infer, baselines)
 
 
 def load_target_model(path: str):
@@ -153,12 +151,10 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
         from daqsm.provenance import bids_chimap_path
 
         cfg = replace(cfg, output=bids_chimap_path(cfg.output), bids=False)
-    paths = output_paths(cfg.output)
-    # the QSM is committed last (below): without it, companions are an interrupted run's leftovers
-    if os.path.exists(paths["qsm"]) and not cfg.overwrite:
-        raise InputError(f"output {paths['qsm']} exists; use --overwrite to replace it")
-    for path in paths.values():
-        output_path("-o", path)
+    from daqsm.output_lock import check_qsm_set, claim_qsm_set
+
+    inputs = [cfg.case] if cfg.case else [cfg.field, cfg.mask, cfg.weight]
+    check_qsm_set("-o", cfg.output, cfg.overwrite, inputs)  # the whole set, before any work
     check_numbers(cfg, {"b0_tesla": "positive", "te_s": "positive", "phase_rad_per_ppm": "positive",
                         "voxel_size_mm": "positive", "b0_dir": "finite", "convergence_window": "int>=1"},
                   spell=lambda k: "--" + k.replace("_", "-"))
@@ -178,19 +174,16 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
     from daqsm.network_model.precision import check_precision
 
     check_precision(cfg.precision)
-    with claim_output("-o", cfg.output):
-        return _finetune(cfg, paths, monitor, monitor_every)
+    with claim_qsm_set("-o", cfg.output, cfg.overwrite, inputs) as qset:
+        return _finetune(cfg, qset, monitor, monitor_every)
 
 
-def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> int:
-    """The fine-tuning itself, inside the output's lock."""
+def _finetune(cfg: FinetuneConfig, qset, monitor, monitor_every: int) -> int:
+    """The fine-tuning itself, inside the lock of the output's whole set (daqsm.output_lock.QsmSet)."""
     from daqsm.network_model.precision import check_precision, needs_loss_scale, with_precision
 
+    paths = qset.paths
     precision = check_precision(cfg.precision)
-    leftovers = [p for p in paths.values() if os.path.exists(p)]
-    if leftovers and not os.path.exists(paths["qsm"]):
-        print(f"{PROG}: note: replacing {len(leftovers)} file(s) of an interrupted run without {paths['qsm']}",
-              file=sys.stderr)
     target = load_inputs(cfg)
     phase = cfg.phase_rad_per_ppm or target.phase_rad_per_ppm
     if phase is None or not (phase > 0 and math.isfinite(phase)):
@@ -207,8 +200,8 @@ def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> 
     from daqsm.network_model.stopping import StoppingRule, noise_energy
     from daqsm.network_model.tiling import brain_box
     from daqsm.network_model.training_loop import LossLog, make_optimizer, make_train_step, run_loop
-    from daqsm.training_data.dipole import dipole_operator_tf
     from daqsm.qc.noise import estimate_noise_ppm
+    from daqsm.training_data.dipole import dipole_operator_tf
     from daqsm.training_data.formats.sidecar import write_sidecar
     from daqsm.training_data.volume_io import write_volume
 
@@ -271,12 +264,11 @@ def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> 
 
         monitor(0, full_map())
     os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
-    from daqsm.output_lock import temp_prefix
+    from daqsm.outputs import temp_path
 
-    # hidden, named after the output: the next run on it removes what a killed run left
-    tmp_log = os.path.join(os.path.dirname(os.path.abspath(cfg.output)), temp_prefix(cfg.output) + "loss.csv")
-    if os.path.exists(tmp_log):
-        os.remove(tmp_log)
+    # named after the log (daqsm/outputs.py): the next run on this set removes what a killed run left
+    tmp_log = temp_path(paths["log"])
+    os.remove(tmp_log)
     evaluate = tf.function(loss_fn)
     initial = {k: float(v) for k, v in evaluate(None).items()}
     log = LossLog(tmp_log)
@@ -293,7 +285,9 @@ def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> 
     if not np.all(np.isfinite(chi)):
         os.remove(tmp_log)
         raise InputError(f"model {cfg.model}: fine-tuning produced NaN/Inf values; nothing written")
-    # the QSM goes last: a run killed before it leaves an incomplete set that the rerun replaces
+    # the QSM goes last: a run killed before it leaves an incomplete set that the rerun replaces, and
+    # an --overwrite rerun removes the old QSM first, so it never stands beside new companions
+    qset.start_writing()
     save_model_atomic(model if precision == "float32" else with_precision(model, "float32"), paths["model"])
     write_model_info(paths["model"], target.geometry.voxel_size_mm, target.geometry.b0_dir,
                      spatial_divisor(model), fine_tuned_on=str(cfg.case or cfg.field))
@@ -309,7 +303,7 @@ def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> 
                              "residual_over_noise": (final["ndi"] / energy) if energy else None},
               "Box": [[b.start, b.stop] for b in box], "PhaseRadPerPpm": float(phase), "QC": qc}
     write_sidecar(paths["qsm"], provenance_record(cfg, target, "fine-tuned"), record)
-    write_volume(paths["qsm"], chi, target.affine, target.header)  # last: it marks the set complete
+    qset.commit(lambda qsm: write_volume(qsm, chi, target.affine, target.header))  # last: the set is complete
     ratio = f", ndi / noise energy {final['ndi'] / energy:.3g}" if energy else ""
     print(f"{PROG}: stopped ({reason}) after {result.step} iterations: loss {initial['loss']:.5g} -> "
           f"{final['loss']:.5g} (ndi {initial['ndi']:.5g} -> {final['ndi']:.5g}{ratio}); wrote {paths['qsm']}")
@@ -318,8 +312,8 @@ def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> 
 
 def provenance_record(cfg: FinetuneConfig, target, what: str) -> dict:
     """The sidecar's provenance keys (daqsm/provenance.py) for this run's outputs."""
-    from daqsm.training_data.formats.case_folder import read_info
     from daqsm.provenance import build_record
+    from daqsm.training_data.formats.case_folder import read_info
 
     b0 = cfg.b0_tesla
     if cfg.case and b0 is None:
@@ -332,8 +326,8 @@ def provenance_record(cfg: FinetuneConfig, target, what: str) -> dict:
 
 def write_residual(paths: dict, chi, target, dipole_pad, phase: float, noise_ppm, cfg, what: str) -> dict:
     """QC residual map (daqsm/qc/residual.py) beside the QSM, with its sidecar; returns the summary."""
-    from daqsm.training_data.formats.sidecar import write_sidecar
     from daqsm.qc.residual import residual_map_ppm, residual_summary
+    from daqsm.training_data.formats.sidecar import write_sidecar
     from daqsm.training_data.volume_io import write_volume
 
     geometry = target.geometry

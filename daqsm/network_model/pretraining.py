@@ -20,6 +20,7 @@ Usage:
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -27,8 +28,9 @@ from dataclasses import dataclass
 
 from daqsm.config import param
 from daqsm.errors import InputError, output_path
-from daqsm.validate import check_numbers
 from daqsm.network_model.config import write_resolved_config
+from daqsm.outputs import write_text_atomic
+from daqsm.validate import check_numbers
 
 PROG = "train.py (step 4)"
 
@@ -192,9 +194,13 @@ def pretrain(cfg: PretrainConfig) -> int:
 
     # one run per folder: a second one stops with "in use by PID N" instead of doubling the log (the
     # chief's folder; other workers write to their own temp folders)
-    lock = claim_output("--run_dir", cfg.run_dir, kind="folder") if chief else contextlib.nullcontext()
+    # the run folder is new, empty or one this command made (its marker), never a user's folder
+    created = not os.path.isdir(cfg.run_dir)
+    lock = claim_output("--run_dir", cfg.run_dir, kind="folder", command="daqsm-train") if chief \
+        else contextlib.nullcontext()
     with lock:
-        created = not os.path.isdir(cfg.run_dir)
+        if chief and tf.train.latest_checkpoint(ckpt_dir):
+            check_resume_matches(cfg, os.path.join(cfg.run_dir, "config.json"))
         try:
             with WorkerOutput(cfg.run_dir, strategy) as out:  # non-chief workers write to a removed temp folder
                 return _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val, tgt_train,
@@ -209,16 +215,72 @@ def pretrain(cfg: PretrainConfig) -> int:
             raise
 
 
+# options that may change when a run is resumed: how long it runs and how it reports, not what it learns
+RESUMABLE = {"run_dir", "resume", "progress", "epochs", "max_steps", "keep_checkpoints", "validate_every",
+             "checkpoint_every", "strategy", "collective_timeout_s"}
+
+
+PATCH_PRINTS = "patch_files.json"  # size and digest of the patch files the run started with
+
+
+def check_resume_matches(cfg: PretrainConfig, config_path: str) -> None:
+    """A resumed run keeps the config and the patch files it started with (else: one line naming the keys)."""
+    from daqsm.config import config_to_dict
+
+    try:
+        with open(config_path, encoding="utf-8") as fh:
+            before = json.load(fh)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as err:
+        raise InputError(f"{config_path}: cannot read the run's config to resume ({err}); "
+                         "use another --run_dir") from None
+    now = config_to_dict(cfg)
+    before = before if isinstance(before, dict) else {}
+    def same(key) -> bool:
+        if key in ("datasets_path", "targetdata_path") and before[key] and now[key]:  # one file, two spellings
+            return os.path.realpath(str(before[key])) == os.path.realpath(str(now[key]))
+        return before[key] == now[key]
+
+    differ = sorted(k for k in now if k not in RESUMABLE and k in before and not same(k))
+    try:
+        with open(os.path.join(os.path.dirname(config_path), PATCH_PRINTS), encoding="utf-8") as fh:
+            started = json.load(fh)
+    except (OSError, ValueError):
+        started = None  # a run of an earlier version: only the config is compared
+    if started is not None and started != patch_fingerprints(cfg):
+        differ.append("patch file contents")
+    if differ:
+        raise InputError(f"--run_dir {cfg.run_dir}: resuming with a different {', '.join(differ)} than the run "
+                         "started with; give the same values, or another --run_dir to start a new run")
+
+
+def patch_fingerprints(cfg: PretrainConfig) -> dict:
+    """Size and digest of the first and last MiB of each patch file: a replaced file is noticed at resume."""
+    import hashlib
+
+    prints = {}
+    for path in dict.fromkeys(p for p in (cfg.datasets_path, cfg.targetdata_path or cfg.datasets_path) if p):
+        digest = hashlib.sha1()
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            digest.update(fh.read(1 << 20))
+        prints[os.path.basename(path)] = [size, digest.hexdigest()]
+    return prints
+
+
 def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val, tgt_train, tgt_val, phase,
            steps_per_epoch, total) -> int:
     """The part of `pretrain` that runs on every worker; writes go to `out` (the run folder on the chief)."""
-    from daqsm.tf_env import seed_everything
     from daqsm.network_model.data import patch_dataset
     from daqsm.network_model.distributed import check_same_step, distribute_options, is_lost_peer, lost_worker_message
     from daqsm.network_model.model_info import save_model_atomic, write_model_info
     from daqsm.network_model.precision import needs_loss_scale, precision_policy
     from daqsm.network_model.training_loop import LossLog, make_optimizer, make_train_step, run_loop
     from daqsm.network_model.unet import DomainAdaptiveUNet, export_target_model
+    from daqsm.tf_env import seed_everything
     from daqsm.training_data.dipole import dipole_operator_tf
 
     seed_everything(cfg.seed)
@@ -244,6 +306,7 @@ def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val,
         # written only now that the schedule, the patches and the checkpoint are known to fit: a rejected
         # resume leaves the run's config as it was
         write_resolved_config(cfg, out.join("config.json"))
+        write_text_atomic(out.join(PATCH_PRINTS), json.dumps(patch_fingerprints(cfg)) + "\n")
 
     dipole = dipole_operator_tf(target.patch_size, target.voxel_size_mm, target.b0_dir, cfg.dipole_pad)
     epoch = int(step_var.numpy()) // steps_per_epoch  # reshuffle differently after a resume

@@ -60,7 +60,7 @@ def load_files(field_path, mask_path, weight_path=None, units: str = "ppm", b0_t
                voxel_size_mm=None, b0_dir=None) -> TargetVolume:
     """Read a field (any supported format and unit), a mask and an optional weight/magnitude."""
     field = read_field(field_path, units, b0_tesla, te_s)
-    mask = read_mask(mask_path, field.data, f"field {field_path}").astype(np.float32)
+    mask = read_mask(mask_path, field, f"field {field_path}").astype(np.float32)
     if weight_path:
         weight_vol = read_volume(weight_path)
         if weight_vol.data.shape != field.data.shape:

@@ -152,20 +152,43 @@ class LossLog:
         self.csv_path = csv_path
         self._columns: list | None = None
         if os.path.exists(csv_path) and os.path.getsize(csv_path) > 0:
-            with open(csv_path, newline="", encoding="utf-8") as fh:
-                self._columns = next(csv.reader(fh), None)
+            self._columns = self._read_rows()[0]
         self._writer = tf.summary.create_file_writer(tensorboard_dir) if tensorboard_dir else None
 
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after `step` (a run killed after its last checkpoint logged them)."""
         if self._columns is None:
             return
-        with open(self.csv_path, newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.DictReader(fh) if int(float(r["step"])) <= step]
-        with open(self.csv_path, "w", newline="", encoding="utf-8") as fh:
+        from daqsm.outputs import atomic_path
+
+        rows = [r for r in self._read_rows()[1] if int(float(r["step"])) <= step]
+        with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, self._columns, restval="")
             writer.writeheader()
             writer.writerows(rows)
+
+    def _read_rows(self) -> tuple:
+        """(columns, rows) of an existing log; a log edited by hand into something else is one line."""
+        from daqsm.errors import InputError
+
+        try:
+            with open(self.csv_path, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                rows = list(reader)
+                columns = list(reader.fieldnames or [])
+            if "step" not in columns:
+                raise ValueError("no 'step' column")
+            for number, row in enumerate(rows, start=2):
+                try:
+                    float(row["step"])
+                    if not float(row["step"]).is_integer():
+                        raise ValueError
+                except (TypeError, ValueError):
+                    raise ValueError(f"line {number}: step {row.get('step')!r} is not an integer") from None
+        except (UnicodeDecodeError, ValueError, csv.Error) as err:
+            raise InputError(f"{self.csv_path}: cannot resume this log ({str(err).splitlines()[0][:120]}); "
+                             "restore it or start a new run in another folder") from None
+        return columns, rows
 
     def write(self, step: int, terms: dict) -> None:
         row = {"step": int(step), **{k: float(v) for k, v in terms.items()}}

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from daqsm.errors import shape_mismatch
-from daqsm.training_data.dipole import forward_field
 from daqsm.qc.noise import estimate_noise_ppm
+from daqsm.training_data.dipole import forward_field
 
 
 def residual_map_ppm(chi_ppm, field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0),

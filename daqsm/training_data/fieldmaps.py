@@ -92,7 +92,7 @@ def iter_chi_maps(inputs, variable=None):
     for entry in inputs:
         path = Path(split_variable(entry)[0])
         if path.is_dir():
-            # hidden files are skipped: a killed run's temps (.tmp-*) are no inputs
+            # hidden files are skipped: a killed run's temps (.NAME.tmp-*) are no inputs
             files = sorted(p for p in path.iterdir() if suffix_of(p) in ALL_SUFFIXES and not p.name.startswith("."))
             if not files:
                 raise InputError(f"{path}: folder holds no volume files ({', '.join(ALL_SUFFIXES)})")
@@ -141,9 +141,9 @@ def output_kind(output: str, n_maps: int) -> str:
 
 def refuse_existing(output, kind, maps, overwrite):
     targets = [output] if kind != "folder" else [os.path.join(output, f"{m.name}_field.nii.gz") for m in maps]
-    existing = [t for t in targets if os.path.exists(t)]
-    if existing and not overwrite:
-        raise InputError(f"-o {existing[0]}: output exists; use --overwrite to replace it")
+    from daqsm.outputs import refuse_existing as refuse  # the one message of the output contract
+
+    refuse("-o", targets, overwrite)
 
 
 class StagedOutput:
@@ -180,20 +180,14 @@ class StagedOutput:
 
     def _temp_for(self, final: str) -> str:
         """A unique temp name beside `final` (two runs never share one), named after the output."""
-        import tempfile
-
-        from daqsm.output_lock import temp_prefix
+        from daqsm.outputs import temp_path
         from daqsm.training_data.volume_io import suffix_of
 
-        folder = os.path.dirname(os.path.abspath(final))
-        # folder outputs: the temps sit inside the output folder, named after the output folder
-        # (so that the next run's stale-temp clean-up finds them) plus the map's name
-        prefix = temp_prefix(self.output) + (os.path.basename(final) + "-" if self.kind == "folder" else "")
-        if self.kind == "folder":
-            folder = os.path.dirname(os.path.abspath(self.output.rstrip(os.sep)))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix_of(final), dir=folder)
-        os.close(fd)
+        # folder outputs: the temps sit beside the output folder, named after it (daqsm/outputs.py),
+        # so that the next run's stale-temp clean-up finds them
+        owner = self.output if self.kind == "folder" else final
+        os.makedirs(os.path.dirname(os.path.abspath(owner.rstrip(os.sep))), exist_ok=True)
+        tmp = temp_path(owner, suffix=suffix_of(final))
         self.staged.append((tmp, final))
         return tmp
 
@@ -210,8 +204,13 @@ class StagedOutput:
 
     def __exit__(self, exc_type, exc, tb):
         if self.h5 is not None:
-            if exc_type is None:
-                self.writer.finish(self.names)
+            try:
+                if exc_type is None:
+                    self.writer.finish(self.names)
+            except BaseException:
+                self.h5.close()
+                self._discard()
+                raise
             self.h5.close()
         for tmp, final in self.staged:
             if exc_type is None:
@@ -221,6 +220,10 @@ class StagedOutput:
                 os.remove(tmp)
         return False
 
+    def _discard(self) -> None:
+        for tmp, _ in self.staged:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 @dataclass(frozen=True)
 class FieldmapConfig:

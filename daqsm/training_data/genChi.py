@@ -21,16 +21,23 @@ import argparse
 import os
 import sys
 
-from daqsm.config import (ArgumentParser, add_config_options, config_path_beside, option_name, require, resolve_config,
-                          write_config)
+from daqsm.config import (
+    ArgumentParser,
+    add_config_options,
+    config_path_beside,
+    option_name,
+    require,
+    resolve_config,
+    write_config,
+)
 from daqsm.errors import InputError, output_path, run_cli
-from daqsm.output_lock import claim_output
-from daqsm.validate import check_numbers
+from daqsm.output_lock import check_owned_folder, claim_output
+from daqsm.outputs import refuse_existing
 from daqsm.training_data.synthesis import (  # noqa: F401 - SourceMap, synthesize: names older code imports from here
-    NIFTI_PATTERNS,
-    PROG,
     INPUT_KEYS,
     INPUT_SPELLING,
+    NIFTI_PATTERNS,
+    PROG,
     GenChiCommandConfig,
     GenChiConfig,
     SourceMap,
@@ -40,6 +47,7 @@ from daqsm.training_data.synthesis import (  # noqa: F401 - SourceMap, synthesiz
     write_maps_nifti,
 )
 from daqsm.training_data.volume_io import HDF5_SUFFIXES, suffix_of
+from daqsm.validate import check_numbers
 
 
 def is_folder_output(out: str) -> bool:
@@ -49,14 +57,14 @@ def is_folder_output(out: str) -> bool:
 def check_output(out: str, overwrite: bool) -> None:
     """Refuse an existing output unless --overwrite; refuse unknown output formats."""
     if is_folder_output(out):
+        check_owned_folder("-o", out, "daqsm-genchi")  # never a user's folder, even with --overwrite
         if os.path.isdir(out) and not overwrite and any(
                 n.startswith(NIFTI_PATTERNS) for n in os.listdir(out)):
             raise InputError(f"{out}: output folder already holds maps; use --overwrite to replace them")
         return
     if suffix_of(out) not in HDF5_SUFFIXES:
         raise InputError(f"-o {out}: expected an .h5/.hdf5 file or a folder (ending with '/') for NIfTI")
-    if os.path.exists(out) and not overwrite:
-        raise InputError(f"{out}: output file exists; use --overwrite to replace it")
+    refuse_existing("-o", [out, config_path_for(out)], overwrite)
 
 
 def config_path_for(out: str) -> str:
@@ -92,7 +100,8 @@ def main(argv=None) -> int:
         folder = is_folder_output(config.output)
         output_path("-o", config.output, kind="folder" if folder else "file")
         sources = load_sources(config.source, config.mask, config.voxel_size_mm, config.b0_dir)
-        with claim_output("-o", config.output, kind="folder" if folder else "file"):
+        with claim_output("-o", config.output, kind="folder" if folder else "file", command="daqsm-genchi",
+                          companions=() if folder else [config_path_for(config.output)]):
             if folder:
                 out = write_maps_nifti(config.output, sources, config, config.overwrite, config.quiet)
             else:

@@ -21,17 +21,24 @@ the end): the augmented maps already vary enough, and a half-patch stride writes
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from daqsm.config import (ArgumentParser, add_config_options, config_path_beside, option_name, require, resolve_config,
-                          write_config)
+from daqsm.config import (
+    ArgumentParser,
+    add_config_options,
+    config_path_beside,
+    option_name,
+    require,
+    resolve_config,
+    write_config,
+)
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import claim_output
-from daqsm.validate import check_numbers
+from daqsm.outputs import refuse_existing
 from daqsm.training_data.patch_inputs import SourceInputs, TargetInputs
 from daqsm.training_data.patches import MODES, PatchCommandConfig, PatchConfig, cut_patches, write_patches  # noqa: F401
 from daqsm.training_data.volume_io import HDF5_SUFFIXES, suffix_of
+from daqsm.validate import check_numbers
 
 PROG = "genRDFPatchesSyn"
 
@@ -57,8 +64,8 @@ def main(argv=None) -> int:
                                "brain_threshold": (0.0, 1.0)}, spell=option_name)
         if suffix_of(config.output) not in HDF5_SUFFIXES:
             raise InputError(f"-o {config.output}: expected an .h5/.hdf5 output file")
-        if os.path.exists(config.output) and not config.overwrite:
-            raise InputError(f"{config.output}: output file exists; use --overwrite to replace it")
+        config_out = config_path_beside(config.output, "patches", folder=False)
+        refuse_existing("-o", [config.output, config_out], config.overwrite)
         output_path("-o", config.output)
         sources = SourceInputs(config.source, config.source_fields or None, config.source_masks or None,
                                config.field_units, config.b0_tesla, config.te_s, config.voxel_size_mm, config.b0_dir)
@@ -67,9 +74,9 @@ def main(argv=None) -> int:
                                config.weight_echo)
         if not len(targets) and not config.quiet:
             print(f"{PROG}: warning: no target dataset given; /target will be empty", file=sys.stderr)
-        with claim_output("-o", config.output):
+        with claim_output("-o", config.output, companions=[config_out]):
             stats = write_patches(config.output, sources, targets, config, config.quiet)
-            write_config(config, config_path_beside(config.output, "patches", folder=False))
+            write_config(config, config_out)
         if not config.quiet:
             print(f"{PROG}: wrote {stats['source']} source and {stats['target']} target patches to {config.output} "
                   f"in {stats['seconds']:.1f} s", file=sys.stderr)

@@ -6,8 +6,8 @@
 INPUT: susceptibility maps (NIfTI, .mat v5/v7.3, .h5, .npy), folders of them, or the HDF5 output of
 step 1 (dataset `/chi`, (N, x, y, z), optional `/mask`). OUTPUT: a .nii/.nii.gz file (one input),
 a folder (one `<name>_field.nii.gz` per map, input affine kept) or a .h5 file (dataset `/field`,
-(N, x, y, z) float32 ppm, attrs voxel_size_mm, b0_dir, files: daqsm/training_data/formats/field_h5.py). Runs on the GPU when TensorFlow
-sees one, else on the CPU. Voxel size and B0 direction come from the file header (NIfTI affine,
+(N, x, y, z) float32 ppm, attrs voxel_size_mm, b0_dir, files: daqsm/training_data/formats/field_h5.py).
+Runs on the GPU when TensorFlow sees one, else on the CPU. Voxel size and B0 direction come from the file header (NIfTI affine,
 HDF5 attrs) unless given; without either, 1 mm and B0 along the third axis.
 
 Where a mask is known (a step-1 HDF5 carries one, or --mask) the field is set to 0 outside it: the
@@ -26,7 +26,6 @@ import sys
 from daqsm.config import ArgumentParser, add_config_options, resolve_config
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import claim_output
-from daqsm.validate import check_numbers, finite
 from daqsm.training_data.dipole import fft_shape
 from daqsm.training_data.fieldmaps import (  # noqa: F401 - ChiMap, compute_field, FieldmapConfig: names callers import
     ChiMap,
@@ -42,6 +41,7 @@ from daqsm.training_data.fieldmaps import (  # noqa: F401 - ChiMap, compute_fiel
 )
 from daqsm.training_data.geometry import check_voxel_size, normalise_b0_dir
 from daqsm.training_data.volume_io import read_mask
+from daqsm.validate import check_numbers, finite
 
 PROG = "qsmFmapCal_gpu"
 

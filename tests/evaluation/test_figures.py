@@ -51,7 +51,7 @@ def test_slices_png_written_with_expected_size(volumes, tmp_path):
     assert figures.main(["slices", "--recon", volumes["recon"], "--truth", volumes["truth"], "--mask", volumes["mask"],
                          "-o", str(out)]) == 0
     assert png_size(out) == (900, 900)
-    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
 
 
 def test_losses_png_written_with_expected_size(loss_log, tmp_path):
@@ -161,4 +161,4 @@ def test_bad_input_exits_2_and_writes_nothing(case, volumes, loss_log, tmp_path,
         assert out.read_bytes() == b"keep"
     else:
         assert not out.exists()
-    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]

@@ -8,9 +8,9 @@ from daqsm.evaluation import baseline_cli
 from daqsm.evaluation import baselines as B
 from daqsm.evaluation import nltv_alpha as A
 from daqsm.evaluation.metrics import nrmse_pair
-from tests.evaluation.test_baselines import phantom
 from daqsm.training_data.dipole import forward_field
 from daqsm.training_data.volume_io import read_volume, write_volume
+from tests.evaluation.test_baselines import phantom
 
 
 def noisy_phantom(sigma_ppm: float, seed: int = 0):

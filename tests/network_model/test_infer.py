@@ -193,4 +193,4 @@ def test_bad_input_exits_2_and_writes_nothing(case, model_path, phantom, bad_mod
     else:
         assert not out.exists()
     assert not (tmp_path / "out.json").exists()
-    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]

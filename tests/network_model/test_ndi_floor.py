@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.network_model.synthetic import ball_mask, smooth_chi
 from daqsm.training_data.dipole import dipole_operator_tf, forward_field
 from daqsm.training_data.patches import extract_patch, grid_origins
 from tests import requires
+from tests.network_model.synthetic import ball_mask, smooth_chi
 
 pytestmark = requires.tensorflow
 

@@ -180,6 +180,9 @@ def test_resume_with_another_network_is_an_input_error(patches, tmp_path, capsys
     assert train.main(args + ["--max_steps", "1", "--checkpoint_every", "1"]) == 0
     capsys.readouterr()
     assert train.main(args + ["--max_steps", "2", "--base_filters", "6"]) == 2
+    assert "different base_filters" in capsys.readouterr().err  # the run's config names the key (issue 23)
+    (run / "config.json").unlink()  # without the run's config the checkpoint itself still refuses
+    assert train.main(args + ["--max_steps", "2", "--base_filters", "6"]) == 2
     assert "does not match this network" in capsys.readouterr().err
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.network_model.synthetic import ball_mask, smooth_chi
 from daqsm.training_data.dipole import forward_field
 from tests import requires
+from tests.network_model.synthetic import ball_mask, smooth_chi
 
 pytestmark = requires.tensorflow
 

@@ -9,10 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from daqsm.training_data import genRDFPatchesSyn
 from daqsm.errors import InputError
-from tests.training_data.test_augment import blob
-from daqsm.training_data import genChi
+from daqsm.training_data import genChi, genRDFPatchesSyn
 from daqsm.training_data.dipole import forward_field
 from daqsm.training_data.patches import (
     assemble_patches,
@@ -25,6 +23,7 @@ from daqsm.training_data.patches import (
     select_origins,
 )
 from daqsm.training_data.units import hz_per_ppm
+from tests.training_data.test_augment import blob
 
 P = 8
 

@@ -7,9 +7,7 @@ file) and calls it. From Python on arrays: `daqsm.finetune`.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
 
 from daqsm.config import ArgumentParser
 from daqsm.errors import run_cli
