@@ -405,7 +405,15 @@ def _run(args) -> int:
         raise InputError(f"--weight: only ndi-tv uses a data weight, not {args.method}")
     field = read_volume(args.field)
     mask = check_mask(read_volume(args.mask, dtype=None).data, args.mask, field.data)
-    geom = field.geometry(args.voxel_size_mm, args.b0_dir)
+    from daqsm.training_data.field_geometry import assumption_line, resolve_field_geometry
+
+    # .mat/.npy carry no geometry: a NIfTI mask (or weight) on the same grid lends its affine
+    located = resolve_field_geometry(field, [("mask", args.mask), ("magnitude", args.weight)], args.voxel_size_mm,
+                                     args.b0_dir)
+    note = assumption_line(located, f"field {args.field}")
+    if note:
+        print(f"daqsm-baseline: warning: {note}", file=sys.stderr)
+    geom = located.geometry
     common = dict(voxel_size_mm=geom.voxel_size_mm, b0_dir=geom.b0_dir, pad=args.pad)
     if args.method == "tkd":
         chi = tkd(field.data, mask, threshold=args.threshold, **common)
@@ -429,7 +437,7 @@ def _run(args) -> int:
         else:
             chi, info = ndi_tv(field.data, mask, weight, params=params, return_info=True, **common)
             print(f"ndi-tv: {info['iterations']} iterations, converged={info['converged']}, {info['seconds']:.1f} s")
-    write_volume(args.output, chi.astype(np.float32), affine=field.affine, header=field.header)
+    write_volume(args.output, chi.astype(np.float32), affine=located.affine, header=located.header)
     from daqsm.training_data.provenance import build_record, write_sidecar
 
     settings = {k: v for k, v in vars(args).items()}
@@ -437,7 +445,7 @@ def _run(args) -> int:
     write_sidecar(args.output, build_record(f"susceptibility map, {args.method} baseline", "ppm",
                                             sources=[args.field, args.mask, args.weight], b0_tesla=b0,
                                             b0_dir=geom.b0_dir, voxel_size_mm=geom.voxel_size_mm, dipole_pad=args.pad,
-                                            config=settings))
+                                            config=settings), {"GeometrySources": located.sources})
     print(f"wrote {args.output}")
     return 0
 

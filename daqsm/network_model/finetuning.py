@@ -192,6 +192,8 @@ def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> 
         print(f"{PROG}: note: replacing {len(leftovers)} file(s) of an interrupted run without {paths['qsm']}",
               file=sys.stderr)
     target = load_inputs(cfg)
+    if getattr(target, "geometry_note", None):
+        print(f"{PROG}: warning: {target.geometry_note}", file=sys.stderr)
     phase = cfg.phase_rad_per_ppm or target.phase_rad_per_ppm
     if phase is None or not (phase > 0 and math.isfinite(phase)):
         raise InputError("phase scale unknown: give --b0 TESLA and --te SECONDS (or --phase_rad_per_ppm)")
@@ -308,6 +310,8 @@ def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> 
                              "initial": initial, "final": final,
                              "residual_over_noise": (final["ndi"] / energy) if energy else None},
               "Box": [[b.start, b.stop] for b in box], "PhaseRadPerPpm": float(phase), "QC": qc}
+    if getattr(target, "geometry_sources", None):  # where voxel size, B0 direction and affine came from
+        record["GeometrySources"] = target.geometry_sources
     write_sidecar(paths["qsm"], provenance_record(cfg, target, "fine-tuned"), record)
     write_volume(paths["qsm"], chi, target.affine, target.header)  # last: it marks the set complete
     ratio = f", ndi / noise energy {final['ndi'] / energy:.3g}" if energy else ""
