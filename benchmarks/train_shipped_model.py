@@ -6,7 +6,7 @@ are skipped and step 4 resumes from its last checkpoint):
     nice -n 10 python benchmarks/train_shipped_model.py --work work_shipped --steps 300 --install
 
 Data: the built-in phantom only (MNI ICBM 152 2009a anatomy shipped inside nilearn's wheel) —
-source domain = the phantom with another texture seed and no calcification, through step 1 (24
+source domain = the phantom with another texture seed and no calcification, through step 1 (12
 synthetic maps) and step 2; target domain = the four RC2-like cases Sim{1,2}Snr{1,2} simulated from
 the phantom at 1 mm isotropic, B0 along the third voxel axis, 7 T, TE 4-36 ms (daqsm-simulate).
 Never the 2016 challenge data or the RC2 segmentation. Recipe = the demo's `--size real` (64^3
@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESOLUTION_MM = 1.0
-N_MAPS = 24
+N_MAPS = 12  # 12 x ~15 patches of 64^3: a few epochs of the run; the CPU budget sets it
 
 
 def _run(title: str, main, argv) -> None:

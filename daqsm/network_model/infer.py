@@ -45,7 +45,8 @@ QC_PAD = "auto"  # dipole padding of the QC residual's forward model (as fine-tu
 class InferConfig:
     """Settings of one inference run (config-file keys = field names; options daqsm.config)."""
 
-    model: str | None = param(None, "exported target model (.keras, contract 3)")
+    model: str | None = param(None, "exported target model (.keras, contract 3); default: the shipped model "
+                              "(daqsm/models/, docs/model-card.md)")
     field: str | None = param(None, "local field map (NIfTI, FILE.mat[:VAR], .h5, .npy); unit given by units")
     mask: str | None = param(None, "brain mask (0/1) on the field's grid")
     case: str | None = param(None, "case folder (contract 1) instead of field/mask: local_field.nii.gz (ppm), "
@@ -185,6 +186,10 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
 
     precision = check_device(cfg.precision)
     field, mask, voxel_size, b0_dir, affine, b0_tesla = read_inputs(cfg)
+    if not cfg.model:  # the shipped pre-trained model, verified against its manifest
+        from daqsm.network_model.shipped import default_model_path
+
+        cfg = dataclasses.replace(cfg, model=default_model_path())
     model = load_model_file(cfg.model)
     if precision != "float32":
         model = with_precision(model, precision)

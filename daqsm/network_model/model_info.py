@@ -161,6 +161,10 @@ def load_model_file(path) -> "keras.Model":  # noqa: F821
         raise InputError(f"model {path}: expected a Keras 3 model file ending in .keras")
     import zipfile
 
+    from daqsm.network_model.shipped import is_shipped, verify
+
+    if is_shipped(path):  # the shipped file loads only as its manifest pins it (SHA-256)
+        verify(path)
     if not zipfile.is_zipfile(path):  # Keras would report a foreign file as "File not found"
         raise InputError(f"model {path}: cannot load as a Keras model: not a Keras archive (a .keras file is a zip)")
     from daqsm.tf_env import import_tensorflow
