@@ -369,7 +369,9 @@ CASES = [
     Case("finetune-no-output", "finetune", "--model {in}/random.keras --field {in}/field.nii.gz", "output"),
     Case("finetune-mask-mismatch", "finetune",
          _f(FT, "{out}/q.nii.gz").replace("mask.nii.gz", "other_grid.nii.gz"), "shape"),
-    Case("infer-no-model", "infer", f"--field {FIELD} --mask {MASK} -o {{out}}/q.nii.gz", "model"),
+    # without --model the shipped model is used (tests/network_model/test_shipped.py); a missing one is an error
+    Case("infer-missing-model", "infer", f"--model {{in}}/none.keras --field {FIELD} --mask {MASK} -o {{out}}/q.nii.gz",
+         "none.keras"),
     Case("infer-hz-without-b0", "infer", _f(INFER, "{out}/q.nii.gz") + " --units hz", "b0"),
     Case("evaluate-shape", "evaluate", f"--recon {CHI} --truth {{in}}/other_grid.nii.gz --mask {MASK} "
          "--json {out}/t.json", "shape"),

@@ -102,7 +102,7 @@ def is_shipped(path) -> bool:
         return False
 
 
-def install_model(src, command: str, steps: int, resolution_mm: float, n_maps: int) -> str:
+def install_model(src, command: str, steps: int, resolution_mm: float, n_maps: int, target_crop: int = 128) -> str:
     """Copy a trained target model (and its model-info sidecar) into daqsm/models/ and write its manifest."""
     import keras
     import tensorflow as tf
@@ -127,7 +127,7 @@ def install_model(src, command: str, steps: int, resolution_mm: float, n_maps: i
             "target_domain": f"daqsm-simulate --source builtin --resolution {resolution_mm:g} --seed 0: the four "
                              "RC2-like cases Sim{1,2}Snr{1,2} (7 T, B0 along the third axis)",
             "not_used": "the 2016 QSM challenge data and the RC2 segmentation (not redistributable)"},
-        "recipe": {"pretrain_steps": steps, "depth": 4, "base_filters": 8, "source_patch": 64, "target_crop": 128,
+        "recipe": {"pretrain_steps": steps, "depth": 4, "base_filters": 8, "source_patch": 64, "target_crop": target_crop,
                    "batch": [2, 1], "optimizer": "Adam 1e-3, cosine"},
         "training_geometry": {"voxel_size_mm": [resolution_mm] * 3, "b0_dir": [0.0, 0.0, 1.0]},
         "known_limits": KNOWN_LIMITS,
