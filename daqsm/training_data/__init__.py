@@ -6,6 +6,7 @@ package imports it, never the other way round.
 units.py           Hz / rad / ppb -> ppm conversions, gamma_bar
 geometry.py        Geometry (shape, voxel_size_mm, b0_dir); B0 direction from a NIfTI affine
 volume_io.py       read/write NIfTI, MAT v5/v7.3, HDF5, .npy with voxel size, affine, B0
+field_geometry.py  a field's geometry from its file, a NIfTI mask/magnitude, an option or a default
 formats/           one module per pipeline file (reader + writer): case folder, step-1 chi HDF5,
                    field-map HDF5, patch HDF5; the weighting echo is decided in formats/case_folder.py
 dipole.py          the one dipole kernel and forward model (numpy and TensorFlow)       step 2
