@@ -6,6 +6,7 @@ figures.py    orthogonal-slice figures and loss curves (PNG)
 baselines.py  TKD, closed-form L2-gradient and nonlinear TV (ADMM) inversions
 nltv_alpha.py nonlinear TV's alpha: discrepancy rule without truth (stage 1), best by truth (stage 2)
 demo.py       `daqsm-demo`: the five steps, evaluation and figures in one run
+qsmci.py      QSM-CI algorithm entry: /input (local field ppm, mask, params.json) -> /output/chimap.nii.gz
 cli.py        the evaluation command (`python -m daqsm.evaluation`, daqsm-evaluate)
 __main__.py   `python -m daqsm.evaluation`
 """
