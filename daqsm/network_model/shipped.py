@@ -33,8 +33,9 @@ KNOWN_LIMITS = [
     "target domain: 1 mm isotropic voxels, B0 along the third voxel axis, 7 T; other voxel sizes and B0 "
     "directions run (the fine-tuning loss uses the input's own geometry) but the pre-trained map is biased "
     "(daqsm-infer warns)",
-    "a CPU-sized network (U-Net depth 4, 8 base filters) pre-trained for a few hundred steps: without "
-    "fine-tuning (--fast) it trails TKD; fine-tune per dataset (the default) for a usable map",
+    "a CPU-sized network (U-Net depth 4, 8 base filters) pre-trained for only {steps} steps (recipe.pretrain_steps) "
+    "on 2 shared CPU cores: without fine-tuning (--fast) it is far from TKD; fine-tune per dataset (the default); "
+    "retrain longer with the same command where a GPU is available",
     "input: a background-removed local field in ppm, 0 outside the brain mask",
 ]
 
@@ -130,7 +131,7 @@ def install_model(src, command: str, steps: int, resolution_mm: float, n_maps: i
         "recipe": {"pretrain_steps": steps, "depth": 4, "base_filters": 8, "source_patch": 64, "target_crop": target_crop,
                    "batch": [2, 1], "optimizer": "Adam 1e-3, cosine"},
         "training_geometry": {"voxel_size_mm": [resolution_mm] * 3, "b0_dir": [0.0, 0.0, 1.0]},
-        "known_limits": KNOWN_LIMITS,
+        "known_limits": [limit.format(steps=steps) for limit in KNOWN_LIMITS],
         "model_card": "docs/model-card.md",
     }
     with open(manifest_path(dest), "w", encoding="utf-8") as fh:
