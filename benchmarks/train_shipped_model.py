@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     parser.add_argument("--target-crop", type=int, default=128, help="target crop size (voxels, multiple of 16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--install", action="store_true", help="copy the model into daqsm/models/ + manifest")
+    parser.add_argument("--warning", default=None, help="one line the commands print when they use the model "
+                        "(e.g. an under-trained placeholder's measured accuracy)")
     args = parser.parse_args(argv)
 
     from daqsm.evaluation.demo import write_builtin_source
@@ -88,7 +90,7 @@ def main(argv=None) -> int:
         dest = shipped.install_model(model, command="nice -n 10 python benchmarks/train_shipped_model.py "
                                      + shlex.join(argv if argv is not None else sys.argv[1:]),
                                      steps=args.steps, resolution_mm=RESOLUTION_MM, n_maps=N_MAPS,
-                                     target_crop=args.target_crop)
+                                     target_crop=args.target_crop, warning=args.warning)
         print(f"installed {dest}", file=sys.stderr)
     return 0
 

@@ -88,11 +88,17 @@ def verify(path=None) -> str:
 
 
 def default_model_path() -> str:
-    """The verified shipped model, for a `--model` left empty."""
+    """The verified shipped model, for a `--model` left empty; prints the manifest's `warning` (one line)."""
+    import sys
+
     if not model_path().is_file():
         raise InputError(f"--model: no model given and the shipped model {model_path()} is not installed; "
                          "give --model FILE.keras")
-    return verify()
+    path = verify()
+    warning = read_manifest().get("warning")
+    if warning:  # e.g. an under-trained placeholder: users should know before they trust a --fast map
+        print(f"daqsm: note: shipped model: {warning}", file=sys.stderr)
+    return path
 
 
 def is_shipped(path) -> bool:
@@ -103,7 +109,8 @@ def is_shipped(path) -> bool:
         return False
 
 
-def install_model(src, command: str, steps: int, resolution_mm: float, n_maps: int, target_crop: int = 128) -> str:
+def install_model(src, command: str, steps: int, resolution_mm: float, n_maps: int, target_crop: int = 128,
+                  warning: str | None = None) -> str:
     """Copy a trained target model (and its model-info sidecar) into daqsm/models/ and write its manifest."""
     import keras
     import tensorflow as tf
@@ -134,6 +141,8 @@ def install_model(src, command: str, steps: int, resolution_mm: float, n_maps: i
         "known_limits": [limit.format(steps=steps) for limit in KNOWN_LIMITS],
         "model_card": "docs/model-card.md",
     }
+    if warning:
+        manifest["warning"] = warning
     with open(manifest_path(dest), "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2)
         fh.write("\n")

@@ -89,3 +89,12 @@ def test_finetune_and_infer_default_to_the_shipped_model(model_dir, tmp_path, ca
 
     np.testing.assert_allclose(read_volume(tmp_path / "inf.nii.gz").data, read_volume(tmp_path / "fast.nii.gz").data,
                                atol=1e-5)  # --fast is the pre-trained network's map
+
+
+def test_manifest_warning_is_printed_once_per_default_use(model_dir, capsys):
+    manifest = json.loads(shipped.manifest_path().read_text())
+    manifest["warning"] = "under-trained placeholder"
+    shipped.manifest_path().write_text(json.dumps(manifest))
+    shipped.default_model_path()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "under-trained placeholder" in err
