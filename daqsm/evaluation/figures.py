@@ -1,4 +1,4 @@
-"""Figures: orthogonal slices of a reconstruction (against its ground truth when there is one), and loss curves (PNG).
+"""Figures: orthogonal slices of a reconstruction (against a ground truth when there is one), loss curves (PNG).
 
     python -m daqsm.evaluation.figures slices --recon R --truth T [--mask M] [--window PPM] -o OUT.png
     python -m daqsm.evaluation.figures slices --recon QSM.nii.gz --mask M --residual QSM_residual.nii.gz -o OUT.png
@@ -10,8 +10,8 @@ ppm, symmetric about 0: [-w, w] with w the 99th percentile of |truth| inside the
 so that the difference row reads on the same scale as the maps; one colour bar per row, in ppm.
 Without a truth (an in-vivo QSM) only the reconstruction row is drawn, windowed on itself. Voxel
 aspect ratios come from the files' voxel size; when the reconstruction is a NIfTI, each panel's edges
-carry the anatomical direction letters of its affine (R/L, A/P, S/I, nibabel's aff2axcodes). `--residual OUT_residual.nii.gz` (the QC
-map that fine-tuning and inference write, ppm) adds a 4th row on its own scale [0, 99th percentile]:
+carry the anatomical direction letters of its affine (R/L, A/P, S/I, nibabel's aff2axcodes).
+`--residual OUT_residual.nii.gz` (the QC map that fine-tuning and inference write, ppm) adds a row on its own scale [0, 99th percentile]:
 where the reconstruction does not explain the measured field (900 x 1200 pixels then).
 
 Losses: a CSV log with a header; the x axis is the column named step / iteration / epoch (else the

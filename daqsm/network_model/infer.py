@@ -209,7 +209,8 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
         "input_voxel_size_mm": list(map(float, voxel_size)) if voxel_size is not None else None,
         "input_b0_dir": list(map(float, b0_dir)) if b0_dir is not None else None,
         "b0_tesla": b0_tesla, "model_info": {k: (list(v) if isinstance(v, tuple) else v) for k, v in info.items()},
-        "geometry_warning": message, "geometry_sources": field.attrs.get("geometry_sources"), "divisor": int(divisor), "mode": "whole" if cfg.whole else "tiled",
+        "geometry_warning": message, "geometry_sources": field.attrs.get("geometry_sources"),
+        "divisor": int(divisor), "mode": "whole" if cfg.whole else "tiled",
         "tiles": int(n_tiles), "seconds": round(seconds, 3), "box": [[b.start, b.stop] for b in box],
     }
     write_volume(cfg.output, chi.astype(np.float32), affine=affine, header=field.header)
