@@ -11,8 +11,9 @@ so that the difference row reads on the same scale as the maps; one colour bar p
 Without a truth (an in-vivo QSM) only the reconstruction row is drawn, windowed on itself. Voxel
 aspect ratios come from the files' voxel size; when the reconstruction is a NIfTI, each panel's edges
 carry the anatomical direction letters of its affine (R/L, A/P, S/I, nibabel's aff2axcodes).
-`--residual OUT_residual.nii.gz` (the QC map that fine-tuning and inference write, ppm) adds a row on its own scale [0, 99th percentile]:
-where the reconstruction does not explain the measured field (900 x 1200 pixels then).
+`--residual OUT_residual.nii.gz` (the QC map that fine-tuning and inference write, ppm) adds a row
+on its own scale [0, 99th percentile]: where the reconstruction does not explain the measured field
+(300 pixels of height per row: 900 x 1200 with a truth, 900 x 600 without).
 
 Losses: a CSV log with a header; the x axis is the column named step / iteration / epoch (else the
 first), every other numeric column is a loss curve except the wall time `elapsed_s`, which is not a
