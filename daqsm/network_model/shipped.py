@@ -1,16 +1,18 @@
-"""The pre-trained target model shipped with the package (daqsm/models/), pinned by a manifest.
+"""The pre-trained target model a package install may carry (daqsm/models/), pinned by a manifest.
 
     daqsm/models/daqsm_builtin_1mm.keras            the target model (contract 3), a few MB
     daqsm/models/daqsm_builtin_1mm.keras.json       its training geometry (model_info sidecar)
     daqsm/models/daqsm_builtin_1mm.manifest.json    SHA-256, size, training command and data,
                                                      package version, known limits
 
-It is installed with the package (setup.cfg package_data) and loaded without a network. Every load
-of the shipped file checks its size and SHA-256 against the manifest first: a changed or truncated
-file is one clear error, never a silently different network. `daqsm-finetune` and `daqsm-infer` use
-it when `--model` is not given; a user's own model is one `--model FILE.keras` away.
+No trained weights are shipped yet: `python benchmarks/train_shipped_model.py ... --install` writes
+these three files into daqsm/models/ (or into $DAQSM_MODEL_DIR when set), and setup.cfg package_data
+then installs them with the package. Every load of the installed file checks its size and SHA-256
+against the manifest first: a changed or truncated file is one clear error, never a silently
+different network. `daqsm-finetune` and `daqsm-infer` use it when `--model` is not given; with none
+installed, a `--model` left empty is one line saying to give `--model FILE.keras`.
 
-How it was made: benchmarks/train_shipped_model.py (its docstring has the command); what it is good
+How it is made: benchmarks/train_shipped_model.py (its docstring has the command); what it is good
 for and how accurate it is: docs/model-card.md.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from daqsm.errors import InputError
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models"
+MODEL_DIR_ENV = "DAQSM_MODEL_DIR"  # another folder for the installed model (tests, a user's own install)
 MODEL_NAME = "daqsm_builtin_1mm.keras"
 MANIFEST_FORMAT = "daqsm-model-manifest"
 MANIFEST_VERSION = 1
@@ -40,8 +43,13 @@ KNOWN_LIMITS = [
 ]
 
 
+def model_dir() -> Path:
+    """Where the shipped model is looked up and installed: $DAQSM_MODEL_DIR when set, else daqsm/models/."""
+    return Path(os.environ.get(MODEL_DIR_ENV) or MODEL_DIR)
+
+
 def model_path() -> Path:
-    return MODEL_DIR / MODEL_NAME
+    return model_dir() / MODEL_NAME
 
 
 def manifest_path(path=None) -> Path:
@@ -92,8 +100,9 @@ def default_model_path() -> str:
     import sys
 
     if not model_path().is_file():
-        raise InputError(f"--model: no model given and the shipped model {model_path()} is not installed; "
-                         "give --model FILE.keras")
+        raise InputError("--model: no model given and no shipped model is installed; give --model FILE.keras "
+                         "(e.g. the demo's demo_out/step4_pretrain/target_model.keras) or train one with "
+                         "benchmarks/train_shipped_model.py")
     path = verify()
     warning = read_manifest().get("warning")
     if warning:  # e.g. an under-trained placeholder: users should know before they trust a --fast map
@@ -111,14 +120,14 @@ def is_shipped(path) -> bool:
 
 def install_model(src, command: str, steps: int, resolution_mm: float, n_maps: int, target_crop: int = 128,
                   warning: str | None = None) -> str:
-    """Copy a trained target model (and its model-info sidecar) into daqsm/models/ and write its manifest."""
+    """Copy a trained target model (and its model-info sidecar) into model_dir() and write its manifest."""
     import keras
     import tensorflow as tf
 
     from daqsm import __version__
     from daqsm.network_model.model_info import info_path
 
-    MODEL_DIR.mkdir(parents=True, exist_ok=True)
+    model_dir().mkdir(parents=True, exist_ok=True)
     dest = model_path()
     shutil.copyfile(src, dest)
     if os.path.isfile(info_path(src)):

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from tests.network_model.test_shipped import model_dir  # noqa: E402,F401  (the stand-in shipped model)
+from tests.network_model.test_shipped import model_dir, no_model_dir  # noqa: E402,F401  (stand-in install folders)
 
 
 def _contract_input(folder, te=(0.004, 0.012, 0.02)):
@@ -55,3 +55,14 @@ def test_missing_params_is_one_line(tmp_path, capsys):
     assert qsmci.main(["--input", str(tmp_path / "input"), "--output", str(tmp_path / "out")]) == 2
     assert "params.json" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_no_installed_model_is_one_line(no_model_dir, tmp_path, capsys):  # noqa: F811
+    """The package ships no trained weights: the entry needs one installed, and says so in one line."""
+    from daqsm.evaluation import qsmci
+
+    _contract_input(tmp_path / "input")
+    assert qsmci.main(["--input", str(tmp_path / "input"), "--output", str(tmp_path / "output"), "--fast"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no shipped model is installed" in err, err
+    assert not (tmp_path / "output" / "chimap.nii.gz").exists()

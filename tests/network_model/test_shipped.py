@@ -1,5 +1,9 @@
-"""The shipped pre-trained model: installed with a manifest, verified (size + SHA-256) at every load,
-the default of --model in daqsm-finetune / daqsm-infer; a changed file is one clear error."""
+"""The shipped-model mechanism: a model installed with a manifest, verified (size + SHA-256) at every
+load, the default of --model in daqsm-finetune / daqsm-infer; a changed file is one clear error; with
+none installed (the package ships no trained weights yet) a --model left empty is one line, exit 2.
+
+The installed model here is a tiny U-Net built by the test and installed through install_model into a
+temporary folder named by $DAQSM_MODEL_DIR (the lookup every command uses)."""
 from __future__ import annotations
 
 import json
@@ -13,21 +17,63 @@ from daqsm.errors import InputError  # noqa: E402
 from daqsm.network_model import shipped  # noqa: E402
 
 
-@pytest.fixture()
-def model_dir(tmp_path, monkeypatch):
-    """A stand-in daqsm/models/ with a tiny target model installed through install_model."""
+def build_tiny_target_model(path):
+    """A tiny target model (U-Net depth 2, 4 base filters) saved at `path`; returns the path."""
     import keras
 
     from daqsm.network_model.unet import build_target_model
 
     keras.utils.set_random_seed(0)
-    src = tmp_path / "run" / "target_model.keras"
-    src.parent.mkdir()
-    build_target_model(depth=2, base_filters=4).save(src)
-    monkeypatch.setattr(shipped, "MODEL_DIR", tmp_path / "models")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    build_target_model(depth=2, base_filters=4).save(path)
+    return path
+
+
+@pytest.fixture()
+def model_dir(tmp_path, monkeypatch):
+    """A stand-in install folder ($DAQSM_MODEL_DIR) with a tiny target model installed through install_model."""
+    src = build_tiny_target_model(tmp_path / "run" / "target_model.keras")
+    monkeypatch.setenv(shipped.MODEL_DIR_ENV, str(tmp_path / "models"))
     shipped.install_model(src, command="python benchmarks/train_shipped_model.py --work w", steps=3,
                           resolution_mm=1.0, n_maps=2, target_crop=32)
+    assert shipped.model_path() == tmp_path / "models" / shipped.MODEL_NAME
     return tmp_path / "models"
+
+
+@pytest.fixture()
+def no_model_dir(tmp_path, monkeypatch):
+    """An install folder with no model in it: what a package install without weights looks like."""
+    monkeypatch.setenv(shipped.MODEL_DIR_ENV, str(tmp_path / "empty_models"))
+    return tmp_path / "empty_models"
+
+
+def test_the_package_ships_no_weights():
+    """The 10-step placeholder (rmse 821.67 vs TKD 49.40) must not come back as a default."""
+    assert not (shipped.MODEL_DIR / shipped.MODEL_NAME).exists()
+    assert (shipped.MODEL_DIR / "README.txt").is_file()
+
+
+def test_no_shipped_model_installed_is_one_line_exit_2(no_model_dir, tmp_path, capsys):
+    from daqsm.network_model import infer
+    from daqsm.network_model.model_finetune import train as finetune
+    from daqsm.training_data.volume_io import write_volume
+
+    with pytest.raises(InputError) as err:
+        shipped.default_model_path()
+    message = str(err.value)
+    assert "\n" not in message and "no shipped model is installed" in message
+    assert "--model FILE.keras" in message and "train_shipped_model.py" in message
+    assert "demo_out/step4_pretrain/target_model.keras" in message
+    field = np.full((8, 8, 8), 0.01, np.float32)  # a valid field: the missing model is the only fault
+    write_volume(tmp_path / "f.nii.gz", field, np.eye(4))
+    write_volume(tmp_path / "m.nii.gz", np.ones((8, 8, 8), np.uint8), np.eye(4))
+    common = ["--field", str(tmp_path / "f.nii.gz"), "--mask", str(tmp_path / "m.nii.gz")]
+    capsys.readouterr()
+    for main, extra in ((finetune.main, ["--b0", "3", "--te", "0.02", "--quiet"]), (infer.main, [])):
+        assert main(common + extra + ["-o", str(tmp_path / "q.nii.gz")]) == 2
+        err_text = capsys.readouterr().err
+        assert err_text.count("\n") == 1 and "no shipped model is installed" in err_text, err_text
+        assert not (tmp_path / "q.nii.gz").exists()
 
 
 def test_manifest_pins_the_file_and_says_how_it_was_made(model_dir):
@@ -59,7 +105,7 @@ def test_missing_model_or_manifest_is_one_line(model_dir):
     with pytest.raises(InputError, match="manifest"):
         shipped.default_model_path()
     shipped.model_path().unlink()
-    with pytest.raises(InputError, match="not installed"):
+    with pytest.raises(InputError, match="no shipped model is installed"):
         shipped.default_model_path()
 
 
