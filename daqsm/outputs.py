@@ -142,6 +142,11 @@ def write_text_atomic(path, text: str) -> str:
     return str(path)
 
 
+def model_info_path(model_path) -> str:
+    """Companion of a saved model holding its training geometry: MODEL.keras -> MODEL.keras.json."""
+    return f"{model_path}.json"
+
+
 def stem_of(output) -> str:
     """OUT.nii.gz / OUT.nii / OUT.npy -> OUT: the key of a susceptibility map's set of files."""
     text = str(output)

@@ -58,7 +58,7 @@ def test_tiny_demo_writes_the_resolved_config_beside_each_output(tiny_run):
 
     expected = {"demo_config.json": (DemoConfig, {"size": "tiny", "seed": 0, "output": str(tiny_run)}),
                 "targets/simulate_config.json": (SimulateConfig, {"source": "builtin", "resolution": 6.0,
-                                                                  "progress": False}),
+                                                                  "progress": True}),  # every step shows progress
                 "step1_chi.config.json": (GenChiCommandConfig, {"n_maps": 2, "seed": 0,
                                                                 "output": str(tiny_run / "step1_chi.h5")}),
                 "step2_fields.config.json": (FieldmapConfig, {"inputs": [str(tiny_run / "step1_chi.h5")],

@@ -7,6 +7,7 @@ baselines.py  TKD, closed-form L2-gradient and nonlinear TV (ADMM) inversions (t
 baseline_cli.py  the baseline command (daqsm-baseline): solvers + nltv_alpha's `--alpha auto`
 nltv_alpha.py nonlinear TV's alpha: discrepancy rule without truth (stage 1), best by truth (stage 2)
 demo.py       `daqsm-demo`: the five steps, evaluation and figures in one run
+qsmci.py      QSM-CI algorithm entry: /input (local field ppm, mask, params.json) -> /output/chimap.nii.gz
 cli.py        the evaluation command (`python -m daqsm.evaluation`, daqsm-evaluate)
 __main__.py   `python -m daqsm.evaluation`
 """

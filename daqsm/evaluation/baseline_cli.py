@@ -122,7 +122,15 @@ def _invert_and_write(args, qset) -> int:
 
     field = read_volume(args.field)
     mask = check_mask(read_volume(args.mask, dtype=None), args.mask, field, f"field {args.field}")
-    geom = field.geometry(args.voxel_size_mm, args.b0_dir)
+    from daqsm.training_data.field_geometry import assumption_line, resolve_field_geometry
+
+    # .mat/.npy carry no geometry: a NIfTI mask (or weight) on the same grid lends its affine
+    located = resolve_field_geometry(field, [("mask", args.mask), ("magnitude", args.weight)], args.voxel_size_mm,
+                                     args.b0_dir)
+    note = assumption_line(located, f"field {args.field}")
+    if note:
+        print(f"daqsm-baseline: warning: {note}", file=sys.stderr)
+    geom = located.geometry
     common = dict(voxel_size_mm=geom.voxel_size_mm, b0_dir=geom.b0_dir, pad=args.pad)
     if args.method == "tkd":
         chi = tkd(field.data, mask, threshold=args.threshold, **common)
@@ -156,8 +164,8 @@ def _invert_and_write(args, qset) -> int:
     write_sidecar(args.output, build_record(f"susceptibility map, {args.method} baseline", "ppm",
                                             sources=[args.field, args.mask, args.weight], b0_tesla=b0,
                                             b0_dir=geom.b0_dir, voxel_size_mm=geom.voxel_size_mm, dipole_pad=args.pad,
-                                            config=settings))
-    qset.commit(lambda path: write_volume(path, chi.astype(np.float32), affine=field.affine, header=field.header))
+                                            config=settings), {"GeometrySources": located.sources})
+    qset.commit(lambda path: write_volume(path, chi.astype(np.float32), affine=located.affine, header=located.header))
     print(f"wrote {args.output}")
     return 0
 

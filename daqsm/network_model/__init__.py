@@ -14,6 +14,7 @@ model_info.py       training geometry beside a saved model; atomic model saving
 target_data.py      one target dataset (case folder or files) for fine-tuning
 tiling.py           overlapping-tile inference with smooth blending
 infer.py            inference command (pre-trained or fine-tuned model -> QSM)
+shipped.py          the pre-trained model installed in daqsm/models/ (none ships yet), verified by its SHA-256 manifest
 pretraining.py      step 4: domain-adaptive pre-training (PretrainConfig, pretrain)
 finetuning.py       step 5: per-dataset fine-tuning (FinetuneConfig, finetune)
 train_model/        step 4's script (thin: parse -> pretraining.pretrain)

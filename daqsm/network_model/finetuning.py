@@ -56,7 +56,8 @@ PROG = "model_finetune/train.py (step 5)"
 class FinetuneConfig:
     """Parameters of step 5 (every field is a config key and a `--key value` option)."""
 
-    model: str = param("", 'pre-trained target model (.keras) or step-4 run folder')
+    model: str = param("", 'pre-trained target model (.keras) or step-4 run folder; default: the shipped model '
+                       '(daqsm/models/, docs/model-card.md)')
     case: str = param("", 'case folder (contract 1) instead of field/mask/weight')
     field: str = param("", 'local field map (NIfTI, .mat v5/v7.3, .h5, .npy; FILE:VAR picks a variable)')
     mask: str = param("", 'brain mask (0/1), same grid')
@@ -69,6 +70,8 @@ class FinetuneConfig:
     voxel_size_mm: tuple[float, float, float] | None = param(None, "override the file's voxel size")
     b0_dir: tuple[float, float, float] | None = param(None, 'override (voxel axes); else from the affine')
     iterations: int = param(300, 'at most')
+    fast: bool = param(False, "no fine-tuning: the pre-trained network's map with the same QC residual and sidecar "
+                       "(seconds)")
     learning_rate: float = param(1e-3, 'measured: demo Sim2Snr1 rmse 49.0 at 150 it. vs 52.1 with 1e-4')
     lr_schedule: str = param("constant", 'learning-rate schedule', choices=("constant", "cosine", "exponential"))
     warmup_iterations: int = param(10, 'linear learning-rate ramp at the start')
@@ -160,6 +163,10 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
                   spell=lambda k: "--" + k.replace("_", "-"))
     if cfg.iterations < 1:
         raise InputError(f"iterations: expected >= 1, got {cfg.iterations}")
+    if cfg.fast:  # the pre-trained map: zero updates, everything else (QC, sidecar) as fine-tuning writes it
+        from dataclasses import replace
+
+        cfg = replace(cfg, iterations=0)
     for name in ("learning_rate", "tau", "convergence_tol", "lambda_tv"):
         value = getattr(cfg, name)
         if not (math.isfinite(value) and value >= 0) or (name == "learning_rate" and value <= 0):
@@ -169,8 +176,12 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
         raise InputError(f"noise_ppm: expected a non-negative number of ppm, got {cfg.noise_ppm}")
     if cfg.warmup_iterations < 0:
         raise InputError(f"warmup_iterations: expected >= 0, got {cfg.warmup_iterations}")
-    if not cfg.model:
-        raise InputError("model: give the pre-trained model with --model FILE.keras")
+    if not cfg.model:  # the shipped pre-trained model, verified against its manifest
+        from dataclasses import replace
+
+        from daqsm.network_model.shipped import default_model_path
+
+        cfg = replace(cfg, model=default_model_path())
     from daqsm.network_model.precision import check_precision
 
     check_precision(cfg.precision)
@@ -185,6 +196,8 @@ def _finetune(cfg: FinetuneConfig, qset, monitor, monitor_every: int) -> int:
     paths = qset.paths
     precision = check_precision(cfg.precision)
     target = load_inputs(cfg)
+    if getattr(target, "geometry_note", None):
+        print(f"{PROG}: warning: {target.geometry_note}", file=sys.stderr)
     phase = cfg.phase_rad_per_ppm or target.phase_rad_per_ppm
     if phase is None or not (phase > 0 and math.isfinite(phase)):
         raise InputError("phase scale unknown: give --b0 TESLA and --te SECONDS (or --phase_rad_per_ppm)")
@@ -294,15 +307,20 @@ def _finetune(cfg: FinetuneConfig, qset, monitor, monitor_every: int) -> int:
     os.replace(tmp_log, paths["log"])
     write_resolved_config(cfg, paths["config"])
     reason = "done" if result.reason == "running" else result.reason
-    qc = write_residual(paths, chi, target, cfg.dipole_pad, float(phase), sigma, cfg, "fine-tuned")
-    record = {"Units": "ppm", "Description": "susceptibility map, fine-tuned domain-adaptive network (step 5)",
+    what = "fine-tuned"
+    if cfg.iterations == 0:  # --fast
+        reason, what = "fast: pre-trained network, no fine-tuning", "pre-trained"
+    qc = write_residual(paths, chi, target, cfg.dipole_pad, float(phase), sigma, cfg, what)
+    record = {"Units": "ppm", "Description": f"susceptibility map, {what} domain-adaptive network (step 5)",
               "FineTuning": {"iterations": int(result.step), "stop_reason": reason,
                              "max_iterations": int(cfg.iterations), "noise_ppm": float(sigma),
                              "noise_estimated": cfg.noise_ppm is None, "noise_energy": energy, "tau": cfg.tau,
                              "initial": initial, "final": final,
                              "residual_over_noise": (final["ndi"] / energy) if energy else None},
               "Box": [[b.start, b.stop] for b in box], "PhaseRadPerPpm": float(phase), "QC": qc}
-    write_sidecar(paths["qsm"], provenance_record(cfg, target, "fine-tuned"), record)
+    if getattr(target, "geometry_sources", None):  # where voxel size, B0 direction and affine came from
+        record["GeometrySources"] = target.geometry_sources
+    write_sidecar(paths["qsm"], provenance_record(cfg, target, what), record)
     qset.commit(lambda qsm: write_volume(qsm, chi, target.affine, target.header))  # last: the set is complete
     ratio = f", ndi / noise energy {final['ndi'] / energy:.3g}" if energy else ""
     print(f"{PROG}: stopped ({reason}) after {result.step} iterations: loss {initial['loss']:.5g} -> "

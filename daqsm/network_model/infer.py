@@ -5,8 +5,9 @@
     python network_model/infer.py --model MODEL.keras --case CASE_DIR -o OUT.nii.gz
 
 Inputs in any format daqsm.training_data.volume_io reads (NIfTI, .mat v5/v7.3 as FILE.mat[:VAR], .h5,
-.npy); the field is converted to ppm. The output keeps the field's affine and header (for non-NIfTI
-inputs an affine from --voxel-size), is 0 outside the mask, and a sidecar OUT.json records the
+.npy); the field is converted to ppm. The output keeps the field's affine and header (for .mat/.npy
+input the NIfTI mask's, else an affine from --voxel-size or 1 mm with a one-line warning:
+daqsm/training_data/field_geometry.py), is 0 outside the mask, and a sidecar OUT.json records the
 resolved settings, the input geometry and the model's training geometry (MODEL.keras.json, see
 daqsm/network_model/model_info.py); a one-line warning goes to stderr when the two differ. The sidecar is
 the provenance record of daqsm/provenance.py (plus these keys); OUT_residual.nii.gz is the
@@ -44,7 +45,8 @@ QC_PAD = "auto"  # dipole padding of the QC residual's forward model (as fine-tu
 class InferConfig:
     """Settings of one inference run (config-file keys = field names; options daqsm.config)."""
 
-    model: str | None = param(None, "exported target model (.keras, contract 3)")
+    model: str | None = param(None, "exported target model (.keras, contract 3); default: the shipped model "
+                              "(daqsm/models/, docs/model-card.md)")
     field: str | None = param(None, "local field map (NIfTI, FILE.mat[:VAR], .h5, .npy); unit given by units")
     mask: str | None = param(None, "brain mask (0/1) on the field's grid")
     case: str | None = param(None, "case folder (contract 1) instead of field/mask: local_field.nii.gz (ppm), "
@@ -114,12 +116,17 @@ def read_inputs(cfg: InferConfig):
         check_files(field_path, mask_path, None, units, b0_tesla, te_s, cfg.voxel_size_mm, cfg.b0_dir)
     field = read_field(field_path, units, b0_tesla, te_s)
     mask = read_mask(mask_path, like=field, like_name=f"field {field_path}")
-    voxel_size = cfg.voxel_size_mm or case_info.get("voxel_size_mm") or field.voxel_size_mm
-    b0_dir = cfg.b0_dir or case_info.get("b0_dir") or field.b0_dir
-    affine = field.affine
-    if field.header is None and voxel_size is not None:  # .mat/.npy: build the affine from the voxel size
-        affine = np.diag(list(map(float, voxel_size)) + [1.0])
-    return field, mask, voxel_size, b0_dir, affine, b0_tesla
+    from daqsm.training_data.field_geometry import assumption_line, resolve_field_geometry
+
+    # .mat/.npy carry no geometry: a NIfTI mask on the same grid lends its affine (field_geometry)
+    geom = resolve_field_geometry(field, [("mask", mask_path)], cfg.voxel_size_mm or case_info.get("voxel_size_mm"),
+                                  cfg.b0_dir or case_info.get("b0_dir"))
+    note = assumption_line(geom, f"field {field_path}")
+    if note:
+        print(f"{PROG}: warning: {note}", file=sys.stderr)
+    field.header = geom.header
+    field.attrs["geometry_sources"] = geom.sources
+    return field, mask, geom.geometry.voxel_size_mm, geom.geometry.b0_dir, geom.affine, b0_tesla
 
 
 def predict_volume(model, field_ppm, mask, divisor: int, tile=(96,), overlap=(32,), whole: bool = False,
@@ -189,6 +196,10 @@ def run(cfg: InferConfig, log=print, warn=None, qset=None) -> dict:
 
     precision = check_device(cfg.precision)
     field, mask, voxel_size, b0_dir, affine, b0_tesla = read_inputs(cfg)
+    if not cfg.model:  # the shipped pre-trained model, verified against its manifest
+        from daqsm.network_model.shipped import default_model_path
+
+        cfg = dataclasses.replace(cfg, model=default_model_path())
     model = load_model_file(cfg.model)
     if precision != "float32":
         model = with_precision(model, precision)
@@ -211,7 +222,8 @@ def run(cfg: InferConfig, log=print, warn=None, qset=None) -> dict:
         "input_voxel_size_mm": list(map(float, voxel_size)) if voxel_size is not None else None,
         "input_b0_dir": list(map(float, b0_dir)) if b0_dir is not None else None,
         "b0_tesla": b0_tesla, "model_info": {k: (list(v) if isinstance(v, tuple) else v) for k, v in info.items()},
-        "geometry_warning": message, "divisor": int(divisor), "mode": "whole" if cfg.whole else "tiled",
+        "geometry_warning": message, "geometry_sources": field.attrs.get("geometry_sources"),
+        "divisor": int(divisor), "mode": "whole" if cfg.whole else "tiled",
         "tiles": int(n_tiles), "seconds": round(seconds, 3), "box": [[b.start, b.stop] for b in box],
     }
     # the QC map and the sidecars first, the QSM last: a failing QC leaves no map that makes the set

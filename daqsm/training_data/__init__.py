@@ -7,6 +7,7 @@ units.py           Hz / rad / ppb -> ppm conversions, gamma_bar
 geometry.py        Geometry (shape, voxel_size_mm, b0_dir); B0 direction from a NIfTI affine; a box
                    of the grid (extract_patch)
 volume_io.py       read/write NIfTI, MAT v5/v7.3, HDF5, .npy with voxel size, affine, B0
+field_geometry.py  a field's geometry from its file, a NIfTI mask/magnitude, an option or a default
 formats/           one module per pipeline file (reader + writer): case folder, step-1 chi HDF5,
                    field-map HDF5, patch HDF5, provenance sidecar; the weighting echo is decided in
                    formats/case_folder.py

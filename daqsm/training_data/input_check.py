@@ -186,7 +186,21 @@ def check_files(field_path, mask_path, magnitude_path=None, units: str = "ppm", 
     mask = check_mask(_read(mask_path, dtype=None), str(mask_path), field, f"field {field_path}")
     report.lines.append(f"field {field_path}: shape {field.data.shape}; mask {int(mask.sum())} voxels "
                         f"({100 * mask.mean():.1f}%)")
-    check_geometry(field, f"field {field_path}", voxel_size_mm, b0_dir, report)
+    from types import SimpleNamespace
+
+    from daqsm.training_data.field_geometry import assumption_line, resolve_field_geometry
+
+    # a .mat/.npy field takes a NIfTI mask's / magnitude's geometry (daqsm/training_data/field_geometry.py)
+    located = resolve_field_geometry(field, [("mask", mask_path), ("magnitude", magnitude_path)], voxel_size_mm,
+                                     b0_dir)
+    check_geometry(SimpleNamespace(affine=located.affine), f"field {field_path}", located.geometry.voxel_size_mm,
+                   located.geometry.b0_dir, report)
+    src = located.sources
+    report.lines.append(f"geometry from: voxel size {src['voxel_size_mm']}; B0 direction {src['b0_dir']}; "
+                        f"output affine {src['affine']}")
+    note = assumption_line(located, f"field {field_path}")
+    if note:
+        report.lines.append(f"note: {note}")
     field_ppm = to_ppm(field.data, units, b0_tesla, te[0] if te else None)
     check_field_values(field_ppm, mask, f"field {field_path}", str(units), report)
     if magnitude_path:
