@@ -139,8 +139,8 @@ def build_loss_fn(model, dipole, phase_rad_per_ppm: float, cfg, training: bool =
 
     A target batch of four tensors carries each crop's data-term floor as the fourth, (batch,).
     """
-    from daqsm.network_model.losses import (l1_loss, ndi_excess, ndi_loss, pretrain_terms, pretrain_terms_floored,
-                                            tv_loss)
+    from daqsm.network_model.losses import l1_loss, ndi_excess, ndi_loss, pretrain_terms, tv_loss
+    from daqsm.network_model.losses import pretrain_terms_floored
     from daqsm.network_model.training_loop import replica_mean
 
     def loss_fn(batch):
