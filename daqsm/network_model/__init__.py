@@ -4,7 +4,7 @@ dsbn.py             DomainSpecificBatchNormalization layer (per-domain BN statis
 unet.py             3-D U-Net with DSBN; two-domain training view; target-model export
 losses.py           L1 (source), NDI data consistency (target, radians), anisotropic TV, and the
                     loss compositions of steps 4 and 5
-data.py             tf.data pipelines from the step-3 patch HDF5
+data.py             tf.data pipelines: patches in memory or from the step-3 patch HDF5
 training_loop.py    GradientTape loop shared by pre-training and fine-tuning
 stopping.py         fine-tuning's stopping rule (discrepancy principle + flat loss)
 distributed.py      several workers (MultiWorkerMirroredStrategy, TF_CONFIG)
@@ -15,7 +15,8 @@ target_data.py      one target dataset (case folder or files) for fine-tuning
 tiling.py           overlapping-tile inference with smooth blending
 infer.py            inference command (pre-trained or fine-tuned model -> QSM)
 shipped.py          the pre-trained model installed in daqsm/models/ (none ships yet), verified by its SHA-256 manifest
-pretraining.py      step 4: domain-adaptive pre-training (PretrainConfig, pretrain)
+pretrain_core.py    step 4's core on arrays: loss with the data-term floor, batches, pretrain_arrays
+pretraining.py      step 4's file shell: PretrainConfig, pretrain (run folder, checkpoints, resume, chunks)
 finetuning.py       step 5: per-dataset fine-tuning (FinetuneConfig, finetune)
 train_model/        step 4's script (thin: parse -> pretraining.pretrain)
 model_finetune/     step 5's script (thin: parse -> finetuning.finetune)

@@ -220,6 +220,22 @@ class LossLog:
             self._writer.flush()
 
 
+class MemoryLog:
+    """`LossLog`'s interface without files: the rows stay in `rows` (the array-first steps)."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def truncate_after(self, step: int) -> None:
+        self.rows = [r for r in self.rows if r["step"] <= step]
+
+    def write(self, step: int, terms: dict) -> None:
+        self.rows.append({"step": int(step), **{k: float(v) for k, v in terms.items()}})
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class LoopResult:
     """How the loop ended: last completed step, reason ('done', 'converged', 'nan'), last terms."""
@@ -232,7 +248,8 @@ class LoopResult:
 def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossLog, *,
              manager: tf.train.CheckpointManager | None = None, checkpoint_every: int = 0,
              validate=None, validate_every: int = 0, convergence=None,
-             log_every: int = 1, progress: bool = True, desc: str = "train", healthy=None) -> LoopResult:
+             log_every: int = 1, progress: bool = True, desc: str = "train", healthy=None,
+             max_seconds: float = 0.0) -> LoopResult:
     """Run optimisation steps from `step_var` up to `max_steps`.
 
     Args:
@@ -249,6 +266,8 @@ def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossL
         progress: show a tqdm bar with the loss terms.
         healthy: optional callable() -> reason or None, called before each checkpoint and at the end
             (the loss is checked before each update, so the weights after the last one may be NaN).
+        max_seconds: stop after the first step that ends past this wall time (0: no limit), with
+            reason 'time' and a checkpoint: long runs go in chunks, each call resumes the last.
 
     Returns:
         LoopResult. On a non-finite loss the loop stops without saving and reason is 'nan'; an early
@@ -288,6 +307,9 @@ def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossL
                 manager.save(checkpoint_number=step)
             if stop:
                 result = LoopResult(step, stop, terms)
+                break
+            if max_seconds and not is_last and time.perf_counter() - t0 >= max_seconds:
+                result = LoopResult(step, "time", terms)
                 break
         else:
             result = LoopResult(result.step, "done", result.terms)
