@@ -71,9 +71,9 @@ def _revision() -> str:
 
 
 def run_row(args) -> dict:
-    from daqsm.training_data import genRDFPatchesSyn
     from daqsm.network_model import infer
     from daqsm.network_model.train_model import train as pretrain
+    from daqsm.training_data import genRDFPatchesSyn
     from daqsm.training_data.volume_io import read_volume
 
     work, row = Path(args.work), Path(args.work) / args.name

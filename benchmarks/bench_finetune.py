@@ -210,7 +210,9 @@ def table(args) -> None:
     out = Path(args.out)
     classic = json.loads((out / "classic.json").read_text()) if (out / "classic.json").exists() else {}
     for name, r in classic.items():
-        print(f"\n{name} (no-truth alpha {r['lambda_rule']['alpha']:.3g} -> lambda {r['lambda_rule']['lambda_tv']:.4g}: {r['lambda_rule']['note']})\n\n| method | rmse | hfen | ssim |\n|---|---:|---:|---:|")
+        rule = r["lambda_rule"]
+        print(f"\n{name} (no-truth alpha {rule['alpha']:.3g} -> lambda {rule['lambda_tv']:.4g}: {rule['note']})"
+              "\n\n| method | rmse | hfen | ssim |\n|---|---:|---:|---:|")
         for method, m in r["rows"].items():
             print(f"| {method} | {m['rmse']:.2f} | {m.get('hfen', float('nan')):.2f} | {m.get('ssim', float('nan')):.3f} |")
     print("\n| variant | case | lambda | start | worst of first 25 | stop (it., reason) | rmse at stop | best (it.) "

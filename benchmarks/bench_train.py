@@ -96,9 +96,9 @@ def bench_throughput(steps, warmup, n=64, count=16, batch=2):
 
 
 def bench_finetune(iterations, n=160):
-    from daqsm.tf_env import seed_everything
     from daqsm.network_model.model_finetune import train as finetune
     from daqsm.network_model.unet import build_target_model
+    from daqsm.tf_env import seed_everything
     from daqsm.training_data.dipole import forward_field
     from daqsm.training_data.volume_io import write_volume
 

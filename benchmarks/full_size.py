@@ -146,12 +146,11 @@ def _step(module_main, argv) -> None:
 
 def build_stages(args, size: FullSize, work: Path) -> tuple[list, object]:
     """The chain of the method's real setup, as stages; and the pre-training chunk function."""
-    from daqsm.training_data import genRDFPatchesSyn
     from daqsm.evaluation import cli as evaluate
     from daqsm.network_model import infer
     from daqsm.network_model.model_finetune import train as finetune
     from daqsm.network_model.train_model import train as pretrain
-    from daqsm.training_data import genChi, qsmFmapCal_gpu
+    from daqsm.training_data import genChi, genRDFPatchesSyn, qsmFmapCal_gpu
     from daqsm.training_data.simulator import simulate
 
     if args.data:

@@ -150,9 +150,8 @@ def check_infer(size: CheckSize, precision: str) -> dict:
 
 def check_data_steps(size: CheckSize, workdir: Path) -> dict:
     """Steps 1-3 on the built-in phantom: seconds per map (steps 1, 2) and for the patch file (step 3)."""
-    from daqsm.training_data import genRDFPatchesSyn
     from daqsm.evaluation.demo import write_builtin_source
-    from daqsm.training_data import genChi, qsmFmapCal_gpu
+    from daqsm.training_data import genChi, genRDFPatchesSyn, qsmFmapCal_gpu
 
     chi_path, mask_path = write_builtin_source(workdir / "source", size.data_resolution_mm, 0)
     timings = {}

@@ -12,12 +12,24 @@ Steps (daqsm/api.py; units in each docstring):
 Names are imported on first use (module __getattr__), so `import daqsm` does not import TensorFlow.
 
 Shared infrastructure, importing nothing of the pipeline packages (dependencies point one way:
-daqsm.api -> evaluation -> network_model -> training_data -> the modules below):
+daqsm.api -> evaluation -> network_model -> qc -> training_data -> the modules below):
     errors.py   InputError and run_cli (one line on stderr, exit status 2)
     tf_env.py   TensorFlow import with the quiet/deterministic settings, seeding
     config.py   the one config layer of every command (dataclass < config file < options)
     validate.py      numbers against their meaning (finite, positive, in range, integer)
-    output_lock.py   per-output locks (fcntl) and unique temp names
+    outputs.py       the output contract: refuse-unless---overwrite, temp names, atomic writes, companion sets
+    output_lock.py   per-output and per-set locks (fcntl), folder ownership markers
+    provenance.py    sidecar records (OUT.json): command, config, inputs' SHA-256, versions (written by
+                     training_data/formats/sidecar.py)
+
+Pipeline packages (each __init__.py lists its modules):
+    training_data/   steps 1-3: physics (units, geometry, dipole), volume I/O, file formats, the simulator
+    qc/              quality control: a field's noise level, a QSM's data-consistency residual map
+    network_model/   steps 4-5 and inference (TensorFlow / Keras)
+    evaluation/      RC2 metrics, tables, figures, classic baselines, the demo
+
+`daqsm` is the only top-level name pip installs; the step scripts at the original method's paths
+(training_data/genChi.py, genRDFPatchesSyn.py, ...) are launchers into it (README, "Where the code lives").
 """
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 Conventions: float32 arrays, axes (x, y, z) (a leading N for stacks of maps), fields and chi in ppm,
 masks 0/1, voxel sizes in mm, B0 directions in voxel axes, B0 in tesla, TE in seconds. Bad input
 raises daqsm.errors.InputError (a ValueError) with the one-line message the commands print.
-Step 4 runs its file-based training loop in a temporary folder (checkpoints, logs) and returns what
-it produced; step 5 calls its array core (daqsm.network_model.finetune_core) and writes nothing.
+Step 4 on arrays runs its core in memory (no file), and so does step 5 (its array core,
+daqsm.network_model.finetune_core); step 4 on a patch file runs the file-based loop in a temporary
+folder (checkpoints, logs) and returns what it produced; nothing is left on disk.
 """
 from __future__ import annotations
 
@@ -104,20 +105,6 @@ def make_patches(source_fields, source_masks, source_chis, target_fields=(), tar
     return out
 
 
-def _write_patches(path, patches: dict) -> str:
-    from daqsm.training_data.formats.patch_h5 import write_patch_file
-
-    src, tgt = patches["source"], patches["target"]
-    attrs = patches.get("attrs", {}).get("target", {})
-
-    def known(key, default=None):
-        value = attrs.get(key)
-        return default if value is None or not np.all(np.isfinite(np.ravel(value))) else value
-
-    return write_patch_file(path, src, tgt, known("voxel_size_mm", (1.0, 1.0, 1.0)), known("b0_dir", (0.0, 0.0, 1.0)),
-                            known("b0_tesla"), known("te_s"))
-
-
 def _read_log(path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as fh:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
@@ -127,10 +114,11 @@ def pretrain(patches: dict | None = None, patch_file=None, **config):
     """Step 4: domain-adaptive pre-training (as `network_model/train_model/train.py`).
 
     Args:
-        patches: `make_patches`' dict (source field/mask/chi, target field/mask/weight), or
-        patch_file: a step-3 patch HDF5 instead.
+        patches: `make_patches`' dict (source field/mask/chi, target field/mask/weight): trained in
+            memory by daqsm.network_model.pretrain_core.pretrain_arrays, nothing written; or
+        patch_file: a step-3 patch HDF5 instead (run in a temporary run folder).
         **config: any PretrainConfig field (depth, base_filters, batch_size, max_steps, learning_rate,
-            lambda_ndi, lambda_tv, phase_rad_per_ppm, seed, ...); run_dir is a temporary folder.
+            lambda_ndi, lambda_tv, ndi_floor, phase_rad_per_ppm, seed, ...).
 
     Returns:
         (target model: keras.Model, inputs [field (b, x, y, z, 1) ppm, mask] -> chi ppm;
@@ -139,15 +127,19 @@ def pretrain(patches: dict | None = None, patch_file=None, **config):
     from daqsm.errors import InputError
     from daqsm.network_model.config import resolve_config
     from daqsm.network_model.model_info import load_model_file
+    from daqsm.network_model.pretrain_core import pretrain_arrays
     from daqsm.network_model.pretraining import PretrainConfig
     from daqsm.network_model.pretraining import pretrain as run_pretrain
 
     if (patches is None) == (patch_file is None):
         raise InputError("pretrain: give patches (make_patches' dict) or patch_file, one of them")
     config.setdefault("progress", False)
+    if patches is not None:  # the array-first core: nothing is written
+        cfg = resolve_config(PretrainConfig, None, datasets_path="<arrays>", **config)
+        return pretrain_arrays(patches, cfg)
     with tempfile.TemporaryDirectory(prefix="daqsm-pretrain-") as tmp:
-        path = str(patch_file) if patch_file is not None else _write_patches(os.path.join(tmp, "patches.h5"), patches)
-        cfg = resolve_config(PretrainConfig, None, datasets_path=path, run_dir=os.path.join(tmp, "run"), **config)
+        cfg = resolve_config(PretrainConfig, None, datasets_path=str(patch_file), run_dir=os.path.join(tmp, "run"),
+                             **config)
         if run_pretrain(cfg) != 0:
             raise InputError("pretrain: stopped on a non-finite loss (lower learning_rate or check the patches)")
         model = load_model_file(os.path.join(cfg.run_dir, "target_model.keras"))

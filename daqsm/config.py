@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
+import math
 import os
 import sys
 import types
 import typing
 
 from daqsm.errors import InputError, choices_message
+from daqsm.validate import QUANTITY_OF, quantity
 
 MISSING = dataclasses.MISSING
 
@@ -201,8 +202,12 @@ def read_config_file(path) -> dict:
     """
     if not os.path.isfile(str(path)):
         raise InputError(f"config {path}: file not found")
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except UnicodeDecodeError as err:
+        raise InputError(f"config {path}: expected UTF-8 text, found byte 0x{err.object[err.start]:02x} "
+                         f"at offset {err.start}") from None
     try:
         if str(path).lower().endswith((".yaml", ".yml")):
             raise ValueError("YAML by suffix")
@@ -250,6 +255,8 @@ def _scalar(field: dataclasses.Field, elem, value, where: str):
             raise InputError(f"{where}: expected true or false, got {value!r}")
         return value
     if elem is int:
+        if isinstance(value, float) and not math.isfinite(value):  # inf/nan: int() would raise
+            raise InputError(f"{where}: expected an integer, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
             raise InputError(f"{where}: expected an integer, got {value!r}")
         return int(value)
@@ -286,6 +293,11 @@ def coerce(field: dataclasses.Field, hint, value, where: str):
         if isinstance(value, list) and len(value) == 1:
             value = value[0]
         out = _scalar(field, elem, value, where)
+    kind = QUANTITY_OF.get(field.name)  # the one table of physical ranges (daqsm/validate.py)
+    if kind is not None:
+        for item in (out if is_tuple else (out,)):
+            if item is not None:
+                quantity(where, kind, item)
     choices = field.metadata.get("choices")
     if choices:
         for item in (out if is_tuple else (out,)):
@@ -304,9 +316,9 @@ def _canonical(cls) -> dict:
 
 
 def unknown_key(where: str, key: str, valid) -> InputError:
-    near = difflib.get_close_matches(str(key), list(valid), n=1)
-    hint = f" (did you mean {near[0]!r}?)" if near else ""
-    return InputError(f"{where}: unknown key {key!r}{hint}")
+    from daqsm.errors import did_you_mean
+
+    return InputError(f"{where}: unknown key {key!r}{did_you_mean(key, list(valid))}")
 
 
 def file_values(cls, config_path) -> dict:
@@ -344,6 +356,16 @@ def resolve_config(cls, config_path=None, overrides: dict | None = None):
     return cls(**values)
 
 
+def require(config, names, spell=option_name) -> None:
+    """Refuse the first empty one of `names` (fields) of a resolved config, with its option `spell(name)`.
+
+    Checked after the config file was read, since a file may hold the inputs (no argparse `required`).
+    """
+    for name in names:
+        if getattr(config, name) in (None, "", ()):
+            raise InputError(f"{spell(name)}: required (option or config key {name!r}), got none")
+
+
 def config_to_dict(config) -> dict:
     """Plain JSON-ready dict of a config dataclass (tuples become lists)."""
     out = {}
@@ -366,21 +388,7 @@ def config_path_beside(output, command: str, folder: bool) -> str:
 
 def write_config(config, path, sort_keys: bool = False) -> str:
     """Write the resolved config as JSON atomically; returns the path."""
-    import tempfile
+    from daqsm.outputs import write_text_atomic
 
-    # temp file + rename (infrastructure imports nothing of the data package, so no volume_io.atomic_path)
-    folder = os.path.dirname(os.path.abspath(str(path)))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(str(path))}-", dir=folder)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(config_to_dict(config), fh, indent=2, sort_keys=sort_keys)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_text_atomic(path, json.dumps(config_to_dict(config), indent=2, sort_keys=sort_keys) + "\n")
     return str(path)

@@ -7,6 +7,7 @@ file-size limit, a folder made read-only meanwhile) becomes one line naming that
 """
 from __future__ import annotations
 
+import contextvars
 import errno
 import os
 import sys
@@ -18,8 +19,9 @@ class InputError(ValueError):
     """Bad user input. The message is one line: which input, what was expected, what was found."""
 
 
-# (option, absolute path) of the outputs the running command declared, newest last
-_OUTPUTS: list[tuple[str, str]] = []
+# (option, absolute path) of the outputs the running command declared, newest last: an immutable
+# tuple per context (run_cli opens one per command), not a module-level list that commands share
+_DECLARED: contextvars.ContextVar[tuple] = contextvars.ContextVar("daqsm_declared_outputs", default=())
 
 
 def shape_mismatch(name_a: str, shape_a, name_b: str, shape_b) -> InputError:
@@ -41,7 +43,7 @@ def output_path(option: str, path, kind: str = "file") -> str:
     """
     path = str(path)
     full = os.path.abspath(path)
-    _OUTPUTS.append((option, full))
+    _DECLARED.set(_DECLARED.get() + ((option, full),))
     if kind == "file" and os.path.isdir(full):
         raise InputError(f"{option} {path}: expected a file path, found a folder")
     if kind == "folder" and os.path.exists(full) and not os.path.isdir(full):
@@ -86,13 +88,13 @@ def describe_os_error(err: OSError) -> str:
     reason = _reason(err) if err.errno else str(err).splitlines()[0][:200] or type(err).__name__
     if name:
         full = os.path.abspath(os.fsdecode(name))
-        for option, out in reversed(_OUTPUTS):
+        for option, out in reversed(_DECLARED.get()):
             if full == out or full.startswith(out.rstrip(os.sep) + os.sep) or \
                     os.path.dirname(full) == os.path.dirname(out):
                 return f"{option} {out}: cannot write ({reason})"
         return f"{os.fsdecode(name)}: {reason}"
-    if _OUTPUTS:  # h5py / TensorFlow errors often carry no file name: the output being written
-        option, out = _OUTPUTS[-1]
+    if _DECLARED.get():  # h5py / TensorFlow errors often carry no file name: the output being written
+        option, out = _DECLARED.get()[-1]
         return f"{option} {out}: cannot write ({reason})"
     return f"input/output error: {reason}"
 
@@ -102,8 +104,7 @@ def run_cli(main_body: Callable[[], int], prog: str) -> int:
 
     Set QSM_DEBUG=1 to get the traceback instead.
     """
-    outer = list(_OUTPUTS)  # the demo runs commands inside its own run_cli
-    del _OUTPUTS[:]
+    token = _DECLARED.set(())  # the demo runs commands inside its own run_cli: each sees its own
     try:
         return int(main_body() or 0)
     except InputError as err:
@@ -117,13 +118,17 @@ def run_cli(main_body: Callable[[], int], prog: str) -> int:
         print(f"{prog}: error: {describe_os_error(err)}", file=sys.stderr)
         return 2
     finally:
-        _OUTPUTS[:] = outer
+        _DECLARED.reset(token)
 
 
 def choices_message(name: str, value: str, valid: Sequence[str]) -> InputError:
     """Unknown option value: list the valid ones and suggest the nearest."""
+    return InputError(f"{name}: unknown value {value!r}; expected one of {', '.join(valid)}{did_you_mean(value, valid)}")
+
+
+def did_you_mean(value, valid: Sequence[str]) -> str:
+    """' (did you mean 'x'?)' for the nearest valid name, or '': the one hint of every message."""
     import difflib
 
-    near = difflib.get_close_matches(str(value), list(valid), n=1)
-    hint = f" (did you mean {near[0]!r}?)" if near else ""
-    return InputError(f"{name}: unknown value {value!r}; expected one of {', '.join(valid)}{hint}")
+    near = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""

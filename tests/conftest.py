@@ -32,11 +32,28 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_rerun(tiny_run) -> Path:
-    """A second run of the same command, same seed and environment, into another folder."""
+def installed_daqsm(tmp_path_factory):
+    """This checkout built as a wheel and installed (not editable) in a new venv (tests/installed.py)."""
+    from tests.installed import install_wheel
+
+    return install_wheel(tmp_path_factory.mktemp("wheel_install"))
+
+
+@pytest.fixture(scope="session")
+def tiny_rerun(tiny_run, installed_daqsm) -> Path:
+    """A second run of the same demo, same seed and package versions, into another folder.
+
+    It runs the installed wheel's `daqsm-demo` from a folder whose own evaluation/, training_data/
+    and network_model/ packages come first on PYTHONPATH: one run checks both that the demo
+    reproduces bit for bit (tests/test_determinism.py) and that the installed package works beside
+    a user's same-named packages (tests/test_wheel.py). The demo runs twice per session, no more.
+    """
+    import os
+
     from tests.golden.generate import finish, run_tiny
 
     out = tiny_run.parent / "run2"
-    error = finish(run_tiny(out))
+    error = finish(run_tiny(out, command=[str(installed_daqsm.bin / "daqsm-demo")], cwd=installed_daqsm.user_dir,
+                            env=installed_daqsm.env(dict(os.environ))))
     assert not error, error
     return out

@@ -1,6 +1,7 @@
 """The Python API (`import daqsm`) on arrays in memory gives the same arrays as each step's command."""
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 
@@ -8,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.network_model.synthetic import ball_mask, smooth_chi
 from daqsm.training_data.volume_io import read_volume, write_volume
+from tests.network_model.synthetic import ball_mask, smooth_chi
 
 N = 16
 VOXEL = (1.0, 1.0, 1.25)  # exact in a NIfTI header (float32), so command and API see the same geometry
@@ -99,18 +100,47 @@ def trained(tmp_path_factory):
     args = [f"--{k}={v}" for k, v in tiny.items()] + ["--progress", "false"]
     assert train.main(["--datasets_path", patch_file, "--run_dir", str(root / "run"), *args]) == 0
     model, log = daqsm.pretrain(patch_file=patch_file, **tiny)
-    return root, model, log
+    return root, model, log, patch_file, tiny
 
 
 def test_step4_pretrain_matches_command(trained):
     import keras
 
-    root, model, log = trained
+    root, model, log, _, _ = trained
     command_model = keras.saving.load_model(root / "run" / "target_model.keras")
     x = np.random.default_rng(0).standard_normal((1, N, N, N, 1)).astype(np.float32) * 0.05
     m = np.ones_like(x)
     np.testing.assert_array_equal(np.asarray(model([x, m])), np.asarray(command_model([x, m])))
     assert [row["step"] for row in log] == [1, 2]
+
+
+def test_step4_on_arrays_writes_nothing_and_matches_command(trained, tmp_path, monkeypatch):
+    import tempfile
+
+    import keras
+
+    import daqsm
+
+    root, _, _, patch_file, tiny = trained
+    with h5py.File(patch_file, "r") as h5:
+        patches = {g: {k: h5[g][k][()] for k in h5[g]} for g in ("source", "target")}
+        patches["attrs"] = {g: dict(h5[g].attrs) for g in ("source", "target")}
+    quiet = tmp_path / "quiet"
+    quiet.mkdir()
+    monkeypatch.chdir(quiet)
+    monkeypatch.setattr(tempfile, "tempdir", str(quiet))
+    model, log = daqsm.pretrain(patches, **tiny)
+    assert list(quiet.iterdir()) == []  # no temporary patch file, no run folder
+    command_model = keras.saving.load_model(root / "run" / "target_model.keras")
+    x = np.random.default_rng(1).standard_normal((1, N, N, N, 1)).astype(np.float32) * 0.05
+    m = np.ones_like(x)
+    np.testing.assert_allclose(np.asarray(model([x, m])), np.asarray(command_model([x, m])), rtol=1e-5, atol=1e-6)
+    with open(root / "run" / "log.csv", newline="", encoding="utf-8") as fh:
+        command_log = list(csv.DictReader(fh))
+    assert [row["step"] for row in log] == [1, 2]
+    np.testing.assert_allclose([row["loss"] for row in log], [float(r["loss"]) for r in command_log], rtol=1e-5)
+    with pytest.raises(daqsm.errors.InputError, match="patches"):
+        daqsm.pretrain({"source": patches["source"]}, **tiny)
 
 
 def test_infer_and_finetune_match_commands(trained, tmp_path):
@@ -119,7 +149,7 @@ def test_infer_and_finetune_match_commands(trained, tmp_path):
     from daqsm.network_model.model_finetune import train as finetune_cmd
     from daqsm.training_data.dipole import forward_field
 
-    root, _, _ = trained
+    root, _, _, _, _ = trained
     model_path = root / "run" / "target_model.keras"
     mask = ball_mask(N).astype(np.uint8)
     field = (forward_field(smooth_chi(N, 9) * mask, VOXEL) * mask).astype(np.float32)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import typing
@@ -23,20 +24,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _commands():
-    from daqsm.training_data import genRDFPatchesSyn
-    from daqsm.evaluation import baselines, demo, figures
+    from daqsm.evaluation import baseline_cli as baselines
     from daqsm.evaluation import cli as evaluate
+    from daqsm.evaluation import demo, figures
     from daqsm.network_model import export, infer
     from daqsm.network_model.model_finetune import train as finetune
     from daqsm.network_model.train_model import train as pretrain
-    from daqsm.training_data import genChi, input_check, qsmFmapCal_gpu
+    from daqsm.training_data import genChi, genRDFPatchesSyn, input_check, qsmFmapCal_gpu
     from daqsm.training_data.simulator import simulate
 
     # (module, config class, argv every parse needs)
     return {
-        "genchi": (genChi, genChi.GenChiConfig, ["src.nii.gz", "--mask", "m.nii.gz", "-o", "o.h5"]),
+        "genchi": (genChi, genChi.GenChiCommandConfig, []),
         "fieldmap": (qsmFmapCal_gpu, qsmFmapCal_gpu.FieldmapConfig, []),
-        "patches": (genRDFPatchesSyn, genRDFPatchesSyn.PatchConfig, ["--source", "s.h5", "-o", "o.h5"]),
+        "patches": (genRDFPatchesSyn, genRDFPatchesSyn.PatchCommandConfig, []),
         "train": (pretrain, pretrain.PretrainConfig, []),
         "finetune": (finetune, finetune.FinetuneConfig, []),
         "infer": (infer, infer.InferConfig, []),
@@ -117,8 +118,7 @@ def test_every_option_resolves(command, key, tmp_path):
     config.write_text(json.dumps({key: list(value) if isinstance(value, tuple) else value}))
     assert getattr(resolve_config(cls, config, vars(parser.parse_args(base))), key) == value
     # nothing given: the dataclass default
-    assert getattr(resolve_config(cls, None, vars(parser.parse_args(base))), key) == getattr(cls(), key, field.default) \
-        if command != "genchi" or key != "n_maps" else True
+    assert getattr(resolve_config(cls, None, vars(parser.parse_args(base))), key) == getattr(cls(), key, field.default)
 
 
 def test_old_boolean_and_name_spellings():
@@ -132,9 +132,7 @@ def test_old_boolean_and_name_spellings():
     assert resolve_config(finetune.FinetuneConfig, None, vars(parser.parse_args(["--quiet"]))).progress is False
 
 
-CONFIG_COMMANDS = {  # command -> (argv before, argv after --config FILE) of a run that reads the config first
-    "genchi": ([], ["src.nii.gz", "--mask", "m.nii.gz", "-o", "o.h5"]),
-    "patches": ([], ["--source", "s.h5", "-o", "o.h5"]),
+CONFIG_COMMANDS = {  # command -> (argv before, argv after --config FILE): `--config FILE` alone, else the sub-command
     "figures-slices": (["slices"], []),
     "figures-losses": (["losses"], []),
 }
@@ -150,6 +148,73 @@ def test_unknown_config_key_exits_2_with_a_suggestion(command, tmp_path, capsys)
     assert module.main([*before, "--config", str(config), *after]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"unknown key '{first}x' (did you mean '{first}'?)" in err
+
+
+# command -> a config file holding its required inputs (paths that do not exist) and nothing else: the
+# command reads them from the file and stops at the first input it cannot read, not at "required"
+REQUIRED_INPUTS = {
+    "genchi": {"source": ["missing_chi.nii.gz"], "mask": ["missing_mask.nii.gz"], "output": "o.h5"},
+    "fieldmap": {"inputs": ["missing_chi.nii.gz"], "output": "f.nii.gz"},
+    "patches": {"source": ["missing_maps.h5"], "target": ["missing_case"], "output": "o.h5"},
+    "train": {"datasets_path": "missing_patches.h5", "run_dir": "run"},
+    "finetune": {"model": "missing_model.keras", "case": "missing_case", "output": "q.nii.gz"},
+    "infer": {"model": "missing_model.keras", "field": "missing_field.nii.gz", "mask": "missing_mask.nii.gz",
+              "output": "q.nii.gz"},
+    "simulate": {"source": "missing_rc2", "output": "cases"},
+    "baseline": {"method": "tkd", "field": "missing_field.nii.gz", "mask": "missing_mask.nii.gz", "output": "x.nii.gz"},
+    "figures-slices": {"recon": "missing_recon.nii.gz", "truth": "missing_truth.nii.gz", "output": "s.png"},
+    "figures-losses": {"log": "missing_log.csv", "output": "l.png"},
+    "export": {"model": "missing_model.keras", "output": "m.onnx"},
+    "check": {"case": "missing_case"},
+    "evaluate": {"columns": [{"recon": "missing_recon.nii.gz", "case": "missing_case"}], "json": "t.json"},
+}
+
+
+def test_required_inputs_table_covers_every_command():
+    assert set(REQUIRED_INPUTS) == set(COMMANDS + ["evaluate"]) - {"demo"}  # the demo needs no input
+
+
+@pytest.mark.parametrize("command", sorted(REQUIRED_INPUTS))
+def test_required_inputs_come_from_the_config_file(command, tmp_path, monkeypatch, capsys):
+    """`COMMAND --config c.json` with the inputs in the file: no "required" error (issue 20, Deliver 5)."""
+    module, _, _ = _commands()[command]
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(REQUIRED_INPUTS[command]))
+    before, _ = CONFIG_COMMANDS.get(command, ([], []))
+    assert module.main([*before, "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ": required" not in err and "missing_" in err, err
+    assert sorted(os.listdir(tmp_path)) == ["c.json"]  # nothing written
+
+
+def test_steps_1_to_3_run_from_config_files_alone(tmp_path):
+    """Steps 1, 2 and 3 with every input and the output in the config file (no argument but --config)."""
+    import nibabel as nib
+    import numpy as np
+
+    from daqsm.training_data import genChi, genRDFPatchesSyn, qsmFmapCal_gpu
+
+    grid = np.indices((24, 24, 24)) - 11.5
+    mask = (np.sqrt((grid ** 2).sum(0)) < 10).astype(np.uint8)
+    nib.save(nib.Nifti1Image(mask.astype(np.float32) * 0.05, np.eye(4)), tmp_path / "chi.nii.gz")
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "mask.nii.gz")
+    step1 = tmp_path / "genchi.json"
+    step1.write_text(json.dumps({"source": [str(tmp_path / "chi.nii.gz")], "mask": [str(tmp_path / "mask.nii.gz")],
+                                 "output": str(tmp_path / "chi.h5"), "n_maps": 1, "quiet": True}))
+    assert genChi.main(["--config", str(step1)]) == 0
+    written = json.loads((tmp_path / "chi.config.json").read_text())
+    assert (written["source"], written["output"], written["n_maps"]) == ([str(tmp_path / "chi.nii.gz")],
+                                                                        str(tmp_path / "chi.h5"), 1)
+    step2 = tmp_path / "fieldmap.json"
+    step2.write_text(json.dumps({"inputs": [str(tmp_path / "chi.h5")], "output": str(tmp_path / "fields.h5")}))
+    assert qsmFmapCal_gpu.main(["--config", str(step2)]) == 0
+    step3 = tmp_path / "patches.json"
+    step3.write_text(json.dumps({"source": [str(tmp_path / "chi.h5")], "source_fields": [str(tmp_path / "fields.h5")],
+                                 "output": str(tmp_path / "p.h5"), "patch_size": 8, "brain_threshold": 0.0,
+                                 "quiet": True}))
+    assert genRDFPatchesSyn.main(["--config", str(step3)]) == 0
+    assert json.loads((tmp_path / "p.config.json").read_text())["source"] == [str(tmp_path / "chi.h5")]
 
 
 def _console_scripts():
@@ -187,7 +252,7 @@ def test_help_without_tensorflow(name, target):
 
 # `--overwrite true` (older READMEs) and the bare flag, also where a positional argument follows
 POSITIONAL_RUNS = {  # command -> (argv before the flag, positional argv after it, the positional's dest, value)
-    "genchi": (["--mask", "m.nii.gz", "-o", "o.h5"], ["src.nii.gz"], "source_paths", ["src.nii.gz"]),
+    "genchi": (["--mask", "m.nii.gz", "-o", "o.h5"], ["src.nii.gz"], "positional_source", ["src.nii.gz"]),
     "fieldmap": (["-o", "f.h5"], ["chi.h5"], "positional_inputs", ["chi.h5"]),
     "baseline": ([], ["tkd"], "positional_method", "tkd"),
     "figures-losses": (["losses"], ["log.csv"], "positional_log", "log.csv"),
@@ -199,7 +264,7 @@ def _overwrite(command, args):
     module, cls, _ = _commands()[command]
     if "overwrite" in {f.name for f in dataclasses.fields(cls)}:
         return resolve_config(cls, None, vars(args)).overwrite
-    return bool(args.overwrite)  # genchi: a plain option of the run, not a parameter
+    return bool(args.overwrite)
 
 
 @pytest.mark.parametrize("command", sorted(set(POSITIONAL_RUNS) - {"check"}))
@@ -209,8 +274,7 @@ def _overwrite(command, args):
 def test_overwrite_flag_and_old_true_false_before_a_positional(command, spelling, expected):
     module, _, _ = _commands()[command]
     before, positional, dest, value = POSITIONAL_RUNS[command]
-    args = module.build_parser().parse_args(before + spelling + positional) if spelling != ["--no-overwrite"] or \
-        command != "genchi" else module.build_parser().parse_args(before + positional)
+    args = module.build_parser().parse_args(before + spelling + positional)
     assert getattr(args, dest) == value
     assert _overwrite(command, args) is expected
 
@@ -220,9 +284,6 @@ def test_any_boolean_option_takes_true_false_before_a_positional(command):
     module, cls, _ = _commands()[command]
     before, positional, dest, value = POSITIONAL_RUNS[command]
     parser = module.build_parser()
-    if command in ("genchi",):
-        args = parser.parse_args(before + ["--quiet", "true"] + positional)
-        assert args.quiet is True and getattr(args, dest) == value
     for field in dataclasses.fields(cls):
         if field.type not in (bool, "bool"):
             continue

@@ -23,20 +23,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.network_model.synthetic import ball_mask, make_patch_file, smooth_chi
+from daqsm.outputs import is_any_temp
 from daqsm.training_data.volume_io import write_volume
+from tests.network_model.synthetic import ball_mask, make_patch_file, smooth_chi
 
 N = 16
 
 
 def _commands():
-    from daqsm.training_data import genRDFPatchesSyn
-    from daqsm.evaluation import baselines, demo, figures
+    from daqsm.evaluation import baseline_cli as baselines
     from daqsm.evaluation import cli as evaluate
+    from daqsm.evaluation import demo, figures
     from daqsm.network_model import export, infer
     from daqsm.network_model.model_finetune import train as finetune
     from daqsm.network_model.train_model import train as pretrain
-    from daqsm.training_data import genChi, input_check, qsmFmapCal_gpu
+    from daqsm.training_data import genChi, genRDFPatchesSyn, input_check, qsmFmapCal_gpu
     from daqsm.training_data.simulator import simulate
 
     return {"simulate": simulate.main, "genchi": genChi.main, "fieldmap": qsmFmapCal_gpu.main,
@@ -90,6 +91,15 @@ def inputs(tmp_path_factory) -> Path:
         write_volume(folder / "chi.nii.gz", chi)
         write_volume(folder / "segmentation.nii.gz", mask)
         (folder / "case.json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
+    four = root / "case_4echo_1te"  # a 4-echo magnitude but one TE: step 5 cannot tell echo 2's TE
+    four.mkdir()
+    write_volume(four / "local_field.nii.gz", field)
+    write_volume(four / "mask.nii.gz", mask)
+    write_volume(four / "magnitude.nii.gz", np.stack([mask * (1.0 - 0.1 * e) for e in range(4)], -1).astype(np.float32))
+    (four / "case.json").write_text(json.dumps({"b0_tesla": 3.0, "te_s": [0.02]}))
+    with h5py.File(root / "field_b0x.h5", "w") as h5:  # an HDF5 field whose attribute says B0 is along x
+        h5["field"] = field
+        h5.attrs["b0_dir"], h5.attrs["voxel_size_mm"] = [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]
     rc2 = root / "rc2_corrupt"
     rc2.mkdir()
     write_volume(rc2 / "SegmentedModel.nii.gz", mask)
@@ -108,6 +118,42 @@ def inputs(tmp_path_factory) -> Path:
     (root / "a_folder").mkdir()
     os.symlink("loop.nii.gz", root / "loop.nii.gz")  # a link to itself
     os.symlink("a_folder", root / "link_to_folder")
+    # same shape, other affine: an x-flipped map, a y-flipped mask; a sheared grid
+    write_volume(root / "chi_xflip.nii.gz", chi, affine=np.diag([-1.0, 1, 1, 1]))
+    write_volume(root / "mask_yflip.nii.gz", mask, affine=np.diag([1.0, -1, 1, 1]))
+    shear = np.eye(4)
+    shear[0, 1] = 0.3
+    write_volume(root / "sheared.nii.gz", chi, affine=shear)
+    import scipy.sparse
+
+    scipy.io.savemat(root / "char.mat", {"chi": "not a map"})
+    scipy.io.savemat(root / "struct.mat", {"chi": {"x": chi}})
+    scipy.io.savemat(root / "sparse.mat", {"chi": scipy.sparse.eye(N).tocsc()})
+    scipy.io.savemat(root / "cell.mat", {"chi": np.array([chi, "x"], dtype=object)})
+    with h5py.File(root / "string.h5", "w") as h5:
+        h5["chi"] = b"not a map"
+    (root / "latin1.json").write_bytes(b'{"batch_size": 2, "note": "\xff"}')
+    (root / "inf_int.json").write_text('{"batch_size": Infinity}')
+    # step-2 field files of other maps / another B0 direction than the step-1 maps they are paired with
+    with h5py.File(root / "step1_b0.h5", "w") as h5:
+        h5["chi"], h5["mask"] = np.stack([np.nan_to_num(chi)] * 2), np.stack([mask] * 2)
+        h5.attrs["b0_dir"], h5.attrs["voxel_size_mm"] = [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]
+    for name, files, b0 in (("fields_other.h5", ["other_0000", "other_0001"], [0.0, 0.0, 1.0]),
+                            ("fields_b0x.h5", ["step1_b0_0000", "step1_b0_0001"], [1.0, 0.0, 0.0])):
+        with h5py.File(root / name, "w") as h5:
+            h5["field"] = np.stack([field] * 2)
+            h5.attrs["files"], h5.attrs["b0_dir"], h5.attrs["voxel_size_mm"] = files, b0, [1.0, 1.0, 1.0]
+    user = root / "user_folder"  # a user's own folder: never an output folder of ours
+    user.mkdir()
+    for name in ("params.json", "config.json", "log.csv"):
+        (user / name).write_text("the user's own file\n")
+    qset = root / "qset"  # a complete susceptibility-map set written as x.nii.gz
+    qset.mkdir()
+    write_volume(qset / "x.nii.gz", chi)
+    for name in ("x.json", "x_model.keras", "x_loss.csv", "x_config.json", "x_residual.json"):
+        (qset / name).write_text("part of a complete set\n")
+    write_volume(qset / "x_residual.nii.gz", chi)
+    (qset / "y.json").write_text('{"the user": "own notes"}\n')  # a sidecar name, no map: not ours
     return root
 
 
@@ -258,6 +304,51 @@ CASES = [
     Case("evaluate-exists", "evaluate", _f(EVAL, "{in}/existing.json"), "exist"),
     Case("infer-exists", "infer", _f(INFER, "{in}/existing.nii.gz"), "exists"),
     Case("finetune-exists", "finetune", _f(FT, "{in}/existing.nii.gz"), "exists"),
+    # --- 1b. an output is owned whole (issue 23): user folders, companion sets, inputs as outputs
+    Case("genchi-users-folder", "genchi", _f(GENCHI, "{in}/user_folder/"), "not made by"),
+    Case("train-users-folder", "train", _f(TRAIN, "{in}/user_folder"), "not made by"),
+    Case("finetune-other-suffix-of-a-set", "finetune", _f(FT, "{in}/qset/x.nii"), "exists"),
+    Case("infer-other-suffix-of-a-set", "infer", _f(INFER, "{in}/qset/x.nii"), "exists"),
+    Case("baseline-other-suffix-of-a-set", "baseline", _f(BASE, "{in}/qset/x.nii"), "exists"),
+    Case("infer-sidecar-exists", "infer", _f(INFER, "{in}/qset/y.nii.gz"), "y.json"),
+    Case("finetune-sidecar-exists", "finetune", _f(FT, "{in}/qset/y.nii.gz"), "y.json"),
+    Case("baseline-sidecar-exists", "baseline", _f(BASE, "{in}/qset/y.nii.gz"), "y.json"),
+    Case("infer-sidecar-replaces-case-json", "infer",
+         "--model {in}/random.keras --case {in}/case -o {in}/case/case.nii.gz --overwrite", "case.json"),
+    Case("baseline-sidecar-replaces-case-json", "baseline",
+         "tkd --field {in}/case/local_field.nii.gz --mask {in}/case/mask.nii.gz -o {in}/case/case.nii --overwrite",
+         "case.json"),
+    Case("finetune-sidecar-replaces-case-json", "finetune",
+         "--model {in}/random.keras --case {in}/case -o {in}/case/case.nii.gz --overwrite", "case.json"),
+    # --- 1c. nothing silently wrong, one line for every odd input (issue 23)
+    Case("evaluate-xflipped-recon", "evaluate", f"--recon {{in}}/chi_xflip.nii.gz --truth {CHI} --mask {MASK} "
+         "--json {out}/t.json", "affine"),
+    Case("check-yflipped-mask", "check", f"--field {FIELD} --mask {{in}}/mask_yflip.nii.gz", "affine"),
+    Case("baseline-yflipped-mask", "baseline", _f(BASE, "{out}/b.nii.gz").replace(MASK, "{in}/mask_yflip.nii.gz"),
+         "affine"),
+    Case("fieldmap-sheared", "fieldmap", "{in}/sheared.nii.gz -o {out}/f.nii.gz", "sheared"),
+    Case("genchi-sheared", "genchi", "{in}/sheared.nii.gz --mask {in}/mask.nii.gz -n 1 -o {out}/c.h5", "sheared"),
+    *[Case(f"fieldmap-matlab-{kind}", "fieldmap", f"{{in}}/{kind}.mat -o {{out}}/f.nii.gz", "numeric")
+      for kind in ("char", "struct", "sparse", "cell")],
+    Case("fieldmap-hdf5-string", "fieldmap", "{in}/string.h5 -o {out}/f.nii.gz", "numeric"),
+    Case("infer-batch-inf", "infer", _f(INFER, "{out}/q.nii.gz") + " --batch-size inf", "batch"),
+    Case("finetune-iterations-nan", "finetune", _f(FT, "{out}/q.nii.gz") + " --iterations nan", "iterations"),
+    Case("infer-config-inf-integer", "infer", _f(INFER, "{out}/q.nii.gz") + " --config {in}/inf_int.json", "batch"),
+    Case("infer-config-not-utf8", "infer", _f(INFER, "{out}/q.nii.gz") + " --config {in}/latin1.json", "UTF-8"),
+    Case("finetune-seed-negative", "finetune", _f(FT, "{out}/q.nii.gz") + " --seed -1", "seed"),
+    Case("finetune-seed-too-big", "finetune", _f(FT, "{out}/q.nii.gz") + " --seed 4294967296", "seed"),
+    Case("genchi-seed-too-big", "genchi", _f(GENCHI, "{out}/c.h5") + " --seed 4294967296", "seed"),
+    Case("fieldmap-pad-huge", "fieldmap", _f(FIELDMAP, "{out}/f.nii.gz") + " --pad 100000", "pad"),
+    Case("baseline-pad-no-memory", "baseline", _f(BASE, "{out}/b.nii.gz") + " --pad 1000", "GiB"),
+    Case("baseline-te-out-of-range", "baseline", _f(BASE, "{out}/b.nii.gz").replace("tkd", "ndi-tv") +
+         " --te 25 --b0 3", "te"),
+    Case("finetune-b0-out-of-range", "finetune", _f(FT, "{out}/q.nii.gz").replace("--b0 3", "--b0 3000"), "b0"),
+    Case("patches-fields-of-other-maps", "patches", "--source {in}/step1_b0.h5 --source-fields {in}/fields_other.h5 "
+         "--patch-size 16 16 16 --quiet -o {out}/p.h5", "other_0000"),
+    Case("patches-fields-of-other-b0", "patches", "--source {in}/step1_b0.h5 --source-fields {in}/fields_b0x.h5 "
+         "--patch-size 16 16 16 --quiet -o {out}/p.h5", "B0 direction"),
+    Case("check-zero-b0-dir", "check", f"--field {FIELD} --mask {MASK} --b0-dir 0 0 0", "B0"),
+    Case("check-one-te-four-echoes", "check", "{in}/case_4echo_1te", "echo"),
     # --- 2. metadata files
     Case("patches-case-badjson", "patches", _f(PATCHES, "{out}/p.h5") + " --target {in}/case_badjson", "case.json"),
     Case("patches-case-unknown-key", "patches", _f(PATCHES, "{out}/p.h5") + " --target {in}/case_unknown_key",
@@ -369,7 +460,14 @@ CASES = [
     Case("finetune-no-output", "finetune", "--model {in}/random.keras --field {in}/field.nii.gz", "output"),
     Case("finetune-mask-mismatch", "finetune",
          _f(FT, "{out}/q.nii.gz").replace("mask.nii.gz", "other_grid.nii.gz"), "shape"),
-    Case("infer-no-model", "infer", f"--field {FIELD} --mask {MASK} -o {{out}}/q.nii.gz", "model"),
+    # without --model an installed shipped model is used (tests/network_model/test_shipped.py); the package
+    # ships none yet, so a --model left empty is one line naming --model FILE.keras (test_fault: empty model dir)
+    Case("finetune-no-shipped-model", "finetune", f"--field {FIELD} --mask {MASK} --b0 3 --te 0.02 -o {{out}}/q.nii.gz",
+         "no shipped model is installed"),
+    Case("infer-no-shipped-model", "infer", f"--field {FIELD} --mask {MASK} -o {{out}}/q.nii.gz",
+         "no shipped model is installed"),
+    Case("infer-missing-model", "infer", f"--model {{in}}/none.keras --field {FIELD} --mask {MASK} -o {{out}}/q.nii.gz",
+         "none.keras"),
     Case("infer-hz-without-b0", "infer", _f(INFER, "{out}/q.nii.gz") + " --units hz", "b0"),
     Case("evaluate-shape", "evaluate", f"--recon {CHI} --truth {{in}}/other_grid.nii.gz --mask {MASK} "
          "--json {out}/t.json", "shape"),
@@ -439,7 +537,9 @@ def _run_limited(main, argv, limit: int):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_fault(case, inputs, tmp_path, capsys, request):
+def test_fault(case, inputs, tmp_path, capsys, request, monkeypatch):
+    # the shipped-model lookup sees an empty folder: the table does not depend on what is installed
+    monkeypatch.setenv("DAQSM_MODEL_DIR", str(tmp_path / "no_models"))
     out = tmp_path / "out"
     out.mkdir()
     places = {"full": None, "immutable": None}
@@ -562,10 +662,19 @@ def test_folder_reader_skips_hidden_temp_files(inputs, tmp_path, capsys):
     folder = tmp_path / "maps"
     folder.mkdir()
     (folder / "chi.nii.gz").write_bytes((inputs / "chi.nii.gz").read_bytes())
-    (folder / ".tmp-chi.nii.gz-abc.nii.gz").write_bytes(b"half-written by a killed run")
+    (folder / ".chi.nii.gz.tmp-abcdefgh.nii.gz").write_bytes(b"half-written by a killed run")
     assert qsmFmapCal_gpu.main([str(folder), "-o", str(tmp_path / "fields")]) == 0
     assert sorted(os.listdir(tmp_path / "fields")) == ["chi_field.json", "chi_field.nii.gz",  # map + sidecar
                                                        "fieldmap_config.json"]
+
+
+def test_check_reads_an_hdf5_fields_b0_attribute_as_step_5_does(inputs):
+    from daqsm.network_model.target_data import load_files
+    from daqsm.training_data.input_check import check_files
+
+    report = check_files(inputs / "field_b0x.h5", inputs / "mask.nii.gz")
+    assert np.allclose(report.b0_dir, load_files(str(inputs / "field_b0x.h5"), str(inputs / "mask.nii.gz")).geometry.b0_dir)
+    assert np.allclose(report.b0_dir, (1.0, 0.0, 0.0))
 
 
 # --- locks: two runs at once ----------------------------------------------------------------
@@ -585,7 +694,9 @@ def _hold_lock(path):
 
 
 LOCKED = {"genchi": ("c.h5", GENCHI), "fieldmap": ("f.nii.gz", FIELDMAP), "train": ("run", TRAIN),
-          "patches": ("p.h5", PATCHES), "finetune": ("q.nii.gz", FT), "infer": ("q.nii.gz", INFER)}
+          "patches": ("p.h5", PATCHES), "finetune": ("q.nii.gz", FT), "infer": ("q.nii.gz", INFER),
+          "baseline": ("b.nii.gz", BASE), "evaluate": ("t.json", EVAL), "figures": ("s.png", FIG),
+          "simulate": ("t", "--source builtin --resolution 8 --quiet -o @O@")}
 
 
 @pytest.mark.parametrize("command", sorted(LOCKED))
@@ -606,7 +717,7 @@ def test_second_run_on_one_output_stops_with_the_pid(command, inputs, tmp_path, 
     if command in ("genchi", "fieldmap", "patches"):  # the lock of a killed holder does not block the next run
         assert _commands()[command](Case("", command, argv).args(inputs, tmp_path)) == 0
         assert out.exists()
-        assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+        assert not [n for n in os.listdir(tmp_path) if is_any_temp(n)]
 
 
 # --- kill -9 in the middle of a write, then rerun -------------------------------------------
@@ -623,7 +734,7 @@ def _kill_when_temp_appears(argv_code: str, folder: Path, timeout: float = 240.0
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if any(n.startswith(".tmp-") and not n.startswith(".tmp-probe") for n in os.listdir(folder)):
+            if any(is_any_temp(n) for n in os.listdir(folder)):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the command ended before it could be killed mid-write"
@@ -652,7 +763,8 @@ def test_kill_9_leaves_no_output_and_the_rerun_cleans_up(step, inputs, tmp_path)
         "genchi": ("daqsm.training_data.genChi", [inputs / "chi.nii.gz", "--mask", inputs / "mask.nii.gz", "-n", "2000",
                                             "--quiet", "-o", out]),
         "fieldmap": ("daqsm.training_data.qsmFmapCal_gpu", [many, "-o", out]),
-        "patches": ("genRDFPatchesSyn", ["--source", many, "--patch-size", "8", "8", "8", "--stride", "2", "2", "2",
+        "patches": ("daqsm.training_data.genRDFPatchesSyn", ["--source", many, "--patch-size", "8", "8", "8",
+                                                             "--stride", "2", "2", "2",
                                          "--quiet", "-o", out])}[step]
     _kill_when_temp_appears(_main_code(module, argv), out_dir)
     assert not out.exists()  # nothing half-written under the output's name
@@ -660,7 +772,7 @@ def test_kill_9_leaves_no_output_and_the_rerun_cleans_up(step, inputs, tmp_path)
     rerun = _commands()[step](["--overwrite", *map(str, small)] if step != "fieldmap" else list(map(str, small)))
     assert rerun == 0
     assert out.exists()
-    assert not [n for n in os.listdir(out_dir) if n.startswith(".tmp-") or n.endswith(".lock")]
+    assert not [n for n in os.listdir(out_dir) if is_any_temp(n) or n.endswith(".lock")]
 
 
 @pytest.mark.slow

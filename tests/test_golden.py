@@ -54,12 +54,13 @@ def test_tiny_demo_writes_the_resolved_config_beside_each_output(tiny_run):
     from daqsm.evaluation.demo import DemoConfig
     from daqsm.training_data.qsmFmapCal_gpu import FieldmapConfig
     from daqsm.training_data.simulator.simulate import SimulateConfig
-    from daqsm.training_data.synthesis import GenChiConfig
+    from daqsm.training_data.synthesis import GenChiCommandConfig
 
     expected = {"demo_config.json": (DemoConfig, {"size": "tiny", "seed": 0, "output": str(tiny_run)}),
                 "targets/simulate_config.json": (SimulateConfig, {"source": "builtin", "resolution": 6.0,
-                                                                  "progress": False}),
-                "step1_chi.config.json": (GenChiConfig, {"n_maps": 2, "seed": 0}),
+                                                                  "progress": True}),  # every step shows progress
+                "step1_chi.config.json": (GenChiCommandConfig, {"n_maps": 2, "seed": 0,
+                                                                "output": str(tiny_run / "step1_chi.h5")}),
                 "step2_fields.config.json": (FieldmapConfig, {"inputs": [str(tiny_run / "step1_chi.h5")],
                                                               "output": str(tiny_run / "step2_fields.h5")})}
     for name, (cls, values) in expected.items():

@@ -201,14 +201,13 @@ def _stem(path) -> str:
 
 
 def _read_inputs(spec: ColumnSpec):
-    from daqsm.training_data.volume_io import check_mask, read_volume
+    from daqsm.training_data.volume_io import check_mask, check_same_grid, read_volume
 
-    truth = read_volume(spec.truth).data
-    recon = read_volume(spec.recon).data
-    if recon.shape != truth.shape:
-        raise InputError(f"shape mismatch: reconstruction {spec.recon} {recon.shape} vs ground truth "
-                         f"{spec.truth} {truth.shape}")
-    mask = check_mask(read_volume(spec.mask, dtype=None).data, str(spec.mask), truth, "ground truth")
+    truth_vol, recon_vol = read_volume(spec.truth), read_volume(spec.recon)
+    # shape and affine: a map stored with a flipped axis must not be scored voxel by voxel
+    check_same_grid(recon_vol, f"reconstruction {spec.recon}", truth_vol, f"ground truth {spec.truth}")
+    truth, recon = truth_vol.data, recon_vol.data
+    mask = check_mask(read_volume(spec.mask, dtype=None), str(spec.mask), truth_vol, f"ground truth {spec.truth}")
     seg = None
     if spec.seg:
         seg = read_volume(spec.seg, dtype=None).data
@@ -218,13 +217,27 @@ def _read_inputs(spec: ColumnSpec):
 
 
 def _run(args) -> int:
-    from daqsm.evaluation import metrics, tables
+    from daqsm.evaluation import tables
 
     config = resolve_config(args)
     tables.check_outputs((config.json, config.csv, config.markdown), config.overwrite)
     for option, path in (("--json", config.json), ("--csv", config.csv), ("--markdown", config.markdown)):
         if path:
             output_path(option, path)
+    import contextlib
+
+    from daqsm.output_lock import claim_output
+
+    with contextlib.ExitStack() as held:  # two runs on one table: the second stops with the PID
+        for option, path in (("--json", config.json), ("--csv", config.csv), ("--markdown", config.markdown)):
+            if path:
+                held.enter_context(claim_output(option, path))
+        return _evaluate(config, tables)
+
+
+def _evaluate(config, tables) -> int:
+    from daqsm.evaluation import metrics
+
     table = tables.Table()
     if config.challenge2016:
         _run_challenge2016(config, table)

@@ -2,7 +2,13 @@
 
     daqsm-demo -o demo_out                      # built-in phantom, ~10 min on a 2-core CPU
     daqsm-demo -o real_out --data ../shared/data  # the method's setup: 2016 COSMOS -> RC2-like cases
-    daqsm-demo -o tiny_out --size tiny          # every code path in well under a minute (tests)
+    daqsm-demo -o tiny_out --size tiny          # every code path in well under a minute (a smoke test)
+    daqsm-demo -o demo_out --overwrite          # run again: the demo's own folder is replaced whole
+
+Sizes: `tiny` checks that every code path runs (6 mm, 2 maps, 3 training steps: its table is a smoke
+test, not a result); `small` (default) is the method at 3 mm on a laptop CPU; `real` is the method's
+geometry (1 mm, 64^3 patches, depth 4), default with --data. `--pretrain-steps` and
+`--finetune-iterations` override the size's step-4 steps and step-5 iterations.
 
 Source domain: the built-in phantom (a different seed and no calcification) or, with --data, the
 2016 challenge COSMOS map. Target domain: the four RC2-like cases Sim{1,2}Snr{1,2} simulated from
@@ -34,6 +40,8 @@ from daqsm.errors import InputError, output_path, run_cli
 from daqsm.validate import integer_at_least
 
 PROG = "daqsm-demo"
+#: marker file of a folder the demo made: --overwrite replaces only such a folder
+MARKER = ".daqsm-demo"
 COLUMNS = {"SNR1": "Sim2Snr1", "SNR2": "Sim2Snr2"}
 
 
@@ -77,7 +85,8 @@ class DemoConfig:
     pretrain_steps: int | None = param(None, "override the number of pre-training steps")
     finetune_iterations: int | None = param(None, "override the fine-tuning iterations")
     seed: int = param(0, "seed of every step")
-    overwrite: bool = param(False, "replace an existing output folder's files")
+    overwrite: bool = param(False, "replace an existing output folder made by the demo (all of it)")
+    progress: bool = param(True, "progress bars in every step (--quiet: none)", negation="quiet")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,12 +119,11 @@ def _step(title: str, module_main, argv) -> None:
 
 
 def run_demo(args) -> int:
-    from daqsm.training_data import genRDFPatchesSyn
     from daqsm.evaluation import cli as evaluate
     from daqsm.network_model import infer
     from daqsm.network_model.model_finetune import train as finetune
     from daqsm.network_model.train_model import train as pretrain
-    from daqsm.training_data import genChi, qsmFmapCal_gpu
+    from daqsm.training_data import genChi, genRDFPatchesSyn, qsmFmapCal_gpu
     from daqsm.training_data.simulator import simulate
 
     size = SIZES[args.size or ("real" if args.data else "small")]
@@ -133,10 +141,12 @@ def run_demo(args) -> int:
                 raise InputError(f"--data {data}: expected {needed.relative_to(data)}, not found")
     out = Path(args.output)
     output_path("-o", out, kind="folder")
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise InputError(f"-o {out}: folder exists and is not empty; use --overwrite")
+    if out.exists() and any(out.iterdir()):
+        replace_demo_folder(out, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    over = ["--overwrite"] if args.overwrite else []
+    (out / MARKER).write_text("made by daqsm-demo: `daqsm-demo --overwrite` may replace this whole folder\n")
+    quiet = [] if args.progress else ["--quiet"]
+    smoke = (args.size or ("real" if args.data else "small")) == "tiny"
 
     # Source domain map and target-domain cases
     if args.data:
@@ -148,25 +158,25 @@ def run_demo(args) -> int:
         target_source = "builtin"
     _step("targets: RC2-like cases", simulate.main,
           ["--source", target_source, "-o", out / "targets", "--resolution", size.resolution_mm, "--seed", args.seed,
-           "--quiet"] + over)
+           ] + quiet)
     cases = sorted(p for p in (out / "targets").iterdir() if p.is_dir())
 
     _step("step 1: synthetic susceptibility maps", genChi.main,
-          [source_chi, "--mask", source_mask, "-n", size.n_maps, "-o", out / "step1_chi.h5", "--seed", args.seed,
-           "--quiet"] + over)
-    _step("step 2: field maps", qsmFmapCal_gpu.main, [out / "step1_chi.h5", "-o", out / "step2_fields.h5"] + over)
+          [source_chi, "--mask", source_mask, "-n", size.n_maps, "-o", out / "step1_chi.h5", "--seed", args.seed]
+          + quiet)
+    _step("step 2: field maps", qsmFmapCal_gpu.main, [out / "step1_chi.h5", "-o", out / "step2_fields.h5"])
     _step("step 3: patches", genRDFPatchesSyn.main,
           ["--source", out / "step1_chi.h5", "--source-fields", out / "step2_fields.h5", "--target", *cases,
-           "--patch-size", size.patch_size, "-o", out / "step3_patches.h5", "--seed", args.seed, "--quiet"]
-          + (["--target-patch-size", size.target_patch_size] if size.target_patch_size else []) + over)
+           "--patch-size", size.patch_size, "-o", out / "step3_patches.h5", "--seed", args.seed, *quiet]
+          + (["--target-patch-size", size.target_patch_size] if size.target_patch_size else []))
     run_dir = out / "step4_pretrain"
     _step("step 4: domain-adaptive pre-training", pretrain.main,
           ["--datasets_path", out / "step3_patches.h5", "-o", run_dir, "--depth", size.depth,
            "--base_filters", size.base_filters, "--max_steps", size.pretrain_steps, "--batch_size", 2,
            "--target_batch_size", size.target_batch_size,
            "--learning_rate", 1e-3 if size.pretrain_steps < 2000 else 1e-4, "--lr_schedule", "cosine",
-           "--validate_every", max(size.pretrain_steps // 4, 1), "--seed", args.seed, "--progress", "false",
-           "--resume", "false"])
+           "--validate_every", max(size.pretrain_steps // 4, 1), "--seed", args.seed,
+           "--progress", str(args.progress).lower(), "--resume", "false"])
     model = run_dir / "target_model.keras"
 
     recon = {"pretrained": {}, "finetuned": {}}
@@ -175,12 +185,12 @@ def run_demo(args) -> int:
         pre = out / "pretrained" / f"{case_name}.nii.gz"
         tiling = ["--tile", size.tile, "--overlap", size.tile // 3] if size.tile else ["--whole"]
         _step(f"pre-trained network on {case_name}", infer.main,
-              ["--model", model, "--case", case, "-o", pre] + tiling + over)
+              ["--model", model, "--case", case, "-o", pre] + tiling)
         fine = out / "finetuned" / f"{case_name}.nii.gz"
         _step(f"step 5: fine-tuning on {case_name}", finetune.main,
               ["--model", model, "--case", case, "--iterations", size.finetune_iterations,
                "--learning_rate", size.finetune_lr, "--lambda_tv", size.lambda_tv_finetune, "-o", fine,
-               "--progress", "false", "--overwrite", "true", "--seed", args.seed])
+               "--progress", str(args.progress).lower(), "--seed", args.seed])
         recon["pretrained"][column], recon["finetuned"][column] = pre, fine
 
     for label, suffix in (("pretrained", "_pretrained"), ("finetuned", "")):
@@ -188,7 +198,8 @@ def run_demo(args) -> int:
         for column, case_name in COLUMNS.items():
             argv += ["--case", out / "targets" / case_name, "--recon", recon[label][column], "--name", column]
         argv += ["--markdown", out / f"table{suffix}.md", "--csv", out / f"table{suffix}.csv",
-                 "--json", out / f"table{suffix}.json", "--title", f"RC2 metrics, {label} network", "--overwrite"]
+                 "--json", out / f"table{suffix}.json", "--title", f"RC2 metrics, {label} network" + SMOKE_NOTE * smoke,
+                 "--overwrite"]
         _step(f"evaluation: {label} network", evaluate.main, argv)
 
     from daqsm.evaluation import figures
@@ -208,7 +219,33 @@ def run_demo(args) -> int:
               ["losses", log, "-o", figs / f"finetune_loss_{column}.png", "--overwrite"])
     write_config(args, config_path_beside(out, "demo", folder=True))  # the demo's own options; each step wrote its own
     print(f"\n{PROG}: done; results in {out} (table.md, table.json, figures/, demo_config.json)", file=sys.stderr)
+    if smoke:
+        print(f"{PROG}: note: --size tiny is a smoke test of the code paths; its table means nothing "
+              "(the default size gives the README's table)", file=sys.stderr)
     return 0
+
+
+SMOKE_NOTE = (" — SMOKE TEST (--size tiny: 6 mm, 2 maps, 3 training steps; checks that every step runs, "
+              "the numbers mean nothing)")
+
+
+def replace_demo_folder(out: Path, overwrite: bool) -> None:
+    """Empty an existing demo output folder for a new run, but only one the demo made (its MARKER)."""
+    import shutil
+
+    if not overwrite:
+        raise InputError(f"-o {out}: folder exists and is not empty; use --overwrite")
+    if not (out / MARKER).is_file():
+        raise InputError(f"-o {out}: expected a folder made by daqsm-demo (with {MARKER}) to replace, found "
+                         "another non-empty folder; choose a new -o")
+    from daqsm.output_lock import claim_output
+
+    with claim_output("-o", out, kind="folder"):  # a demo still writing into it holds step locks; refuse rather than race
+        for child in out.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
 
 
 def write_builtin_source(folder: Path, resolution_mm: float, seed: int):
@@ -222,7 +259,8 @@ def write_builtin_source(folder: Path, resolution_mm: float, seed: int):
     chi_path, mask_path = folder / "chi.nii.gz", folder / "mask.nii.gz"
     write_volume(chi_path, phantom.chi_ppm, affine=phantom.affine)
     write_volume(mask_path, phantom.mask.astype(np.uint8), affine=phantom.affine)
-    from daqsm.training_data.provenance import build_record, write_sidecar
+    from daqsm.provenance import build_record
+    from daqsm.training_data.formats.sidecar import write_sidecar
 
     settings = {"resolution_mm": resolution_mm, "seed": seed + 1000, "calcification": False}
     for path, what, units in ((chi_path, "built-in phantom susceptibility (source domain)", "ppm"),

@@ -1,6 +1,7 @@
 """QSM Challenge 2.0 (RC2) metrics, HFEN, XSIM, correlation and 2016-challenge metrics (numpy/scipy).
 
-Definitions follow docs/rc2-metrics.md exactly (row names below are the table's row names).
+Definitions follow the QSM Challenge 2.0 paper (Marques et al., MRM 2021;86:526), each spelled out in its
+function's docstring (row names below are the table's row names).
 `x` is the reconstruction, `y` the ground truth, both in ppm on the same grid; `mask` is the brain
 (evaluation) mask; `seg` holds the RC2 labels (1-6 deep grey matter, 7 thalamus, 8 WM, 9 GM,
 11 veins, 16 calcification). All arithmetic is float64 so that metrics do not depend on the
@@ -92,7 +93,7 @@ def check_pair(recon, truth, mask=None, seg=None) -> tuple:
 
 
 def nrmse_pair(x, y, region) -> tuple[float, float]:
-    """Demeaned NRMSE and detrended NRMSE (percent) over a boolean region (rc2-metrics.md).
+    """Demeaned NRMSE and detrended NRMSE (percent) over a boolean region (module doc).
 
     Args:
         x: (x, y, z) reconstruction, ppm.
@@ -208,7 +209,7 @@ def calc_threshold(x, no_cube) -> float:
 
 
 def calcification_metrics(x, y, seg) -> tuple[float, float, list]:
-    """CalcStreak and DeviationFromCalcMoment (rc2-metrics.md), NaN with notes when undefined.
+    """CalcStreak and DeviationFromCalcMoment (module doc), NaN with notes when undefined.
 
     Returns:
         (calc_streak, deviation_from_calc_moment, notes). Moments are in ppm·voxel.
@@ -325,7 +326,7 @@ def xsim(recon, truth, mask) -> float:
 
     Reference:
         Milovic C, et al. XSIM: a structural similarity index measure optimized for MRI QSM.
-        Magn Reson Med (parameters as given in docs/rc2-metrics.md).
+        Magn Reson Med (parameters as given in the module doc).
     """
     return ssim(recon, truth, mask, window=5, data_range=1.0, k1=0.01, k2=0.001)
 

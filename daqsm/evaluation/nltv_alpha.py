@@ -1,6 +1,6 @@
 """Nonlinear TV's alpha for the evaluation: stage 1 (no truth) and stage 2 (best by truth), RC2 style.
 
-The scan over alpha and the stage-1 discrepancy rule live in daqsm/training_data/tv_alpha.py (step 5's
+The scan over alpha and the stage-1 discrepancy rule live in daqsm/qc/tv_alpha.py (step 5's
 lambda rule uses them too; their names are importable from here as before). Here: the L-curve corner
 (`choose_alpha_lcurve`; Hansen 1992), the grid point of largest Menger curvature of (log R, log TV),
 which needs no noise level but is sensitive to the grid and to unconverged small-alpha solves (on the
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from daqsm.errors import InputError, shape_mismatch
-from daqsm.training_data.tv_alpha import (  # noqa: F401  (importable from here as before)
+from daqsm.qc.tv_alpha import (  # noqa: F401  (importable from here as before)
     ALPHA_GRID,
     FLOOR_FACTOR,
     AlphaChoice,

@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import math
-import os
 from dataclasses import dataclass, field
 
 from daqsm.errors import InputError
@@ -116,9 +115,9 @@ def read_json_table(path) -> Table:
 
 def check_outputs(paths, overwrite: bool = False) -> None:
     """Refuse to overwrite existing outputs (before any metric is computed)."""
-    for path in paths:
-        if path and os.path.exists(path) and not overwrite:
-            raise InputError(f"{path}: output exists; pass --overwrite to replace it")
+    from daqsm.outputs import refuse_existing
+
+    refuse_existing("output", [p for p in paths if p], overwrite)
 
 
 def write_table(table: Table, markdown=None, csv_path=None, json_path=None, title=None) -> list:

@@ -4,7 +4,7 @@ dsbn.py             DomainSpecificBatchNormalization layer (per-domain BN statis
 unet.py             3-D U-Net with DSBN; two-domain training view; target-model export
 losses.py           L1 (source), NDI data consistency (target, radians), anisotropic TV, and the
                     loss compositions of steps 4 and 5
-data.py             tf.data pipelines from the step-3 patch HDF5
+data.py             tf.data pipelines: patches in memory or from the step-3 patch HDF5
 training_loop.py    GradientTape loop shared by pre-training and fine-tuning
 stopping.py         fine-tuning's stopping rule (discrepancy principle with model error + flat loss)
 tv_weight.py        fine-tuning's lambda_tv per case without truth (NLTV's rule mapped to network units)
@@ -16,7 +16,9 @@ model_info.py       training geometry beside a saved model; atomic model saving
 target_data.py      one target dataset (case folder or files) for fine-tuning
 tiling.py           overlapping-tile inference with smooth blending
 infer.py            inference command (pre-trained or fine-tuned model -> QSM)
-pretraining.py      step 4: domain-adaptive pre-training (PretrainConfig, pretrain)
+shipped.py          the pre-trained model installed in daqsm/models/ (none ships yet), verified by its SHA-256 manifest
+pretrain_core.py    step 4's core on arrays: loss with the data-term floor, batches, pretrain_arrays
+pretraining.py      step 4's file shell: PretrainConfig, pretrain (run folder, checkpoints, resume, chunks)
 finetuning.py       step 5's file shell: FinetuneConfig, read/check inputs once, lock, sidecars, writes
 train_model/        step 4's script (thin: parse -> pretraining.pretrain)
 model_finetune/     step 5's script (thin: parse -> finetuning.finetune)

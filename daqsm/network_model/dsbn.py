@@ -41,6 +41,8 @@ class DomainSpecificBatchNormalization(keras.layers.Layer):
         inputs: float32 (batch, x, y, z, channels).
         domain: Python int in [0, num_domains).
         training: bool or None; training mode uses batch statistics.
+        mask: optional (batch, x, y, z, 1) 0/1: in training mode the batch moments (and so the
+            moving averages) are taken over the mask voxels only; inference does not need it.
 
     Weights per domain d: `gamma_d`, `beta_d` (trainable), `moving_mean_d`, `moving_variance_d`.
     """
@@ -86,11 +88,14 @@ class DomainSpecificBatchNormalization(keras.layers.Layer):
         ndim = len(input_shape)
         self._reduction_axes = [a for a in range(ndim) if a != self.axis % ndim]
 
-    def call(self, inputs, domain=0, training=None):
+    def call(self, inputs, domain=0, training=None, mask=None):
         domain = self._check_domain(domain)
         x = ops.cast(inputs, "float32")
         if training and self.trainable:
-            mean, variance = ops.moments(x, axes=self._reduction_axes, synchronized=self.synchronized)
+            if mask is None:
+                mean, variance = ops.moments(x, axes=self._reduction_axes, synchronized=self.synchronized)
+            else:
+                mean, variance = self._masked_moments(x, ops.cast(mask, "float32"))
             m = self.momentum
             self.moving_means[domain].assign(self.moving_means[domain] * m + mean * (1.0 - m))
             self.moving_variances[domain].assign(self.moving_variances[domain] * m + variance * (1.0 - m))
@@ -100,6 +105,31 @@ class DomainSpecificBatchNormalization(keras.layers.Layer):
                                       offset=self.betas[domain], scale=self.gammas[domain],
                                       epsilon=self.epsilon)
         return ops.cast(out, self.compute_dtype)
+
+    def _masked_moments(self, x, mask):
+        """Per-channel mean and (biased) variance over the voxels where mask > 0, all samples.
+
+        Why: the zeroed background would otherwise enter the moments, and its fraction differs
+        between source patches and whole-brain target crops, so DSBN would adapt to the crop
+        geometry instead of the domain. `mask` broadcasts against `x` (one channel for all).
+        Under `synchronized` the sums are all-reduced over replicas first.
+        """
+        import tensorflow as tf
+
+        weight = ops.broadcast_to(mask, ops.shape(x))
+        axes = self._reduction_axes
+        count, total = ops.sum(weight, axis=axes), ops.sum(x * weight, axis=axes)
+        context = tf.distribute.get_replica_context()
+        synced = self.synchronized and context is not None and context.num_replicas_in_sync > 1
+        if synced:
+            count, total = context.all_reduce(tf.distribute.ReduceOp.SUM, [count, total])
+        count = ops.maximum(count, 1.0)  # an all-background batch: zero moments instead of NaN
+        mean = total / count
+        # second pass around the (all-reduced) mean: exact, no E[x^2] - E[x]^2 cancellation
+        squares = ops.sum(ops.square(x - ops.stop_gradient(mean)) * weight, axis=axes)
+        if synced:
+            squares = context.all_reduce(tf.distribute.ReduceOp.SUM, squares)
+        return mean, squares / count
 
     def domain_weights(self, domain: int) -> list:
         """[gamma, beta, moving_mean, moving_variance] of one domain as numpy arrays.

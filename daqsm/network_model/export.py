@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass
 
 import numpy as np
-
 
 from daqsm.config import ArgumentParser, add_config_options, config_to_dict, param, resolve_config
 from daqsm.errors import InputError, output_path, run_cli
@@ -139,21 +137,25 @@ def run(args: ExportConfig) -> dict:
             raise InputError(f"--{name}: required (see {PROG} --help)")
     if not args.output.endswith(".onnx"):
         raise InputError(f"-o {args.output}: expected a file ending in .onnx")
-    if os.path.exists(args.output) and not args.overwrite:
-        raise InputError(f"-o {args.output}: output exists; give --overwrite to replace it")
+    from daqsm.outputs import refuse_existing
+    from daqsm.provenance import sidecar_path
+
+    refuse_existing("-o", [args.output, sidecar_path(args.output)], args.overwrite)
     output_path("-o", args.output)  # before the model is read: a bad location costs no TensorFlow start
     _require_onnx()
     from daqsm.output_lock import claim_output
 
-    with claim_output("-o", args.output):  # one export per output; a killed one's temp files go
+    # one export per output at a time; a killed export's temp files are removed by the next run
+    with claim_output("-o", args.output, companions=[sidecar_path(args.output)]):
         return _export(args)
 
 
 def _export(args: ExportConfig) -> dict:
     """The export itself, inside the output's lock."""
+    from daqsm import provenance
     from daqsm.network_model.finetuning import load_target_model
     from daqsm.network_model.model_info import read_model_info, resolve_model_path
-    from daqsm.training_data import provenance
+    from daqsm.training_data.formats.sidecar import write_sidecar
 
     model, info = load_target_model(args.model)
     divisor = 2 ** info["depth"]
@@ -161,12 +163,20 @@ def _export(args: ExportConfig) -> dict:
     model_info = read_model_info(resolve_model_path(args.model))
     meta = {"daqsm_version": provenance.package_version(), "daqsm_divisor": str(divisor),
             "daqsm_units": "field_ppm: ppm, mask: 0/1, chi_ppm: ppm", "daqsm_model_info": model_info}
-    export_onnx(model, args.output, args.opset, meta)
-    diff = compare_onnx(model, args.output, shape)
-    if not diff <= TOLERANCE_PPM:
-        os.remove(args.output)
-        raise InputError(f"-o {args.output}: ONNX output expected within {TOLERANCE_PPM:g} ppm of Keras, "
-                         f"found max difference {diff:.3g} ppm; nothing written")
+    from daqsm.outputs import atomic_path
+
+    # exported and checked under a temp name: only a checked model ever has the final name
+    with atomic_path(args.output) as staged:
+        export_onnx(model, staged, args.opset, meta)
+        try:
+            diff = compare_onnx(model, staged, shape)
+        except Exception as err:  # onnxruntime cannot load or run it: one line, nothing written
+            raise InputError(f"-o {args.output}: the exported model fails its onnxruntime check "
+                             f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
+                             "nothing written") from None
+        if not diff <= TOLERANCE_PPM:
+            raise InputError(f"-o {args.output}: ONNX output expected within {TOLERANCE_PPM:g} ppm of Keras, "
+                             f"found max difference {diff:.3g} ppm; nothing written")
     record = provenance.build_record(
         "ONNX export of a daqsm target model (inference graph, target-domain BN)", None,
         sources=[args.model], d0=None, model=args.model,
@@ -175,14 +185,14 @@ def _export(args: ExportConfig) -> dict:
                    "outputs": {OUTPUT_NAME: "float32 (1, x, y, z, 1), ppm"}, "divisor": divisor},
         Check={"runtime": "onnxruntime", "shape": list(shape), "max_abs_diff_ppm": diff,
                "tolerance_ppm": TOLERANCE_PPM})
-    provenance.write_sidecar(args.output, record)
+    write_sidecar(args.output, record)
     print(f"wrote {args.output}: inputs field_ppm, mask (1, x, y, z, 1), x, y, z divisible by {divisor} "
           f"-> chi_ppm; onnxruntime vs keras max |diff| {diff:.2g} ppm on {shape}")
     return record
 
 
 def main(argv=None) -> int:
-    from daqsm.training_data import provenance
+    from daqsm import provenance
 
     args = build_parser().parse_args(argv)
 

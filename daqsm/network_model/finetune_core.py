@@ -108,7 +108,7 @@ def check_params(params) -> None:
                            "voxel_size_mm": "positive", "b0_dir": "finite", "convergence_window": "int>=1",
                            "lambda_scan_iterations": "int>=1", "prior_weight": "non_negative"},
                   spell=lambda k: "--" + k.replace("_", "-"))
-    if params.iterations < 1:
+    if params.iterations < (0 if getattr(params, "fast", False) else 1):  # --fast: 0 updates
         raise InputError(f"iterations: expected >= 1, got {params.iterations}")
     from daqsm.network_model.tv_weight import parse_lambda_tv
 
@@ -156,10 +156,10 @@ def finetune_volume(model, target, params, info: dict | None = None, monitor=Non
     from daqsm.network_model.stopping import StoppingRule, noise_energy
     from daqsm.network_model.tiling import brain_box
     from daqsm.network_model.training_loop import make_optimizer, make_train_step, run_loop
-    from daqsm.network_model.tv_weight import LambdaChoice, choose_lambda_tv, parse_lambda_tv
+    from daqsm.network_model.tv_weight import FALLBACK_ALPHA, LambdaChoice, choose_lambda_tv, lambda_from_alpha, parse_lambda_tv
     from daqsm.network_model.unet import describe_target_model
+    from daqsm.qc.noise import estimate_noise_ppm
     from daqsm.training_data.dipole import dipole_operator_tf
-    from daqsm.training_data.noise import estimate_noise_ppm
 
     check_params(params)
     say = say or (lambda _line: None)
@@ -178,7 +178,11 @@ def finetune_volume(model, target, params, info: dict | None = None, monitor=Non
     shape = field_b.shape
     geometry = target.geometry
     given = parse_lambda_tv(params.lambda_tv)
-    if given is None:
+    if given is None and params.iterations == 0:  # --fast: no update, so no weight to choose
+        choice = LambdaChoice(lambda_from_alpha(FALLBACK_ALPHA, float(phase), geometry.voxel_size_mm,
+                                                info["label_scale"]), "not-run", FALLBACK_ALPHA, None,
+                              "no fine-tuning (--fast): the lambda rule was not run")
+    elif given is None:
         choice = choose_lambda_tv(field_b, mask_b, weight_b, geometry.voxel_size_mm, geometry.b0_dir, float(phase),
                                   info["label_scale"], params.dipole_pad, iterations=params.lambda_scan_iterations)
         if choice.rule != "discrepancy":

@@ -7,10 +7,10 @@ claims the output (lock, --overwrite), reads the inputs once and runs daqsm-chec
 loaded arrays, calls the core, then writes the outputs atomically, the QSM last.
 
 Output: OUT.nii.gz, OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json (provenance sidecar,
-daqsm/training_data/provenance.py: iterations, stop reason, noise estimate, lambda_tv with its rule and
-evidence, residual / noise energy, model SHA-256, geometry, kernel convention) and the QC map
-OUT_residual.nii.gz (ppm, daqsm/training_data/qc_residual.py) with OUT_residual.json. `--bids true`
-names the QSM OUT_Chimap.nii.gz.
+daqsm/provenance.py: iterations, stop reason, noise estimate, lambda_tv with its rule and evidence,
+residual / noise energy, model SHA-256, geometry, kernel convention) and the QC map
+OUT_residual.nii.gz (ppm, daqsm/qc/residual.py) with OUT_residual.json. `--bids true` names the QSM
+OUT_Chimap.nii.gz. The inputs pass daqsm-check's checks (daqsm/training_data/input_check.py) first.
 
 Usage:
     python network_model/model_finetune/train.py --model runs/pre/target_model.keras \\
@@ -26,8 +26,7 @@ import sys
 from dataclasses import dataclass
 
 from daqsm.config import param
-from daqsm.errors import InputError, output_path
-from daqsm.output_lock import claim_output
+from daqsm.errors import InputError
 from daqsm.network_model.config import write_resolved_config
 from daqsm.network_model.finetune_core import centred_padding, check_params  # noqa: F401  (centred_padding: the step script's name)
 
@@ -38,7 +37,8 @@ PROG = "model_finetune/train.py (step 5)"
 class FinetuneConfig:
     """Parameters of step 5 (every field is a config key and a `--key value` option)."""
 
-    model: str = param("", 'pre-trained target model (.keras) or step-4 run folder')
+    model: str = param("", 'pre-trained target model (.keras) or step-4 run folder; default: the shipped model '
+                       '(daqsm/models/, docs/model-card.md)')
     case: str = param("", 'case folder (contract 1) instead of field/mask/weight')
     field: str = param("", 'local field map (NIfTI, .mat v5/v7.3, .h5, .npy; FILE:VAR picks a variable)')
     mask: str = param("", 'brain mask (0/1), same grid')
@@ -51,6 +51,8 @@ class FinetuneConfig:
     voxel_size_mm: tuple[float, float, float] | None = param(None, "override the file's voxel size")
     b0_dir: tuple[float, float, float] | None = param(None, 'override (voxel axes); else from the affine')
     iterations: int = param(300, 'at most')
+    fast: bool = param(False, "no fine-tuning: the pre-trained network's map with the same QC residual and sidecar "
+                       "(seconds)")
     learning_rate: float = param(1e-3, 'measured: demo Sim2Snr1 rmse 49.0 at 150 it. vs 52.1 with 1e-4')
     lr_schedule: str = param("constant", 'learning-rate schedule', choices=("constant", "cosine", "exponential"))
     warmup_iterations: int = param(10, 'linear learning-rate ramp at the start')
@@ -71,7 +73,7 @@ class FinetuneConfig:
     convergence_tol: float = param(1e-3, 'stop when a window improves the loss by less than this (relative); 0: off')
     output: str = param("",
         'output QSM NIfTI (ppm); also OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json', flags=("-o",))
-    bids: bool = param(False, 'name the QSM the BIDS way: OUT_Chimap.nii.gz (daqsm/training_data/provenance.py)')
+    bids: bool = param(False, 'name the QSM the BIDS way: OUT_Chimap.nii.gz (daqsm/provenance.py)')
     overwrite: bool = param(False, 'replace existing outputs')
     seed: int = param(0, "seed of the weights' initial state and any randomness")
     progress: bool = param(True, 'progress bar (--quiet: none)', negation="quiet")
@@ -82,10 +84,9 @@ class FinetuneConfig:
 def output_paths(output: str) -> dict:
     """Companion files of OUT.nii.gz: OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json (sidecar),
     OUT_residual.nii.gz (QC residual map, ppm) and its sidecar OUT_residual.json."""
-    stem = output[:-7] if output.endswith(".nii.gz") else os.path.splitext(output)[0]
-    return {"qsm": output, "model": stem + "_model.keras", "log": stem + "_loss.csv",
-            "config": stem + "_config.json", "sidecar": stem + ".json",
-            "residual": stem + "_residual.nii.gz", "residual_sidecar": stem + "_residual.json"}
+    from daqsm.outputs import qsm_set
+
+    return qsm_set(output)  # the one companion rule (steps 5, infer, baselines)
 
 
 def load_target_model(path: str):
@@ -129,46 +130,52 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
     if cfg.bids:
         from dataclasses import replace
 
-        from daqsm.training_data.provenance import bids_chimap_path
+        from daqsm.provenance import bids_chimap_path
 
         cfg = replace(cfg, output=bids_chimap_path(cfg.output), bids=False)
-    paths = output_paths(cfg.output)
-    # the QSM is committed last (below): without it, companions are an interrupted run's leftovers
-    if os.path.exists(paths["qsm"]) and not cfg.overwrite:
-        raise InputError(f"output {paths['qsm']} exists; use --overwrite to replace it")
-    for path in paths.values():
-        output_path("-o", path)
+    from daqsm.output_lock import check_qsm_set, claim_qsm_set
+
+    inputs = [cfg.case] if cfg.case else [cfg.field, cfg.mask, cfg.weight]
+    check_qsm_set("-o", cfg.output, cfg.overwrite, inputs)  # the whole set, before any work
     check_params(cfg)
-    if not cfg.model:
-        raise InputError("model: give the pre-trained model with --model FILE.keras")
+    if cfg.fast:  # the pre-trained map: zero updates, everything else (QC, sidecar) as fine-tuning writes it
+        from dataclasses import replace
+
+        cfg = replace(cfg, iterations=0)
+    if not cfg.model:  # the shipped pre-trained model, verified against its manifest
+        from dataclasses import replace
+
+        from daqsm.network_model.shipped import default_model_path
+
+        cfg = replace(cfg, model=default_model_path())
     from daqsm.network_model.precision import check_precision
 
     check_precision(cfg.precision)
-    with claim_output("-o", cfg.output):
-        return _finetune(cfg, paths, monitor, monitor_every)
+    with claim_qsm_set("-o", cfg.output, cfg.overwrite, inputs) as qset:
+        return _finetune(cfg, qset, monitor, monitor_every)
 
 
-def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> int:
-    """The file shell around the core (daqsm.network_model.finetune_core), inside the output's lock."""
+def _finetune(cfg: FinetuneConfig, qset, monitor, monitor_every: int) -> int:
+    """The file shell around the core (daqsm.network_model.finetune_core), inside the lock of the output's
+    whole set (daqsm.output_lock.QsmSet); the QSM is written last (qset.commit)."""
     import csv
 
     from daqsm.network_model.finetune_core import finetune_volume
     from daqsm.network_model.model_info import save_model_atomic, spatial_divisor, write_model_info
-    from daqsm.network_model.precision import check_device
-    from daqsm.training_data.provenance import write_sidecar
-    from daqsm.training_data.volume_io import atomic_path, write_volume
+    from daqsm.network_model.precision import check_device, check_precision
+    from daqsm.outputs import atomic_path
+    from daqsm.training_data.formats.sidecar import write_sidecar
+    from daqsm.training_data.volume_io import write_volume
 
-    leftovers = [p for p in paths.values() if os.path.exists(p)]
-    if leftovers and not os.path.exists(paths["qsm"]):
-        print(f"{PROG}: note: replacing {len(leftovers)} file(s) of an interrupted run without {paths['qsm']}",
-              file=sys.stderr)
+    paths = qset.paths
+    precision = check_precision(cfg.precision)
     target = load_inputs(cfg)  # read once, checked on the loaded arrays
+    if getattr(target, "geometry_note", None):
+        print(f"{PROG}: warning: {target.geometry_note}", file=sys.stderr)
     phase = cfg.phase_rad_per_ppm or target.phase_rad_per_ppm
     if phase is None or not (phase > 0 and math.isfinite(phase)):
         raise InputError("phase scale unknown: give --b0 TESLA and --te SECONDS (or --phase_rad_per_ppm)")
-    from daqsm.network_model.precision import check_precision
-
-    check_device(check_precision(cfg.precision))
+    check_device(precision)
     model, info = load_target_model(cfg.model)
     result = finetune_volume(model, target, cfg, info, monitor, monitor_every,
                              say=lambda line: print(f"{PROG}: {line}", file=sys.stderr))
@@ -177,7 +184,9 @@ def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> 
               "nothing written (lower --learning_rate or check the field units)", file=sys.stderr)
         return 1
     os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
-    # the QSM goes last: a run killed before it leaves an incomplete set that the rerun replaces
+    # the QSM goes last: a run killed before it leaves an incomplete set that the rerun replaces, and
+    # an --overwrite rerun removes the old QSM first, so it never stands beside new companions
+    qset.start_writing()
     save_model_atomic(result.model, paths["model"])
     write_model_info(paths["model"], target.geometry.voxel_size_mm, target.geometry.b0_dir,
                      spatial_divisor(result.model), fine_tuned_on=str(cfg.case or cfg.field))
@@ -188,11 +197,16 @@ def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> 
         writer.writerows(result.log)
     write_resolved_config(cfg, paths["config"])
     ft = result.record["FineTuning"]
-    qc = write_residual(paths, result.chi, target, cfg.dipole_pad, float(phase), ft["noise_ppm"], cfg, "fine-tuned")
-    record = {"Units": "ppm", "Description": "susceptibility map, fine-tuned domain-adaptive network (step 5)",
+    what = "fine-tuned"
+    if cfg.iterations == 0:  # --fast
+        ft["stop_reason"], what = "fast: pre-trained network, no fine-tuning", "pre-trained"
+    qc = write_residual(paths, result.chi, target, cfg.dipole_pad, float(phase), ft["noise_ppm"], cfg, what)
+    record = {"Units": "ppm", "Description": f"susceptibility map, {what} domain-adaptive network (step 5)",
               **result.record, "QC": qc}
-    write_sidecar(paths["qsm"], provenance_record(cfg, target, "fine-tuned"), record)
-    write_volume(paths["qsm"], result.chi, target.affine, target.header)  # last: it marks the set complete
+    if getattr(target, "geometry_sources", None):  # where voxel size, B0 direction and affine came from
+        record["GeometrySources"] = target.geometry_sources
+    write_sidecar(paths["qsm"], provenance_record(cfg, target, what), record)
+    qset.commit(lambda qsm: write_volume(qsm, result.chi, target.affine, target.header))  # last: the set is complete
     initial, final, energy = ft["initial"], ft["final"], ft["noise_energy"]
     ratio = f", ndi / noise energy {final['ndi'] / energy:.3g}" if energy else ""
     print(f"{PROG}: stopped ({ft['stop_reason']}) after {ft['iterations']} iterations, lambda_tv "
@@ -202,9 +216,9 @@ def _finetune(cfg: FinetuneConfig, paths: dict, monitor, monitor_every: int) -> 
 
 
 def provenance_record(cfg: FinetuneConfig, target, what: str) -> dict:
-    """The sidecar's provenance keys (daqsm/training_data/provenance.py) for this run's outputs."""
+    """The sidecar's provenance keys (daqsm/provenance.py) for this run's outputs."""
+    from daqsm.provenance import build_record
     from daqsm.training_data.formats.case_folder import read_info
-    from daqsm.training_data.provenance import build_record
 
     b0 = cfg.b0_tesla
     if cfg.case and b0 is None:
@@ -216,9 +230,9 @@ def provenance_record(cfg: FinetuneConfig, target, what: str) -> dict:
 
 
 def write_residual(paths: dict, chi, target, dipole_pad, phase: float, noise_ppm, cfg, what: str) -> dict:
-    """QC residual map (daqsm/training_data/qc_residual.py) beside the QSM, with its sidecar; returns the summary."""
-    from daqsm.training_data.provenance import write_sidecar
-    from daqsm.training_data.qc_residual import residual_map_ppm, residual_summary
+    """QC residual map (daqsm/qc/residual.py) beside the QSM, with its sidecar; returns the summary."""
+    from daqsm.qc.residual import residual_map_ppm, residual_summary
+    from daqsm.training_data.formats.sidecar import write_sidecar
     from daqsm.training_data.volume_io import write_volume
 
     geometry = target.geometry

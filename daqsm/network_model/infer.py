@@ -5,12 +5,13 @@
     python network_model/infer.py --model MODEL.keras --case CASE_DIR -o OUT.nii.gz
 
 Inputs in any format daqsm.training_data.volume_io reads (NIfTI, .mat v5/v7.3 as FILE.mat[:VAR], .h5,
-.npy); the field is converted to ppm. The output keeps the field's affine and header (for non-NIfTI
-inputs an affine from --voxel-size), is 0 outside the mask, and a sidecar OUT.json records the
+.npy); the field is converted to ppm. The output keeps the field's affine and header (for .mat/.npy
+input the NIfTI mask's, else an affine from --voxel-size or 1 mm with a one-line warning:
+daqsm/training_data/field_geometry.py), is 0 outside the mask, and a sidecar OUT.json records the
 resolved settings, the input geometry and the model's training geometry (MODEL.keras.json, see
 daqsm/network_model/model_info.py); a one-line warning goes to stderr when the two differ. The sidecar is
-the provenance record of daqsm/training_data/provenance.py (plus these keys); OUT_residual.nii.gz is the
-QC data-consistency residual (ppm, daqsm/training_data/qc_residual.py) with its own sidecar.
+the provenance record of daqsm/provenance.py (plus these keys); OUT_residual.nii.gz is the
+QC data-consistency residual (ppm, daqsm/qc/residual.py) with its own sidecar.
 Inputs pass daqsm-check's checks first; --bids names the output OUT_Chimap.nii.gz.
 
 Default is overlapping-tile inference (bounded memory); --whole runs one pass on the volume
@@ -28,13 +29,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 from daqsm.config import ArgumentParser, param
 from daqsm.errors import InputError, output_path, run_cli
-from daqsm.output_lock import claim_output
-from daqsm.validate import check_numbers
-from daqsm.training_data.provenance import sidecar_path, write_sidecar
+from daqsm.output_lock import check_qsm_set, claim_qsm_set
+from daqsm.provenance import bids_chimap_path
+from daqsm.training_data.formats.sidecar import write_sidecar
 from daqsm.training_data.volume_io import NIFTI_SUFFIXES, read_field, read_mask, suffix_of, write_volume
+from daqsm.validate import check_numbers
 
 PROG = "daqsm-infer"
 QC_PAD = "auto"  # dipole padding of the QC residual's forward model (as fine-tuning's default)
@@ -44,7 +45,8 @@ QC_PAD = "auto"  # dipole padding of the QC residual's forward model (as fine-tu
 class InferConfig:
     """Settings of one inference run (config-file keys = field names; options daqsm.config)."""
 
-    model: str | None = param(None, "exported target model (.keras, contract 3)")
+    model: str | None = param(None, "exported target model (.keras, contract 3); default: the shipped model "
+                              "(daqsm/models/, docs/model-card.md)")
     field: str | None = param(None, "local field map (NIfTI, FILE.mat[:VAR], .h5, .npy); unit given by units")
     mask: str | None = param(None, "brain mask (0/1) on the field's grid")
     case: str | None = param(None, "case folder (contract 1) instead of field/mask: local_field.nii.gz (ppm), "
@@ -65,7 +67,7 @@ class InferConfig:
     overwrite: bool = param(False, "replace an existing output")
     precision: str = param("float32", "compute precision (daqsm/network_model/precision.py); the output is float32 "
                            "either way", choices=("float32", "mixed_float16", "mixed_bfloat16"))
-    bids: bool = param(False, "name the output the BIDS way, OUT_Chimap.nii.gz (daqsm/training_data/provenance.py)")
+    bids: bool = param(False, "name the output the BIDS way, OUT_Chimap.nii.gz (daqsm/provenance.py)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,13 +115,18 @@ def read_inputs(cfg: InferConfig):
     else:
         check_files(field_path, mask_path, None, units, b0_tesla, te_s, cfg.voxel_size_mm, cfg.b0_dir)
     field = read_field(field_path, units, b0_tesla, te_s)
-    mask = read_mask(mask_path, like=field.data, like_name=f"field {field_path}")
-    voxel_size = cfg.voxel_size_mm or case_info.get("voxel_size_mm") or field.voxel_size_mm
-    b0_dir = cfg.b0_dir or case_info.get("b0_dir") or field.b0_dir
-    affine = field.affine
-    if field.header is None and voxel_size is not None:  # .mat/.npy: build the affine from the voxel size
-        affine = np.diag(list(map(float, voxel_size)) + [1.0])
-    return field, mask, voxel_size, b0_dir, affine, b0_tesla
+    mask = read_mask(mask_path, like=field, like_name=f"field {field_path}")
+    from daqsm.training_data.field_geometry import assumption_line, resolve_field_geometry
+
+    # .mat/.npy carry no geometry: a NIfTI mask on the same grid lends its affine (field_geometry)
+    geom = resolve_field_geometry(field, [("mask", mask_path)], cfg.voxel_size_mm or case_info.get("voxel_size_mm"),
+                                  cfg.b0_dir or case_info.get("b0_dir"))
+    note = assumption_line(geom, f"field {field_path}")
+    if note:
+        print(f"{PROG}: warning: {note}", file=sys.stderr)
+    field.header = geom.header
+    field.attrs["geometry_sources"] = geom.sources
+    return field, mask, geom.geometry.voxel_size_mm, geom.geometry.b0_dir, geom.affine, b0_tesla
 
 
 def predict_volume(model, field_ppm, mask, divisor: int, tile=(96,), overlap=(32,), whole: bool = False,
@@ -153,25 +160,35 @@ def predict_volume(model, field_ppm, mask, divisor: int, tile=(96,), overlap=(32
     return chi, box, n_tiles
 
 
-def run(cfg: InferConfig, log=print, warn=None) -> dict:
-    """Run inference as configured; returns the record written to the sidecar."""
+def input_paths(cfg: InferConfig) -> list:
+    """What inference reads: an output may not replace any of it."""
+    return [cfg.case] if cfg.case else [cfg.field, cfg.mask, cfg.model]
+
+
+def run(cfg: InferConfig, log=print, warn=None, qset=None) -> dict:
+    """Run inference as configured; returns the record written to the sidecar.
+
+    `qset`: the held set of the output (daqsm.output_lock.claim_qsm_set); the CLI passes it.
+    """
     from daqsm.network_model import tiling
-    from daqsm.network_model.model_info import geometry_warning, load_model_file, read_model_info, resolve_model_path, spatial_divisor
+    from daqsm.network_model.model_info import (
+        geometry_warning,
+        load_model_file,
+        read_model_info,
+        resolve_model_path,
+        spatial_divisor,
+    )
 
     warn = warn or (lambda msg: print(f"{PROG}: warning: {msg}", file=sys.stderr))
     if not cfg.output:
         raise InputError("-o/--output: expected an output NIfTI path")
     if cfg.bids:
-        from daqsm.training_data.provenance import bids_chimap_path
+        from daqsm.provenance import bids_chimap_path
 
         cfg = dataclasses.replace(cfg, output=bids_chimap_path(cfg.output), bids=False)
     if suffix_of(cfg.output) not in NIFTI_SUFFIXES:
         raise InputError(f"{cfg.output}: expected an output ending in .nii or .nii.gz")
-    for path in (cfg.output, residual_path(cfg.output)):
-        if os.path.exists(path) and not cfg.overwrite:
-            raise InputError(f"{path}: output exists; give --overwrite to replace it")
-    for path in (cfg.output, residual_path(cfg.output), sidecar_path(cfg.output)):
-        output_path("-o", path)
+    check_qsm_set("-o", cfg.output, cfg.overwrite, input_paths(cfg))  # the whole set, before any work
     tiling.check_tiling(cfg.tile, cfg.overlap, 1)
     if cfg.batch_size < 1:
         raise InputError(f"--batch-size: expected a positive integer, got {cfg.batch_size}")
@@ -179,11 +196,18 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
 
     precision = check_device(cfg.precision)
     field, mask, voxel_size, b0_dir, affine, b0_tesla = read_inputs(cfg)
+    if not cfg.model:  # the shipped pre-trained model, verified against its manifest
+        from daqsm.network_model.shipped import default_model_path
+
+        cfg = dataclasses.replace(cfg, model=default_model_path())
     model = load_model_file(cfg.model)
     if precision != "float32":
         model = with_precision(model, precision)
     info = read_model_info(resolve_model_path(cfg.model))
-    divisor = cfg.divisor or info.get("divisor") or spatial_divisor(model)
+    needed = spatial_divisor(model)
+    divisor = cfg.divisor or info.get("divisor") or needed
+    if int(divisor) % int(needed):  # the network's poolings cannot take such tiles: one line, not a TF error
+        raise InputError(f"--divisor {divisor}: expected a multiple of {needed} (2**depth of {cfg.model})")
     message = geometry_warning(info, voxel_size, b0_dir)
     if message:
         warn(message)
@@ -198,25 +222,36 @@ def run(cfg: InferConfig, log=print, warn=None) -> dict:
         "input_voxel_size_mm": list(map(float, voxel_size)) if voxel_size is not None else None,
         "input_b0_dir": list(map(float, b0_dir)) if b0_dir is not None else None,
         "b0_tesla": b0_tesla, "model_info": {k: (list(v) if isinstance(v, tuple) else v) for k, v in info.items()},
-        "geometry_warning": message, "divisor": int(divisor), "mode": "whole" if cfg.whole else "tiled",
+        "geometry_warning": message, "geometry_sources": field.attrs.get("geometry_sources"),
+        "divisor": int(divisor), "mode": "whole" if cfg.whole else "tiled",
         "tiles": int(n_tiles), "seconds": round(seconds, 3), "box": [[b.start, b.stop] for b in box],
     }
-    write_volume(cfg.output, chi.astype(np.float32), affine=affine, header=field.header)
+    # the QC map and the sidecars first, the QSM last: a failing QC leaves no map that makes the set
+    # look complete (daqsm.output_lock.QsmSet)
+    if qset is not None:
+        qset.start_writing()
     record["QC"] = write_qc(cfg, chi, field.data, np.asarray(mask), voxel_size, b0_dir, b0_tesla, affine, field.header)
     write_sidecar(cfg.output, provenance_record(cfg, voxel_size, b0_dir, b0_tesla, "susceptibility map, "
                                                 "pre-trained / exported target network (inference)"), record)
+
+    def write_qsm(path):
+        write_volume(path, chi.astype(np.float32), affine=affine, header=field.header)
+
+    qset.commit(write_qsm) if qset is not None else write_qsm(cfg.output)
     log(f"wrote {cfg.output}: chi in ppm, shape {chi.shape}, {record['mode']} ({n_tiles} tiles), "
         f"{seconds:.1f} s")
     return record
 
 
 def residual_path(output: str) -> str:
-    """OUT.nii.gz -> OUT_residual.nii.gz (QC map, ppm)."""
-    return output[: -len(suffix_of(output))] + "_residual.nii.gz"
+    """OUT.nii.gz -> OUT_residual.nii.gz (QC map, ppm): the companion rule of daqsm.outputs.qsm_set."""
+    from daqsm.outputs import qsm_set
+
+    return qsm_set(output)["residual"]
 
 
 def provenance_record(cfg: InferConfig, voxel_size, b0_dir, b0_tesla, description: str) -> dict:
-    from daqsm.training_data.provenance import build_record
+    from daqsm.provenance import build_record
 
     return build_record(description, "ppm", sources=[cfg.case] if cfg.case else [cfg.field, cfg.mask],
                         b0_tesla=b0_tesla, b0_dir=b0_dir, voxel_size_mm=voxel_size, dipole_pad=QC_PAD,
@@ -224,12 +259,11 @@ def provenance_record(cfg: InferConfig, voxel_size, b0_dir, b0_tesla, descriptio
 
 
 def write_qc(cfg: InferConfig, chi, field_ppm, mask, voxel_size, b0_dir, b0_tesla, affine, header) -> dict:
-    """QC residual map beside the output, defined as fine-tuning's (daqsm/training_data/qc_residual.py).
+    """QC residual map beside the output, defined as fine-tuning's (daqsm/qc/residual.py).
 
     A case folder gives fine-tuning's W (2nd echo magnitude) and phase scale (daqsm.network_model.target_data);
     separate files W = mask and the phase scale from --b0/--te (the small-angle form without them).
     """
-    from daqsm.training_data.qc_residual import residual_map_ppm, residual_summary
     from daqsm.training_data.units import rad_per_ppm
 
     weight = None
@@ -240,9 +274,8 @@ def write_qc(cfg: InferConfig, chi, field_ppm, mask, voxel_size, b0_dir, b0_tesl
         weight, phase = target.weight, target.phase_rad_per_ppm
     else:
         phase = rad_per_ppm(b0_tesla, cfg.te_s) if b0_tesla and cfg.te_s else None
-    residual = residual_map_ppm(chi, field_ppm, mask, weight, voxel_size or (1.0, 1.0, 1.0),
-                                b0_dir or (0.0, 0.0, 1.0), QC_PAD, phase)
-    summary = residual_summary(residual, field_ppm, mask, weight)
+    residual, summary = qc_in_brain_box(chi, field_ppm, mask, weight, voxel_size or (1.0, 1.0, 1.0),
+                                        b0_dir or (0.0, 0.0, 1.0), phase)
     out = residual_path(cfg.output)
     write_volume(out, residual, affine=affine, header=header)
     write_sidecar(out, provenance_record(cfg, voxel_size, b0_dir, b0_tesla, "weighted data-consistency residual "
@@ -251,8 +284,27 @@ def write_qc(cfg: InferConfig, chi, field_ppm, mask, voxel_size, b0_dir, b0_tesl
     return summary
 
 
+def qc_in_brain_box(chi, field_ppm, mask, weight, voxel_size, b0_dir, phase):
+    """The QC residual computed on the mask's bounding box, not the whole grid (issue 23).
+
+    W is 0 outside the mask and chi is 0 outside the box, so only the box's padded FFT is needed:
+    peak memory is set by the brain, not the grid (benchmarks/results_infer.md). Returns the residual
+    float32 (x, y, z) ppm on the full grid and its summary.
+    """
+    from daqsm.network_model.tiling import brain_box
+    from daqsm.qc.residual import residual_map_ppm, residual_summary
+
+    box = brain_box(mask, 8)  # 4 voxels of margin: the noise estimate's neighbourhood stays inside
+    weight_b = None if weight is None else np.asarray(weight)[box]
+    residual_b = residual_map_ppm(chi[box], field_ppm[box], mask[box], weight_b, voxel_size, b0_dir, QC_PAD, phase)
+    summary = residual_summary(residual_b, field_ppm[box], mask[box], weight_b)
+    residual = np.zeros(np.shape(chi), np.float32)
+    residual[box] = residual_b
+    return residual, summary
+
+
 def main(argv=None) -> int:
-    from daqsm.training_data.provenance import command
+    from daqsm.provenance import command
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -261,8 +313,9 @@ def main(argv=None) -> int:
         cfg = resolve_config(args)
         if cfg.output:
             output_path("-o", cfg.output)
-            with claim_output("-o", cfg.output):
-                run(cfg)
+            output = cfg.output if not cfg.bids else bids_chimap_path(cfg.output)
+            with claim_qsm_set("-o", output, cfg.overwrite, input_paths(cfg)) as qset:
+                run(cfg, qset=qset)
         else:
             run(cfg)
         return 0

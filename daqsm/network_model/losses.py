@@ -162,3 +162,27 @@ def finetune_loss(ndi, tv, lambda_tv: float):
 def finetune_terms(ndi, tv, lambda_tv: float) -> dict:
     """Step 5's logged terms: loss, ndi, tv and tv_weighted."""
     return {"loss": finetune_loss(ndi, tv, lambda_tv), "ndi": ndi, "tv": tv, "tv_weighted": lambda_tv * tv}
+
+
+def ndi_excess(ndi_per_sample, floor_per_sample):
+    """The data term that cannot over-fit: max(NDI - floor, 0) per sample (a discrepancy hinge).
+
+    Why: the true chi does not bring NDI to 0 on a measured field (noise, model error such as
+    intra-voxel dephasing, sources outside a crop); pushing NDI below the level the truth reaches
+    fits those instead of susceptibility. Above the floor the gradient is NDI's; below it, zero.
+
+    Args:
+        ndi_per_sample: float32 (batch,), `ndi_loss`.
+        floor_per_sample: float32 (batch,) or scalar, the level the truth is expected to reach.
+    """
+    return tf.nn.relu(ndi_per_sample - tf.cast(floor_per_sample, tf.float32))
+
+
+def pretrain_terms_floored(l1, ndi, excess, floor, tv, lambda_ndi: float, lambda_tv: float) -> dict:
+    """Step 4's logged terms with a floored data term: L = L1 + lambda_ndi * excess + lambda_tv * TV.
+
+    `ndi` (the raw batch-mean NDI) and `ndi_floor` (the batch-mean floor) are logged side by side;
+    `ndi_weighted` = lambda_ndi * excess is what the loss holds.
+    """
+    terms = pretrain_terms(l1, excess, tv, lambda_ndi, lambda_tv)
+    return {**terms, "ndi": ndi, "ndi_floor": floor, "ndi_excess": excess}

@@ -35,8 +35,10 @@ B0_ANGLE_TOL_DEG = 5.0
 
 
 def info_path(model_path) -> str:
-    """Sidecar path of a model file: MODEL.keras -> MODEL.keras.json."""
-    return f"{model_path}.json"
+    """Sidecar path of a model file: MODEL.keras -> MODEL.keras.json (the rule: daqsm.outputs)."""
+    from daqsm.outputs import model_info_path
+
+    return model_info_path(model_path)
 
 
 def write_model_info(model_path, voxel_size_mm=None, b0_dir=None, divisor: int | None = None, **extra) -> str:
@@ -161,6 +163,10 @@ def load_model_file(path) -> "keras.Model":  # noqa: F821
         raise InputError(f"model {path}: expected a Keras 3 model file ending in .keras")
     import zipfile
 
+    from daqsm.network_model.shipped import is_shipped, verify
+
+    if is_shipped(path):  # the shipped file loads only as its manifest pins it (SHA-256)
+        verify(path)
     if not zipfile.is_zipfile(path):  # Keras would report a foreign file as "File not found"
         raise InputError(f"model {path}: cannot load as a Keras model: not a Keras archive (a .keras file is a zip)")
     from daqsm.tf_env import import_tensorflow

@@ -10,9 +10,16 @@ and `te_s`, or `phase_rad_per_ppm`, normalised so the original weights 1 : 20 : 
 meaning at every B0 and TE; TV inside the mask per mask voxel). The log has each raw term and each
 weighted term (`ndi_weighted` = lambda_ndi * ndi, `tv_weighted` = lambda_tv * tv). Source and target
 batches may differ in size: large target crops (the field inside a patch has sources outside it,
-so data consistency needs them) with `target_batch_size` crops per step. The run folder holds `config.json` (resolved config),
-`log.csv`, `tensorboard/`, `checkpoints/` (resume after a kill: rerun the same command) and, at
-the end, `target_model.keras` (data contract 3).
+so data consistency needs them) with `target_batch_size` crops per step. With `ndi_floor` the
+data term is max(NDI - floor, 0) per crop (daqsm/network_model/pretrain_core.py): the log then
+has `ndi` (raw), `ndi_floor` and `ndi_excess` side by side, and `ndi_weighted` = lambda_ndi * excess.
+
+This module is the file shell around daqsm/network_model/pretrain_core.py (which `daqsm.pretrain`
+calls on arrays, writing nothing): groups of the patch file that fit `in_memory_gb` are read once
+into memory, larger ones per patch. The run folder holds `config.json` (resolved config),
+`log.csv`, `tensorboard/`, `checkpoints/` (resume after a kill: rerun the same command) and
+`target_model.keras` (data contract 3). Long runs go in chunks: `--max_minutes M` stops after M
+minutes with a checkpoint and the model of that step exported; the same command continues.
 
 Usage:
     python network_model/train_model/train.py --datasets_path patches.h5 --run_dir runs/pre
@@ -20,6 +27,7 @@ Usage:
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -27,8 +35,18 @@ from dataclasses import dataclass
 
 from daqsm.config import param
 from daqsm.errors import InputError, output_path
-from daqsm.validate import check_numbers
 from daqsm.network_model.config import write_resolved_config
+from daqsm.network_model.pretrain_core import (  # noqa: F401  (their home; names kept here for callers)
+    build_loss_fn,
+    check_replicas,
+    check_run,
+    make_validate,
+    nonfinite_reason,
+    phase_scale,
+    target_batch,
+)
+from daqsm.outputs import write_text_atomic
+from daqsm.validate import check_numbers
 
 PROG = "train.py (step 4)"
 
@@ -67,77 +85,13 @@ class PretrainConfig:
     collective_timeout_s: float = param(300.0, 'multiworker: a collective waiting longer ends the run (0: no bound)')
     precision: str = param("float32",
         'compute precision (daqsm/network_model/precision.py)', choices=("float32", "mixed_float16", "mixed_bfloat16"))
+    ndi_floor: str = param("none", "target data term max(NDI - floor, 0) per crop: none | noise (ndi_floor_tau x "
+                           "the NDI the crop's estimated noise leaves) | a number (normalised NDI)")
+    ndi_floor_tau: float = param(1.0, 'factor on the noise floor (ndi_floor noise)')
+    in_memory_gb: float = param(2.0, 'read a patch group into memory once when it fits this (0: per-patch reads)')
+    max_minutes: float = param(0.0, 'stop checkpointed after this wall time, rerun to continue (0: no limit)')
     resume: bool = param(True, "continue from the run folder's last checkpoint")
     progress: bool = param(True, 'progress bar (--quiet: none)', negation="quiet")
-
-
-def phase_scale(cfg: PretrainConfig, target) -> float:
-    """Radians per ppm for NDI: the config value, else from the target group's B0 and TE."""
-    from daqsm.training_data.units import rad_per_ppm
-
-    if cfg.phase_rad_per_ppm is not None:
-        if not (cfg.phase_rad_per_ppm > 0 and math.isfinite(cfg.phase_rad_per_ppm)):
-            raise InputError(f"phase_rad_per_ppm: expected a positive number, got {cfg.phase_rad_per_ppm}")
-        return float(cfg.phase_rad_per_ppm)
-    if target.b0_tesla is None or target.te_s is None:
-        raise InputError(f"{target.path}: /target has no b0_tesla/te_s attributes; "
-                         "set phase_rad_per_ppm (radians per ppm, 2*pi*gamma_bar*B0*TE)")
-    return rad_per_ppm(target.b0_tesla, target.te_s)
-
-
-def build_loss_fn(model, dipole, phase_rad_per_ppm: float, cfg: PretrainConfig, training: bool = True):
-    """Per-replica loss of one (source, target) batch pair -> dict of scalar terms."""
-    from daqsm.network_model.losses import l1_loss, ndi_loss, pretrain_terms, tv_loss
-    from daqsm.network_model.training_loop import replica_mean
-
-    def loss_fn(batch):
-        (s_field, s_mask, s_chi), (t_field, t_mask, t_weight) = batch
-        chi_s = model([s_field, s_mask], domain=0, training=training)
-        chi_t = model([t_field, t_mask], domain=1, training=training)
-        l1 = replica_mean(l1_loss(chi_s, s_chi, s_mask, cfg.label_scale))
-        ndi = replica_mean(ndi_loss(chi_t, t_field, t_weight, t_mask, dipole, phase_rad_per_ppm))
-        tv = replica_mean(tv_loss(chi_t, t_mask, cfg.label_scale))
-        return pretrain_terms(l1, ndi, tv, cfg.lambda_ndi, cfg.lambda_tv)
-
-    return loss_fn
-
-
-def target_batch(cfg: PretrainConfig) -> int:
-    """Target crops per step (`target_batch_size`, or `batch_size` when 0)."""
-    return cfg.target_batch_size or cfg.batch_size
-
-
-def make_validate(model, dipole, phase: float, cfg: PretrainConfig, source, target, src_val, tgt_val):
-    """Validation on the held-out patches (inference-mode BN), or None when there are none."""
-    import numpy as np
-    import tensorflow as tf
-
-    from daqsm.network_model.data import patch_dataset
-    from daqsm.network_model.losses import l1_loss, ndi_loss, pretrain_loss, tv_loss
-
-    if len(src_val) == 0 or len(tgt_val) == 0:
-        return None
-    src_ds = patch_dataset(source, src_val, cfg.batch_size, shuffle=False, repeat=False, drop_remainder=False)
-    tgt_ds = patch_dataset(target, tgt_val, target_batch(cfg), shuffle=False, repeat=False, drop_remainder=False)
-
-    @tf.function
-    def src_terms(field, mask, chi):
-        return l1_loss(model([field, mask], domain=0, training=False), chi, mask, cfg.label_scale)
-
-    @tf.function
-    def tgt_terms(field, mask, weight):
-        chi = model([field, mask], domain=1, training=False)
-        return ndi_loss(chi, field, weight, mask, dipole, phase), tv_loss(chi, mask, cfg.label_scale)
-
-    def validate():
-        l1 = np.concatenate([src_terms(*b).numpy() for b in src_ds]).mean()
-        pairs = [tgt_terms(*b) for b in tgt_ds]
-        ndi = np.concatenate([p[0].numpy() for p in pairs]).mean()
-        tv = np.concatenate([p[1].numpy() for p in pairs]).mean()
-        return {"val_loss": pretrain_loss(l1, ndi, tv, cfg.lambda_ndi, cfg.lambda_tv), "val_l1": l1, "val_ndi": ndi,
-                "val_tv": tv}
-
-    return validate
 
 
 def pretrain(cfg: PretrainConfig) -> int:
@@ -151,37 +105,22 @@ def pretrain(cfg: PretrainConfig) -> int:
 
     tf = import_tensorflow()
 
-    from daqsm.errors import choices_message
-    from daqsm.network_model.data import read_patch_group, split_indices
+    from daqsm.network_model.data import load_patch_group, read_patch_group
     from daqsm.network_model.distributed import WorkerOutput, is_chief
     from daqsm.network_model.precision import check_device
-    from daqsm.network_model.training_loop import SCHEDULES, make_strategy
-    from daqsm.network_model.unet import check_spatial_shape
+    from daqsm.network_model.pretrain_core import run_schedule
+    from daqsm.network_model.training_loop import make_strategy
 
     source = read_patch_group(cfg.datasets_path, "source")
     target = read_patch_group(cfg.targetdata_path or cfg.datasets_path, "target")
-    for info in (source, target):
-        try:
-            check_spatial_shape(info.patch_size, cfg.depth)
-        except ValueError as err:
-            raise InputError(f"{info.path}: /{info.group} patches {info.patch_size}: {err}") from None
-    if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.max_steps < 0 or cfg.target_batch_size < 0:
-        raise InputError("batch_size and epochs must be >= 1, max_steps and target_batch_size >= 0")
-    phase = phase_scale(cfg, target)
-    if str(cfg.lr_schedule).lower() not in SCHEDULES:  # before anything is written (and before any TF op:
-        raise choices_message("lr_schedule", cfg.lr_schedule, SCHEDULES)  # multiworker needs a fresh runtime)
-    check_device(cfg.precision)
+    phase = check_run(cfg, source, target)  # before anything is written (and before any TF op:
+    check_device(cfg.precision)             # multiworker needs a fresh runtime)
     strategy = make_strategy(cfg.strategy, cfg.collective_timeout_s)
     chief = is_chief(strategy)
-    for name, size in (("batch_size", cfg.batch_size), ("target_batch_size", target_batch(cfg))):
-        if size % strategy.num_replicas_in_sync:
-            raise InputError(f"{name} {size} must be divisible by the {strategy.num_replicas_in_sync} replicas")
-
-    src_train, src_val = split_indices(source.count, cfg.val_fraction, cfg.seed)
-    tgt_train, tgt_val = split_indices(target.count, cfg.val_fraction, cfg.seed + 1)
-    steps_per_epoch = cfg.steps_per_epoch or max(1, math.ceil(len(src_train) / cfg.batch_size),
-                                                  math.ceil(len(tgt_train) / target_batch(cfg)))
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    check_replicas(cfg, strategy)
+    # groups that fit are decoded once instead of one chunk per patch at every step
+    source, target = (load_patch_group(g, cfg.in_memory_gb * 2**30) for g in (source, target))
+    src_train, src_val, tgt_train, tgt_val, steps_per_epoch, total = run_schedule(cfg, source, target)
 
     ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")  # the chief's: every worker resumes from it
     if not cfg.resume and tf.train.latest_checkpoint(ckpt_dir):
@@ -192,9 +131,13 @@ def pretrain(cfg: PretrainConfig) -> int:
 
     # one run per folder: a second one stops with "in use by PID N" instead of doubling the log (the
     # chief's folder; other workers write to their own temp folders)
-    lock = claim_output("--run_dir", cfg.run_dir, kind="folder") if chief else contextlib.nullcontext()
+    # the run folder is new, empty or one this command made (its marker), never a user's folder
+    created = not os.path.isdir(cfg.run_dir)
+    lock = claim_output("--run_dir", cfg.run_dir, kind="folder", command="daqsm-train") if chief \
+        else contextlib.nullcontext()
     with lock:
-        created = not os.path.isdir(cfg.run_dir)
+        if chief and tf.train.latest_checkpoint(ckpt_dir):
+            check_resume_matches(cfg, os.path.join(cfg.run_dir, "config.json"))
         try:
             with WorkerOutput(cfg.run_dir, strategy) as out:  # non-chief workers write to a removed temp folder
                 return _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val, tgt_train,
@@ -209,27 +152,74 @@ def pretrain(cfg: PretrainConfig) -> int:
             raise
 
 
+# options that may change when a run is resumed: how long it runs and how it reports, not what it learns
+RESUMABLE = {"run_dir", "resume", "progress", "epochs", "max_steps", "keep_checkpoints", "validate_every",
+             "checkpoint_every", "strategy", "collective_timeout_s", "max_minutes", "in_memory_gb"}
+
+
+PATCH_PRINTS = "patch_files.json"  # size and digest of the patch files the run started with
+
+
+def check_resume_matches(cfg: PretrainConfig, config_path: str) -> None:
+    """A resumed run keeps the config and the patch files it started with (else: one line naming the keys)."""
+    from daqsm.config import config_to_dict
+
+    try:
+        with open(config_path, encoding="utf-8") as fh:
+            before = json.load(fh)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as err:
+        raise InputError(f"{config_path}: cannot read the run's config to resume ({err}); "
+                         "use another --run_dir") from None
+    now = config_to_dict(cfg)
+    before = before if isinstance(before, dict) else {}
+    def same(key) -> bool:
+        if key in ("datasets_path", "targetdata_path") and before[key] and now[key]:  # one file, two spellings
+            return os.path.realpath(str(before[key])) == os.path.realpath(str(now[key]))
+        return before[key] == now[key]
+
+    differ = sorted(k for k in now if k not in RESUMABLE and k in before and not same(k))
+    try:
+        with open(os.path.join(os.path.dirname(config_path), PATCH_PRINTS), encoding="utf-8") as fh:
+            started = json.load(fh)
+    except (OSError, ValueError):
+        started = None  # a run of an earlier version: only the config is compared
+    if started is not None and started != patch_fingerprints(cfg):
+        differ.append("patch file contents")
+    if differ:
+        raise InputError(f"--run_dir {cfg.run_dir}: resuming with a different {', '.join(differ)} than the run "
+                         "started with; give the same values, or another --run_dir to start a new run")
+
+
+def patch_fingerprints(cfg: PretrainConfig) -> dict:
+    """Size and digest of the first and last MiB of each patch file: a replaced file is noticed at resume."""
+    import hashlib
+
+    prints = {}
+    for path in dict.fromkeys(p for p in (cfg.datasets_path, cfg.targetdata_path or cfg.datasets_path) if p):
+        digest = hashlib.sha1()
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            digest.update(fh.read(1 << 20))
+        prints[os.path.basename(path)] = [size, digest.hexdigest()]
+    return prints
+
+
 def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val, tgt_train, tgt_val, phase,
            steps_per_epoch, total) -> int:
     """The part of `pretrain` that runs on every worker; writes go to `out` (the run folder on the chief)."""
-    from daqsm.tf_env import seed_everything
-    from daqsm.network_model.data import patch_dataset
-    from daqsm.network_model.distributed import check_same_step, distribute_options, is_lost_peer, lost_worker_message
+    from daqsm.network_model.distributed import check_same_step, is_lost_peer, lost_worker_message
     from daqsm.network_model.model_info import save_model_atomic, write_model_info
-    from daqsm.network_model.precision import needs_loss_scale, precision_policy
-    from daqsm.network_model.training_loop import LossLog, make_optimizer, make_train_step, run_loop
-    from daqsm.network_model.unet import DomainAdaptiveUNet, export_target_model
-    from daqsm.training_data.dipole import dipole_operator_tf
+    from daqsm.network_model.pretrain_core import build_trainer, make_batches
+    from daqsm.network_model.training_loop import LossLog, run_loop
+    from daqsm.network_model.unet import export_target_model
 
-    seed_everything(cfg.seed)
-    with strategy.scope(), precision_policy(cfg.precision):
-        model = DomainAdaptiveUNet(cfg.depth, cfg.base_filters, 2, cfg.input_scale, cfg.label_scale,
-                                   cfg.bn_momentum).build_for(target.patch_size)
-        optimizer = make_optimizer(cfg.learning_rate, cfg.lr_schedule, cfg.lr_decay_steps or total,
-                                   cfg.lr_decay_rate, loss_scale=needs_loss_scale(cfg.precision))
-        optimizer.build(model.trainable_variables)
-        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    checkpoint = tf.train.Checkpoint(step=step_var, model=model, optimizer=optimizer)
+    trainer = build_trainer(cfg, tf, strategy, source, target, src_val, tgt_val, phase, total)
+    model, step_var = trainer.model, trainer.step_var
+    checkpoint = tf.train.Checkpoint(step=step_var, model=model, optimizer=trainer.optimizer)
     manager = tf.train.CheckpointManager(checkpoint, out.join("checkpoints"), max_to_keep=cfg.keep_checkpoints)
     latest = tf.train.latest_checkpoint(ckpt_dir)
     if latest:
@@ -244,15 +234,10 @@ def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val,
         # written only now that the schedule, the patches and the checkpoint are known to fit: a rejected
         # resume leaves the run's config as it was
         write_resolved_config(cfg, out.join("config.json"))
+        write_text_atomic(out.join(PATCH_PRINTS), json.dumps(patch_fingerprints(cfg)) + "\n")
 
-    dipole = dipole_operator_tf(target.patch_size, target.voxel_size_mm, target.b0_dir, cfg.dipole_pad)
-    epoch = int(step_var.numpy()) // steps_per_epoch  # reshuffle differently after a resume
-    src_ds = patch_dataset(source, src_train, cfg.batch_size, seed=cfg.seed + 7919 * epoch)
-    tgt_ds = patch_dataset(target, tgt_train, target_batch(cfg), seed=cfg.seed + 1 + 7919 * epoch)
-    pairs = distribute_options(tf.data.Dataset.zip((src_ds, tgt_ds)), strategy)
-    batches = iter(strategy.experimental_distribute_dataset(pairs))
-    step_fn = make_train_step(strategy, model, optimizer, build_loss_fn(model, dipole, phase, cfg))
-    validate = make_validate(model, dipole, phase, cfg, source, target, src_val, tgt_val)
+    batches = make_batches(cfg, tf, strategy, trainer, source, target, src_train, tgt_train, steps_per_epoch)
+    step_fn, validate = trainer.step_fn, trainer.validate
 
     log = LossLog(out.join("log.csv"), out.join("tensorboard"))
     log.truncate_after(int(step_var.numpy()))
@@ -260,7 +245,8 @@ def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val,
         result = run_loop(step_fn, batches, step_var, total, log, manager=manager,
                           checkpoint_every=cfg.checkpoint_every or steps_per_epoch, validate=validate,
                           validate_every=cfg.validate_every or steps_per_epoch, progress=cfg.progress and out.chief,
-                          desc="pre-training", healthy=lambda: nonfinite_reason(model, {}))
+                          desc="pre-training", healthy=lambda: nonfinite_reason(model, {}),
+                          max_seconds=60.0 * cfg.max_minutes)
     except tf.errors.OpError as err:
         if strategy.num_replicas_in_sync < 2 or not is_lost_peer(err):
             raise
@@ -283,7 +269,10 @@ def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val,
     if not out.chief:
         return 0  # only the chief exports (its checkpoints are the ones a restart reads)
     model_path = out.join("target_model.keras")
-    if result.step < total:
+    if result.reason == "time":
+        print(f"{PROG}: max_minutes {cfg.max_minutes:g} reached at step {result.step} of {total} "
+              "(checkpointed; the exported model is this step's): rerun the same command to continue", file=sys.stderr)
+    elif result.step < total:
         print(f"{PROG}: stopped at step {result.step} of {total}", file=sys.stderr)
     save_model_atomic(export_target_model(model, domain=1), model_path)
     # the training geometry beside the model, so inference can warn on a different one
@@ -291,19 +280,6 @@ def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val,
     terms = ", ".join(f"{k}={v:.4g}" for k, v in result.terms.items())
     print(f"{PROG}: step {result.step}/{total} {terms}; target model: {model_path}")
     return 0
-
-
-def nonfinite_reason(model, terms: dict) -> str | None:
-    """Why a trained model must not be exported: NaN/Inf weights or validation terms, else None."""
-    import numpy as np
-
-    bad_terms = [k for k, v in terms.items() if k.startswith("val_") and not np.isfinite(v)]
-    if bad_terms:
-        return f"non-finite validation loss ({', '.join(bad_terms)})"
-    for weight in model.weights:
-        if not np.all(np.isfinite(np.asarray(weight))):
-            return f"non-finite weights in {weight.path if hasattr(weight, 'path') else weight.name}"
-    return None
 
 
 def check_options(cfg: PretrainConfig) -> None:
@@ -315,6 +291,7 @@ def check_options(cfg: PretrainConfig) -> None:
                         "lr_decay_rate": "positive", "lambda_ndi": "non_negative", "lambda_tv": "non_negative",
                         "phase_rad_per_ppm": "positive", "val_fraction": (0.0, 0.9), "validate_every": "int>=0",
                         "checkpoint_every": "int>=0", "keep_checkpoints": "int>=1",
-                        "collective_timeout_s": "non_negative"})
+                        "collective_timeout_s": "non_negative", "ndi_floor_tau": "non_negative",
+                        "in_memory_gb": "non_negative", "max_minutes": "non_negative"})
 
 

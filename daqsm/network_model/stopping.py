@@ -5,7 +5,7 @@ fits the noise of the field too; the discrepancy principle (Morozov) stops at th
 whose data residual is as small as the noise alone would leave. Here:
 
     noise level   sigma_w: std of W * noise of the field (ppm), estimated from the data
-                  (daqsm.training_data.noise.estimate_noise_ppm);
+                  (daqsm.qc.noise.estimate_noise_ppm);
     noise energy  E = (ref / s)^2 * 2 (1 - exp(-s^2 sigma_w^2 / 2)), the expected value of the
                   normalised NDI term (daqsm.network_model.losses.ndi_loss, s = phase scale in rad/ppm,
                   ref = NDI_REFERENCE_RAD_PER_PPM) when D * chi is the true field: for small
@@ -20,7 +20,7 @@ be fitted below), in the same normalised NDI units; step 5 passes max(E, T) as `
 (`--stop-model-error`, default on), so the test fires where the data are fitted as well as the
 objective's classic minimiser fits them.
 
-Noise estimate (daqsm/training_data/noise.py, shared with nonlinear TV's alpha rule): the finest diagonal
+Noise estimate (daqsm/qc/noise.py, shared with nonlinear TV's alpha rule): the finest diagonal
 Haar coefficient of W * field over 2x2x2 blocks inside the mask, sigma = median(|d|) / 0.6745
 (Donoho and Johnstone, Biometrika 1994;81:425): white noise keeps its std, a field smooth over 2
 voxels cancels, the median ignores the few blocks on sharp edges. The estimate assumes white field

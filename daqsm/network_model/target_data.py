@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from daqsm.errors import InputError, shape_mismatch
+from daqsm.training_data.field_geometry import assumption_line, resolve_field_geometry
 from daqsm.training_data.formats import case_folder
 from daqsm.training_data.geometry import Geometry
 from daqsm.training_data.units import rad_per_ppm
@@ -32,7 +33,10 @@ class TargetVolume:
         weight: float32 (x, y, z) in [0, 1], 0 outside the mask.
         geometry: shape, voxel size (mm), B0 direction (voxel axes).
         phase_rad_per_ppm: radians per ppm for the NDI loss, None when B0/TE are unknown.
-        affine, header: of the field file (kept for the output NIfTI).
+        affine, header: of the field file, or of a NIfTI mask/weight when the field has none (kept for
+            the output NIfTI; daqsm.training_data.field_geometry).
+        geometry_sources: where each geometry value came from (file, companion, option, default).
+        geometry_note: one line when a default geometry was assumed, else None.
     """
 
     field_ppm: np.ndarray
@@ -42,6 +46,8 @@ class TargetVolume:
     phase_rad_per_ppm: float | None
     affine: np.ndarray
     header: object = None
+    geometry_sources: dict | None = None
+    geometry_note: str | None = None
 
 
 def load_case(folder, voxel_size_mm=None, b0_dir=None, check: bool = False) -> TargetVolume:
@@ -99,7 +105,7 @@ def load_files(field_path, mask_path, weight_path=None, units: str = "ppm", b0_t
     if check and str(units).lower() not in ("ppm", "ppb", "hz", "rad"):
         raise InputError(f"units: expected one of ppm, ppb, hz, rad, found {units!r}")
     field = read_field(field_path, units, b0_tesla, te_s)
-    mask = read_mask(mask_path, field.data, f"field {field_path}").astype(np.float32)
+    mask = read_mask(mask_path, field, f"field {field_path}").astype(np.float32)
     if check:
         check_geometry(field, f"field {field_path}", voxel_size_mm, b0_dir)
         check_field_values(field.data, mask > 0, f"field {field_path}", str(units))
@@ -115,11 +121,10 @@ def load_files(field_path, mask_path, weight_path=None, units: str = "ppm", b0_t
     else:
         weight = mask.copy()
     phase = rad_per_ppm(b0_tesla, te_s) if b0_tesla and te_s else None
-    geometry = field.geometry(voxel_size_mm, b0_dir)
-    affine = field.affine
-    if field.voxel_size_mm is None:  # .mat/.npy carry no geometry: the output affine uses the voxel size
-        affine = np.diag(list(geometry.voxel_size_mm) + [1.0])
-    return TargetVolume(field.data * mask, mask, weight, geometry, phase, affine, field.header)
+    # .mat/.npy carry no geometry: a NIfTI mask or weight on the same grid lends its affine
+    geom = resolve_field_geometry(field, [("mask", mask_path), ("magnitude", weight_path)], voxel_size_mm, b0_dir)
+    return TargetVolume(field.data * mask, mask, weight, geom.geometry, phase, geom.affine, geom.header,
+                        geom.sources, assumption_line(geom, f"field {field_path}"))
 
 
 def target_from_arrays(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),

@@ -152,20 +152,43 @@ class LossLog:
         self.csv_path = csv_path
         self._columns: list | None = None
         if os.path.exists(csv_path) and os.path.getsize(csv_path) > 0:
-            with open(csv_path, newline="", encoding="utf-8") as fh:
-                self._columns = next(csv.reader(fh), None)
+            self._columns = self._read_rows()[0]
         self._writer = tf.summary.create_file_writer(tensorboard_dir) if tensorboard_dir else None
 
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after `step` (a run killed after its last checkpoint logged them)."""
         if self._columns is None:
             return
-        with open(self.csv_path, newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.DictReader(fh) if int(float(r["step"])) <= step]
-        with open(self.csv_path, "w", newline="", encoding="utf-8") as fh:
+        from daqsm.outputs import atomic_path
+
+        rows = [r for r in self._read_rows()[1] if int(float(r["step"])) <= step]
+        with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, self._columns, restval="")
             writer.writeheader()
             writer.writerows(rows)
+
+    def _read_rows(self) -> tuple:
+        """(columns, rows) of an existing log; a log edited by hand into something else is one line."""
+        from daqsm.errors import InputError
+
+        try:
+            with open(self.csv_path, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                rows = list(reader)
+                columns = list(reader.fieldnames or [])
+            if "step" not in columns:
+                raise ValueError("no 'step' column")
+            for number, row in enumerate(rows, start=2):
+                try:
+                    float(row["step"])
+                    if not float(row["step"]).is_integer():
+                        raise ValueError
+                except (TypeError, ValueError):
+                    raise ValueError(f"line {number}: step {row.get('step')!r} is not an integer") from None
+        except (UnicodeDecodeError, ValueError, csv.Error) as err:
+            raise InputError(f"{self.csv_path}: cannot resume this log ({str(err).splitlines()[0][:120]}); "
+                             "restore it or start a new run in another folder") from None
+        return columns, rows
 
     def write(self, step: int, terms: dict) -> None:
         row = {"step": int(step), **{k: float(v) for k, v in terms.items()}}
@@ -197,6 +220,22 @@ class LossLog:
             self._writer.flush()
 
 
+class MemoryLog:
+    """`LossLog`'s interface without files: the rows stay in `rows` (the array-first steps)."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def truncate_after(self, step: int) -> None:
+        self.rows = [r for r in self.rows if r["step"] <= step]
+
+    def write(self, step: int, terms: dict) -> None:
+        self.rows.append({"step": int(step), **{k: float(v) for k, v in terms.items()}})
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class LoopResult:
     """How the loop ended: last completed step, reason ('done', 'converged', 'nan'), last terms."""
@@ -209,7 +248,8 @@ class LoopResult:
 def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossLog, *,
              manager: tf.train.CheckpointManager | None = None, checkpoint_every: int = 0,
              validate=None, validate_every: int = 0, convergence=None,
-             log_every: int = 1, progress: bool = True, desc: str = "train", healthy=None) -> LoopResult:
+             log_every: int = 1, progress: bool = True, desc: str = "train", healthy=None,
+             max_seconds: float = 0.0) -> LoopResult:
     """Run optimisation steps from `step_var` up to `max_steps`.
 
     Args:
@@ -226,6 +266,8 @@ def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossL
         progress: show a tqdm bar with the loss terms.
         healthy: optional callable() -> reason or None, called before each checkpoint and at the end
             (the loss is checked before each update, so the weights after the last one may be NaN).
+        max_seconds: stop after the first step that ends past this wall time (0: no limit), with
+            reason 'time' and a checkpoint: long runs go in chunks, each call resumes the last.
 
     Returns:
         LoopResult. On a non-finite loss the loop stops without saving and reason is 'nan'; an early
@@ -265,6 +307,9 @@ def run_loop(step_fn, batches, step_var: tf.Variable, max_steps: int, log: LossL
                 manager.save(checkpoint_number=step)
             if stop:
                 result = LoopResult(step, stop, terms)
+                break
+            if max_seconds and not is_last and time.perf_counter() - t0 >= max_seconds:
+                result = LoopResult(step, "time", terms)
                 break
         else:
             result = LoopResult(result.step, "done", result.terms)

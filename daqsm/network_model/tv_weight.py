@@ -6,7 +6,7 @@ built-in 3 mm cases, and the weight that is right changes with the noise, the vo
 
 The rule: nonlinear TV (daqsm.training_data.tv_inversion.ndi_tv, the fast classic solver of the *same*
 objective: same field, weight W, dipole kernel, FFT padding and phase scale) is run over a log grid of
-alpha (daqsm.training_data.tv_alpha.scan_alpha, warm-started from the largest alpha down), alpha is
+alpha (daqsm.qc.tv_alpha.scan_alpha, warm-started from the largest alpha down), alpha is
 picked by the discrepancy rule with the model-error floor (tv_alpha.choose_alpha_discrepancy), and
 mapped to the network's units exactly (`lambda_from_alpha`).
 
@@ -142,7 +142,7 @@ def choose_lambda_tv(field_ppm, mask, weight, voxel_size_mm, b0_dir, phase_rad_p
     Returns:
         LambdaChoice.
     """
-    from daqsm.training_data import tv_alpha as nltv_alpha
+    from daqsm.qc import tv_alpha as nltv_alpha
 
     start = time.perf_counter()
     mask = np.asarray(mask) > 0

@@ -54,6 +54,8 @@ class DomainAdaptiveUNet(keras.Model):
         label_scale: network output = chi_ppm * label_scale.
         momentum, epsilon: BN settings (Keras semantics).
         synchronized_bn: batch moments over all replicas under a distribution strategy.
+        masked_bn: training-mode batch moments of every DSBN over the brain mask only (pooled to
+            each level); False: over all voxels, background included (the behaviour before issue 22).
 
     Call arguments:
         inputs: [field_ppm, mask], each float32 (batch, x, y, z, 1).
@@ -66,7 +68,8 @@ class DomainAdaptiveUNet(keras.Model):
 
     def __init__(self, depth: int = 4, base_filters: int = 16, num_domains: int = 2,
                  input_scale: float = DEFAULT_INPUT_SCALE, label_scale: float = DEFAULT_LABEL_SCALE,
-                 momentum: float = 0.99, epsilon: float = 1e-3, synchronized_bn: bool = True, **kwargs):
+                 momentum: float = 0.99, epsilon: float = 1e-3, synchronized_bn: bool = True,
+                 masked_bn: bool = True, **kwargs):
         # the container stays float32 (its inputs in ppm are not cast down); the layers built below
         # follow the global policy, reduced under mixed precision (daqsm/network_model/precision.py)
         kwargs.setdefault("dtype", "float32")
@@ -76,6 +79,7 @@ class DomainAdaptiveUNet(keras.Model):
         self.depth, self.base_filters, self.num_domains = int(depth), int(base_filters), int(num_domains)
         self.input_scale, self.label_scale = float(input_scale), float(label_scale)
         self.momentum, self.epsilon, self.synchronized_bn = float(momentum), float(epsilon), bool(synchronized_bn)
+        self.masked_bn = bool(masked_bn)
         self.convs, self.norms = {}, {}
         for block, filters in _level_plan(self.depth, self.base_filters):
             for k in range(2):
@@ -95,13 +99,22 @@ class DomainAdaptiveUNet(keras.Model):
         field_ppm, mask = inputs
         check_spatial_shape(field_ppm.shape[1:4], self.depth)
         x = ops.concatenate([field_ppm * mask * self.input_scale, mask], axis=-1)
+        # the mask at every level (a coarse voxel is brain when any of its 8 children is): DSBN's
+        # batch moments are taken inside it, so the background fraction of a crop does not enter them
+        level_masks = [mask]
+        for _ in range(self.depth):
+            level_masks.append(self.pool(level_masks[-1]))
+        bn_masks = {"mid": level_masks[self.depth]}
+        for lvl in range(self.depth):
+            bn_masks[f"enc{lvl}"] = bn_masks[f"dec{lvl}"] = level_masks[lvl]
         skips = []
         for block, _ in _level_plan(self.depth, self.base_filters):
             if block.startswith("dec"):
                 x = ops.concatenate([self.up(x), skips.pop()], axis=-1)
+            bn_mask = bn_masks[block] if self.masked_bn else None
             for k in range(2):
                 name = f"{block}_conv{k}"
-                x = ops.relu(self.norms[name](self.convs[name](x), domain=domain, training=training))
+                x = ops.relu(self.norms[name](self.convs[name](x), domain=domain, training=training, mask=bn_mask))
             if block.startswith("enc"):
                 skips.append(x)
                 x = self.pool(x)
@@ -126,7 +139,7 @@ class DomainAdaptiveUNet(keras.Model):
         return {**super().get_config(), "depth": self.depth, "base_filters": self.base_filters,
                 "num_domains": self.num_domains, "input_scale": self.input_scale,
                 "label_scale": self.label_scale, "momentum": self.momentum, "epsilon": self.epsilon,
-                "synchronized_bn": self.synchronized_bn}
+                "synchronized_bn": self.synchronized_bn, "masked_bn": self.masked_bn}
 
 
 def check_spatial_shape(spatial_shape, depth: int) -> None:

@@ -44,16 +44,48 @@ def fft_shape(shape, pad=None) -> tuple[int, int, int]:
             extra = tuple(2 * ((n + 3) // 4) for n in shape)
         else:
             try:
-                return fft_shape(shape, int(pad))
+                voxels = int(pad)
             except ValueError:
                 raise InputError(f"pad: expected none, fast, auto or a number of voxels, got {pad!r}") from None
+            return fft_shape(shape, voxels)
     else:
         if int(pad) < 0:
             raise InputError(f"pad: expected a non-negative number of voxels, got {pad}")
         if int(pad) == 0:
             return shape
+        from daqsm.validate import quantity
+
+        quantity("pad", "pad", int(pad))  # the one table of ranges (daqsm/validate.py)
         extra = (2 * int(pad),) * 3
-    return tuple(scipy.fft.next_fast_len(n + e, real=True) for n, e in zip(shape, extra))
+    grid = tuple(scipy.fft.next_fast_len(n + e, real=True) for n, e in zip(shape, extra))
+    check_fft_memory(grid, pad)
+    return grid
+
+
+# bytes per voxel of the padded grid while a forward model or an inversion runs: a few float64 and
+# complex128 copies (the QC residual measures about 81)
+FFT_BYTES_PER_VOXEL = 96
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None (then nothing is refused)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def check_fft_memory(grid, pad) -> None:
+    """Refuse, before allocating, a padded FFT grid that cannot fit in the memory available."""
+    need = float(np.prod(np.asarray(grid, dtype=np.float64))) * FFT_BYTES_PER_VOXEL
+    have = available_memory_bytes()
+    if have is not None and need > have:
+        raise InputError(f"pad {pad}: the FFT grid {tuple(grid)} needs about {need / 2**30:.3g} GiB, more than "
+                         f"the {have / 2**30:.3g} GiB available; choose a smaller pad")
 
 
 @functools.lru_cache(maxsize=16)

@@ -11,13 +11,15 @@ mask in both domains (daqsm/network_model/unet.py); `keep_background` keeps the 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from daqsm.config import config_path_beside, write_config
+from daqsm.config import config_path_beside, param, write_config
 from daqsm.errors import InputError
 from daqsm.training_data.formats.chi_h5 import is_chi_h5
 from daqsm.training_data.volume_io import (
@@ -90,7 +92,7 @@ def iter_chi_maps(inputs, variable=None):
     for entry in inputs:
         path = Path(split_variable(entry)[0])
         if path.is_dir():
-            # hidden files are skipped: a killed run's temps (.tmp-*) are no inputs
+            # hidden files are skipped: a killed run's temps (.NAME.tmp-*) are no inputs
             files = sorted(p for p in path.iterdir() if suffix_of(p) in ALL_SUFFIXES and not p.name.startswith("."))
             if not files:
                 raise InputError(f"{path}: folder holds no volume files ({', '.join(ALL_SUFFIXES)})")
@@ -139,9 +141,9 @@ def output_kind(output: str, n_maps: int) -> str:
 
 def refuse_existing(output, kind, maps, overwrite):
     targets = [output] if kind != "folder" else [os.path.join(output, f"{m.name}_field.nii.gz") for m in maps]
-    existing = [t for t in targets if os.path.exists(t)]
-    if existing and not overwrite:
-        raise InputError(f"-o {existing[0]}: output exists; use --overwrite to replace it")
+    from daqsm.outputs import refuse_existing as refuse  # the one message of the output contract
+
+    refuse("-o", targets, overwrite)
 
 
 class StagedOutput:
@@ -161,7 +163,8 @@ class StagedOutput:
         if self.kind == "h5":
             self._add_h5(item, field, vs, b0)
         else:
-            from daqsm.training_data.provenance import sidecar_path, write_sidecar
+            from daqsm.provenance import sidecar_path
+            from daqsm.training_data.formats.sidecar import write_sidecar
 
             final = self.output if self.kind == "file" else os.path.join(self.output, f"{item.name}_field.nii.gz")
             tmp = self._temp_for(final)
@@ -177,20 +180,14 @@ class StagedOutput:
 
     def _temp_for(self, final: str) -> str:
         """A unique temp name beside `final` (two runs never share one), named after the output."""
-        import tempfile
-
-        from daqsm.output_lock import temp_prefix
+        from daqsm.outputs import temp_path
         from daqsm.training_data.volume_io import suffix_of
 
-        folder = os.path.dirname(os.path.abspath(final))
-        # folder outputs: the temps sit inside the output folder, named after the output folder
-        # (so that the next run's stale-temp clean-up finds them) plus the map's name
-        prefix = temp_prefix(self.output) + (os.path.basename(final) + "-" if self.kind == "folder" else "")
-        if self.kind == "folder":
-            folder = os.path.dirname(os.path.abspath(self.output.rstrip(os.sep)))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix_of(final), dir=folder)
-        os.close(fd)
+        # folder outputs: the temps sit beside the output folder, named after it (daqsm/outputs.py),
+        # so that the next run's stale-temp clean-up finds them
+        owner = self.output if self.kind == "folder" else final
+        os.makedirs(os.path.dirname(os.path.abspath(owner.rstrip(os.sep))), exist_ok=True)
+        tmp = temp_path(owner, suffix=suffix_of(final))
         self.staged.append((tmp, final))
         return tmp
 
@@ -207,8 +204,13 @@ class StagedOutput:
 
     def __exit__(self, exc_type, exc, tb):
         if self.h5 is not None:
-            if exc_type is None:
-                self.writer.finish(self.names)
+            try:
+                if exc_type is None:
+                    self.writer.finish(self.names)
+            except BaseException:
+                self.h5.close()
+                self._discard()
+                raise
             self.h5.close()
         for tmp, final in self.staged:
             if exc_type is None:
@@ -217,3 +219,59 @@ class StagedOutput:
             elif os.path.exists(tmp):
                 os.remove(tmp)
         return False
+
+    def _discard(self) -> None:
+        for tmp, _ in self.staged:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+@dataclass(frozen=True)
+class FieldmapConfig:
+    """Step 2 parameters (config-file keys = field names; options daqsm.config)."""
+
+    inputs: tuple = param((), "susceptibility maps (ppm), folders or a step-1 HDF5 (also given as INPUT...)", type=str)
+    output: str = param("", "output .nii/.nii.gz (one input), folder, or .h5", flags=("-o",))
+    mask: str = param("", "brain mask for --demean / --mask-output (step-1 HDF5 carries its own)")
+    variable: str = param("", "variable name inside .mat/.h5 inputs")
+    voxel_size_mm: tuple | None = param(None, "voxel size in mm (overrides the header)", type=float, nargs=3,
+                                        aliases=("voxel_size",))
+    b0_dir: tuple | None = param(None, "B0 direction in voxel axes (overrides the header)", type=float, nargs=3)
+    pad: str = param("auto", "zero padding: none, fast, auto (quarter of each axis per side) or voxels per side")
+    d0: float = param(0.0, "kernel value at k=0 (0 default; 1/3 as SEPIA)")
+    demean: bool = param(False, "subtract the mean field inside the mask")
+    mask_output: bool = param(False, "require a mask and set the field outside it to 0 (the default whenever a "
+                              "mask is known)")
+    keep_background: bool = param(False, "keep the field outside the mask (not the network's input contract)")
+    example: bool = param(False, "use a built-in example (spheres phantom) as input")
+    overwrite: bool = param(False, "replace existing outputs")
+
+
+def write_field_maps(args: FieldmapConfig, maps, out_kind: str, shared_mask) -> None:
+    """Compute and write the field map of each of `maps` into `args.output` (staged, renamed at the end)."""
+    from tqdm import tqdm
+
+    from daqsm.tf_env import device_name
+
+    engine = FieldEngine(args.pad, args.d0)
+    progress = tqdm(maps, desc=f"field maps ({device_name()})", unit="map", disable=len(maps) < 2, file=sys.stderr)
+    with StagedOutput(args.output, out_kind) as out:
+        for item in progress:
+            vs = tuple(args.voxel_size_mm) if args.voxel_size_mm else (item.voxel_size_mm or (1.0, 1.0, 1.0))
+            b0 = tuple(args.b0_dir) if args.b0_dir else (item.b0_dir or (0.0, 0.0, 1.0))
+            mask = item.mask if item.mask is not None else shared_mask
+            if mask is not None and mask.shape != item.chi_ppm.shape:
+                raise InputError(f"shape mismatch: mask {mask.shape} vs input {item.name} {item.chi_ppm.shape}")
+            field = compute_field(item.chi_ppm, vs, b0, mask, demean=args.demean,
+                                  keep_background=args.keep_background, engine=engine)
+            out.add(item, field, vs, b0, _sidecar_record(item, vs, b0, args))
+        out.add_config(args)
+
+
+def _sidecar_record(item: ChiMap, vs, b0, args) -> dict:
+    """Provenance of one NIfTI field map (daqsm/provenance.py); .h5 outputs carry attrs instead."""
+    from daqsm.provenance import build_record
+
+    settings = {k: v for k, v in dataclasses.asdict(args).items() if k != "inputs"}
+    return build_record(f"local field map of {item.name} by dipole convolution (step 2)", "ppm",
+                        sources=[item.name], b0_dir=b0, voxel_size_mm=vs, dipole_pad=args.pad, d0=args.d0,
+                        config=settings)

@@ -3,6 +3,7 @@
     python genRDFPatchesSyn.py --source SYNTH.h5 [--source-fields FIELDS.h5] \
         --target CASE [CASE ...] -o patches.h5 [--patch-size 64] [--stride 64] [--brain-threshold 0.2]
     python genRDFPatchesSyn.py --source SYNTH.h5 --target CASE --mode crop --patch-size 160 -o crops.h5
+    python genRDFPatchesSyn.py --config c.json   (every option a key: source, target, output, patch_size, ...)
 
 Target crops: by default one crop per target volume around its whole brain (bounding box plus
 `--target-margin`, rounded up to a multiple of 16, one size for all targets), because the target
@@ -20,16 +21,24 @@ the end): the augmented maps already vary enough, and a half-patch stride writes
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from daqsm.config import ArgumentParser, add_config_options, config_path_beside, option_name, resolve_config, write_config
+from daqsm.config import (
+    ArgumentParser,
+    add_config_options,
+    config_path_beside,
+    option_name,
+    require,
+    resolve_config,
+    write_config,
+)
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import claim_output
-from daqsm.validate import check_numbers
+from daqsm.outputs import refuse_existing
 from daqsm.training_data.patch_inputs import SourceInputs, TargetInputs
-from daqsm.training_data.patches import MODES, PatchConfig, cut_patches, write_patches  # noqa: F401 - names callers import
+from daqsm.training_data.patches import MODES, PatchCommandConfig, PatchConfig, cut_patches, write_patches  # noqa: F401
 from daqsm.training_data.volume_io import HDF5_SUFFIXES, suffix_of
+from daqsm.validate import check_numbers
 
 PROG = "genRDFPatchesSyn"
 
@@ -38,22 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog=PROG, description="Step 3: cut training patches (or whole-volume crops) of synthetic maps with their "
         "field maps (source) and of target datasets into one HDF5 file (fields and chi in ppm).")
-    io = parser.add_argument_group("inputs and output")
-    io.add_argument("--source", nargs="+", required=True, metavar="PATH",
-                    help="genChi output (.h5 with /chi,/mask[,/field], or its NIfTI folder), or chi files")
-    io.add_argument("--source-fields", nargs="+", metavar="PATH",
-                    help="field maps of the sources: .h5 with /field (step 2), a folder, or files (e.g. MATLAB)")
-    io.add_argument("--source-masks", nargs="+", metavar="MASK", help="masks for chi files (1 or one per file)")
-    io.add_argument("--target", nargs="+", default=[], metavar="CASE", help="target case folder(s) (contract 1)")
-    io.add_argument("--target-field", nargs="+", default=[], metavar="FILE", help="target local field file(s)")
-    io.add_argument("--target-mask", nargs="+", default=[], metavar="FILE", help="their brain mask(s)")
-    io.add_argument("--target-weight", nargs="+", default=[], metavar="FILE",
-                    help="their magnitude (4-D: --weight-echo is used) or weight files")
-    io.add_argument("-o", "--output", required=True, metavar="OUT.h5", help="output patch file (.h5/.hdf5)")
-    io.add_argument("--config", metavar="FILE", help="JSON/YAML file of parameters")
-    io.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    io.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_config_options(parser, PatchConfig)
+    parser.add_argument("--config", metavar="FILE", help="JSON/YAML file of parameters (every option below is a key)")
+    add_config_options(parser, PatchCommandConfig)
     return parser
 
 
@@ -62,27 +57,28 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        config = resolve_config(PatchConfig, args.config, vars(args))
+        config = resolve_config(PatchCommandConfig, args.config, vars(args))
+        require(config, ("source", "output"), spell=lambda k: "-o/--output" if k == "output" else "--source")
         check_numbers(config, {"b0_tesla": "positive", "te_s": "positive", "target_b0_tesla": "positive",
                                "target_te_s": "positive", "voxel_size_mm": "positive", "b0_dir": "finite",
                                "brain_threshold": (0.0, 1.0)}, spell=option_name)
-        if suffix_of(args.output) not in HDF5_SUFFIXES:
-            raise InputError(f"-o {args.output}: expected an .h5/.hdf5 output file")
-        if os.path.exists(args.output) and not args.overwrite:
-            raise InputError(f"{args.output}: output file exists; use --overwrite to replace it")
-        output_path("-o", args.output)
-        sources = SourceInputs(args.source, args.source_fields, args.source_masks, config.field_units,
-                               config.b0_tesla, config.te_s, config.voxel_size_mm, config.b0_dir)
-        targets = TargetInputs(args.target, args.target_field, args.target_mask, args.target_weight,
+        if suffix_of(config.output) not in HDF5_SUFFIXES:
+            raise InputError(f"-o {config.output}: expected an .h5/.hdf5 output file")
+        config_out = config_path_beside(config.output, "patches", folder=False)
+        refuse_existing("-o", [config.output, config_out], config.overwrite)
+        output_path("-o", config.output)
+        sources = SourceInputs(config.source, config.source_fields or None, config.source_masks or None,
+                               config.field_units, config.b0_tesla, config.te_s, config.voxel_size_mm, config.b0_dir)
+        targets = TargetInputs(config.target, config.target_field, config.target_mask, config.target_weight,
                                config.target_field_units, config.target_b0_tesla, config.target_te_s,
                                config.weight_echo)
-        if not len(targets) and not args.quiet:
+        if not len(targets) and not config.quiet:
             print(f"{PROG}: warning: no target dataset given; /target will be empty", file=sys.stderr)
-        with claim_output("-o", args.output):
-            stats = write_patches(args.output, sources, targets, config, args.quiet)
-            write_config(config, config_path_beside(args.output, "patches", folder=False))
-        if not args.quiet:
-            print(f"{PROG}: wrote {stats['source']} source and {stats['target']} target patches to {args.output} "
+        with claim_output("-o", config.output, companions=[config_out]):
+            stats = write_patches(config.output, sources, targets, config, config.quiet)
+            write_config(config, config_out)
+        if not config.quiet:
+            print(f"{PROG}: wrote {stats['source']} source and {stats['target']} target patches to {config.output} "
                   f"in {stats['seconds']:.1f} s", file=sys.stderr)
         return 0
 

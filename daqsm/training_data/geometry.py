@@ -3,6 +3,9 @@
 The B0 direction is a unit vector in **voxel axes** (not scanner axes). From a NIfTI affine A
 (voxel -> scanner mm), with R = A[:3, :3] / voxel sizes (column-normalised), the scanner z axis
 expressed in voxel axes is b = R^T [0, 0, 1] (docs/physics.md).
+
+A box of the grid (`extract_patch`) lives here too, below the patch file (formats/patch_h5.py) and
+step 3 (patches.py) that both cut patches, so neither imports the other.
 """
 from __future__ import annotations
 
@@ -83,3 +86,19 @@ def b0_dir_from_affine(affine) -> tuple[float, float, float]:
                          f"{norms.ravel().tolist()}")
     rot = a / norms
     return normalise_b0_dir(rot.T @ np.array([0.0, 0.0, 1.0]))
+
+
+def extract_patch(volume, origin, size) -> np.ndarray:
+    """volume[origin : origin + size] as float32, zero-padded where the box leaves the volume."""
+    volume = np.asarray(volume)
+    origin = np.asarray(origin, dtype=np.int64)
+    size = np.asarray(size, dtype=np.int64)
+    out = np.zeros(tuple(size), dtype=np.float32)
+    src_lo = np.maximum(origin, 0)
+    src_hi = np.minimum(origin + size, volume.shape[:3])
+    if np.any(src_hi <= src_lo):
+        return out
+    dst_lo = src_lo - origin
+    dst_hi = dst_lo + (src_hi - src_lo)
+    out[tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))] = volume[tuple(slice(a, b) for a, b in zip(src_lo, src_hi))]
+    return out

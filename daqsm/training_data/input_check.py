@@ -27,9 +27,10 @@ import numpy as np
 
 from daqsm.config import ArgumentParser, add_config_options, param, resolve_config
 from daqsm.errors import InputError, run_cli, shape_mismatch
-from daqsm.training_data.geometry import b0_dir_from_affine, voxel_size_from_affine
+from daqsm.training_data.geometry import b0_dir_from_affine, normalise_b0_dir, voxel_size_from_affine
 from daqsm.training_data.units import FIELD_UNITS, to_ppm
 from daqsm.training_data.volume_io import check_mask, read_volume
+from daqsm.validate import RANGES, quantity
 
 PROG = "daqsm-check"
 
@@ -38,7 +39,7 @@ PROG = "daqsm-check"
 MAX_P99_PPM = 1.0
 #: ... and below which it is implausibly small (1 ppb; a ppm field labelled Hz reads 64-300x too small)
 MIN_P99_PPM = 1e-3
-VOXEL_MM_RANGE = (0.05, 20.0)
+VOXEL_MM_RANGE = RANGES["voxel_size_mm"][:2]  # the one table (daqsm/validate.py)
 CASE_FILES = ("local_field.nii.gz", "mask.nii.gz")
 
 
@@ -63,8 +64,8 @@ def _read_case_json(path: str) -> dict:
 
     info = read_info(os.path.dirname(path))
     b0 = info.get("b0_tesla")
-    if b0 is not None and not (isinstance(b0, (int, float)) and math.isfinite(b0) and 0 < b0 <= 20):
-        raise InputError(f"{path}: b0_tesla expected a field strength in tesla (0-20), found {b0!r}")
+    if b0 is not None:
+        quantity(f"{path}: b0_tesla", "b0_tesla", b0)  # the one table (daqsm/validate.py)
     return info
 
 
@@ -76,8 +77,8 @@ def _te_list(te_s, where: str) -> list:
         te = [float(t) for t in te]
     except (TypeError, ValueError):
         raise InputError(f"{where}: echo times expected numbers in seconds, found {te_s!r}") from None
-    if any(not (math.isfinite(t) and 0 < t < 1) for t in te):
-        raise InputError(f"{where}: echo times expected in seconds (0 < TE < 1), found {te}")
+    for t in te:
+        quantity(where, "te_s", t)  # the one table (daqsm/validate.py)
     if any(b <= a for a, b in zip(te, te[1:])):
         raise InputError(f"{where}: echo times expected increasing, found {te}")
     return te
@@ -101,10 +102,16 @@ def check_geometry(vol, name: str, voxel_size_mm=None, b0_dir=None, report: Chec
     header_vs = voxel_size_from_affine(affine)
     if min(header_vs) <= 0 or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(f"{name}: affine expected invertible, found voxel size {tuple(round(v, 4) for v in header_vs)}")
-    vs = tuple(float(v) for v in (voxel_size_mm or header_vs))
-    if not all(VOXEL_MM_RANGE[0] <= v <= VOXEL_MM_RANGE[1] for v in vs):
-        raise InputError(f"{name}: voxel size expected {VOXEL_MM_RANGE[0]}-{VOXEL_MM_RANGE[1]} mm, found {vs}")
-    b0 = tuple(float(v) for v in (b0_dir if b0_dir is not None else b0_dir_from_affine(affine)))
+    b0_dir_from_affine(affine)  # a zero voxel axis: one line naming it
+    # the geometry the steps read (Volume.geometry: overrides, else the file's record, e.g. an HDF5
+    # field's voxel_size_mm / b0_dir attributes, else the affine), so "ok" means read the same way
+    geometry = vol.geometry(voxel_size_mm, b0_dir) if hasattr(vol, "geometry") else None
+    vs = tuple(float(v) for v in (geometry.voxel_size_mm if geometry else (voxel_size_mm or header_vs)))
+    low, high = RANGES["voxel_size_mm"][:2]
+    if not all(low <= v <= high for v in vs):
+        raise InputError(f"{name}: voxel size expected {low:g}-{high:g} mm, found {vs}")
+    raw_b0 = geometry.b0_dir if geometry else (b0_dir if b0_dir is not None else b0_dir_from_affine(affine))
+    b0 = normalise_b0_dir(raw_b0)  # a zero B0 direction is refused here as in the steps
     angle = math.degrees(math.acos(min(1.0, abs(b0[2]) / max(np.linalg.norm(b0), 1e-12))))
     if report is not None:
         report.voxel_size_mm, report.b0_dir = vs, b0
@@ -176,10 +183,24 @@ def check_files(field_path, mask_path, magnitude_path=None, units: str = "ppm", 
     te = _te_list(te_s, "--te")
     field = _read(field_path)
     report.shape = field.data.shape
-    mask = check_mask(_read(mask_path, dtype=None).data, str(mask_path), field.data, f"field {field_path}")
+    mask = check_mask(_read(mask_path, dtype=None), str(mask_path), field, f"field {field_path}")
     report.lines.append(f"field {field_path}: shape {field.data.shape}; mask {int(mask.sum())} voxels "
                         f"({100 * mask.mean():.1f}%)")
-    check_geometry(field, f"field {field_path}", voxel_size_mm, b0_dir, report)
+    from types import SimpleNamespace
+
+    from daqsm.training_data.field_geometry import assumption_line, resolve_field_geometry
+
+    # a .mat/.npy field takes a NIfTI mask's / magnitude's geometry (daqsm/training_data/field_geometry.py)
+    located = resolve_field_geometry(field, [("mask", mask_path), ("magnitude", magnitude_path)], voxel_size_mm,
+                                     b0_dir)
+    check_geometry(SimpleNamespace(affine=located.affine), f"field {field_path}", located.geometry.voxel_size_mm,
+                   located.geometry.b0_dir, report)
+    src = located.sources
+    report.lines.append(f"geometry from: voxel size {src['voxel_size_mm']}; B0 direction {src['b0_dir']}; "
+                        f"output affine {src['affine']}")
+    note = assumption_line(located, f"field {field_path}")
+    if note:
+        report.lines.append(f"note: {note}")
     field_ppm = to_ppm(field.data, units, b0_tesla, te[0] if te else None)
     check_field_values(field_ppm, mask, f"field {field_path}", str(units), report)
     if magnitude_path:
@@ -211,6 +232,10 @@ def check_case(folder, voxel_size_mm=None, b0_dir=None) -> CheckReport:
     report = check_files(field_path, os.path.join(folder, "mask.nii.gz"),
                          mag_path if os.path.isfile(mag_path) else None, "ppm", info.get("b0_tesla"), te or None,
                          vs, b0_dir or info.get("b0_dir"))
+    if report.echoes > 1 and len(te) == 1:
+        # step 5 weights by echo 2 and takes the phase scale from its TE: one TE cannot say which it is
+        raise InputError(f"{info_path}: te_s gives 1 echo time but magnitude.nii.gz has {report.echoes} echoes; "
+                         "give one TE per echo")
     if info.get("b0_tesla"):
         report.lines.append(f"case.json: B0 {info['b0_tesla']:g} T" + (f", TE {te} s" if te else ""))
     return report

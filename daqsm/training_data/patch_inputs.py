@@ -97,6 +97,50 @@ def _expand_maps(entry: str, what: str) -> list[tuple]:
     return [("file", entry)]
 
 
+def step2_name(item) -> str:
+    """The name step 2 records for a map (daqsm/training_data/fieldmaps.py): FILE_0003 or the file's stem."""
+    from pathlib import Path
+
+    if item[0] == "h5":
+        return f"{Path(item[1]).stem}_{item[2]:04d}"
+    name = os.path.basename(item[1])
+    for suffix in (".nii.gz", ".nii", ".mat", ".npy", ".h5", ".hdf5"):
+        name = name[: -len(suffix)] if name.endswith(suffix) else name
+    return name
+
+
+def check_pairs(items, fields) -> dict:
+    """Each field map belongs to its chi map: step 2's recorded input names must match (issue 23).
+
+    Returns {field HDF5 path: (voxel_size_mm, b0_dir)} as step 2 recorded them, compared map by map
+    in `SourceInputs.load`. Field files not made by step 2 (no record) are paired by position.
+    """
+    import h5py
+
+    recorded, geometry = {}, {}
+    for k, (item, field) in enumerate(zip(items, fields)):
+        made_from = None
+        if field[0] == "h5":
+            if field[1] not in recorded:
+                with h5py.File(field[1], "r") as h5:
+                    names = h5.attrs.get("files")
+                    recorded[field[1]] = [n.decode() if isinstance(n, bytes) else str(n) for n in names] \
+                        if names is not None else None
+                    geometry[field[1]] = tuple(h5.attrs[key] if key in h5.attrs else None
+                                               for key in ("voxel_size_mm", "b0_dir"))
+            names = recorded[field[1]]
+            made_from = names[field[2]] if names is not None and field[2] < len(names) else None
+        else:
+            stem = step2_name(field)
+            made_from = stem[: -len("_field")] if stem.endswith("_field") else None
+        if made_from is not None and made_from != step2_name(item):
+            label = f"{field[1]}[{field[2]}]" if field[0] == "h5" else field[1]
+            source = f"{item[1]}[{item[2]}]" if item[0] == "h5" else item[1]
+            raise InputError(f"--source-fields {label}: step 2 computed it from {made_from!r}, but it pairs with "
+                             f"--source {source} ({step2_name(item)!r}); give the fields made from these maps")
+    return geometry
+
+
 class SourceInputs:
     """The synthetic maps with their field maps and masks, validated up front, read lazily."""
 
@@ -120,6 +164,7 @@ class SourceInputs:
         if len(self.fields) != len(self.items):
             raise InputError(f"--source-fields: expected {len(self.items)} field maps (one per synthetic map), "
                              f"found {len(self.fields)}")
+        self.field_geometry = check_pairs(self.items, self.fields) if fields else {}
         masks = list(masks or [])
         n_files = sum(1 for item in self.items if item[0] == "file")
         if masks and len(masks) not in (1, n_files):
@@ -161,6 +206,12 @@ class SourceInputs:
         field = self._load_field(field_item)
         if field.shape != chi.shape:
             raise shape_mismatch(f"field {self._label(field_item)}", field.shape, f"source {label}", chi.shape)
+        made_for = self.field_geometry.get(field_item[1]) if field_item[0] == "h5" else None
+        for what, recorded, own in zip(("voxel size", "B0 direction"), made_for or (None, None), (vs, b0)):
+            if recorded is not None and own is not None and not np.allclose(recorded, own, atol=1e-3):
+                raise InputError(f"--source-fields {self._label(field_item)}: computed with {what} "
+                                 f"{tuple(np.round(recorded, 4).tolist())}, but --source {label} has "
+                                 f"{tuple(np.round(own, 4).tolist())}")
         vs = self.voxel_size_mm or (tuple(map(float, vs)) if vs is not None else None)
         b0 = self.b0_dir or (tuple(map(float, b0)) if b0 is not None else None)
         return PatchVolume(label, field, mask, chi, vs, b0)
@@ -216,8 +267,7 @@ class TargetInputs:
                                case.info.get("b0_tesla"), case.weight_te_s(self.weight_echo))
         _, field_path, mask_path, weight_path = entry
         vol = read_field(field_path, self.units, self.b0_tesla, self.te_s)
-        mask_data = read_volume(mask_path, dtype=None).data
-        mask = check_mask(mask_data, str(mask_path), vol.data, f"target field {field_path}")
+        mask = check_mask(read_volume(mask_path, dtype=None), str(mask_path), vol, f"target field {field_path}")
         if weight_path:
             weight = case_folder.weight_from_magnitude(read_volume(weight_path, ndim=(3, 4)).data, mask,
                                                        self.weight_echo, str(weight_path))

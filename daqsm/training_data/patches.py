@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from daqsm.config import config_to_dict
+from daqsm.config import config_to_dict, param
 from daqsm.errors import InputError
 from daqsm.training_data.formats.patch_h5 import (  # noqa: F401  (the patch file's home; names kept here for callers)
     FORMAT_VERSION,
@@ -35,7 +35,7 @@ from daqsm.training_data.formats.patch_h5 import (  # noqa: F401  (the patch fil
     PatchFileWriter,
     read_patch_file_info,
 )
-from daqsm.training_data.geometry import int_triple
+from daqsm.training_data.geometry import extract_patch, int_triple  # noqa: F401  (extract_patch: kept here for callers)
 from daqsm.training_data.units import FIELD_UNITS
 from daqsm.training_data.volume_io import atomic_path
 
@@ -71,22 +71,6 @@ def grid_origins(shape, patch_size, stride) -> np.ndarray:
     starts = [axis_starts(int(n), int(p), int(s)) for n, p, s in zip(shape, patch_size, stride)]
     mesh = np.meshgrid(*starts, indexing="ij")
     return np.stack([m.ravel() for m in mesh], axis=1).astype(np.int64)
-
-
-def extract_patch(volume, origin, size) -> np.ndarray:
-    """volume[origin : origin + size] as float32, zero-padded where the box leaves the volume."""
-    volume = np.asarray(volume)
-    origin = np.asarray(origin, dtype=np.int64)
-    size = np.asarray(size, dtype=np.int64)
-    out = np.zeros(tuple(size), dtype=np.float32)
-    src_lo = np.maximum(origin, 0)
-    src_hi = np.minimum(origin + size, volume.shape[:3])
-    if np.any(src_hi <= src_lo):
-        return out
-    dst_lo = src_lo - origin
-    dst_hi = dst_lo + (src_hi - src_lo)
-    out[tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))] = volume[tuple(slice(a, b) for a, b in zip(src_lo, src_hi))]
-    return out
 
 
 def assemble_patches(patches, origins, shape) -> np.ndarray:
@@ -221,6 +205,24 @@ class PatchConfig:
             raise InputError(f"--weight-echo: expected an echo number >= 1, got {self.weight_echo}")
         if self.mode == "patches" and not self.grid and not self.random_crops:
             raise InputError("--no-grid needs --random-crops > 0 (no patch would be cut)")
+
+
+@dataclass(frozen=True)
+class PatchCommandConfig(PatchConfig):
+    """Step 3's command: PatchConfig plus the inputs and output, so a config file can hold every one."""
+
+    source: tuple = param((), "genChi output (.h5 with /chi,/mask[,/field], or its NIfTI folder), or chi files",
+                          type=str)
+    source_fields: tuple = param((), "field maps of the sources: .h5 with /field (step 2), a folder, or files "
+                                 "(e.g. MATLAB)", type=str)
+    source_masks: tuple = param((), "masks for chi files (1 or one per file)", type=str)
+    target: tuple = param((), "target case folder(s) (contract 1)", type=str)
+    target_field: tuple = param((), "target local field file(s)", type=str)
+    target_mask: tuple = param((), "their brain mask(s)", type=str)
+    target_weight: tuple = param((), "their magnitude (4-D: --weight-echo is used) or weight files", type=str)
+    output: str = param("", "output patch file (.h5/.hdf5)", flags=("-o",))
+    overwrite: bool = param(False, "replace an existing output")
+    quiet: bool = param(False, "no progress bars")
 
 
 def _same(a, b, tol=1e-3) -> bool:

@@ -19,17 +19,16 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from daqsm.config import config_to_dict, write_config
+from daqsm.config import config_to_dict, param, write_config
 from daqsm.errors import InputError, shape_mismatch
-from daqsm.output_lock import temp_prefix
+from daqsm.outputs import temp_path
+from daqsm.provenance import build_record
 from daqsm.training_data.augment import AugmentParams, augment_sample
 from daqsm.training_data.formats import chi_folder
-from daqsm.training_data.provenance import build_record
 from daqsm.training_data.volume_io import atomic_path, check_mask, read_volume
 
 PROG = "genChi"  # the progress bar's label and the step name recorded in the HDF5 (formats/chi_h5.py)
@@ -56,6 +55,25 @@ class GenChiConfig(AugmentParams):
             raise InputError(f"-n/--n-maps: expected a positive number of maps, got {self.n_maps}")
         if self.workers < 0:
             raise InputError(f"--workers: expected >= 0, got {self.workers}")
+
+
+@dataclass(frozen=True)
+class GenChiCommandConfig(GenChiConfig):
+    """The command's parameters: step 1's (GenChiConfig) plus its inputs and output, so that a config
+    file can hold every one (`source`, `mask`, `output` included); the positional SOURCE... and
+    `--mask`, `-o` are the same keys."""
+
+    source: tuple = param((), "source chi map(s) in ppm: NIfTI, .mat (FILE.mat:VAR) or .h5 (FILE.h5:DATASET); "
+                          "also given as SOURCE...", type=str, aliases=("source_paths",))
+    mask: tuple = param((), "brain mask(s) 0/1 on the source grid: one for all sources or one per source", type=str)
+    output: str = param("", "output .h5/.hdf5 file, or a folder (ending with '/') for NIfTI files", flags=("-o",))
+    overwrite: bool = param(False, "replace an existing output")
+    quiet: bool = param(False, "no progress bar")
+
+
+#: the inputs argparse used to demand, now checked after the config file is read, and their spelling
+INPUT_KEYS = ("source", "mask", "output")
+INPUT_SPELLING = {"source": "SOURCE", "mask": "--mask", "output": "-o/--output"}
 
 
 @dataclass
@@ -89,7 +107,7 @@ def load_sources(source_paths, mask_paths, voxel_size_mm=None, b0_dir=None) -> l
         mask_vol = read_volume(mask_path, dtype=None)
         if mask_vol.data.shape != vol.data.shape:
             raise shape_mismatch(f"mask {mask_path}", mask_vol.data.shape, f"source {path}", vol.data.shape)
-        mask = check_mask(mask_vol.data, str(mask_path), vol.data, f"source {path}")
+        mask = check_mask(mask_vol, str(mask_path), vol, f"source {path}")
         geom = vol.geometry(voxel_size_mm, b0_dir)
         affine = vol.affine if voxel_size_mm is None else np.diag(list(geom.voxel_size_mm) + [1.0])
         chi = np.where(mask, vol.data, 0).astype(np.float32)
@@ -167,7 +185,7 @@ def write_maps_nifti(folder, sources: list[SourceMap], config: GenChiConfig, ove
     folder = os.path.abspath(str(folder).rstrip("/\\") or "/")
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
-    tmpdir = tempfile.mkdtemp(prefix=temp_prefix(folder), dir=parent)
+    tmpdir = temp_path(folder, suffix="", folder=True)
     digits = chi_folder.digits_for(config.n_maps)
     what = {"chi": ("synthetic susceptibility map (step 1)", "ppm"), "mask": ("brain mask", None)}
     try:

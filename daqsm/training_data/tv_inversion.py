@@ -1,7 +1,7 @@
 """Nonlinear (and linear) TV dipole inversion by ADMM: the classic solver of fine-tuning's own objective.
 
 Home of the FANSI-style solver that both the baselines (daqsm.evaluation.baselines: `ndi-tv`, `tv`)
-and step 5's per-case TV weight (daqsm.network_model.tv_weight, through daqsm.training_data.tv_alpha)
+and step 5's per-case TV weight (daqsm.network_model.tv_weight, through daqsm.qc.tv_alpha)
 use; it sits with the physics (the one dipole kernel, daqsm.training_data.dipole) so that the
 learning side can use it without depending on the evaluation package. scipy.fft rfftn/irfftn in
 float32/complex64; field in ppm, chi in ppm, zero outside the mask; the FFT grid is zero-padded
@@ -177,7 +177,7 @@ def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(
     mu_grad = np.float32(p.mu_grad if p.mu_grad is not None else 10.0 * p.alpha)
     mu_data, alpha = np.float32(p.mu_data), np.float32(p.alpha)
     field, mask, full = _prepare(field_ppm, mask, pad)
-    w = mask.astype(np.float32) if weight is None else _check_weight(weight, mask)
+    w = mask.astype(np.float32) if weight is None else check_weight(weight, mask)
     padding = [(0, f - n) for n, f in zip(field.shape, full)]
     phi = np.pad(field * scale, padding)
     w2 = np.pad(w * w, padding)
@@ -228,7 +228,7 @@ def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(
     return chi
 
 
-def _check_weight(weight, mask) -> np.ndarray:
+def check_weight(weight, mask) -> np.ndarray:
     w = np.asarray(weight, dtype=np.float32)
     if w.shape != mask.shape:
         raise shape_mismatch("weight", w.shape, "mask", mask.shape)

@@ -8,9 +8,7 @@ A variable of a .mat/.h5 file is chosen with `variable=` or the `FILE:VARIABLE` 
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
@@ -104,6 +102,7 @@ def read_volume(path, variable: str | None = None, ndim: int | tuple | None = 3,
     except Exception as err:  # corrupt or foreign file: one line, not a traceback
         raise InputError(f"{path}: cannot read as {suffix} ({type(err).__name__}: {err})".splitlines()[0]) from None
     vol.path = path
+    _check_numeric(vol, path)
     if dtype is not None:
         if np.iscomplexobj(vol.data) and not np.issubdtype(np.dtype(dtype), np.complexfloating):
             raise InputError(f"{path}: expected real values, found complex data")
@@ -118,6 +117,40 @@ def read_volume(path, variable: str | None = None, ndim: int | tuple | None = 3,
     return vol
 
 
+def _check_numeric(vol: Volume, path) -> None:
+    """A MATLAB char/struct/cell/sparse variable or an HDF5 string dataset is not a volume: one line."""
+    matlab_class = vol.attrs.get("matlab_class")
+    if matlab_class in ("char", "cell", "struct", "function_handle") or vol.attrs.get("matlab_sparse"):
+        found = "sparse" if vol.attrs.get("matlab_sparse") else matlab_class
+        raise InputError(f"{path}: expected a numeric array, found a MATLAB {found} variable")
+    dtype = getattr(vol.data, "dtype", np.dtype(object))  # an HDF5 scalar string reads as bytes/str
+    if dtype.kind not in "biufc":
+        found = {"U": "text", "S": "text (bytes)", "O": "objects (cell, struct, sparse or string)",
+                 "V": "a struct"}.get(dtype.kind, f"dtype {dtype}")
+        raise InputError(f"{path}: expected a numeric array, found {found}")
+
+
+# voxel -> mm affines that agree within this (mm, or per unit of the 3x3 block) describe one grid
+AFFINE_TOL = 1e-3
+
+
+def check_same_grid(a: Volume, a_name: str, b: Volume, b_name: str) -> None:
+    """Two volumes that must share a grid share their shape and, when both files have one, their affine.
+
+    A mask stored with a flipped axis has the right shape and the wrong voxels: only the affine tells.
+    """
+    if a.data.shape[:3] != b.data.shape[:3]:
+        raise shape_mismatch(a_name, a.data.shape[:3], b_name, b.data.shape[:3])
+    if a.header is None or b.header is None:  # .npy/.mat/.h5 carry no scanner affine to compare
+        return
+    scale = max(1.0, float(np.abs(a.affine[:3, :3]).max()))
+    if not np.allclose(a.affine, b.affine, atol=AFFINE_TOL * scale, rtol=0):
+        diag = lambda m: np.round(np.diag(m)[:3], 3).tolist()  # noqa: E731
+        raise InputError(f"grid mismatch: {a_name} and {b_name} have the same shape but different affines "
+                         f"(diagonal {diag(a.affine)} vs {diag(b.affine)}, origin {np.round(a.affine[:3, 3], 2).tolist()} "
+                         f"vs {np.round(b.affine[:3, 3], 2).tolist()}); resample one onto the other's grid")
+
+
 def read_field(path, units: str = "ppm", b0_tesla=None, te_s=None, variable=None) -> Volume:
     """Read a 3-D local field map and convert it to ppm (units: ppm, ppb, hz or rad)."""
     vol = read_volume(path, variable)
@@ -125,15 +158,19 @@ def read_field(path, units: str = "ppm", b0_tesla=None, te_s=None, variable=None
     return vol
 
 
-def read_mask(path, like: np.ndarray | None = None, like_name: str = "field", variable=None) -> np.ndarray:
-    """Read a binary brain mask; checks it is 3-D, 0/1, not empty, and on the grid of `like`."""
+def read_mask(path, like=None, like_name: str = "field", variable=None) -> np.ndarray:
+    """Read a binary brain mask; checks it is 3-D, 0/1, not empty, and on the grid of `like` (a Volume
+    compares affines too)."""
     vol = read_volume(path, variable, dtype=None)
-    return check_mask(vol.data, str(path), like, like_name)
+    return check_mask(vol, str(path), like, like_name)
 
 
 def check_mask(mask, name: str, like=None, like_name: str = "field") -> np.ndarray:
-    """Validate a mask array and return it as bool."""
-    mask = np.asarray(mask)
+    """Validate a mask (array or Volume) and return it as bool; two Volumes must share their affine."""
+    if isinstance(mask, Volume) and isinstance(like, Volume):
+        check_same_grid(mask, f"mask {name}", like, like_name)
+    mask = np.asarray(mask.data if isinstance(mask, Volume) else mask)
+    like = like.data if isinstance(like, Volume) else like
     if like is not None and mask.shape != tuple(np.shape(like)[:3]):
         raise shape_mismatch(f"mask {name}", mask.shape, like_name, np.shape(like)[:3])
     values = np.unique(mask)
@@ -175,8 +212,10 @@ def write_volume(path, data, affine=None, header=None, voxel_size_mm=None, varia
 
             with h5py.File(tmp, "w") as h5:
                 dset = h5.create_dataset(variable, data=data, compression="gzip")
+                from daqsm.outputs import storable_text
+
                 for key, value in (attrs or {}).items():
-                    dset.attrs[key] = value
+                    dset.attrs[key] = storable_text(value)
         elif suffix in NPY_SUFFIXES:
             with open(tmp, "wb") as fh:
                 np.save(fh, data)
@@ -185,28 +224,11 @@ def write_volume(path, data, affine=None, header=None, voxel_size_mm=None, varia
     return path
 
 
-@contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temp path beside `path` (same suffix); rename onto `path` only on success."""
-    path = str(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    suffix = suffix_of(path)
-    from daqsm.output_lock import temp_prefix
+    """The one atomic writer (daqsm/outputs.py): a temp beside `path`, renamed onto it on success."""
+    from daqsm.outputs import atomic_path as contract_atomic_path
 
-    # unique per call (two runs never share a temp), named after the output so that the next run on
-    # it can remove what a killed one left (daqsm.output_lock.remove_stale_temps)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix, dir=directory)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs should get the usual permissions
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    return contract_atomic_path(path)
 
 
 # --- readers -------------------------------------------------------------------------------
@@ -218,7 +240,22 @@ def _read_nifti(path, variable):
     img = nib.load(path)
     data = np.asanyarray(img.dataobj)
     affine = np.asarray(img.affine, dtype=np.float64)
+    check_orthogonal(affine, path)
     return Volume(data, affine, voxel_size_from_affine(affine), b0_dir_from_affine(affine), img.header)
+
+
+def check_orthogonal(affine, path) -> None:
+    """QSM's dipole kernel assumes orthogonal voxel axes: a sheared affine is one clear error."""
+    cols = np.asarray(affine, dtype=np.float64)[:3, :3]
+    norms = np.linalg.norm(cols, axis=0)
+    if not np.all(norms > 0):
+        return  # b0_dir_from_affine names a zero axis
+    unit = cols / norms
+    cosines = np.abs(unit.T @ unit - np.eye(3))
+    if cosines.max() > 1e-3:
+        angle = float(np.degrees(np.arcsin(min(1.0, cosines.max()))))
+        raise InputError(f"{path}: sheared affine (voxel axes {angle:.2g} degrees from orthogonal); the dipole "
+                         "model needs orthogonal axes: resample to an orthogonal grid first")
 
 
 def _read_npy(path, variable):
@@ -247,7 +284,12 @@ def _read_mat(path, variable):
     contents = scipy.io.loadmat(path)
     names = [k for k in contents if not k.startswith("__")]
     name = _pick(names, variable, path, "variable")
-    return Volume(np.asarray(contents[name]), np.eye(4), attrs={"variable": name})
+    value = contents[name]
+    import scipy.sparse
+
+    if scipy.sparse.issparse(value):
+        return Volume(np.zeros(0), np.eye(4), attrs={"variable": name, "matlab_sparse": True})
+    return Volume(np.asarray(value), np.eye(4), attrs={"variable": name})
 
 
 def _read_mat73(path, variable):
@@ -255,8 +297,16 @@ def _read_mat73(path, variable):
     import h5py
 
     with h5py.File(path, "r") as h5:
-        names = [k for k in h5.keys() if not k.startswith("#") and isinstance(h5[k], h5py.Dataset)]
-        name = _pick(names, variable, path, "variable")
+        datasets = [k for k in h5.keys() if not k.startswith("#") and isinstance(h5[k], h5py.Dataset)]
+        groups = [k for k in h5.keys() if not k.startswith("#") and k not in datasets]
+        # a struct/sparse (an HDF5 group) is chosen only when named or alone: then it is refused below
+        name = _pick(datasets if datasets and variable is None else datasets + groups, variable, path, "variable")
+        if not isinstance(h5[name], h5py.Dataset):  # struct or sparse: a group in v7.3
+            sparse = "MATLAB_sparse" in h5[name].attrs
+            cls = h5[name].attrs.get("MATLAB_class", b"struct")
+            cls = cls.decode() if isinstance(cls, bytes) else str(cls)
+            return Volume(np.zeros(0), np.eye(4), attrs={"variable": name, "matlab_class": cls,
+                                                         "matlab_sparse": sparse})
         raw = h5[name][()]
         matlab_class = h5[name].attrs.get("MATLAB_class", b"double")
     if raw.dtype.names and {"real", "imag"} <= set(raw.dtype.names):

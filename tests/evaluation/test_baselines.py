@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from daqsm.evaluation import baseline_cli
 from daqsm.evaluation import baselines as B
 from daqsm.evaluation.metrics import nrmse_pair
 from daqsm.training_data.dipole import dipole_kernel, forward_field
@@ -102,8 +103,8 @@ def test_baselines_zero_pad_by_default(method):
 def test_command_pads_by_default():
     from daqsm.config import resolve_config
 
-    args = B.build_parser().parse_args(["tkd", "--field", "f", "--mask", "m", "-o", "o"])
-    assert resolve_config(B.BaselineConfig, None, vars(args)).pad == "auto"
+    args = baseline_cli.build_parser().parse_args(["tkd", "--field", "f", "--mask", "m", "-o", "o"])
+    assert resolve_config(baseline_cli.BaselineConfig, None, vars(args)).pad == "auto"
 
 
 def test_ndi_data_gradient_identity():
@@ -161,7 +162,7 @@ def test_command_writes_ppm_with_affine(tmp_path, method):
     m = write_volume(tmp_path / "mask.nii.gz", brain.astype(np.uint8), affine)
     out = tmp_path / f"{method}.nii.gz"
     extra = ["--iterations", "5", "--b0", "3", "--te", "0.025"] if method in ("ndi-tv", "tv") else []
-    assert B.main([method, "--field", f, "--mask", m, "-o", str(out)] + extra) == 0
+    assert baseline_cli.main([method, "--field", f, "--mask", m, "-o", str(out)] + extra) == 0
     vol = read_volume(out)
     assert np.allclose(vol.affine, affine) and vol.data.shape == chi.shape
     assert np.all(vol.data[~brain] == 0)
@@ -184,11 +185,11 @@ def test_command_bad_inputs_exit_2(tmp_path, capsys):
                  ["tv", "--b0", "3"] + base,                      # no TE
                  ["tkd", "--case", str(tmp_path)] + base,         # --case and --field
                  ["tkd", "--field", str(tmp_path / "none.nii.gz"), "--mask", m, "-o", out]):
-        assert B.main(argv) == 2, argv
+        assert baseline_cli.main(argv) == 2, argv
         assert capsys.readouterr().err.count("\n") == 1
     assert not (tmp_path / "out.nii.gz").exists()
-    assert B.main(["tkd"] + base) == 0
-    assert B.main(["tkd"] + base) == 2  # exists, no --overwrite
+    assert baseline_cli.main(["tkd"] + base) == 0
+    assert baseline_cli.main(["tkd"] + base) == 2  # exists, no --overwrite
 
 
 def test_linear_tv_matches_nonlinear_tv_at_small_phase():
@@ -217,7 +218,7 @@ def test_command_reads_b0_te_and_weight_from_the_case(tmp_path, capsys):
                {"b0_tesla": 7.0, "te_s": [0.004, 0.012], "voxel_size_mm": list(vs), "b0_dir": [0, 0, 1]},
                np.diag(list(vs) + [1.0]))
     out = tmp_path / "tv.nii.gz"
-    assert B.main(["ndi-tv", "--case", str(folder), "--iterations", "3", "-o", str(out)]) == 0
+    assert baseline_cli.main(["ndi-tv", "--case", str(folder), "--iterations", "3", "-o", str(out)]) == 0
     record = json.loads((tmp_path / "tv.json").read_text())
     text = json.dumps(record)
     assert '"b0_tesla": 7.0' in text and '"te_s": 0.012' in text, text

@@ -9,8 +9,8 @@ import pytest
 
 from daqsm.evaluation import metrics
 from daqsm.evaluation.__main__ import main
-from tests.evaluation.test_metrics import _case
 from daqsm.training_data.volume_io import write_volume
+from tests.evaluation.test_metrics import _case
 
 
 @pytest.fixture()

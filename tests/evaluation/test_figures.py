@@ -51,7 +51,7 @@ def test_slices_png_written_with_expected_size(volumes, tmp_path):
     assert figures.main(["slices", "--recon", volumes["recon"], "--truth", volumes["truth"], "--mask", volumes["mask"],
                          "-o", str(out)]) == 0
     assert png_size(out) == (900, 900)
-    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
 
 
 def test_losses_png_written_with_expected_size(loss_log, tmp_path):
@@ -161,4 +161,45 @@ def test_bad_input_exits_2_and_writes_nothing(case, volumes, loss_log, tmp_path,
         assert out.read_bytes() == b"keep"
     else:
         assert not out.exists()
-    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+
+
+def test_slices_without_truth_show_an_in_vivo_qsm_and_its_residual(volumes, tmp_path):
+    """Issue 24: `slices` needed a ground truth, so an in-vivo QSM could not be shown."""
+    out = tmp_path / "invivo.png"
+    assert figures.main(["slices", "--recon", volumes["recon"], "--mask", volumes["mask"], "-o", str(out)]) == 0
+    assert png_size(out) == (900, 300)  # one row: the reconstruction
+    assert figures.main(["slices", "--recon", volumes["recon"], "--mask", volumes["mask"], "--residual",
+                         volumes["truth"], "-o", str(tmp_path / "r.png")]) == 0
+    assert png_size(tmp_path / "r.png") == (900, 600)  # reconstruction + QC residual
+
+
+def test_orientation_letters_follow_the_affine():
+    ras = figures.orientation_letters(np.eye(4))
+    # x slice: y horizontal (P -> A), z vertical (I -> S); z slice: x horizontal (L -> R), y vertical
+    assert ras == [("P", "A", "I", "S"), ("L", "R", "I", "S"), ("L", "R", "P", "A")]
+    flipped = figures.orientation_letters(np.diag([-1.0, 1.0, 1.0, 1.0]))  # LAS: x points left
+    assert flipped[2][:2] == ("R", "L")
+
+
+def test_slices_carry_orientation_letters(volumes, monkeypatch, tmp_path):
+    drawn = []
+    monkeypatch.setattr(figures, "_letter", lambda ax, edges: drawn.append(edges))
+    figures.main(["slices", "--recon", volumes["recon"], "--truth", volumes["truth"], "-o", str(tmp_path / "a.png")])
+    assert len(drawn) == 9 and drawn[2] == ("L", "R", "P", "A")
+
+
+def test_loss_plot_is_titled_by_its_run_and_has_no_empty_series(tmp_path):
+    run = tmp_path / "step4_pretrain"
+    run.mkdir()
+    # validation once (one point) and a column that is never filled
+    rows = ["step,loss,val_loss,val_never"] + [f"{s},{1 / s},{'' if s != 5 else 0.3},"for s in range(1, 11)]
+    (run / "log.csv").write_text("\n".join(rows) + "\n")
+    fig = figures.build_loss_figure(run / "log.csv")
+    ax = fig.axes[0]
+    assert ax.get_title() == "step4_pretrain (log.csv)"
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == ["loss", "val_loss"]  # the empty series is left out
+    val = ax.get_lines()[1]
+    assert len(val.get_xdata()) == 1 and val.get_marker() == "o"  # a single point is drawn, not an empty line
+    assert figures.run_title(tmp_path / "Sim2Snr1_loss.csv") == "Sim2Snr1_loss"

@@ -4,12 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from daqsm.evaluation import baseline_cli
 from daqsm.evaluation import baselines as B
 from daqsm.evaluation import nltv_alpha as A
 from daqsm.evaluation.metrics import nrmse_pair
-from tests.evaluation.test_baselines import phantom
 from daqsm.training_data.dipole import forward_field
 from daqsm.training_data.volume_io import read_volume, write_volume
+from tests.evaluation.test_baselines import phantom
 
 
 def noisy_phantom(sigma_ppm: float, seed: int = 0):
@@ -78,8 +79,8 @@ def test_command_alpha_auto(tmp_path, capsys):
     argv = ["ndi-tv", "--field", f, "--mask", m, "-o", str(out), "--b0", "3", "--te", "0.025", "--alpha", "auto",
             "--alpha-grid", "1e-3", "1e-2",
             "--iterations", "5"]
-    assert B.main(argv) == 0
+    assert baseline_cli.main(argv) == 0
     assert "by the discrepancy principle" in capsys.readouterr().out
     assert read_volume(out).data.shape == chi.shape
     for bad in (["--alpha", "often"], ["--alpha", "0.1", "--alpha-grid", "1e-3"]):
-        assert B.main(["ndi-tv", "--field", f, "--mask", m, "-o", str(tmp_path / "x.nii.gz")] + bad) == 2
+        assert baseline_cli.main(["ndi-tv", "--field", f, "--mask", m, "-o", str(tmp_path / "x.nii.gz")] + bad) == 2

@@ -40,7 +40,7 @@ def test_files_parse(tmp_path):
     back = tables.read_json_table(tmp_path / "t.json")
     assert back.columns == ["SNR1", "SNR2"] and back.rows == ["rmse", "CalcStreak"]
     assert math.isnan(back.get("CalcStreak", "SNR1"))
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(".*.tmp-*"))
 
 
 def test_duplicate_column_and_existing_output(tmp_path):

@@ -40,8 +40,10 @@ MAP_NRMSE = {"pretrained": 0.30, "step5_finetuned": 0.30}
 #: ... and relative deviation of the map's std and rms (stats entries 1 and 4)
 MAP_RMS_RTOL = 0.05
 #: table: rmse relative; the other rows (ROI and slope metrics of a near-zero map) relative
-TABLE_RMSE_RTOL = 1e-4
+TABLE_RMSE_RTOL = 3.5e-4
 TABLE_RTOL = 0.08
+#: rmse_detrend_Tissue of the tiny run (a near-zero residual after detrending) moves most across CPUs
+TABLE_ROW_RTOL = {"rmse_detrend_Tissue": 0.40}
 #: worst deviation measured per check (spread.py), and the setting behind it
 MEASURED = {
     "exact": "3.3e-7 (step-3 target field slice, other install; thread and oneDNN settings leave steps 1-3 "
@@ -51,7 +53,8 @@ MEASURED = {
     "map": "slice NRMSE 9.6 % (pre-trained, oneDNN off) and 9.2 % (fine-tuned, oneDNN off, 1 thread; other "
            "install 1.6 %); std and rms 1.7 % (fine-tuned, oneDNN off)",
     "table": "rmse 2.8e-5 (other install; 1 thread 2.5e-5), other rows 2.4 % (rmse_detrend_Tissue, oneDNN off, "
-             "1 thread)",
+             "1 thread); another CPU (AVX-512 with bf16, 2026-12-06; the golden files' commit 8ff79e5 gives the "
+             "same): rmse 1.14e-4, rmse_detrend_Tissue 13 %",
 }
 
 TRAINED_MAPS = tuple(MAP_NRMSE)
@@ -160,7 +163,7 @@ def compare(summary: dict, table: dict, golden: dict, golden_table: dict) -> lis
                 checks.append(Check(name, 0.0 if (expected is None) == undefined else math.inf, 0.0,
                                     f"{value} vs golden {expected} (undefined must stay undefined)"))
             else:
-                limit = TABLE_RMSE_RTOL if row == "rmse" else TABLE_RTOL
+                limit = TABLE_RMSE_RTOL if row == "rmse" else TABLE_ROW_RTOL.get(row, TABLE_RTOL)
                 checks.append(Check(name, _relative(value, expected), limit, "relative deviation"))
     return checks
 

@@ -43,7 +43,8 @@ TF_SETTINGS = ("TF_ENABLE_ONEDNN_OPTS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTERO
 NOT_LOSSES = ("step", "elapsed_s")
 
 
-def run_tiny(out_dir, env: dict | None = None, python: str | None = None) -> subprocess.Popen:
+def run_tiny(out_dir, env: dict | None = None, python: str | None = None, command: list | None = None,
+             cwd=None) -> subprocess.Popen:
     """Start the tiny demo into out_dir in a new process (the installed command's code path).
 
     Args:
@@ -51,14 +52,16 @@ def run_tiny(out_dir, env: dict | None = None, python: str | None = None) -> sub
         env: extra environment variables (e.g. TF_NUM_INTRAOP_THREADS) on top of this process's.
         python: interpreter to run it with (default this one); another virtual environment's
             python runs the same checkout with that environment's packages.
+        command: the demo command instead (e.g. an installed wheel's `daqsm-demo`).
+        cwd: folder to run it in (default the checkout).
 
     Returns:
         The running process; its stdout and stderr go to OUT_DIR.log. `finish(proc)` waits.
     """
     out_dir = Path(out_dir)
     log = open(str(out_dir) + ".log", "w", encoding="utf-8")
-    cmd = [python or sys.executable, "-m", "daqsm.evaluation.demo", "-o", str(out_dir), *DEMO_ARGS]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+    cmd = [*(command or [python or sys.executable, "-m", "daqsm.evaluation.demo"]), "-o", str(out_dir), *DEMO_ARGS]
+    proc = subprocess.Popen(cmd, cwd=cwd or REPO, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
     proc.log_path = log.name
     log.close()
     return proc

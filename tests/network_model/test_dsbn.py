@@ -4,10 +4,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-tf = pytest.importorskip("tensorflow")
+from tests import requires
 
-from daqsm.network_model.dsbn import DomainSpecificBatchNormalization  # noqa: E402
+pytestmark = requires.tensorflow
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tensorflow_imports():
+    """TensorFlow and the modules that import it, imported when these tests run, not while pytest collects."""
+    global keras, tf, DomainSpecificBatchNormalization
+    import keras
+    import tensorflow as tf
+
+    from daqsm.network_model.dsbn import DomainSpecificBatchNormalization
 
 
 def _data(mean, seed, shape=(4, 4, 4, 4, 3)):
@@ -88,3 +97,51 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
     cfg = loaded.get_layer("dsbn").get_config()
     assert cfg["num_domains"] == 2 and cfg["momentum"] == 0.5
+
+
+def _masked_reference(x, mask):
+    """numpy: per-channel mean / (biased) variance over the voxels where mask > 0, all samples."""
+    inside = np.broadcast_to(mask > 0, x.shape)
+    chans = x.shape[-1]
+    values = x[inside].reshape(-1, chans)
+    return values.mean(axis=0), values.var(axis=0)
+
+
+def _half_mask(shape=(4, 4, 4, 4, 1), seed=0):
+    mask = (np.random.default_rng(seed).random(shape) < 0.4).astype(np.float32)
+    mask[0, 0, 0, 0, 0] = 1.0
+    return mask
+
+
+def test_training_moments_over_the_mask_only():
+    # background far from the brain's values: unmasked moments would be pulled to it
+    x = _data(5.0, 7)
+    mask = _half_mask()
+    x = np.where(mask > 0, x, -40.0).astype(np.float32)
+    layer = DomainSpecificBatchNormalization(num_domains=2, momentum=0.0, epsilon=1e-6)
+    out = np.asarray(layer(x, domain=1, training=True, mask=mask))
+    mean, var = _masked_reference(x, mask)
+    # momentum 0: the moving statistics are this batch's masked moments
+    np.testing.assert_allclose(np.asarray(layer.moving_means[1]), mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(layer.moving_variances[1]), var, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out, (x - mean) / np.sqrt(var + 1e-6), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(layer.moving_means[0]), 0.0)  # the other domain untouched
+    # no mask: all voxels, as keras' BatchNormalization
+    plain = DomainSpecificBatchNormalization(num_domains=2, momentum=0.0)
+    plain(x, domain=1, training=True)
+    np.testing.assert_allclose(np.asarray(plain.moving_means[1]), x.mean(axis=(0, 1, 2, 3)), rtol=1e-5)
+
+
+def test_masked_moments_ignore_the_background_fraction():
+    # the same brain voxels with more zero background (a larger crop) give the same statistics
+    x = _data(2.0, 9, shape=(1, 4, 4, 4, 2))
+    mask = np.ones((1, 4, 4, 4, 1), np.float32)
+    big_x = np.zeros((1, 8, 8, 8, 2), np.float32)
+    big_m = np.zeros((1, 8, 8, 8, 1), np.float32)
+    big_x[:, 2:6, 2:6, 2:6], big_m[:, 2:6, 2:6, 2:6] = x, mask
+    small, big = (DomainSpecificBatchNormalization(momentum=0.0) for _ in range(2))
+    small(x, domain=0, training=True, mask=mask)
+    big(big_x, domain=0, training=True, mask=big_m)
+    for a, b in ((small.moving_means[0], big.moving_means[0]), (small.moving_variances[0], big.moving_variances[0])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+

@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
+from tests import requires  # noqa: E402
+
+pytestmark = requires.tensorflow
 
 from daqsm.network_model import export  # noqa: E402
 

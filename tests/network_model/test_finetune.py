@@ -6,13 +6,15 @@ import csv
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
+from tests import requires  # noqa: E402
+
+pytestmark = requires.tensorflow
 
 from daqsm.network_model.model_finetune import train as finetune  # noqa: E402
-from tests.network_model.synthetic import smooth_chi  # noqa: E402
 from daqsm.training_data.dipole import forward_field  # noqa: E402
 from daqsm.training_data.units import hz_per_ppm  # noqa: E402
 from daqsm.training_data.volume_io import read_volume, write_volume  # noqa: E402
+from tests.network_model.synthetic import smooth_chi  # noqa: E402
 
 SHAPE = (18, 20, 22)  # not divisible by 2**depth: exercises the padding
 AFFINE = np.array([[0.9, 0.0, 0.0, -10.0], [0.0, 1.1, 0.1, 5.0], [0.0, -0.1, 1.1, 2.0], [0, 0, 0, 1]])

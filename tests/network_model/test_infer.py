@@ -193,4 +193,23 @@ def test_bad_input_exits_2_and_writes_nothing(case, model_path, phantom, bad_mod
     else:
         assert not out.exists()
     assert not (tmp_path / "out.json").exists()
-    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+
+
+def test_mat_field_keeps_the_nifti_masks_geometry_or_says_what_it_assumes(model_path, phantom, tmp_path, capsys):
+    """Issue 24: a .mat field was written with an identity affine; now the NIfTI mask's affine is kept."""
+    import scipy.io
+
+    scipy.io.savemat(tmp_path / "field.mat", {"RDF": phantom["field_ppm"]})
+    assert infer.main(["--model", model_path, "--field", str(tmp_path / "field.mat"), "--mask", phantom["mask"],
+                       "--whole", "-o", str(tmp_path / "a.nii.gz")]) == 0
+    np.testing.assert_allclose(nib.load(tmp_path / "a.nii.gz").affine, AFFINE)
+    record = json.loads((tmp_path / "a.json").read_text())
+    np.testing.assert_allclose(record["input_voxel_size_mm"], [1.0, 1.2, 0.9])
+    assert record["geometry_sources"]["voxel_size_mm"] == f"mask {phantom['mask']}"
+    assert "assumed" not in capsys.readouterr().err
+    scipy.io.savemat(tmp_path / "mask.mat", {"mask": phantom["mask_arr"].astype(np.uint8)})
+    assert infer.main(["--model", model_path, "--field", str(tmp_path / "field.mat"), "--mask",
+                       str(tmp_path / "mask.mat"), "--whole", "-o", str(tmp_path / "b.nii.gz")]) == 0
+    err = capsys.readouterr().err
+    assert "1 mm isotropic voxels and B0 along the third voxel axis (z) assumed" in err

@@ -4,11 +4,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
+from daqsm.training_data.dipole import dipole_operator_tf, forward_field
+from daqsm.training_data.units import rad_per_ppm
+from tests import requires
 
-from daqsm.network_model.losses import NDI_REFERENCE_RAD_PER_PPM, l1_loss, ndi_loss, tv_loss  # noqa: E402
-from daqsm.training_data.dipole import dipole_operator_tf, forward_field  # noqa: E402
-from daqsm.training_data.units import rad_per_ppm  # noqa: E402
+pytestmark = requires.tensorflow
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tensorflow_imports():
+    """TensorFlow and the modules that import it, imported when these tests run, not while pytest collects."""
+    global tf, NDI_REFERENCE_RAD_PER_PPM, l1_loss, ndi_loss, tv_loss
+    import tensorflow as tf
+
+    from daqsm.network_model.losses import NDI_REFERENCE_RAD_PER_PPM, l1_loss, ndi_loss, tv_loss
 
 
 def _vol(a):
@@ -137,3 +146,18 @@ def test_l1_inside_mask_in_network_units():
     mask[1] = 1
     label[0, 2:] = 100.0  # outside the mask: ignored
     np.testing.assert_allclose(l1_loss(pred, label, mask, label_scale=10.0).numpy(), [3.0, 3.0], rtol=1e-6)
+
+
+def test_ndi_excess_is_a_hinge_per_sample():
+    from daqsm.network_model.losses import ndi_excess, pretrain_terms_floored
+
+    ndi = tf.constant([0.05, 0.01, 0.03])
+    floor = tf.constant([0.02, 0.02, 0.03])
+    np.testing.assert_allclose(ndi_excess(ndi, floor).numpy(), [0.03, 0.0, 0.0], atol=1e-7)
+    with tf.GradientTape() as tape:
+        tape.watch(ndi)
+        total = tf.reduce_sum(ndi_excess(ndi, floor))
+    np.testing.assert_array_equal(tape.gradient(total, ndi).numpy(), [1.0, 0.0, 0.0])  # below the floor: no pull
+    terms = pretrain_terms_floored(1.0, 0.05, 0.03, 0.02, 2.0, lambda_ndi=20.0, lambda_tv=0.05)
+    assert terms["loss"] == pytest.approx(1.0 + 20.0 * 0.03 + 0.05 * 2.0)
+    assert terms["ndi"] == 0.05 and terms["ndi_floor"] == 0.02 and terms["ndi_weighted"] == pytest.approx(0.6)

@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
+from tests import requires  # noqa: E402
+
+pytestmark = requires.tensorflow
 
 from daqsm.network_model.train_model import train  # noqa: E402
 from tests.network_model.synthetic import make_patch_file  # noqa: E402

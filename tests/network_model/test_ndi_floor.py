@@ -4,12 +4,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
+from daqsm.training_data.dipole import dipole_operator_tf, forward_field
+from daqsm.training_data.patches import extract_patch, grid_origins
+from tests import requires
+from tests.network_model.synthetic import ball_mask, smooth_chi
 
-from daqsm.network_model.losses import ndi_loss  # noqa: E402
-from tests.network_model.synthetic import ball_mask, smooth_chi  # noqa: E402
-from daqsm.training_data.dipole import dipole_operator_tf, forward_field  # noqa: E402
-from daqsm.training_data.patches import extract_patch, grid_origins  # noqa: E402
+pytestmark = requires.tensorflow
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tensorflow_imports():
+    """TensorFlow and the modules that import it, imported when these tests run, not while pytest collects."""
+    global tf, ndi_loss
+    import tensorflow as tf
+
+    from daqsm.network_model.losses import ndi_loss
 
 
 def true_chi_ndi(chi, field, mask, crop: int, pad: str = "none") -> float:

@@ -4,9 +4,10 @@ bfloat16 runs on the CPU; float16 does not (TensorFlow has no float16 MaxPool3D 
 loss scaling is tested on a float32 model (a power-of-two scale is undone exactly) and the option
 itself must refuse a GPU-less machine with one line.
 
-Tolerances (measured on this 2-core CPU, depth-2 / 4-filter U-Net, 16^3 batches):
+Tolerances (depth-2 / 4-filter U-Net, 16^3 batches):
 - the pre-training loss of one step (same weights, same batch), bfloat16 against float32: relative
-  differences 1.8e-4 .. 5.3e-4 over the terms in two seeds -> STEP_RTOL 5e-3;
+  differences 1.8e-4 .. 5.3e-4 over the terms in two seeds on a CPU that emulates bf16, 1.2 % on one
+  with native bf16 (AVX512_BF16) -> STEP_RTOL 2.5e-2;
 - the loss after one Adam update: 2.6e-4 .. 1.3e-2 (Adam's first step is about lr * sign(gradient),
   so tiny gradients that change sign move it) -> UPDATE_RTOL 5e-2.
 """
@@ -15,14 +16,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
+from tests import requires  # noqa: E402
+
+pytestmark = requires.tensorflow
 
 from daqsm.errors import InputError  # noqa: E402
 from daqsm.network_model.precision import PRECISIONS, check_precision, precision_policy, with_precision  # noqa: E402
 from tests.network_model.synthetic import ball_mask, make_patch_file, smooth_chi  # noqa: E402
 
-STEP_RTOL = 5e-3
+# bfloat16 keeps 8 significant bits (rounding 2**-8 = 0.39 % per operation). A CPU with native bf16
+# (AVX512_BF16) rounds inside oneDNN's kernels where others emulate it; measured on such a CPU: the
+# loss 1.2 % from float32, a 16^3 map 3-6 % of its maximum voxel-wise. The bounds sit ~2x above that.
+STEP_RTOL = 2.5e-2
 UPDATE_RTOL = 5e-2
+MAP_ATOL_OF_MAX = 0.12
 N = 16
 
 
@@ -106,7 +113,7 @@ def test_pretrain_bfloat16_exports_a_float32_model(tmp_path):
     assert low.get_layer("enc0_conv0").compute_dtype == "bfloat16"
     out_low = low([x, np.ones_like(x)])
     assert out_low.dtype == "float32"
-    np.testing.assert_allclose(np.asarray(out_low), np.asarray(out), atol=2e-2 * float(np.abs(out).max()))
+    np.testing.assert_allclose(np.asarray(out_low), np.asarray(out), atol=MAP_ATOL_OF_MAX * float(np.abs(out).max()))
     back = with_precision(low, "float32")  # back to float32: bit-identical to the original
     np.testing.assert_array_equal(np.asarray(back([x, np.ones_like(x)])), np.asarray(out))
 
@@ -162,4 +169,4 @@ def test_finetune_and_infer_in_bfloat16(tmp_path):
         maps[precision] = read_volume(out).data
     assert maps["mixed_bfloat16"].dtype == np.float32
     scale = float(np.abs(maps["float32"]).max())
-    np.testing.assert_allclose(maps["mixed_bfloat16"], maps["float32"], atol=2e-2 * scale)
+    np.testing.assert_allclose(maps["mixed_bfloat16"], maps["float32"], atol=MAP_ATOL_OF_MAX * scale)

@@ -6,11 +6,20 @@ import json
 import numpy as np
 import pytest
 
-from daqsm.network_model.stopping import StoppingRule, noise_energy
-from tests.network_model.synthetic import ball_mask, smooth_chi
+from daqsm.qc.noise import estimate_noise_ppm
 from daqsm.training_data.dipole import forward_field
-from daqsm.training_data.noise import estimate_noise_ppm
 from daqsm.training_data.units import rad_per_ppm
+from tests import requires
+from tests.network_model.synthetic import ball_mask, smooth_chi
+
+pytestmark = requires.tensorflow
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tensorflow_imports():
+    """TensorFlow and the modules that import it, imported when these tests run, not while pytest collects."""
+    global StoppingRule, noise_energy
+    from daqsm.network_model.stopping import StoppingRule, noise_energy  # imports the losses, so TensorFlow
 
 
 def _noisy_field(n=40, sigma=0.004, seed=0, weight=None):

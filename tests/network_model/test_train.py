@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
+from tests import requires  # noqa: E402
+
+pytestmark = requires.tensorflow
 
 from daqsm.network_model.train_model import train  # noqa: E402
 from tests.network_model.synthetic import make_patch_file  # noqa: E402
@@ -178,6 +180,9 @@ def test_resume_with_another_network_is_an_input_error(patches, tmp_path, capsys
     assert train.main(args + ["--max_steps", "1", "--checkpoint_every", "1"]) == 0
     capsys.readouterr()
     assert train.main(args + ["--max_steps", "2", "--base_filters", "6"]) == 2
+    assert "different base_filters" in capsys.readouterr().err  # the run's config names the key (issue 23)
+    (run / "config.json").unlink()  # without the run's config the checkpoint itself still refuses
+    assert train.main(args + ["--max_steps", "2", "--base_filters", "6"]) == 2
     assert "does not match this network" in capsys.readouterr().err
 
 
@@ -207,3 +212,53 @@ def test_killed_run_resumes_from_its_checkpoint(patches, tmp_path, capsys):
     assert f"(step {saved})" in capsys.readouterr().err
     steps = [int(r["step"]) for r in _log(run)]
     assert steps == list(range(1, saved + 2))  # rows after the checkpoint were dropped, then continued
+
+
+def test_in_memory_batches_equal_per_patch_reads(patches):
+    # the same seed gives the same batches whether a group is read once or one chunk per step
+    from daqsm.network_model.data import LoadedPatchGroup, group_dataset, load_patch_group, read_patch_group
+
+    for group in ("source", "target"):
+        on_file = read_patch_group(patches, group)
+        assert load_patch_group(on_file, max_bytes=10) is on_file  # too large for the budget: streamed
+        loaded = load_patch_group(on_file, max_bytes=2**30)
+        assert isinstance(loaded, LoadedPatchGroup) and loaded.count == on_file.count
+        extra = np.arange(on_file.count, dtype=np.float32) * 0.5
+        a = iter(group_dataset(on_file, np.arange(on_file.count), 2, seed=5, extras=(extra,)))
+        b = iter(group_dataset(loaded, np.arange(on_file.count), 2, seed=5, extras=(extra,)))
+        for _ in range(4):
+            for x, y in zip(next(a), next(b)):
+                np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_max_minutes_runs_in_resumable_chunks(patches, tmp_path, capsys):
+    import keras
+
+    run = tmp_path / "run"
+    args = ["--datasets_path", patches, "--run_dir", str(run), *TINY, "--val_fraction", "0", "--max_steps", "4",
+            "--max_minutes", "1e-6"]  # every call stops after its first step
+    for expected in (1, 2, 3):
+        assert train.main(args) == 0
+        assert f"max_minutes 1e-06 reached at step {expected} of 4" in capsys.readouterr().err
+        assert keras.saving.load_model(run / "target_model.keras") is not None  # each chunk exports
+    assert train.main(args) == 0  # the last step ends the run: no time message
+    assert "reached at step" not in capsys.readouterr().err
+    assert [int(r["step"]) for r in _log(run)] == [1, 2, 3, 4]
+
+
+def test_ndi_floor_is_logged_and_hinges_the_data_term(patches, tmp_path):
+    run = tmp_path / "run"
+    args = ["--datasets_path", patches, *TINY, "--val_fraction", "0", "--max_steps", "2"]
+    assert train.main(args + ["--run_dir", str(run), "--ndi_floor", "1e6"]) == 0
+    rows = _log(run)
+    for row in rows:  # a floor above any NDI: the data term gives nothing, the raw NDI is still logged
+        assert float(row["ndi_floor"]) == pytest.approx(1e6)
+        assert float(row["ndi_weighted"]) == 0.0 and float(row["ndi"]) > 0
+        assert float(row["loss"]) == pytest.approx(float(row["l1"]) + float(row["tv_weighted"]), rel=1e-5)
+    assert train.main(args + ["--run_dir", str(tmp_path / "noise"), "--ndi_floor", "noise"]) == 0
+    row = _log(tmp_path / "noise")[0]
+    # per crop max(NDI - floor, 0), then the batch mean: at least the hinge of the means
+    assert 0 < float(row["ndi_floor"])
+    assert float(row["ndi_excess"]) >= max(float(row["ndi"]) - float(row["ndi_floor"]), 0.0) - 1e-6
+    assert train.main(args + ["--run_dir", str(tmp_path / "bad"), "--ndi_floor", "lots"]) == 2
+    assert not (tmp_path / "bad").exists()

@@ -4,11 +4,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+from daqsm.training_data.dipole import forward_field
+from tests import requires
+from tests.network_model.synthetic import ball_mask, smooth_chi
 
-from daqsm.network_model.unet import DomainAdaptiveUNet, build_target_model, describe_target_model, export_target_model  # noqa: E402
-from tests.network_model.synthetic import ball_mask, smooth_chi  # noqa: E402
-from daqsm.training_data.dipole import forward_field  # noqa: E402
+pytestmark = requires.tensorflow
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tensorflow_imports():
+    """TensorFlow and the modules that import it, imported when these tests run, not while pytest collects."""
+    global keras, DomainAdaptiveUNet, build_target_model, describe_target_model, export_target_model
+    import keras
+
+    from daqsm.network_model.unet import DomainAdaptiveUNet, build_target_model, describe_target_model, export_target_model
 
 
 def _conv_params(cin, cout, k=3):
@@ -97,3 +106,19 @@ def test_training_model_round_trip(tmp_path):
     for d in (0, 1):
         np.testing.assert_array_equal(np.asarray(loaded([field, mask], domain=d)),
                                       np.asarray(model([field, mask], domain=d)))
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_dsbn_moments_follow_the_brain_mask(masked):
+    # the first DSBN normalises conv(field x mask, mask); with momentum 0 its moving mean is the
+    # training batch's mean over the mask (masked_bn) or over every voxel (before issue 22)
+    model = DomainAdaptiveUNet(2, 4, momentum=0.0, masked_bn=masked).build_for()
+    field, mask = _inputs()
+    model([field, mask], domain=1, training=True)
+    x = np.concatenate([field * mask * model.input_scale, mask], axis=-1)
+    conv = np.asarray(model.convs["enc0_conv0"](x))
+    inside = np.broadcast_to(mask > 0, conv.shape) if masked else np.ones(conv.shape, bool)
+    expected = conv[inside].reshape(-1, conv.shape[-1]).mean(axis=0)
+    moving = np.asarray(model.norms["enc0_conv0"].moving_means[1])
+    np.testing.assert_allclose(moving, expected, rtol=1e-4, atol=1e-5)
+    assert model.get_config()["masked_bn"] is masked

@@ -113,7 +113,7 @@ def test_bad_inputs_exit_2_one_line_nothing_written(tmp_path, chi_file, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and re.search(message, err), (argv, err)
         assert not (tmp_path / "out.nii.gz").exists()
-        assert not list(tmp_path.glob(".tmp-*"))
+        assert not list(tmp_path.glob(".*.tmp-*"))
 
 
 def test_failing_batch_leaves_no_partial_folder(tmp_path, chi_file):

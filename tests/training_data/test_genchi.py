@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from daqsm.config import option_name
-from tests.training_data.test_augment import blob
 from daqsm.training_data import genChi
+from tests.training_data.test_augment import blob
 
 VOXEL = (1.1, 1.0, 1.2)
 
@@ -64,7 +64,8 @@ def test_same_seed_byte_identical_different_seed_differs_chunk_independent(sourc
 def test_nifti_folder_output(source, tmp_path):
     out = tmp_path / "maps"
     assert run(source, f"{out}/", "-n", 2, "--no-elastic") == 0
-    names = sorted(os.listdir(out))
+    names = sorted(n for n in os.listdir(out) if not n.startswith("."))
+    assert (out / ".daqsm-output").is_file()  # the marker: a folder daqsm-genchi made (issue 23)
     assert names == ["chi_0000.json", "chi_0000.nii.gz", "chi_0001.json", "chi_0001.nii.gz", "genchi_config.json",
                      "mask_0000.json", "mask_0000.nii.gz", "mask_0001.json", "mask_0001.nii.gz", "params.json"]
     img = nib.load(out / "chi_0001.nii.gz")
@@ -129,7 +130,7 @@ def test_config_file_and_override_precedence(source, tmp_path, capsys):
 def test_every_parameter_is_reachable_from_the_command_line():
     parser = genChi.build_parser()
     options = {opt for action in parser._actions for opt in action.option_strings}
-    for field in dataclasses.fields(genChi.GenChiConfig):
+    for field in dataclasses.fields(genChi.GenChiCommandConfig):
         assert option_name(field.name) in options, field.name
 
 

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from tests.network_model.synthetic import ball_mask, smooth_chi
 from daqsm.training_data import input_check
 from daqsm.training_data.dipole import forward_field
 from daqsm.training_data.units import hz_per_ppm
 from daqsm.training_data.volume_io import write_volume
+from tests.network_model.synthetic import ball_mask, smooth_chi
 
 N = 16
 TE = [0.004, 0.012, 0.020, 0.028]
@@ -98,7 +98,7 @@ BROKEN_CASES = {
                                "voxel size expected"),
     "negative magnitude": (lambda d: _write_case(d, magnitude=-np.ones((N, N, N, 4), np.float32)),
                            "non-negative"),
-    "implausible B0": (lambda d: _write_case(d, info={"b0_tesla": 3000}), "b0_tesla expected"),
+    "implausible B0": (lambda d: _write_case(d, info={"b0_tesla": 3000}), "b0_tesla: expected"),
 }
 
 

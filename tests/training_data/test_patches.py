@@ -9,10 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from daqsm.training_data import genRDFPatchesSyn
 from daqsm.errors import InputError
-from tests.training_data.test_augment import blob
-from daqsm.training_data import genChi
+from daqsm.training_data import genChi, genRDFPatchesSyn
 from daqsm.training_data.dipole import forward_field
 from daqsm.training_data.patches import (
     assemble_patches,
@@ -25,6 +23,7 @@ from daqsm.training_data.patches import (
     select_origins,
 )
 from daqsm.training_data.units import hz_per_ppm
+from tests.training_data.test_augment import blob
 
 P = 8
 
@@ -274,7 +273,7 @@ def test_every_parameter_is_reachable_from_the_command_line():
     from daqsm.config import option_name
 
     options = {opt for action in genRDFPatchesSyn.build_parser()._actions for opt in action.option_strings}
-    for field in dataclasses.fields(genRDFPatchesSyn.PatchConfig):
+    for field in dataclasses.fields(genRDFPatchesSyn.PatchCommandConfig):
         assert option_name(field.name) in options, field.name
 
 

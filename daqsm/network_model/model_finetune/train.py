@@ -7,9 +7,7 @@ file) and calls it. From Python on arrays: `daqsm.finetune`.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
 
 from daqsm.config import ArgumentParser
 from daqsm.errors import run_cli
@@ -36,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from daqsm.training_data.provenance import command
+    from daqsm.provenance import command
 
     args = build_parser().parse_args(argv)
     with command("daqsm-finetune", argv):

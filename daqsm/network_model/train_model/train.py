@@ -11,9 +11,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
 
 from daqsm.config import ArgumentParser
 from daqsm.errors import run_cli

@@ -13,19 +13,18 @@ same echo. `WEIGHT_ECHO` and `Case.weight_echo_index` are the one place that dec
 """
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
 
 import numpy as np
 
-from daqsm.errors import InputError, shape_mismatch
+from daqsm.errors import InputError, did_you_mean, shape_mismatch
+from daqsm.outputs import temp_path
 from daqsm.training_data.volume_io import Volume, check_mask, read_volume
 
 WEIGHT_ECHO = 2  # 1-based; the only echo when the magnitude has fewer
@@ -151,9 +150,7 @@ def read_info(folder) -> dict:
         raise InputError(f"{path}: expected a JSON object of keys, found a {type(meta).__name__}")
     for key in meta:
         if key not in INFO_KEYS:
-            near = difflib.get_close_matches(key, INFO_KEYS, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise InputError(f"{path}: unknown key {key!r}{hint}; known: {', '.join(INFO_KEYS)}")
+            raise InputError(f"{path}: unknown key {key!r}{did_you_mean(key, INFO_KEYS)}; known: {', '.join(INFO_KEYS)}")
     if meta.get("b0_tesla") is not None:
         meta["b0_tesla"] = _positive(path, "b0_tesla", meta["b0_tesla"])
     if meta.get("te_s") is not None:
@@ -208,7 +205,7 @@ def read_case(folder, what: str = "case", magnitude: bool = True) -> Case:
     info = read_info(folder)
     field = read_volume(os.path.join(folder, FIELD_NAME))
     mask_path = os.path.join(folder, MASK_NAME)
-    mask = check_mask(read_volume(mask_path, dtype=None).data, mask_path, field.data, "local_field")
+    mask = check_mask(read_volume(mask_path, dtype=None), mask_path, field, "local_field")
     mag = None
     mag_path = os.path.join(folder, MAGNITUDE_NAME)
     if magnitude and os.path.isfile(mag_path):
@@ -227,18 +224,18 @@ def write_case(folder, arrays: dict, info: dict, affine, sidecar=None) -> str:
         info: written as case.json (b0_tesla, te_s, voxel_size_mm, b0_dir, ...).
         affine: 4x4 of every volume.
         sidecar: optional callable(stem) -> provenance record, written beside each volume
-            (daqsm/training_data/provenance.py).
+            (daqsm/provenance.py).
     """
     from daqsm.training_data.volume_io import write_volume
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    tmp = Path(temp_path(folder, suffix="", folder=True))
     try:
         for name, data in arrays.items():
             write_volume(tmp / f"{name}.nii.gz", data, affine=affine)
             if sidecar is not None:
-                from daqsm.training_data.provenance import write_sidecar
+                from daqsm.training_data.formats.sidecar import write_sidecar
 
                 write_sidecar(tmp / f"{name}.nii.gz", sidecar(name))
         (tmp / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")

@@ -37,8 +37,10 @@ class ChiH5Writer:
         self.chi.attrs["units"] = "ppm"
         h5.attrs["units"] = "ppm"
         h5.attrs["format_version"] = FORMAT_VERSION
+        from daqsm.outputs import storable_text
+
         for key, value in (attrs or {}).items():
-            h5.attrs[key] = value
+            h5.attrs[key] = storable_text(value)
 
     def write(self, i: int, chi, mask, params: dict | None = None, source_index: int = 0) -> None:
         """Map i: chi float32 (x, y, z) ppm, mask (x, y, z) 0/1, the values drawn for it."""

@@ -32,7 +32,9 @@ class FieldH5Writer:
         self.dset[n] = field
 
     def finish(self, names) -> None:
-        self.h5.attrs["files"] = list(names)
+        from daqsm.outputs import storable_text
+
+        self.h5.attrs["files"] = storable_text(list(names))
 
 
 def write_field_h5(path, fields, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), names=None) -> str:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from daqsm.errors import InputError
+from daqsm.training_data.geometry import extract_patch
 
 FORMAT_VERSION = 2
 INPUT_CONTRACT = "field*mask"
@@ -73,8 +74,10 @@ class PatchFileWriter:
         h5.attrs["input_contract"] = INPUT_CONTRACT
         h5.attrs["units"] = "ppm"
         h5.attrs["format_version"] = FORMAT_VERSION
+        from daqsm.outputs import storable_text
+
         for key, value in (extra_attrs or {}).items():
-            h5.attrs[key] = value
+            h5.attrs[key] = storable_text(value)
 
     def count(self, group_name: str) -> int:
         return int(self.h5[group_name]["field"].shape[0])
@@ -85,8 +88,6 @@ class PatchFileWriter:
         Returns:
             The number of patches appended.
         """
-        from daqsm.training_data.patches import extract_patch
-
         names = GROUP_DATASETS[group_name]
         if set(volumes) != set(names):
             raise ValueError(f"{group_name} needs volumes {names}, got {sorted(volumes)}")
@@ -115,7 +116,9 @@ class PatchFileWriter:
         nan3 = [float("nan")] * 3
         attrs["voxel_size_mm"] = np.asarray(voxel_size_mm if voxel_size_mm is not None else nan3, dtype=np.float64)
         attrs["b0_dir"] = np.asarray(b0_dir if b0_dir is not None else nan3, dtype=np.float64)
-        attrs["files"] = [str(f) for f in files]
+        from daqsm.outputs import storable_text
+
+        attrs["files"] = storable_text([str(f) for f in files])
         if group_name == "target":
             attrs["b0_tesla"] = float("nan") if b0_tesla is None else float(b0_tesla)
             attrs["te_s"] = float("nan") if te_s is None else float(te_s)

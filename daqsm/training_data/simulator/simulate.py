@@ -30,13 +30,13 @@ import scipy.ndimage as ndi
 
 from daqsm.config import ArgumentParser, add_config_options, config_path_beside, param, resolve_config, write_config
 from daqsm.errors import InputError, output_path, run_cli
-from daqsm.validate import in_range
 from daqsm.training_data.dipole import forward_field
 from daqsm.training_data.formats.case_folder import write_case as write_case_folder
 from daqsm.training_data.simulator.gibbs import remove_gibbs_ringing
 from daqsm.training_data.simulator.gre import add_noise, crop_kspace, echo_signals, estimate_local_field
 from daqsm.training_data.simulator.texture import texture_ppm
 from daqsm.training_data.simulator.tissue import BRAIN_LABELS, CALCIFICATION, CHIREF_PPM, tissue_maps
+from daqsm.validate import in_range
 
 PROG = "simulate"
 B0_TESLA = 7.0
@@ -279,8 +279,8 @@ FIELD_VOLUMES = ("local_field", "magnitude")
 
 
 def case_sidecar(name: str, case: dict) -> dict:
-    """Provenance of one simulated volume (daqsm/training_data/provenance.py); the field used the one kernel."""
-    from daqsm.training_data.provenance import build_record
+    """Provenance of one simulated volume (daqsm/provenance.py); the field used the one kernel."""
+    from daqsm.provenance import build_record
 
     description, units = CASE_VOLUMES.get(name, (name, None))
     extra = {"EchoTime": case["te_s"]} if name == "magnitude" else {}
@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from daqsm.training_data.provenance import command
+    from daqsm.provenance import command
 
     args = build_parser().parse_args(argv)
     with command("daqsm-simulate", argv):
@@ -331,17 +331,18 @@ def _run(args: SimulateConfig) -> int:
         in_range("--native", args.native, 0.1, args.resolution)
     output_path("-o", args.output, kind="folder")
     existing = [Path(args.output) / f"{v}{s}" for v in VARIANTS for s in PEAK_SNR]
-    if any(p.exists() for p in existing) and not args.overwrite:
-        raise InputError(f"-o {args.output}: case folders exist; use --overwrite to replace them")
+    from daqsm.outputs import refuse_existing
+
+    refuse_existing("-o", existing, args.overwrite)
     if args.source.lower() == "builtin":
         anatomy = load_builtin(args.native or RC2_NATIVE_MM * args.resolution)
     else:
         anatomy = load_rc2_phantom(args.source)
     if any(args.resolution < v - 1e-6 for v in anatomy.voxel_size_mm):
         raise InputError(f"--resolution {args.resolution:g}: expected at least the native voxel size {anatomy.voxel_size_mm}")
-    from daqsm.output_lock import folder_removed_on_error
+    from daqsm.output_lock import claim_output, folder_removed_on_error
 
-    with folder_removed_on_error(args.output):
+    with claim_output("-o", args.output, kind="folder"), folder_removed_on_error(args.output):
         cases = simulate_cases(anatomy, args.output, args.resolution, args.seed, not args.progress,
                                gibbs_removal=not args.keep_gibbs_ringing)
         write_config(args, config_path_beside(args.output, "simulate", folder=True))

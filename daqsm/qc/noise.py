@@ -2,7 +2,7 @@
 
 One home for the estimate that both data-consistency stopping rules use: fine-tuning's
 discrepancy principle (daqsm/network_model/stopping.py) and nonlinear TV's stage-1 alpha
-(daqsm/training_data/tv_alpha.py).
+(daqsm/qc/tv_alpha.py).
 
 d = (1/sqrt 8) sum over a 2x2x2 block of (-1)^(i+j+k) W f (the finest diagonal Haar coefficient, the
 mixed third difference) is N(0, sigma^2) for white noise of std sigma and ~0 for a field that is

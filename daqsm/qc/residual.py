@@ -10,7 +10,7 @@ without B0/TE) r is the small-angle form W |f - D*chi| itself. D*chi is the proj
 (daqsm.training_data.dipole.forward_field, same kernel and padding as the loss). Zero outside the mask.
 
 Summary: the residual's RMS over the mask against the noise estimate of the field
-(daqsm.training_data.noise.estimate_noise_ppm, std of W x field noise): a ratio near 1 means the map explains
+(daqsm.qc.noise.estimate_noise_ppm, std of W x field noise): a ratio near 1 means the map explains
 the field to the noise level; >> 1, structure the reconstruction does not explain (look at the map).
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from daqsm.errors import shape_mismatch
+from daqsm.qc.noise import estimate_noise_ppm
 from daqsm.training_data.dipole import forward_field
-from daqsm.training_data.noise import estimate_noise_ppm
 
 
 def residual_map_ppm(chi_ppm, field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0),

@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from daqsm import provenance
 from tests.training_data.test_input_check import _write_case
-from daqsm.training_data import provenance
 
 
 def _sidecars_of_all_volumes(folder: Path) -> dict:
@@ -106,10 +106,10 @@ def test_infer_sidecars_match_the_run(model_and_case, tmp_path):
 
 
 def test_fieldmap_and_baseline_sidecars_match_the_run(tmp_path):
-    from daqsm.evaluation import baselines
-    from tests.network_model.synthetic import ball_mask, smooth_chi
+    from daqsm.evaluation import baseline_cli as baselines
     from daqsm.training_data import qsmFmapCal_gpu
     from daqsm.training_data.volume_io import write_volume
+    from tests.network_model.synthetic import ball_mask, smooth_chi
 
     affine = np.diag([1.0, 1.0, 2.0, 1.0])
     (tmp_path / "chi").mkdir()
@@ -160,9 +160,9 @@ def test_simulated_case_volumes_have_sidecars(tmp_path):
 
 
 def test_genchi_nifti_maps_have_sidecars(tmp_path):
-    from tests.network_model.synthetic import ball_mask, smooth_chi
     from daqsm.training_data import genChi
     from daqsm.training_data.volume_io import write_volume
+    from tests.network_model.synthetic import ball_mask, smooth_chi
 
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
     write_volume(tmp_path / "chi.nii.gz", smooth_chi(16, 0), affine)

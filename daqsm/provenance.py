@@ -1,13 +1,13 @@
 """Provenance sidecars: one JSON beside every volume the package writes (BIDS-derivative style).
 
-`OUT.nii.gz` gets `OUT.json` (`sidecar_path`), written atomically by `write_sidecar`, the one writer
-every command uses (steps 2 and 5, inference, baselines, the simulator). Keys (BIDS names where BIDS
+`OUT.nii.gz` gets `OUT.json` (`sidecar_path`), written atomically by `daqsm.training_data.formats.sidecar.write_sidecar`,
+the one writer every command uses (steps 2 and 5, inference, baselines, the simulator). Keys (BIDS names where BIDS
 has one: Description, Units, Sources, MagneticFieldStrength, GeneratedBy):
     Description, Units ("ppm", or "arbitrary" / null for magnitudes and masks), Sources (input files),
     GeneratedBy [{Name: daqsm, Version, Step, CommandLine}], MagneticFieldStrength (T, when known),
     B0Direction (unit vector in voxel axes), VoxelSize (mm), DipoleKernel {Definition, D0, Padding},
     Config (the resolved settings), Model {Path, SHA256} (network outputs), and per step extras
-    (FineTuning: iterations and stop reason; QC: the residual summary of daqsm.network_model.qc_residual).
+    (FineTuning: iterations and stop reason; QC: the residual summary of daqsm.qc.residual).
 Content is deterministic: no timestamps, no host names (tests/test_determinism.py compares reruns;
 it ignores only the model's SHA256, since a `.keras` file stores its save date).
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import os
 import shlex
 import sys
@@ -82,14 +81,14 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def _plain(value):
+def json_value(value):
     """JSON-ready copy: tuples -> lists, numpy scalars -> floats/ints, dataclasses -> dicts."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_value(v) for v in value]
     if hasattr(value, "item") and getattr(value, "shape", None) == ():
         return value.item()
     if hasattr(value, "tolist"):
@@ -137,21 +136,8 @@ def build_record(description: str, units: str | None, *, sources=(), b0_tesla=No
         record["DipoleKernel"] = {"Definition": KERNEL_DEFINITION, "D0": float(d0),
                                   "Padding": "none" if dipole_pad in (None, 0) else str(dipole_pad)}
     if config is not None:
-        record["Config"] = _plain(config)
+        record["Config"] = json_value(config)
     if model is not None:
         record["Model"] = model_entry(model)
-    record.update(_plain(extra))
+    record.update(json_value(extra))
     return record
-
-
-def write_sidecar(volume_path, record: dict, merge: dict | None = None) -> str:
-    """Write `record` (plus `merge`, a step's own keys) as the sidecar of `volume_path`, atomically."""
-    from daqsm.training_data.volume_io import atomic_path
-
-    content = dict(record)
-    content.update(_plain(merge or {}))
-    path = sidecar_path(volume_path)
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(content, fh, indent=2)
-        fh.write("\n")
-    return path

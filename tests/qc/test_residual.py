@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.network_model.synthetic import ball_mask, smooth_chi
+from daqsm.qc.residual import residual_map_ppm, residual_summary
 from daqsm.training_data.dipole import forward_field
-from daqsm.training_data.qc_residual import residual_map_ppm, residual_summary
 from daqsm.training_data.units import rad_per_ppm
+from tests.network_model.synthetic import ball_mask, smooth_chi
 
 N = 24
 VS, B0 = (1.0, 1.0, 1.2), (0.1, 0.0, 1.0)

@@ -32,16 +32,18 @@ The Haar estimate sees everything at the voxel scale that a smooth field has not
 cases it holds model error too (built-in 2 mm: 0.00065 ppm at peak SNR 100 and 0.00043 at 1000,
 where the noise alone differs tenfold).
 
-Also offered (daqsm/evaluation/nltv_alpha.py, with stage 2): the L-curve corner (`choose_alpha_lcurve`; Hansen 1992): the grid point of largest
-Menger curvature of (log R, log TV), which needs no noise level but is sensitive to the grid and to
-unconverged small-alpha solves: on the noisy test phantom (field noise 0.0007 / 0.002 / 0.006 ppm)
-it picked 0.01 / 4.6e-4 / 1e-3 against best alphas 4.6e-3 / 0.01 / 0.022, so it is not the default.
+Also offered (daqsm/evaluation/nltv_alpha.py, with stage 2): the L-curve corner (`choose_alpha_lcurve`;
+Hansen 1992): the grid point of largest Menger curvature of (log R, log TV), which needs no noise level
+but is sensitive to the grid and to unconverged small-alpha solves: on the noisy test phantom (field
+noise 0.0007 / 0.002 / 0.006 ppm) it picked 0.01 / 4.6e-4 / 1e-3 against best alphas 4.6e-3 / 0.01 / 0.022,
+so it is not the default.
 
-Used by the baselines (daqsm.evaluation.baselines `--alpha auto`) and by step 5's per-case TV weight
-(daqsm.network_model.tv_weight), hence with the physics rather than in the evaluation package.
+Used by the baselines (daqsm-baseline `--alpha auto`, daqsm.evaluation.baseline_cli) and by step 5's
+per-case TV weight (daqsm.network_model.tv_weight), hence in daqsm.qc (beside the noise estimate it
+needs) rather than in the evaluation package.
 
-Stage 2 (daqsm/evaluation/nltv_alpha.py) — `best_alpha_by_truth`: the grid point of least demeaned rmse against the truth inside the
-mask (the RC2 `rmse`); benchmarks only.
+Stage 2 (daqsm/evaluation/nltv_alpha.py) — `best_alpha_by_truth`: the grid point of least demeaned rmse
+against the truth inside the mask (the RC2 `rmse`); benchmarks only.
 """
 from __future__ import annotations
 
@@ -51,9 +53,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from daqsm.errors import InputError, shape_mismatch
+from daqsm.qc.noise import estimate_noise_ppm as shared_noise_estimate
 from daqsm.training_data.dipole import forward_field
-from daqsm.training_data.noise import estimate_noise_ppm as shared_noise_estimate
-from daqsm.training_data.tv_inversion import NDITVParams, _check_weight, ndi_data_term, ndi_tv
+from daqsm.training_data.tv_inversion import NDITVParams, check_weight, ndi_data_term, ndi_tv
 
 # 1e-4 .. 0.1 in steps of 10^(1/3) (x2.15): the 2016 data's best (0.1, 3 T / 25 ms) and high-SNR
 # simulations' (~3e-3) both inside, 10 solves
@@ -103,11 +105,11 @@ class AlphaChoice:
 
 def _weight(weight, mask):
     mask = np.asarray(mask).astype(bool)
-    return mask.astype(np.float32) if weight is None else _check_weight(weight, mask)
+    return mask.astype(np.float32) if weight is None else check_weight(weight, mask)
 
 
 def estimate_noise_ppm(field_ppm, mask, weight=None) -> float:
-    """Robust std of W times the field noise, ppm (daqsm.training_data.noise.estimate_noise_ppm; W
+    """Robust std of W times the field noise, ppm (daqsm.qc.noise.estimate_noise_ppm; W
     normalised to max 1 inside the mask, the mask when None)."""
     mask = np.asarray(mask).astype(bool)
     if mask.shape != np.shape(field_ppm):

@@ -1,0 +1,294 @@
+"""Step 4's core on patches in memory: the loss, the data-term floor, the batches, one training run.
+
+`pretrain_arrays(patches, cfg)` takes make_patches' dict and returns the target model and the loss
+log without writing a file (`daqsm.pretrain` calls it). The file shell
+(daqsm/network_model/pretraining.py: run folder, checkpoints, resume, log.csv, export) builds the
+same pieces from a patch file and adds what a long run needs.
+
+Data-term floor (issue 22): on a measured field even the true chi leaves NDI > 0 (noise, model error,
+sources outside the crop), and the network learned to go below it (training NDI 0.0185 where the
+truth's is 0.039), i.e. to fit noise. With `ndi_floor` the target term is max(NDI - floor, 0) per crop:
+    'noise'  floor = ndi_floor_tau x the normalised NDI that the crop's own noise leaves
+             (daqsm.qc.noise.estimate_noise_ppm on W x field, daqsm.network_model.stopping.noise_energy);
+    a number one floor for every crop, in normalised NDI units (e.g. a measured truth level);
+    'none'   the plain NDI (before issue 22).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from daqsm.errors import InputError
+
+FLOOR_MODES = ("none", "noise")
+
+
+def target_batch(cfg) -> int:
+    """Target crops per step (`target_batch_size`, or `batch_size` when 0)."""
+    return cfg.target_batch_size or cfg.batch_size
+
+
+def parse_floor(value) -> str | float:
+    """`ndi_floor` as 'none', 'noise' or a float >= 0 (InputError otherwise)."""
+    text = str(value).strip().lower()
+    if text in FLOOR_MODES:
+        return text
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    if not (math.isfinite(number) and number >= 0):
+        raise InputError(f"ndi_floor: expected none, noise or a number >= 0, got {value!r}")
+    return number
+
+
+def target_floors(cfg, target, phase_rad_per_ppm: float) -> np.ndarray | None:
+    """Per-crop floor of the target data term (module docstring), float32 (count,), or None when off."""
+    mode = parse_floor(cfg.ndi_floor)
+    if mode == "none":
+        return None
+    if mode != "noise":
+        return np.full(target.count, float(mode), np.float32)
+    from daqsm.network_model.stopping import noise_energy
+    from daqsm.qc.noise import estimate_noise_ppm
+
+    floors = np.zeros(target.count, np.float32)
+    for i, (field, mask, weight) in enumerate(iter_target_patches(target)):
+        try:
+            sigma = estimate_noise_ppm(field, mask > 0, weight)
+        except InputError:  # no 2x2x2 block inside the mask: nothing to estimate, no floor
+            continue
+        floors[i] = cfg.ndi_floor_tau * noise_energy(sigma, phase_rad_per_ppm)
+    return floors
+
+
+def phase_scale(cfg, target) -> float:
+    """Radians per ppm for NDI: the config value, else from the target group's B0 and TE."""
+    from daqsm.training_data.units import rad_per_ppm
+
+    if cfg.phase_rad_per_ppm is not None:
+        if not (cfg.phase_rad_per_ppm > 0 and math.isfinite(cfg.phase_rad_per_ppm)):
+            raise InputError(f"phase_rad_per_ppm: expected a positive number, got {cfg.phase_rad_per_ppm}")
+        return float(cfg.phase_rad_per_ppm)
+    if target.b0_tesla is None or target.te_s is None:
+        raise InputError(f"{target.path}: /target has no b0_tesla/te_s attributes; "
+                         "set phase_rad_per_ppm (radians per ppm, 2*pi*gamma_bar*B0*TE)")
+    return rad_per_ppm(target.b0_tesla, target.te_s)
+
+
+def check_run(cfg, source, target) -> float:
+    """Patch sizes against the network, the run's numbers and schedule; returns the phase scale (rad/ppm).
+
+    Runs no TensorFlow op (a multi-worker strategy needs a fresh runtime after it).
+    """
+    from daqsm.errors import choices_message
+    from daqsm.network_model.training_loop import SCHEDULES
+    from daqsm.network_model.unet import check_spatial_shape
+
+    for info in (source, target):
+        try:
+            check_spatial_shape(info.patch_size, cfg.depth)
+        except ValueError as err:
+            raise InputError(f"{info.path}: /{info.group} patches {info.patch_size}: {err}") from None
+    if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.max_steps < 0 or cfg.target_batch_size < 0:
+        raise InputError("batch_size and epochs must be >= 1, max_steps and target_batch_size >= 0")
+    parse_floor(cfg.ndi_floor)
+    phase = phase_scale(cfg, target)
+    if str(cfg.lr_schedule).lower() not in SCHEDULES:
+        raise choices_message("lr_schedule", cfg.lr_schedule, SCHEDULES)
+    return phase
+
+
+def check_replicas(cfg, strategy) -> None:
+    """Both batch sizes must split evenly over the replicas."""
+    for name, size in (("batch_size", cfg.batch_size), ("target_batch_size", target_batch(cfg))):
+        if size % strategy.num_replicas_in_sync:
+            raise InputError(f"{name} {size} must be divisible by the {strategy.num_replicas_in_sync} replicas")
+
+
+def nonfinite_reason(model, terms: dict) -> str | None:
+    """Why a trained model must not be exported: NaN/Inf weights or validation terms, else None."""
+    bad_terms = [k for k, v in terms.items() if k.startswith("val_") and not np.isfinite(v)]
+    if bad_terms:
+        return f"non-finite validation loss ({', '.join(bad_terms)})"
+    for weight in model.weights:
+        if not np.all(np.isfinite(np.asarray(weight))):
+            return f"non-finite weights in {weight.path if hasattr(weight, 'path') else weight.name}"
+    return None
+
+
+def iter_target_patches(target):
+    """(field, mask, weight) numpy arrays of every target patch, in memory or read one at a time."""
+    from daqsm.network_model.data import LoadedPatchGroup
+
+    if isinstance(target, LoadedPatchGroup):
+        yield from zip(*target.arrays)
+        return
+    import h5py
+
+    with h5py.File(target.path, "r") as h5:
+        grp = h5[target.group]
+        for i in range(target.count):
+            yield tuple(np.asarray(grp[k][i], np.float32) for k in target.keys)
+
+
+def build_loss_fn(model, dipole, phase_rad_per_ppm: float, cfg, training: bool = True):
+    """Per-replica loss of one (source, target) batch pair -> dict of scalar terms.
+
+    A target batch of four tensors carries each crop's data-term floor as the fourth, (batch,).
+    """
+    from daqsm.network_model.losses import l1_loss, ndi_excess, ndi_loss, pretrain_terms, pretrain_terms_floored, tv_loss
+    from daqsm.network_model.training_loop import replica_mean
+
+    def loss_fn(batch):
+        (s_field, s_mask, s_chi), target = batch
+        t_field, t_mask, t_weight = target[:3]
+        chi_s = model([s_field, s_mask], domain=0, training=training)
+        chi_t = model([t_field, t_mask], domain=1, training=training)
+        l1 = replica_mean(l1_loss(chi_s, s_chi, s_mask, cfg.label_scale))
+        ndi_per_crop = ndi_loss(chi_t, t_field, t_weight, t_mask, dipole, phase_rad_per_ppm)
+        tv = replica_mean(tv_loss(chi_t, t_mask, cfg.label_scale))
+        if len(target) < 4:
+            return pretrain_terms(l1, replica_mean(ndi_per_crop), tv, cfg.lambda_ndi, cfg.lambda_tv)
+        floor = target[3]
+        return pretrain_terms_floored(l1, replica_mean(ndi_per_crop), replica_mean(ndi_excess(ndi_per_crop, floor)),
+                                      replica_mean(floor), tv, cfg.lambda_ndi, cfg.lambda_tv)
+
+    return loss_fn
+
+
+def make_validate(model, dipole, phase: float, cfg, source, target, src_val, tgt_val):
+    """Validation on the held-out patches (inference-mode BN), or None when there are none."""
+    import tensorflow as tf
+
+    from daqsm.network_model.data import group_dataset
+    from daqsm.network_model.losses import l1_loss, ndi_loss, pretrain_loss, tv_loss
+
+    if len(src_val) == 0 or len(tgt_val) == 0:
+        return None
+    src_ds = group_dataset(source, src_val, cfg.batch_size, shuffle=False, repeat=False, drop_remainder=False)
+    tgt_ds = group_dataset(target, tgt_val, target_batch(cfg), shuffle=False, repeat=False, drop_remainder=False)
+
+    @tf.function
+    def src_terms(field, mask, chi):
+        return l1_loss(model([field, mask], domain=0, training=False), chi, mask, cfg.label_scale)
+
+    @tf.function
+    def tgt_terms(field, mask, weight):
+        chi = model([field, mask], domain=1, training=False)
+        return ndi_loss(chi, field, weight, mask, dipole, phase), tv_loss(chi, mask, cfg.label_scale)
+
+    def validate():
+        l1 = np.concatenate([src_terms(*b).numpy() for b in src_ds]).mean()
+        pairs = [tgt_terms(*b) for b in tgt_ds]
+        ndi = np.concatenate([p[0].numpy() for p in pairs]).mean()
+        tv = np.concatenate([p[1].numpy() for p in pairs]).mean()
+        return {"val_loss": pretrain_loss(l1, ndi, tv, cfg.lambda_ndi, cfg.lambda_tv), "val_l1": l1, "val_ndi": ndi,
+                "val_tv": tv}
+
+    return validate
+
+
+@dataclass
+class Trainer:
+    """What one pre-training run holds: the network, its optimizer, the step counter, the compiled step."""
+
+    model: object
+    optimizer: object
+    step_var: object
+    step_fn: object
+    validate: object
+    floors: np.ndarray | None
+
+
+def build_trainer(cfg, tf, strategy, source, target, src_val, tgt_val, phase: float, total: int) -> Trainer:
+    """Network, optimizer and compiled step under `strategy` and the configured precision."""
+    from daqsm.network_model.precision import needs_loss_scale, precision_policy
+    from daqsm.network_model.training_loop import make_optimizer, make_train_step
+    from daqsm.network_model.unet import DomainAdaptiveUNet
+    from daqsm.tf_env import seed_everything
+    from daqsm.training_data.dipole import dipole_operator_tf
+
+    seed_everything(cfg.seed)
+    with strategy.scope(), precision_policy(cfg.precision):
+        model = DomainAdaptiveUNet(cfg.depth, cfg.base_filters, 2, cfg.input_scale, cfg.label_scale,
+                                   cfg.bn_momentum).build_for(target.patch_size)
+        optimizer = make_optimizer(cfg.learning_rate, cfg.lr_schedule, cfg.lr_decay_steps or total,
+                                   cfg.lr_decay_rate, loss_scale=needs_loss_scale(cfg.precision))
+        optimizer.build(model.trainable_variables)
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    dipole = dipole_operator_tf(target.patch_size, target.voxel_size_mm, target.b0_dir, cfg.dipole_pad)
+    step_fn = make_train_step(strategy, model, optimizer, build_loss_fn(model, dipole, phase, cfg))
+    validate = make_validate(model, dipole, phase, cfg, source, target, src_val, tgt_val)
+    return Trainer(model, optimizer, step_var, step_fn, validate, target_floors(cfg, target, phase))
+
+
+def make_batches(cfg, tf, strategy, trainer: Trainer, source, target, src_train, tgt_train, steps_per_epoch: int):
+    """Iterator over (source, target) batch pairs, reshuffled by the epoch the step counter is in."""
+    from daqsm.network_model.data import group_dataset
+    from daqsm.network_model.distributed import distribute_options
+
+    epoch = int(trainer.step_var.numpy()) // steps_per_epoch  # reshuffle differently after a resume
+    src_ds = group_dataset(source, src_train, cfg.batch_size, seed=cfg.seed + 7919 * epoch)
+    tgt_ds = group_dataset(target, tgt_train, target_batch(cfg), seed=cfg.seed + 1 + 7919 * epoch,
+                           extras=() if trainer.floors is None else (trainer.floors,))
+    pairs = distribute_options(tf.data.Dataset.zip((src_ds, tgt_ds)), strategy)
+    return iter(strategy.experimental_distribute_dataset(pairs))
+
+
+def run_schedule(cfg, source, target):
+    """(src_train, src_val, tgt_train, tgt_val, steps_per_epoch, total) of a run."""
+    from daqsm.network_model.data import split_indices
+
+    src_train, src_val = split_indices(source.count, cfg.val_fraction, cfg.seed)
+    tgt_train, tgt_val = split_indices(target.count, cfg.val_fraction, cfg.seed + 1)
+    steps_per_epoch = cfg.steps_per_epoch or max(1, math.ceil(len(src_train) / cfg.batch_size),
+                                                  math.ceil(len(tgt_train) / target_batch(cfg)))
+    return src_train, src_val, tgt_train, tgt_val, steps_per_epoch, cfg.max_steps or cfg.epochs * steps_per_epoch
+
+
+def pretrain_arrays(patches: dict, cfg):
+    """Step 4 on make_patches' dict, nothing written: (target keras.Model, log rows).
+
+    Args:
+        patches: {'source': {'field', 'mask', 'chi'}, 'target': {'field', 'mask', 'weight'}} float32
+            (n, px, py, pz) arrays (ppm, 0/1, [0, 1]), 'attrs': {'target': {voxel_size_mm, b0_dir,
+            b0_tesla, te_s}} as `daqsm.make_patches` returns.
+        cfg: a PretrainConfig (its file fields are not used; one device, the default strategy).
+
+    Returns:
+        (exported target model [field_ppm, mask] -> chi_ppm, list of dicts per logged step).
+
+    Raises:
+        InputError: bad arrays or options, or a non-finite loss/weights (nothing returned).
+    """
+    from daqsm.tf_env import import_tensorflow
+
+    tf = import_tensorflow()
+    from daqsm.network_model.data import group_from_arrays
+    from daqsm.network_model.training_loop import MemoryLog, run_loop
+    from daqsm.network_model.unet import export_target_model
+
+    for group in ("source", "target"):
+        if not isinstance(patches.get(group), dict):
+            raise InputError(f"patches: expected a dict with '{group}' (make_patches' output), got keys "
+                             f"{', '.join(map(str, patches)) or 'none'}")
+    attrs = patches.get("attrs", {})
+    source = group_from_arrays("source", patches["source"], attrs.get("source"))
+    target = group_from_arrays("target", patches["target"], attrs.get("target"))
+    strategy = tf.distribute.get_strategy()
+    phase = check_run(cfg, source, target)
+    check_replicas(cfg, strategy)
+    src_train, src_val, tgt_train, tgt_val, steps_per_epoch, total = run_schedule(cfg, source, target)
+    trainer = build_trainer(cfg, tf, strategy, source, target, src_val, tgt_val, phase, total)
+    batches = make_batches(cfg, tf, strategy, trainer, source, target, src_train, tgt_train, steps_per_epoch)
+    log = MemoryLog()
+    result = run_loop(trainer.step_fn, batches, trainer.step_var, total, log, validate=trainer.validate,
+                      validate_every=cfg.validate_every or steps_per_epoch, progress=cfg.progress,
+                      desc="pre-training", max_seconds=60.0 * cfg.max_minutes)
+    bad = "non-finite loss" if result.reason == "nan" else nonfinite_reason(trainer.model, result.terms)
+    if bad:
+        raise InputError(f"pretrain: stopped: {bad} at step {result.step} (lower learning_rate or check the patches)")
+    return export_target_model(trainer.model, domain=1), log.rows

@@ -1,0 +1,146 @@
+"""The shipped-model mechanism: a model installed with a manifest, verified (size + SHA-256) at every
+load, the default of --model in daqsm-finetune / daqsm-infer; a changed file is one clear error; with
+none installed (the package ships no trained weights yet) a --model left empty is one line, exit 2.
+
+The installed model here is a tiny U-Net built by the test and installed through install_model into a
+temporary folder named by $DAQSM_MODEL_DIR (the lookup every command uses)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from daqsm.errors import InputError  # noqa: E402
+from daqsm.network_model import shipped  # noqa: E402
+
+
+def build_tiny_target_model(path):
+    """A tiny target model (U-Net depth 2, 4 base filters) saved at `path`; returns the path."""
+    import keras
+
+    from daqsm.network_model.unet import build_target_model
+
+    keras.utils.set_random_seed(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    build_target_model(depth=2, base_filters=4).save(path)
+    return path
+
+
+@pytest.fixture()
+def model_dir(tmp_path, monkeypatch):
+    """A stand-in install folder ($DAQSM_MODEL_DIR) with a tiny target model installed through install_model."""
+    src = build_tiny_target_model(tmp_path / "run" / "target_model.keras")
+    monkeypatch.setenv(shipped.MODEL_DIR_ENV, str(tmp_path / "models"))
+    shipped.install_model(src, command="python benchmarks/train_shipped_model.py --work w", steps=3,
+                          resolution_mm=1.0, n_maps=2, target_crop=32)
+    assert shipped.model_path() == tmp_path / "models" / shipped.MODEL_NAME
+    return tmp_path / "models"
+
+
+@pytest.fixture()
+def no_model_dir(tmp_path, monkeypatch):
+    """An install folder with no model in it: what a package install without weights looks like."""
+    monkeypatch.setenv(shipped.MODEL_DIR_ENV, str(tmp_path / "empty_models"))
+    return tmp_path / "empty_models"
+
+
+def test_the_package_ships_no_weights():
+    """The 10-step placeholder (rmse 821.67 vs TKD 49.40) must not come back as a default."""
+    assert not (shipped.MODEL_DIR / shipped.MODEL_NAME).exists()
+    assert (shipped.MODEL_DIR / "README.txt").is_file()
+
+
+def test_no_shipped_model_installed_is_one_line_exit_2(no_model_dir, tmp_path, capsys):
+    from daqsm.network_model import infer
+    from daqsm.network_model.model_finetune import train as finetune
+    from daqsm.training_data.volume_io import write_volume
+
+    with pytest.raises(InputError) as err:
+        shipped.default_model_path()
+    message = str(err.value)
+    assert "\n" not in message and "no shipped model is installed" in message
+    assert "--model FILE.keras" in message and "train_shipped_model.py" in message
+    assert "demo_out/step4_pretrain/target_model.keras" in message
+    field = np.full((8, 8, 8), 0.01, np.float32)  # a valid field: the missing model is the only fault
+    write_volume(tmp_path / "f.nii.gz", field, np.eye(4))
+    write_volume(tmp_path / "m.nii.gz", np.ones((8, 8, 8), np.uint8), np.eye(4))
+    common = ["--field", str(tmp_path / "f.nii.gz"), "--mask", str(tmp_path / "m.nii.gz")]
+    capsys.readouterr()
+    for main, extra in ((finetune.main, ["--b0", "3", "--te", "0.02", "--quiet"]), (infer.main, [])):
+        assert main(common + extra + ["-o", str(tmp_path / "q.nii.gz")]) == 2
+        err_text = capsys.readouterr().err
+        assert err_text.count("\n") == 1 and "no shipped model is installed" in err_text, err_text
+        assert not (tmp_path / "q.nii.gz").exists()
+
+
+def test_manifest_pins_the_file_and_says_how_it_was_made(model_dir):
+    manifest = json.loads(shipped.manifest_path().read_text())
+    path = shipped.model_path()
+    assert manifest["sha256"] == shipped.sha256_of(path) and manifest["size_bytes"] == path.stat().st_size
+    assert "train_shipped_model.py" in manifest["training_command"]
+    assert "2016" in manifest["training_data"]["not_used"] and manifest["known_limits"]
+    assert manifest["daqsm_version"] and manifest["recipe"]["pretrain_steps"] == 3
+    assert shipped.default_model_path() == str(path)
+
+
+def test_a_changed_file_is_one_clear_error(model_dir):
+    from daqsm.network_model.model_info import load_model_file
+
+    path = shipped.model_path()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="SHA-256") as err:
+        shipped.default_model_path()
+    assert "\n" not in str(err.value) and "was changed" in str(err.value)
+    with pytest.raises(InputError, match="SHA-256"):  # also when named explicitly
+        load_model_file(str(path))
+
+
+def test_missing_model_or_manifest_is_one_line(model_dir):
+    shipped.manifest_path().unlink()
+    with pytest.raises(InputError, match="manifest"):
+        shipped.default_model_path()
+    shipped.model_path().unlink()
+    with pytest.raises(InputError, match="no shipped model is installed"):
+        shipped.default_model_path()
+
+
+def test_finetune_and_infer_default_to_the_shipped_model(model_dir, tmp_path, capsys):
+    from daqsm.network_model import infer
+    from daqsm.network_model.model_finetune import train as finetune
+    from daqsm.training_data.dipole import forward_field
+    from daqsm.training_data.volume_io import write_volume
+
+    shape = (20, 20, 20)
+    grid = np.stack(np.meshgrid(*[np.arange(n) - n / 2 for n in shape], indexing="ij"))
+    mask = (np.sum(grid ** 2, axis=0) <= 64).astype(np.uint8)
+    chi = np.where(np.sum((grid - 2) ** 2, axis=0) <= 9, 0.2, 0.0) * mask
+    field = (forward_field(chi.astype(np.float32), (1.0, 1.0, 1.0), pad="auto") * mask).astype(np.float32)
+    write_volume(tmp_path / "f.nii.gz", field, np.eye(4))
+    write_volume(tmp_path / "m.nii.gz", mask, np.eye(4))
+    common = ["--field", str(tmp_path / "f.nii.gz"), "--mask", str(tmp_path / "m.nii.gz")]
+    assert finetune.main(common + ["--b0", "3", "--te", "0.02", "--fast", "--quiet", "-o",
+                                   str(tmp_path / "fast.nii.gz")]) == 0
+    record = json.loads((tmp_path / "fast.json").read_text())
+    assert record["FineTuning"]["iterations"] == 0 and record["FineTuning"]["stop_reason"].startswith("fast")
+    assert (tmp_path / "fast_residual.nii.gz").is_file()
+    sidecar = json.dumps(record)
+    assert shipped.sha256_of(shipped.model_path()) in sidecar  # the provenance names the pinned weights
+    assert infer.main(common + ["--whole", "-o", str(tmp_path / "inf.nii.gz")]) == 0
+    from daqsm.training_data.volume_io import read_volume
+
+    np.testing.assert_allclose(read_volume(tmp_path / "inf.nii.gz").data, read_volume(tmp_path / "fast.nii.gz").data,
+                               atol=1e-5)  # --fast is the pre-trained network's map
+
+
+def test_manifest_warning_is_printed_once_per_default_use(model_dir, capsys):
+    manifest = json.loads(shipped.manifest_path().read_text())
+    manifest["warning"] = "under-trained placeholder"
+    shipped.manifest_path().write_text(json.dumps(manifest))
+    shipped.default_model_path()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "under-trained placeholder" in err
