@@ -84,7 +84,7 @@ def test_check_prints_where_each_value_came_from(files, capsys):
 
 
 def test_baseline_output_overlays_on_the_mask(files, tmp_path, capsys):
-    from daqsm.evaluation import baselines
+    from daqsm.evaluation import baseline_cli as baselines
 
     out = tmp_path / "tkd.nii.gz"
     assert baselines.main(["tkd", "--field", str(files / "field.mat"), "--mask", str(files / "mask.nii.gz"),
