@@ -32,6 +32,9 @@ TIME_KEYS = ("elapsed_s", "seconds", "date_saved")
 #: compared through the model file itself)
 IGNORED_KEYS = TIME_KEYS + ("shared_object_id", "SHA256")
 SKIPPED_PARTS = ("tensorboard", "checkpoints")
+#: step 4's resume guard hashes the patch file's bytes, and that file's config attribute holds the
+#: run folder's absolute paths; the patches themselves are compared as arrays
+SKIPPED_FILES = ("patch_files.json",)
 
 
 def _h5_arrays(h5, root: str, out: dict, prefix: str) -> None:
@@ -104,7 +107,8 @@ def folder_arrays(root: Path) -> dict:
     """`file_arrays` of every result file under root."""
     out: dict = {}
     for path in sorted(Path(root).rglob("*")):
-        if path.is_file() and not set(SKIPPED_PARTS) & set(path.relative_to(root).parts):
+        if (path.is_file() and not set(SKIPPED_PARTS) & set(path.relative_to(root).parts)
+                and path.name not in SKIPPED_FILES):
             out.update(file_arrays(path, Path(root)))
     return out
 
