@@ -33,6 +33,15 @@ Pipeline packages (each __init__.py lists its modules):
 """
 from __future__ import annotations
 
+import os as _os
+
+# oneDNN's CPU kernels, before anything imports TensorFlow (it reads the variable once, at import):
+# TensorFlow turns them on only on some x86 CPUs, and where it does not (this project's AMD EPYC test
+# machine), a 3-D convolution's training step is 5-10x slower and its gradient takes a 27-fold im2col
+# buffer (1 mm fine-tuning: 16+ GB instead of 7.9 GB). Numbers: benchmarks/results_onednn.md. A value the
+# user set wins; importing TensorFlow before daqsm leaves TensorFlow's own choice.
+_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
 __all__ = ["synthesize_maps", "field_maps", "make_patches", "pretrain", "finetune", "infer", "metrics"]
 __version__ = "0.1.0"
 
