@@ -15,6 +15,10 @@ compares every array). Two things are needed and both are set here:
   there. It is the guard for GPUs, where cuDNN would otherwise pick nondeterministic algorithms.
   Set `DAQSM_OP_DETERMINISM=0` to turn it off.
 
+oneDNN: `import daqsm` sets TF_ENABLE_ONEDNN_OPTS=1 unless it is set (daqsm/__init__.py; TensorFlow
+leaves oneDNN off on some x86 CPUs, 6.3x slower training there). Its kernels are deterministic for a
+given thread count (tests/test_determinism.py runs with it).
+
 Not covered, by design: TensorFlow's intra-op thread count, which defaults to the number of cores.
 A different count changes the float summation order of the convolutions, so a run with
 `TF_NUM_INTRAOP_THREADS=1` differs from one with 2 threads in the last bits, and training amplifies
