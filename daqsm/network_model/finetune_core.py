@@ -154,6 +154,7 @@ def finetune_volume(model, target, params, info: dict | None = None, monitor=Non
     from daqsm.network_model.losses import finetune_terms, ndi_loss, tv_loss
     from daqsm.network_model.precision import check_precision, needs_loss_scale, with_precision
     from daqsm.network_model.stopping import StoppingRule, noise_energy
+    from daqsm.network_model.target_data import phase_scale
     from daqsm.network_model.tiling import brain_box
     from daqsm.network_model.training_loop import make_optimizer, make_train_step, run_loop
     from daqsm.network_model.tv_weight import FALLBACK_ALPHA, LambdaChoice, choose_lambda_tv, lambda_from_alpha, parse_lambda_tv
@@ -164,9 +165,7 @@ def finetune_volume(model, target, params, info: dict | None = None, monitor=Non
     check_params(params)
     say = say or (lambda _line: None)
     messages: list = []
-    phase = params.phase_rad_per_ppm or target.phase_rad_per_ppm
-    if phase is None or not (phase > 0 and math.isfinite(phase)):
-        raise InputError("phase scale unknown: give --b0 TESLA and --te SECONDS (or --phase_rad_per_ppm)")
+    phase = phase_scale(target, params.phase_rad_per_ppm)  # the one rule (target_data)
     precision = check_precision(params.precision)
     info = info or describe_target_model(model)
     if precision != "float32":  # the same weights, convolutions in reduced precision

@@ -20,7 +20,6 @@ Usage:
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -103,17 +102,24 @@ def load_target_model(path: str):
 
 
 def load_inputs(cfg: FinetuneConfig):
-    """Read the inputs once and run daqsm-check's checks on what was read (target_data.load_case/_files)."""
-    from daqsm.network_model.target_data import load_case, load_files
+    """Read the inputs once, run daqsm-check's checks on what was read (target_data.load_case/_files) and
+    require the NDI phase scale (target_data.phase_scale): everything step 5 refuses in its inputs.
+
+    `daqsm-check` (daqsm/network_model/check_cli.py) calls this function, so its "ok" is step 5's.
+    """
+    from daqsm.network_model.target_data import load_case, load_files, phase_scale
 
     if cfg.case:
         if cfg.field or cfg.mask:
             raise InputError("give either --case or --field/--mask, not both")
-        return load_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir, check=True)
-    if not cfg.field or not cfg.mask:
+        target = load_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir, check=True)
+    elif not cfg.field or not cfg.mask:
         raise InputError("input: give --field and --mask (or --case DIR)")
-    return load_files(cfg.field, cfg.mask, cfg.weight or None, cfg.units, cfg.b0_tesla, cfg.te_s,
-                      cfg.voxel_size_mm, cfg.b0_dir, check=True)
+    else:
+        target = load_files(cfg.field, cfg.mask, cfg.weight or None, cfg.units, cfg.b0_tesla, cfg.te_s,
+                            cfg.voxel_size_mm, cfg.b0_dir, check=True)
+    phase_scale(target, cfg.phase_rad_per_ppm)
+    return target
 
 
 def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
@@ -163,18 +169,17 @@ def _finetune(cfg: FinetuneConfig, qset, monitor, monitor_every: int) -> int:
     from daqsm.network_model.finetune_core import finetune_volume
     from daqsm.network_model.model_info import save_model_atomic, spatial_divisor, write_model_info
     from daqsm.network_model.precision import check_device, check_precision
+    from daqsm.network_model.target_data import phase_scale
     from daqsm.outputs import atomic_path
     from daqsm.training_data.formats.sidecar import write_sidecar
     from daqsm.training_data.volume_io import write_volume
 
     paths = qset.paths
     precision = check_precision(cfg.precision)
-    target = load_inputs(cfg)  # read once, checked on the loaded arrays
+    target = load_inputs(cfg)  # read once, checked on the loaded arrays, phase scale known
     if getattr(target, "geometry_note", None):
         print(f"{PROG}: warning: {target.geometry_note}", file=sys.stderr)
-    phase = cfg.phase_rad_per_ppm or target.phase_rad_per_ppm
-    if phase is None or not (phase > 0 and math.isfinite(phase)):
-        raise InputError("phase scale unknown: give --b0 TESLA and --te SECONDS (or --phase_rad_per_ppm)")
+    phase = phase_scale(target, cfg.phase_rad_per_ppm)
     check_device(precision)
     model, info = load_target_model(cfg.model)
     result = finetune_volume(model, target, cfg, info, monitor, monitor_every,

@@ -84,14 +84,24 @@ def resolve_config(args: argparse.Namespace) -> InferConfig:
     from daqsm.network_model.config import resolve_config as resolve
 
     cfg = resolve(InferConfig, args)
-    check_numbers(cfg, {"b0_tesla": "positive", "te_s": "positive", "voxel_size_mm": "positive",
-                        "b0_dir": "finite", "tile": "int>=1", "overlap": "int>=0", "batch_size": "int>=1",
-                        "divisor": "int>=1"}, spell=lambda k: "--" + k.replace("_", "-"))
+    check_params(cfg)
     return cfg
 
 
-def read_inputs(cfg: InferConfig):
-    """Field (Volume, ppm), mask (bool) and input geometry (voxel size, B0 dir, affine)."""
+def check_params(cfg: InferConfig) -> None:
+    """The number rules of inference's parameters (the command and daqsm-check get them)."""
+    check_numbers(cfg, {"b0_tesla": "positive", "te_s": "positive", "voxel_size_mm": "positive",
+                        "b0_dir": "finite", "tile": "int>=1", "overlap": "int>=0", "batch_size": "int>=1",
+                        "divisor": "int>=1"}, spell=lambda k: "--" + k.replace("_", "-"))
+
+
+def read_inputs(cfg: InferConfig, warn=None):
+    """Field (Volume, ppm), mask (bool) and input geometry (voxel size, B0 dir, affine), checked.
+
+    warn: callable(line) for the assumed-geometry note; default: a warning on stderr.
+
+    `daqsm-check --step infer` (daqsm/network_model/check_cli.py) calls this function, so its "ok" is inference's.
+    """
     case_info = {}
     field_path, mask_path, units = cfg.field, cfg.mask, cfg.units
     b0_tesla, te_s = cfg.b0_tesla, cfg.te_s
@@ -123,7 +133,7 @@ def read_inputs(cfg: InferConfig):
                                   cfg.b0_dir or case_info.get("b0_dir"))
     note = assumption_line(geom, f"field {field_path}")
     if note:
-        print(f"{PROG}: warning: {note}", file=sys.stderr)
+        (warn or (lambda line: print(f"{PROG}: warning: {line}", file=sys.stderr)))(note)
     field.header = geom.header
     field.attrs["geometry_sources"] = geom.sources
     return field, mask, geom.geometry.voxel_size_mm, geom.geometry.b0_dir, geom.affine, b0_tesla
@@ -264,16 +274,7 @@ def write_qc(cfg: InferConfig, chi, field_ppm, mask, voxel_size, b0_dir, b0_tesl
     A case folder gives fine-tuning's W (2nd echo magnitude) and phase scale (daqsm.network_model.target_data);
     separate files W = mask and the phase scale from --b0/--te (the small-angle form without them).
     """
-    from daqsm.training_data.units import rad_per_ppm
-
-    weight = None
-    if cfg.case:
-        from daqsm.network_model.target_data import load_case
-
-        target = load_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir)
-        weight, phase = target.weight, target.phase_rad_per_ppm
-    else:
-        phase = rad_per_ppm(b0_tesla, cfg.te_s) if b0_tesla and cfg.te_s else None
+    weight, phase = qc_weight_and_phase(cfg, b0_tesla)
     residual, summary = qc_in_brain_box(chi, field_ppm, mask, weight, voxel_size or (1.0, 1.0, 1.0),
                                         b0_dir or (0.0, 0.0, 1.0), phase)
     out = residual_path(cfg.output)
@@ -282,6 +283,18 @@ def write_qc(cfg: InferConfig, chi, field_ppm, mask, voxel_size, b0_dir, b0_tesl
                                          f"of {os.path.basename(cfg.output)} (ppm)"),
                   {"PhaseRadPerPpm": phase, "QC": summary})
     return summary
+
+
+def qc_weight_and_phase(cfg: InferConfig, b0_tesla):
+    """The QC residual's weight W (None: the mask) and phase scale in rad/ppm (None: the small-angle form)."""
+    from daqsm.training_data.units import rad_per_ppm
+
+    if cfg.case:
+        from daqsm.network_model.target_data import load_case
+
+        target = load_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir)
+        return target.weight, target.phase_rad_per_ppm
+    return None, (rad_per_ppm(b0_tesla, cfg.te_s) if b0_tesla and cfg.te_s else None)
 
 
 def qc_in_brain_box(chi, field_ppm, mask, weight, voxel_size, b0_dir, phase):
