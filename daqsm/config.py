@@ -35,7 +35,7 @@ import types
 import typing
 
 from daqsm.errors import InputError, choices_message
-from daqsm.validate import QUANTITY_OF, quantity
+from daqsm.validate import check_value, rule_of
 
 MISSING = dataclasses.MISSING
 
@@ -102,7 +102,12 @@ def _sets(action) -> bool | None:
 
 
 def param(default, help: str, **metadata):  # noqa: A002 - the dataclass metadata key is `help`
-    """A dataclass field with its help text (and optional type / nargs / choices / aliases / flags)."""
+    """A dataclass field with its help text (and optional type / nargs / choices / aliases / flags / check).
+
+    check: the number rule of the field (daqsm.validate.rule_of: a RANGES quantity, "positive",
+    "non_negative", "finite", "int>=1", "int>=0", "b0_dir" or (low, high)), declared here once and
+    applied wherever a config is resolved.
+    """
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
@@ -293,11 +298,7 @@ def coerce(field: dataclasses.Field, hint, value, where: str):
         if isinstance(value, list) and len(value) == 1:
             value = value[0]
         out = _scalar(field, elem, value, where)
-    kind = QUANTITY_OF.get(field.name)  # the one table of physical ranges (daqsm/validate.py)
-    if kind is not None:
-        for item in (out if is_tuple else (out,)):
-            if item is not None:
-                quantity(where, kind, item)
+    check_value(where, rule_of(field), out)  # the field's declared rule (daqsm/validate.py)
     choices = field.metadata.get("choices")
     if choices:
         for item in (out if is_tuple else (out,)):

@@ -45,7 +45,7 @@ class CheckConfig:
                                    aliases=("b0",))
     te_s: float | None = param(None, "echo time of the weighting echo in seconds (rad, step 5's phase scale)",
                                aliases=("te",))
-    phase_rad_per_ppm: float | None = param(None, "step 5's explicit NDI phase scale")
+    phase_rad_per_ppm: float | None = param(None, "step 5's explicit NDI phase scale", check="positive")
     voxel_size_mm: tuple | None = param(None, "voxel size override, mm", type=float, nargs=3,
                                         aliases=("voxel_size",))
     b0_dir: tuple | None = param(None, "B0 direction override, voxel axes", type=float, nargs=3)

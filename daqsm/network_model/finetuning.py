@@ -46,30 +46,31 @@ class FinetuneConfig:
     b0_tesla: float | None = param(None, 'B0 in tesla (hz/rad input, and the NDI phase scale)', aliases=("b0",))
     te_s: float | None = param(None,
         'echo time of the weighting echo in seconds (rad input, phase scale)', aliases=("te",))
-    phase_rad_per_ppm: float | None = param(None, 'explicit NDI phase scale; else 2 pi gamma_bar b0 te')
+    phase_rad_per_ppm: float | None = param(None, 'explicit NDI phase scale; else 2 pi gamma_bar b0 te', check="positive")
     voxel_size_mm: tuple[float, float, float] | None = param(None, "override the file's voxel size")
     b0_dir: tuple[float, float, float] | None = param(None, 'override (voxel axes); else from the affine')
-    iterations: int = param(300, 'at most')
+    iterations: int = param(300, 'at most', check="int>=0")
     fast: bool = param(False, "no fine-tuning: the pre-trained network's map with the same QC residual and sidecar "
                        "(seconds)")
-    learning_rate: float = param(1e-3, 'measured: demo Sim2Snr1 rmse 49.0 at 150 it. vs 52.1 with 1e-4')
+    learning_rate: float = param(1e-3, 'measured: demo Sim2Snr1 rmse 49.0 at 150 it. vs 52.1 with 1e-4', check="positive")
     lr_schedule: str = param("constant", 'learning-rate schedule', choices=("constant", "cosine", "exponential"))
-    warmup_iterations: int = param(10, 'linear learning-rate ramp at the start')
+    warmup_iterations: int = param(10, 'linear learning-rate ramp at the start', check="int>=0")
     lambda_tv: str = param("auto", "TV weight: 'auto' picks it per case without ground truth (NLTV's discrepancy "
                            "rule mapped to network units, daqsm/network_model/tv_weight.py); a number overrides it")
-    lambda_scan_iterations: int = param(60, "--lambda-tv auto: NLTV iterations per alpha of the scan")
+    lambda_scan_iterations: int = param(60, "--lambda-tv auto: NLTV iterations per alpha of the scan", check="int>=1")
     prior: str = param("none", "keep the pre-trained prior: none, map (pull to the pre-trained map) or weights "
                        "(L2-SP)", choices=("none", "map", "weights"))
-    prior_weight: float = param(0.0, "weight of the prior term (network units)")
+    prior_weight: float = param(0.0, "weight of the prior term (network units)", check="non_negative")
     trainable: str = param("all", "weights updated: all, decoder (decoder + output layer) or norm (BN gamma/beta)",
                            choices=("all", "decoder", "norm"))
     stop_model_error: bool = param(True, "the discrepancy stop uses the lambda rule's target (noise + model "
                                    "error floor) when it is larger than the noise energy")
     dipole_pad: str = param("auto", 'FFT zero-padding of the dipole model (daqsm.training_data.dipole)')
-    tau: float = param(1.0, 'discrepancy principle: stop when NDI <= tau * noise energy; 0: off')
-    noise_ppm: float | None = param(None, 'std of W * field noise (ppm); None: estimated from the field')
-    convergence_window: int = param(20, 'iterations per window of the flat-loss test')
-    convergence_tol: float = param(1e-3, 'stop when a window improves the loss by less than this (relative); 0: off')
+    tau: float = param(1.0, 'discrepancy principle: stop when NDI <= tau * noise energy; 0: off', check="non_negative")
+    noise_ppm: float | None = param(None, 'std of W * field noise (ppm); None: estimated from the field', check="non_negative")
+    convergence_window: int = param(20, 'iterations per window of the flat-loss test', check="int>=1")
+    convergence_tol: float = param(1e-3, 'stop when a window improves the loss by less than this (relative); 0: off',
+                                   check="non_negative")
     output: str = param("",
         'output QSM NIfTI (ppm); also OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json', flags=("-o",))
     bids: bool = param(False, 'name the QSM the BIDS way: OUT_Chimap.nii.gz (daqsm/provenance.py)')

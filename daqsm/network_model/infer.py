@@ -29,13 +29,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daqsm.config import ArgumentParser, param
+from daqsm.config import ArgumentParser, option_name, param
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import check_qsm_set, claim_qsm_set
 from daqsm.provenance import bids_chimap_path
 from daqsm.training_data.formats.sidecar import write_sidecar
 from daqsm.training_data.volume_io import NIFTI_SUFFIXES, read_field, read_mask, suffix_of, write_volume
-from daqsm.validate import check_numbers
+from daqsm.validate import check_config
 
 PROG = "daqsm-infer"
 QC_PAD = "auto"  # dipole padding of the QC residual's forward model (as fine-tuning's default)
@@ -58,11 +58,11 @@ class InferConfig:
                                         type=float, nargs=3, aliases=("voxel_size",))
     b0_dir: tuple | None = param(None, "input B0 direction in voxel axes (default: from the affine / case.json, "
                                  "else z)", type=float, nargs=3)
-    tile: tuple = param((96,), "tile size in voxels (multiple of 2**depth), 1 or 3 ints", type=int)
-    overlap: tuple = param((32,), "overlap between tiles in voxels, 1 or 3 ints", type=int)
+    tile: tuple = param((96,), "tile size in voxels (multiple of 2**depth), 1 or 3 ints", type=int, check="int>=1")
+    overlap: tuple = param((32,), "overlap between tiles in voxels, 1 or 3 ints", type=int, check="int>=0")
     whole: bool = param(False, "no tiling: one pass on the volume padded to a multiple of 2**depth")
-    batch_size: int = param(1, "tiles per network call")
-    divisor: int | None = param(None, "2**depth override (default: the model info, else its pooling layers)")
+    batch_size: int = param(1, "tiles per network call", check="int>=1")
+    divisor: int | None = param(None, "2**depth override (default: the model info, else its pooling layers)", check="int>=1")
     output: str | None = param(None, "output NIfTI (.nii or .nii.gz), chi in ppm", flags=("-o",))
     overwrite: bool = param(False, "replace an existing output")
     precision: str = param("float32", "compute precision (daqsm/network_model/precision.py); the output is float32 "
@@ -89,10 +89,8 @@ def resolve_config(args: argparse.Namespace) -> InferConfig:
 
 
 def check_params(cfg: InferConfig) -> None:
-    """The number rules of inference's parameters (the command and daqsm-check get them)."""
-    check_numbers(cfg, {"b0_tesla": "positive", "te_s": "positive", "voxel_size_mm": "positive",
-                        "b0_dir": "finite", "tile": "int>=1", "overlap": "int>=0", "batch_size": "int>=1",
-                        "divisor": "int>=1"}, spell=lambda k: "--" + k.replace("_", "-"))
+    """The number rules declared on InferConfig's fields (the command and daqsm-check get them)."""
+    check_config(cfg, spell=option_name)
 
 
 def read_inputs(cfg: InferConfig, warn=None):

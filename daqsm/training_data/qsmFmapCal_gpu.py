@@ -41,7 +41,7 @@ from daqsm.training_data.fieldmaps import (  # noqa: F401 - ChiMap, compute_fiel
 )
 from daqsm.training_data.geometry import check_voxel_size, normalise_b0_dir
 from daqsm.training_data.volume_io import read_mask
-from daqsm.validate import check_numbers, finite
+from daqsm.validate import finite
 
 PROG = "qsmFmapCal_gpu"
 
@@ -83,8 +83,6 @@ def _run(args: FieldmapConfig) -> int:
         check_voxel_size(args.voxel_size_mm)
     fft_shape((8, 8, 8), args.pad)
     finite("--d0", args.d0)  # a NaN kernel value would write an all-NaN field map
-    check_numbers(args, {"voxel_size_mm": "positive", "b0_dir": "finite"},
-                  spell=lambda k: "--" + k.replace("_", "-"))
     maps = list(example_maps()) if args.example else list(iter_chi_maps(args.inputs, args.variable or None))
     if not maps:
         raise InputError("INPUT: expected at least one susceptibility map (or --example), got none")
