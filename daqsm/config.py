@@ -357,14 +357,23 @@ def resolve_config(cls, config_path=None, overrides: dict | None = None):
     return cls(**values)
 
 
-def require(config, names, spell=option_name) -> None:
+def input_option(field_name: str) -> str:
+    """How `require` names a field by default: the output as `-o/--output`, others as option_name."""
+    return "-o/--output" if field_name == "output" else option_name(field_name)
+
+
+def require(config, names, spell=input_option, alternative: str | None = None) -> None:
     """Refuse the first empty one of `names` (fields) of a resolved config, with its option `spell(name)`.
 
+    The one wording of a missing input in every command: "OPTION: required (option or config key
+    'KEY'), got none", plus "; or give ALTERNATIVE" when another input could stand in for it.
     Checked after the config file was read, since a file may hold the inputs (no argparse `required`).
     """
     for name in names:
-        if getattr(config, name) in (None, "", ()):
-            raise InputError(f"{spell(name)}: required (option or config key {name!r}), got none")
+        value = getattr(config, name)
+        if value is None or (isinstance(value, (str, tuple, list)) and not value):  # an empty list too
+            tail = f"; or give {alternative}" if alternative else ""
+            raise InputError(f"{spell(name)}: required (option or config key {name!r}), got none{tail}")
 
 
 def config_to_dict(config) -> dict:

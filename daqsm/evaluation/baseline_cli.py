@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daqsm.config import ArgumentParser, add_config_options, param, resolve_config
+from daqsm.config import ArgumentParser, add_config_options, param, require, resolve_config
 from daqsm.errors import InputError, run_cli
 from daqsm.evaluation.baselines import L2_LAMBDA, METHODS, TKD_THRESHOLD, NDITVParams, l2_gradient, ndi_tv, tkd
 
@@ -100,9 +100,9 @@ def _run(args) -> int:
         raise choices_message("method", args.method, METHODS)
     if args.case and (args.field or args.mask or args.weight):
         raise InputError("give either --case or --field/--mask/--weight, not both")
-    for name in (("output",) if args.case else ("field", "mask", "output")):
-        if not getattr(args, name):
-            raise InputError(f"--{name}: required (see --help)")
+    if not args.case:
+        require(args, ("field", "mask"), alternative="--case DIR")
+    require(args, ("output",))
     from daqsm.output_lock import check_qsm_set, claim_qsm_set
     inputs = [args.case] if args.case else [args.field, args.mask, args.weight]
     check_qsm_set("-o", args.output, args.overwrite, inputs)  # the whole set (daqsm.outputs.qsm_set)

@@ -24,7 +24,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from daqsm.config import param
+from daqsm.config import param, require
 from daqsm.errors import InputError
 from daqsm.network_model.config import write_resolved_config
 from daqsm.network_model.finetune_core import centred_padding, check_params  # noqa: F401  (centred_padding: the step script's name)
@@ -114,9 +114,8 @@ def load_inputs(cfg: FinetuneConfig):
         if cfg.field or cfg.mask:
             raise InputError("give either --case or --field/--mask, not both")
         target = load_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir, check=True)
-    elif not cfg.field or not cfg.mask:
-        raise InputError("input: give --field and --mask (or --case DIR)")
     else:
+        require(cfg, ("field", "mask"), alternative="--case DIR")
         target = load_files(cfg.field, cfg.mask, cfg.weight or None, cfg.units, cfg.b0_tesla, cfg.te_s,
                             cfg.voxel_size_mm, cfg.b0_dir, check=True)
     phase_scale(target, cfg.phase_rad_per_ppm)
@@ -132,8 +131,9 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
             called after every `monitor_every` updates (benchmarks compare iterates with a ground
             truth here; the stopping rule never sees it).
     """
-    if not cfg.output:
-        raise InputError("output: give the QSM file with -o OUT.nii.gz")
+    require(cfg, ("output",))
+    if not cfg.case:
+        require(cfg, ("field", "mask"), alternative="--case DIR")
     if cfg.bids:
         from dataclasses import replace
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daqsm.config import ArgumentParser, option_name, param
+from daqsm.config import ArgumentParser, option_name, param, require
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import check_qsm_set, claim_qsm_set
 from daqsm.provenance import bids_chimap_path
@@ -114,8 +114,8 @@ def read_inputs(cfg: InferConfig, warn=None):
         units = "ppm"  # contract 1: the case's local field is in ppm
         case_info = case_folder.read_info(folder)
         b0_tesla = b0_tesla if b0_tesla is not None else case_info.get("b0_tesla")
-    if not field_path or not mask_path:
-        raise InputError("inputs: expected --field and --mask, or --case")
+    if not cfg.case:
+        require(cfg, ("field", "mask"), alternative="--case DIR")
     from daqsm.training_data.input_check import check_case, check_files
 
     if cfg.case:  # daqsm-check's checks, before the model is loaded
@@ -188,8 +188,7 @@ def run(cfg: InferConfig, log=print, warn=None, qset=None) -> dict:
     )
 
     warn = warn or (lambda msg: print(f"{PROG}: warning: {msg}", file=sys.stderr))
-    if not cfg.output:
-        raise InputError("-o/--output: expected an output NIfTI path")
+    require(cfg, ("output",))
     if cfg.bids:
         from daqsm.provenance import bids_chimap_path
 

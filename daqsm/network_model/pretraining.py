@@ -33,7 +33,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from daqsm.config import option_name, param
+from daqsm.config import option_name, param, require
 from daqsm.errors import InputError, output_path
 from daqsm.network_model.config import write_resolved_config
 from daqsm.network_model.pretrain_core import (  # noqa: F401  (their home; names kept here for callers)
@@ -100,8 +100,7 @@ class PretrainConfig:
 
 def pretrain(cfg: PretrainConfig) -> int:
     """Run (or resume) step 4; returns the exit status (0 done, 1 stopped on a non-finite loss)."""
-    if not cfg.datasets_path:
-        raise InputError("datasets_path: give the patch HDF5 file (--datasets_path FILE)")
+    require(cfg, ("datasets_path",), spell=lambda key: "--" + key)  # the original key, as the script spells it
     check_options(cfg)
     output_path("--run_dir", cfg.run_dir, kind="folder")
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from daqsm.config import ArgumentParser, add_config_options, resolve_config
+from daqsm.config import ArgumentParser, add_config_options, require, resolve_config
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import claim_output
 from daqsm.training_data.dipole import fft_shape
@@ -77,8 +77,9 @@ def _run(args: FieldmapConfig) -> int:
     # Validate the overrides before any work, so a bad option never leaves a partial output.
     if args.b0_dir is not None:
         normalise_b0_dir(args.b0_dir)
-    if not args.output:
-        raise InputError("-o/--output: expected an output .nii/.nii.gz, folder or .h5, got none")
+    require(args, ("output",))
+    if not args.example:
+        require(args, ("inputs",), spell=lambda _key: "INPUT", alternative="--example")
     if args.voxel_size_mm is not None:
         check_voxel_size(args.voxel_size_mm)
     fft_shape((8, 8, 8), args.pad)
