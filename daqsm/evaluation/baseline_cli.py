@@ -179,8 +179,7 @@ def _invert_and_write(args, qset) -> int:
             chi, info = ndi_tv(field.data, mask, weight, params=params, return_info=True, **common)
             print(f"{args.method}: {info['iterations']} iterations, converged={info['converged']}, "
                   f"{info['seconds']:.1f} s")
-    from daqsm.provenance import build_record
-    from daqsm.training_data.formats.sidecar import write_sidecar
+    from daqsm.provenance import build_record, write_sidecar
 
     qset.start_writing()
 

@@ -153,7 +153,7 @@ def _export(args: ExportConfig) -> dict:
     from daqsm import provenance
     from daqsm.network_model.finetuning import load_target_model
     from daqsm.network_model.model_info import read_model_info, resolve_model_path
-    from daqsm.training_data.formats.sidecar import write_sidecar
+    from daqsm.provenance import write_sidecar
 
     model, info = load_target_model(args.model)
     divisor = 2 ** info["depth"]

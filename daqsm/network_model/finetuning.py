@@ -172,7 +172,7 @@ def _finetune(cfg: FinetuneConfig, qset, monitor, monitor_every: int) -> int:
     from daqsm.network_model.precision import check_device, check_precision
     from daqsm.network_model.target_data import phase_scale
     from daqsm.outputs import atomic_path
-    from daqsm.training_data.formats.sidecar import write_sidecar
+    from daqsm.provenance import write_sidecar
     from daqsm.training_data.volume_io import write_volume
 
     paths = qset.paths
@@ -237,8 +237,8 @@ def provenance_record(cfg: FinetuneConfig, target, what: str) -> dict:
 
 def write_residual(paths: dict, chi, target, dipole_pad, phase: float, noise_ppm, cfg, what: str) -> dict:
     """QC residual map (daqsm/qc/residual.py) beside the QSM, with its sidecar; returns the summary."""
+    from daqsm.provenance import write_sidecar
     from daqsm.qc.residual import residual_map_ppm, residual_summary
-    from daqsm.training_data.formats.sidecar import write_sidecar
     from daqsm.training_data.volume_io import write_volume
 
     geometry = target.geometry

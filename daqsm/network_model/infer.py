@@ -32,8 +32,7 @@ import numpy as np
 from daqsm.config import ArgumentParser, option_name, param, require
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import check_qsm_set, claim_qsm_set
-from daqsm.provenance import bids_chimap_path
-from daqsm.training_data.formats.sidecar import write_sidecar
+from daqsm.provenance import bids_chimap_path, write_sidecar
 from daqsm.training_data.volume_io import NIFTI_SUFFIXES, read_field, read_mask, suffix_of, write_volume
 from daqsm.validate import check_config
 
