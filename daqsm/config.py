@@ -334,13 +334,14 @@ def file_values(cls, config_path) -> dict:
     return out
 
 
-def resolve_config(cls, config_path=None, overrides: dict | None = None):
+def resolve_config(cls, config_path=None, overrides: dict | None = None, spell=option_name):
     """Build the frozen dataclass: defaults < config file < overrides (None values are ignored).
 
     Args:
         cls: the step's frozen dataclass.
         config_path: optional JSON/YAML file.
         overrides: field name -> value (e.g. vars() of parsed arguments; other names ignored).
+        spell: how an error names an override (default `--dashed-name`).
 
     Returns:
         An instance of `cls` (its __post_init__ validates the values).
@@ -353,7 +354,7 @@ def resolve_config(cls, config_path=None, overrides: dict | None = None):
             values[key] = coerce(fields[key], hints[key], value, f"config {config_path}: {key}")
     for key, value in (overrides or {}).items():
         if key in fields and value is not None:
-            values[key] = coerce(fields[key], hints[key], value, option_name(key))
+            values[key] = coerce(fields[key], hints[key], value, spell(key))
     return cls(**values)
 
 

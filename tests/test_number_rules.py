@@ -64,9 +64,9 @@ def test_api_pretrain_gets_the_command_rules():
     """The Python API resolves the same config: a rule of step 4 holds before any patch is looked at."""
     import daqsm
 
-    with pytest.raises(InputError, match="val-fraction: expected a number in"):
+    with pytest.raises(InputError, match="val_fraction: expected a number in"):
         daqsm.pretrain(patches={}, val_fraction=0.95)
-    with pytest.raises(InputError, match="bn-momentum"):
+    with pytest.raises(InputError, match="bn_momentum"):
         daqsm.pretrain(patches={}, bn_momentum=5.0)
 
 
@@ -87,9 +87,9 @@ def test_a_config_built_directly_is_checked_like_a_resolved_one():
     from daqsm.network_model.finetune_core import check_params
     from daqsm.network_model.finetuning import FinetuneConfig
 
-    for changes, text in (({"learning_rate": 0.0}, "--learning-rate: expected a positive number"),
+    for changes, text in (({"learning_rate": 0.0}, "--learning_rate: expected a positive number"),
                           ({"tau": -1.0}, "--tau: expected a number >= 0"),
-                          ({"warmup_iterations": -1}, "--warmup-iterations: expected an integer >= 0"),
-                          ({"trainable": "some"}, "--trainable"), ({"b0_tesla": 3000.0}, "--b0-tesla")):
+                          ({"warmup_iterations": -1}, "--warmup_iterations: expected an integer >= 0"),
+                          ({"trainable": "some"}, "--trainable"), ({"b0_tesla": 3000.0}, "--b0_tesla")):
         with pytest.raises(InputError, match=text):
             check_params(dataclasses.replace(FinetuneConfig(), **changes))

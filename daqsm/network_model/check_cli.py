@@ -154,7 +154,9 @@ def main(argv=None) -> int:
         values = vars(args)
         if args.positional_case:
             values = {**values, "case": args.positional_case}
-        reading = check(resolve_config(CheckConfig, args.config, values))
+        from daqsm.network_model.config import key_option  # the steps' spelling, so the lines match
+
+        reading = check(resolve_config(CheckConfig, args.config, values, spell=key_option))
         print(reading.text())
         print(f"{PROG}: ok ({'step 5' if reading.step == 'finetune' else 'daqsm-infer'} reads these inputs as shown)")
         return 0

@@ -100,11 +100,11 @@ def select_trainable(model, which: str) -> int:
 
 def check_params(params) -> None:
     """The number rules of step 5's parameters (the command and the API both get them)."""
-    from daqsm.config import option_name
+    from daqsm.network_model.config import key_option
     from daqsm.network_model.tv_weight import parse_lambda_tv
     from daqsm.validate import check_config
 
-    check_config(params, spell=option_name)  # the rules declared on FinetuneConfig's fields, choices included
+    check_config(params, spell=key_option)  # the rules declared on FinetuneConfig's fields, choices included
     if params.iterations < (0 if getattr(params, "fast", False) else 1):  # --fast: 0 updates
         raise InputError(f"--iterations: expected an integer >= 1, got {params.iterations}")
     parse_lambda_tv(params.lambda_tv)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daqsm.config import ArgumentParser, option_name, param, require
+from daqsm.config import ArgumentParser, param, require
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import check_qsm_set, claim_qsm_set
 from daqsm.provenance import bids_chimap_path, write_sidecar
@@ -89,7 +89,9 @@ def resolve_config(args: argparse.Namespace) -> InferConfig:
 
 def check_params(cfg: InferConfig) -> None:
     """The number rules declared on InferConfig's fields (the command and daqsm-check get them)."""
-    check_config(cfg, spell=option_name)
+    from daqsm.network_model.config import key_option
+
+    check_config(cfg, spell=key_option)
 
 
 def read_inputs(cfg: InferConfig, warn=None):

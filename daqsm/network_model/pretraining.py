@@ -33,9 +33,9 @@ import os
 import sys
 from dataclasses import dataclass
 
-from daqsm.config import option_name, param, require
+from daqsm.config import param, require
 from daqsm.errors import InputError, output_path
-from daqsm.network_model.config import write_resolved_config
+from daqsm.network_model.config import key_option, write_resolved_config
 from daqsm.network_model.pretrain_core import (  # noqa: F401  (their home; names kept here for callers)
     build_loss_fn,
     check_replicas,
@@ -100,7 +100,7 @@ class PretrainConfig:
 
 def pretrain(cfg: PretrainConfig) -> int:
     """Run (or resume) step 4; returns the exit status (0 done, 1 stopped on a non-finite loss)."""
-    require(cfg, ("datasets_path",), spell=lambda key: "--" + key)  # the original key, as the script spells it
+    require(cfg, ("datasets_path",), spell=key_option)
     check_options(cfg)
     output_path("--run_dir", cfg.run_dir, kind="folder")
 
@@ -287,6 +287,6 @@ def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val,
 
 def check_options(cfg: PretrainConfig) -> None:
     """Every number against its meaning, before any file is read or written."""
-    check_config(cfg, spell=option_name)  # the rules declared on PretrainConfig's fields (daqsm/validate.py)
+    check_config(cfg, spell=key_option)  # the rules declared on PretrainConfig's fields (daqsm/validate.py)
 
 

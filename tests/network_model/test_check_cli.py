@@ -52,6 +52,7 @@ FINETUNE_REFUSES = {
     "negative weight": lambda t: _files(t, weight=True) + ["--b0", "3", "--te", "0.02", "--weight",
                                                             str(_negative(t / "weight.nii.gz"))],
     "zero phase scale": lambda t: _files(t) + ["--phase_rad_per_ppm", "0"],
+    "B0 out of the one table's range": lambda t: _files(t) + ["--b0", "3000", "--te", "0.02"],
 }
 
 
