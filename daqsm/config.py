@@ -102,12 +102,8 @@ def _sets(action) -> bool | None:
 
 
 def param(default, help: str, **metadata):  # noqa: A002 - the dataclass metadata key is `help`
-    """A dataclass field with its help text (and optional type / nargs / choices / aliases / flags / check).
-
-    check: the number rule of the field (daqsm.validate.rule_of: a RANGES quantity, "positive",
-    "non_negative", "finite", "int>=1", "int>=0", "b0_dir" or (low, high)), declared here once and
-    applied wherever a config is resolved.
-    """
+    """A dataclass field with its help text (and optional type / nargs / choices / aliases / flags), and
+    `check`, its number rule declared once (daqsm.validate.rule_of), applied wherever a config is resolved."""
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
@@ -364,12 +360,9 @@ def input_option(field_name: str) -> str:
 
 
 def require(config, names, spell=input_option, alternative: str | None = None) -> None:
-    """Refuse the first empty one of `names` (fields) of a resolved config, with its option `spell(name)`.
-
-    The one wording of a missing input in every command: "OPTION: required (option or config key
-    'KEY'), got none", plus "; or give ALTERNATIVE" when another input could stand in for it.
-    Checked after the config file was read, since a file may hold the inputs (no argparse `required`).
-    """
+    """Refuse the first empty one of `names` (fields) of a resolved config: the one wording of a missing
+    input, "OPTION: required (option or config key 'KEY'), got none[; or give ALTERNATIVE]". Checked
+    after the config file was read, since a file may hold the inputs (no argparse `required`)."""
     for name in names:
         value = getattr(config, name)
         if value is None or (isinstance(value, (str, tuple, list)) and not value):  # an empty list too
