@@ -19,8 +19,8 @@ daqsm.api -> evaluation -> network_model -> qc -> training_data -> the modules b
     validate.py      numbers against their meaning (finite, positive, in range, integer)
     outputs.py       the output contract: refuse-unless---overwrite, temp names, atomic writes, companion sets
     output_lock.py   per-output and per-set locks (fcntl), folder ownership markers
-    provenance.py    sidecar records (OUT.json): command, config, inputs' SHA-256, versions (written by
-                     training_data/formats/sidecar.py)
+    provenance.py    sidecar records (OUT.json): command, config, inputs' SHA-256, versions, and
+                     their one atomic writer
 
 Pipeline packages (each __init__.py lists its modules):
     training_data/   steps 1-3: physics (units, geometry, dipole), volume I/O, file formats, the simulator

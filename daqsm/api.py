@@ -16,6 +16,14 @@ import tempfile
 import numpy as np
 
 
+def _check_quantities(**values) -> None:
+    """The commands' range table (daqsm/validate.py) on the geometry and acquisition arguments."""
+    from daqsm.validate import QUANTITY_OF, check_value
+
+    for name, value in values.items():
+        check_value(name, QUANTITY_OF[name], value)
+
+
 def synthesize_maps(chi_ppm, mask, n_maps: int, seed: int = 0, voxel_size_mm=(1.0, 1.0, 1.0),
                     b0_dir=(0.0, 0.0, 1.0), **augment):
     """Step 1: synthetic susceptibility maps from one source map (as `genChi.py`; daqsm/training_data/synthesis.py).
@@ -33,6 +41,7 @@ def synthesize_maps(chi_ppm, mask, n_maps: int, seed: int = 0, voxel_size_mm=(1.
     from daqsm.training_data.synthesis import GenChiConfig, SourceMap, synthesize
     from daqsm.training_data.volume_io import check_mask
 
+    _check_quantities(voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, seed=seed)
     chi_ppm = np.asarray(chi_ppm, np.float32)
     mask = check_mask(mask, "mask", chi_ppm, "chi_ppm")
     config = GenChiConfig(n_maps=n_maps, seed=seed, **augment)
@@ -57,6 +66,7 @@ def field_maps(chi_ppm, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), m
     """
     from daqsm.training_data.fieldmaps import FieldEngine, compute_field
 
+    _check_quantities(voxel_size_mm=voxel_size_mm, b0_dir=b0_dir)
     chi_ppm = np.asarray(chi_ppm, np.float32)
     stack = chi_ppm if chi_ppm.ndim == 4 else chi_ppm[None]
     masks = None if mask is None else (np.asarray(mask) if np.ndim(mask) == 4 else np.asarray(mask)[None])
@@ -91,6 +101,8 @@ def make_patches(source_fields, source_masks, source_chis, target_fields=(), tar
     from daqsm.training_data.patch_inputs import ArrayInputs, PatchVolume
     from daqsm.training_data.patches import PatchConfig, cut_patches
 
+    _check_quantities(voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, target_b0_tesla=target_b0_tesla,
+                      target_te_s=target_te_s)
     vs, b0 = tuple(map(float, voxel_size_mm)), tuple(map(float, b0_dir))
     sources = ArrayInputs(PatchVolume(f"source[{i}]", f, m, c, vs, b0)
                           for i, (f, m, c) in enumerate(zip(source_fields, source_masks, source_chis)))
@@ -171,6 +183,7 @@ def finetune(model, field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0),
     from daqsm.network_model.unet import describe_target_model
 
     config.setdefault("progress", False)
+    _check_quantities(voxel_size_mm=voxel_size_mm, b0_dir=b0_dir)
     params = resolve_config(FinetuneConfig, None, b0_tesla=b0_tesla, te_s=te_s, **config)
     target = target_from_arrays(field_ppm, mask, weight, voxel_size_mm, b0_dir, b0_tesla, te_s,
                                 params.phase_rad_per_ppm)

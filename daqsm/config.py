@@ -35,7 +35,7 @@ import types
 import typing
 
 from daqsm.errors import InputError, choices_message
-from daqsm.validate import QUANTITY_OF, quantity
+from daqsm.validate import check_value, rule_of
 
 MISSING = dataclasses.MISSING
 
@@ -102,7 +102,8 @@ def _sets(action) -> bool | None:
 
 
 def param(default, help: str, **metadata):  # noqa: A002 - the dataclass metadata key is `help`
-    """A dataclass field with its help text (and optional type / nargs / choices / aliases / flags)."""
+    """A dataclass field with its help text (and optional type / nargs / choices / aliases / flags), and
+    `check`, its number rule declared once (daqsm.validate.rule_of), applied wherever a config is resolved."""
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
@@ -293,11 +294,7 @@ def coerce(field: dataclasses.Field, hint, value, where: str):
         if isinstance(value, list) and len(value) == 1:
             value = value[0]
         out = _scalar(field, elem, value, where)
-    kind = QUANTITY_OF.get(field.name)  # the one table of physical ranges (daqsm/validate.py)
-    if kind is not None:
-        for item in (out if is_tuple else (out,)):
-            if item is not None:
-                quantity(where, kind, item)
+    check_value(where, rule_of(field), out)  # the field's declared rule (daqsm/validate.py)
     choices = field.metadata.get("choices")
     if choices:
         for item in (out if is_tuple else (out,)):
@@ -333,13 +330,14 @@ def file_values(cls, config_path) -> dict:
     return out
 
 
-def resolve_config(cls, config_path=None, overrides: dict | None = None):
+def resolve_config(cls, config_path=None, overrides: dict | None = None, spell=option_name):
     """Build the frozen dataclass: defaults < config file < overrides (None values are ignored).
 
     Args:
         cls: the step's frozen dataclass.
         config_path: optional JSON/YAML file.
         overrides: field name -> value (e.g. vars() of parsed arguments; other names ignored).
+        spell: how an error names an override (default `--dashed-name`).
 
     Returns:
         An instance of `cls` (its __post_init__ validates the values).
@@ -352,18 +350,24 @@ def resolve_config(cls, config_path=None, overrides: dict | None = None):
             values[key] = coerce(fields[key], hints[key], value, f"config {config_path}: {key}")
     for key, value in (overrides or {}).items():
         if key in fields and value is not None:
-            values[key] = coerce(fields[key], hints[key], value, option_name(key))
+            values[key] = coerce(fields[key], hints[key], value, spell(key))
     return cls(**values)
 
 
-def require(config, names, spell=option_name) -> None:
-    """Refuse the first empty one of `names` (fields) of a resolved config, with its option `spell(name)`.
+def input_option(field_name: str) -> str:
+    """How `require` names a field by default: the output as `-o/--output`, others as option_name."""
+    return "-o/--output" if field_name == "output" else option_name(field_name)
 
-    Checked after the config file was read, since a file may hold the inputs (no argparse `required`).
-    """
+
+def require(config, names, spell=input_option, alternative: str | None = None) -> None:
+    """Refuse the first empty one of `names` (fields) of a resolved config: the one wording of a missing
+    input, "OPTION: required (option or config key 'KEY'), got none[; or give ALTERNATIVE]". Checked
+    after the config file was read, since a file may hold the inputs (no argparse `required`)."""
     for name in names:
-        if getattr(config, name) in (None, "", ()):
-            raise InputError(f"{spell(name)}: required (option or config key {name!r}), got none")
+        value = getattr(config, name)
+        if value is None or (isinstance(value, (str, tuple, list)) and not value):  # an empty list too
+            tail = f"; or give {alternative}" if alternative else ""
+            raise InputError(f"{spell(name)}: required (option or config key {name!r}), got none{tail}")
 
 
 def config_to_dict(config) -> dict:

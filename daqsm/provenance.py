@@ -1,8 +1,9 @@
 """Provenance sidecars: one JSON beside every volume the package writes (BIDS-derivative style).
 
-`OUT.nii.gz` gets `OUT.json` (`sidecar_path`), written atomically by `daqsm.training_data.formats.sidecar.write_sidecar`,
-the one writer every command uses (steps 2 and 5, inference, baselines, the simulator). Keys (BIDS names where BIDS
-has one: Description, Units, Sources, MagneticFieldStrength, GeneratedBy):
+`OUT.nii.gz` gets `OUT.json` (`sidecar_path`), written atomically by `write_sidecar` (through
+daqsm.outputs' one atomic writer), the one writer every command uses (steps 2 and 5, inference,
+baselines, the simulator). Keys (BIDS names where BIDS has one: Description, Units, Sources,
+MagneticFieldStrength, GeneratedBy):
     Description, Units ("ppm", or "arbitrary" / null for magnitudes and masks), Sources (input files),
     GeneratedBy [{Name: daqsm, Version, Step, CommandLine}], MagneticFieldStrength (T, when known),
     B0Direction (unit vector in voxel axes), VoxelSize (mm), DipoleKernel {Definition, D0, Padding},
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import os
 import shlex
 import sys
@@ -141,3 +143,16 @@ def build_record(description: str, units: str | None, *, sources=(), b0_tesla=No
         record["Model"] = model_entry(model)
     record.update(json_value(extra))
     return record
+
+
+def write_sidecar(volume_path, record: dict, merge: dict | None = None) -> str:
+    """Write `record` (plus `merge`, a step's own keys) as the sidecar of `volume_path`, atomically; returns its path."""
+    from daqsm.outputs import atomic_path as contract_atomic_path
+
+    content = dict(record)
+    content.update(json_value(merge or {}))
+    path = sidecar_path(volume_path)
+    with contract_atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(content, fh, indent=2)
+        fh.write("\n")
+    return path

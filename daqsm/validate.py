@@ -1,13 +1,14 @@
 """Checks of numeric options against their meaning, shared by every command's option resolution.
 
 Each check takes the option's name (as the user typed it) and its value, raises InputError with
-one line "NAME: expected ..., got VALUE" and returns the value. `check_numbers` applies a table of
-rules to a config dataclass (or any object with attributes), skipping None values (= not given).
+one line "NAME: expected ..., got VALUE" and returns the value. The number rules of the steps are
+declared once, on their config fields (`param(default, help, check=RULE)`, daqsm/config.py), and
+applied where a config is resolved (daqsm.config.coerce, so options, config files and the Python API
+alike) or to a whole instance by `check_config`; physical quantities name the one RANGES table.
 """
 from __future__ import annotations
 
 import math
-from typing import Iterable
 
 from daqsm.errors import InputError
 
@@ -77,7 +78,8 @@ RANGES = {
 }
 # config field names -> their quantity (the target's B0 is a B0, a baseline's voxel_size a voxel size)
 QUANTITY_OF = {"b0_tesla": "b0_tesla", "target_b0_tesla": "b0_tesla", "te_s": "te_s", "target_te_s": "te_s",
-               "voxel_size_mm": "voxel_size_mm", "voxel_size": "voxel_size_mm", "seed": "seed"}
+               "voxel_size_mm": "voxel_size_mm", "voxel_size": "voxel_size_mm", "seed": "seed",
+               "b0_dir": "b0_dir", "target_b0_dir": "b0_dir"}
 
 
 def quantity(name: str, kind: str, value):
@@ -100,42 +102,49 @@ def b0_direction(name: str, value):
     for item in items:
         finite(name, item)
     if len(items) != 3 or not any(float(v) != 0 for v in items):
-        raise InputError(f"{name}: expected 3 finite numbers, not all zero, got {value!r}")
+        raise InputError(f"{name}: expected a B0 direction, a non-zero vector of 3 finite numbers, got {value!r}")
     return value
 
 
-def check_field_ranges(config, spell=lambda key: key) -> None:
-    """The table's ranges for every field of `config` named in QUANTITY_OF (None = not given)."""
+CHECKS = {"finite": finite, "positive": positive, "non_negative": non_negative, "int>=1": integer_at_least,
+          "int>=0": lambda n, v: integer_at_least(n, v, 0), "b0_dir": b0_direction}
+
+
+def rule_of(field) -> object:
+    """The number rule declared on a config field (`param(..., check=RULE)`), else its quantity by name.
+
+    RULE: a key of RANGES (a physical quantity of the one table), of CHECKS, or (low, high) inclusive.
+    A field named after a quantity (`b0_tesla`, `te_s`, `voxel_size_mm`, `seed`, ...; QUANTITY_OF) has
+    that quantity's range without a declaration: the unit in the name says what it is.
+    """
+    return field.metadata.get("check") or QUANTITY_OF.get(field.name)
+
+
+def check_value(name: str, rule, value):
+    """Apply one rule (see rule_of) to `value`, element by element for a tuple/list; None passes."""
+    if value is None or rule is None:
+        return value
+    if rule == "b0_dir":  # the three numbers together
+        return b0_direction(name, value)
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(rule, tuple):
+            in_range(name, item, *rule)
+        elif rule in RANGES:
+            quantity(name, rule, item)
+        else:
+            CHECKS[rule](name, item)
+    return value
+
+
+def check_config(config, spell=lambda key: key) -> None:
+    """Every declared rule of a config dataclass instance (what the config layer checks on each given value)."""
     import dataclasses
 
+    from daqsm.errors import choices_message
+
     for field in dataclasses.fields(config):
-        kind = QUANTITY_OF.get(field.name)
         value = getattr(config, field.name)
-        if kind is not None and value is not None:
-            for item in value if isinstance(value, (tuple, list)) else (value,):
-                quantity(spell(field.name), kind, item)
-        elif field.name in ("b0_dir", "target_b0_dir") and value is not None:
-            b0_direction(spell(field.name), value)
-
-
-CHECKS = {"finite": finite, "positive": positive, "non_negative": non_negative, "int>=1": integer_at_least,
-          "int>=0": lambda n, v: integer_at_least(n, v, 0)}
-
-
-def check_numbers(config, rules: dict, spell=lambda key: key) -> None:
-    """Apply {field: check name or (low, high)} to `config`'s attributes; None values are skipped.
-
-    Tuples are checked element by element. `spell(field)` gives the name shown (e.g. `--d0`).
-    """
-    for key, rule in rules.items():
-        value = getattr(config, key, None)
-        if value is None:
-            continue
-        items: Iterable = value if isinstance(value, (tuple, list)) else (value,)
-        for item in items:
-            if isinstance(rule, tuple):
-                in_range(spell(key), item, *rule)
-            elif rule in RANGES:
-                quantity(spell(key), rule, item)
-            else:
-                CHECKS[rule](spell(key), item)
+        check_value(spell(field.name), rule_of(field), value)
+        choices = field.metadata.get("choices")
+        if choices and value is not None and value not in choices:  # a config built without the config layer
+            raise choices_message(spell(field.name), value, choices)

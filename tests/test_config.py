@@ -27,10 +27,10 @@ def _commands():
     from daqsm.evaluation import baseline_cli as baselines
     from daqsm.evaluation import cli as evaluate
     from daqsm.evaluation import demo, figures
-    from daqsm.network_model import export, infer
+    from daqsm.network_model import check_cli, export, infer
     from daqsm.network_model.model_finetune import train as finetune
     from daqsm.network_model.train_model import train as pretrain
-    from daqsm.training_data import genChi, genRDFPatchesSyn, input_check, qsmFmapCal_gpu
+    from daqsm.training_data import genChi, genRDFPatchesSyn, qsmFmapCal_gpu
     from daqsm.training_data.simulator import simulate
 
     # (module, config class, argv every parse needs)
@@ -47,7 +47,7 @@ def _commands():
         "figures-slices": (figures, figures.SlicesConfig, ["slices"]),
         "figures-losses": (figures, figures.LossesConfig, ["losses"]),
         "export": (export, export.ExportConfig, []),
-        "check": (input_check, input_check.CheckConfig, []),
+        "check": (check_cli, check_cli.CheckConfig, []),
         "evaluate": (evaluate, evaluate.EvaluateConfig, []),  # columns: a list of mappings, its own reader
     }
 

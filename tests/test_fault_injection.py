@@ -34,16 +34,16 @@ def _commands():
     from daqsm.evaluation import baseline_cli as baselines
     from daqsm.evaluation import cli as evaluate
     from daqsm.evaluation import demo, figures
-    from daqsm.network_model import export, infer
+    from daqsm.network_model import check_cli, export, infer
     from daqsm.network_model.model_finetune import train as finetune
     from daqsm.network_model.train_model import train as pretrain
-    from daqsm.training_data import genChi, genRDFPatchesSyn, input_check, qsmFmapCal_gpu
+    from daqsm.training_data import genChi, genRDFPatchesSyn, qsmFmapCal_gpu
     from daqsm.training_data.simulator import simulate
 
     return {"simulate": simulate.main, "genchi": genChi.main, "fieldmap": qsmFmapCal_gpu.main,
             "patches": genRDFPatchesSyn.main, "train": pretrain.main, "finetune": finetune.main,
             "infer": infer.main, "evaluate": evaluate.main, "figures": figures.main, "demo": demo.main,
-            "baseline": baselines.main, "export": export.main, "check": input_check.main}
+            "baseline": baselines.main, "export": export.main, "check": check_cli.main}
 
 
 @pytest.fixture(scope="module")

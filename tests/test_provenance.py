@@ -63,6 +63,17 @@ def model_and_case(tmp_path_factory):
     return root / "pre.keras", folder
 
 
+def test_the_sidecar_writer_lives_with_its_record(tmp_path):
+    """One module owns the sidecar, its keys and its writer (the atomic write is daqsm.outputs')."""
+    record = provenance.build_record("a map", "ppm", voxel_size_mm=(1, 1, 1.5))
+    path = provenance.write_sidecar(tmp_path / "x.nii.gz", record, {"QC": {"Rms": np.float32(0.5)}})
+    assert path == str(tmp_path / "x.json")
+    content = json.loads(Path(path).read_text())
+    assert content["VoxelSize"] == [1.0, 1.0, 1.5] and content["QC"] == {"Rms": 0.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]  # no temp left
+    assert not (Path(provenance.__file__).parent / "training_data" / "formats" / "sidecar.py").exists()
+
+
 def test_finetune_sidecars_match_the_run(model_and_case, tmp_path):
     from daqsm.network_model.model_finetune import train as finetune
 

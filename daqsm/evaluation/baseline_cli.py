@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daqsm.config import ArgumentParser, add_config_options, param, resolve_config
+from daqsm.config import ArgumentParser, add_config_options, param, require, resolve_config
 from daqsm.errors import InputError, run_cli
 from daqsm.evaluation.baselines import L2_LAMBDA, METHODS, TKD_THRESHOLD, NDITVParams, l2_gradient, ndi_tv, tkd
 
@@ -40,16 +40,16 @@ class BaselineConfig:
     b0_dir: tuple | None = param(None, "B0 in voxel axes; default from the affine, else 0 0 1", type=float, nargs=3)
     pad: str = param("auto", "FFT zero padding: auto (a quarter of each axis per side), fast, none (circular) or "
                      "voxels per side")
-    threshold: float = param(TKD_THRESHOLD, "tkd: |D| threshold")
-    lambda_grad: float = param(L2_LAMBDA, "l2: gradient weight", aliases=("lambda",))
+    threshold: float = param(TKD_THRESHOLD, "tkd: |D| threshold", check="positive")
+    lambda_grad: float = param(L2_LAMBDA, "l2: gradient weight", aliases=("lambda",), check="non_negative")
     alpha: str = param(str(_ND.alpha), "ndi-tv / tv: TV weight, or 'auto': scan --alpha-grid and take the "
                        "discrepancy principle's alpha (daqsm.evaluation.nltv_alpha; needs no ground truth)")
     alpha_grid: tuple | None = param(None, "ndi-tv --alpha auto: the scanned values (default nltv_alpha.ALPHA_GRID)",
-                                     type=float)
-    mu_grad: float | None = param(None, "ndi-tv: gradient consistency (default 10*alpha)", aliases=("mu",))
-    mu_data: float = param(_ND.mu_data, "ndi-tv: data split weight")
-    iterations: int = param(_ND.iterations, "ndi-tv: max iterations")
-    tol: float = param(_ND.tol, "ndi-tv: relative update tolerance")
+                                     type=float, check="positive")
+    mu_grad: float | None = param(None, "ndi-tv: gradient consistency (default 10*alpha)", aliases=("mu",), check="non_negative")
+    mu_data: float = param(_ND.mu_data, "ndi-tv: data split weight", check="positive")
+    iterations: int = param(_ND.iterations, "ndi-tv: max iterations", check="int>=1")
+    tol: float = param(_ND.tol, "ndi-tv: relative update tolerance", check="non_negative")
     b0_tesla: float | None = param(None, "ndi-tv / tv: B0 in tesla (default: the case's; never assumed)",
                                    aliases=("b0",))
     te_s: float | None = param(None, "ndi-tv / tv: echo time of the weighting echo in seconds (default: the "
@@ -100,20 +100,13 @@ def _run(args) -> int:
         raise choices_message("method", args.method, METHODS)
     if args.case and (args.field or args.mask or args.weight):
         raise InputError("give either --case or --field/--mask/--weight, not both")
-    for name in (("output",) if args.case else ("field", "mask", "output")):
-        if not getattr(args, name):
-            raise InputError(f"--{name}: required (see --help)")
+    if not args.case:
+        require(args, ("field", "mask"), alternative="--case DIR")
+    require(args, ("output",))
     from daqsm.output_lock import check_qsm_set, claim_qsm_set
-    from daqsm.validate import check_numbers
-
     inputs = [args.case] if args.case else [args.field, args.mask, args.weight]
     check_qsm_set("-o", args.output, args.overwrite, inputs)  # the whole set (daqsm.outputs.qsm_set)
 
-    check_numbers(args, {"threshold": "positive", "lambda_grad": "non_negative", "mu_grad": "non_negative",
-                         "mu_data": "positive", "iterations": "int>=1", "tol": "non_negative", "b0_tesla": "positive",
-                         "te_s": "positive", "alpha_grid": "positive", "voxel_size": "positive", "b0_dir": "finite"},
-                  spell=lambda k: {"lambda_grad": "--lambda", "mu_grad": "--mu", "b0_tesla": "--b0",
-                                       "te_s": "--te"}.get(k, "--" + k.replace("_", "-")))
     if args.alpha.strip().lower() != "auto":
         from daqsm.validate import positive
 
@@ -186,8 +179,7 @@ def _invert_and_write(args, qset) -> int:
             chi, info = ndi_tv(field.data, mask, weight, params=params, return_info=True, **common)
             print(f"{args.method}: {info['iterations']} iterations, converged={info['converged']}, "
                   f"{info['seconds']:.1f} s")
-    from daqsm.provenance import build_record
-    from daqsm.training_data.formats.sidecar import write_sidecar
+    from daqsm.provenance import build_record, write_sidecar
 
     qset.start_writing()
 

@@ -19,7 +19,7 @@ import os
 import sys
 from dataclasses import dataclass, fields
 
-from daqsm.config import ArgumentParser
+from daqsm.config import ArgumentParser, require
 from daqsm.errors import InputError, output_path, run_cli
 
 PROG = "python -m daqsm.evaluation"
@@ -138,7 +138,7 @@ def resolve_config(args) -> EvaluateConfig:
             settings[key] = value
     settings["columns"] = tuple(columns)
     if not columns:
-        raise InputError("no reconstruction given; use --recon (with --truth/--seg/--mask or --case) or --config")
+        require(args, ("recon",), alternative="--config FILE with columns")
     names = [c.name for c in columns]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

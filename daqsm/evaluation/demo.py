@@ -259,8 +259,7 @@ def write_builtin_source(folder: Path, resolution_mm: float, seed: int):
     chi_path, mask_path = folder / "chi.nii.gz", folder / "mask.nii.gz"
     write_volume(chi_path, phantom.chi_ppm, affine=phantom.affine)
     write_volume(mask_path, phantom.mask.astype(np.uint8), affine=phantom.affine)
-    from daqsm.provenance import build_record
-    from daqsm.training_data.formats.sidecar import write_sidecar
+    from daqsm.provenance import build_record, write_sidecar
 
     settings = {"resolution_mm": resolution_mm, "seed": seed + 1000, "calcification": False}
     for path, what, units in ((chi_path, "built-in phantom susceptibility (source domain)", "ppm"),

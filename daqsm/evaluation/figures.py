@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daqsm.config import ArgumentParser, add_config_options, param, resolve_config
+from daqsm.config import ArgumentParser, add_config_options, param, require, resolve_config
 from daqsm.errors import InputError, output_path, run_cli, shape_mismatch
 from daqsm.training_data.volume_io import atomic_path, check_mask, check_same_grid, read_volume
 from daqsm.validate import positive
@@ -338,9 +338,7 @@ def main(argv=None) -> int:
         if getattr(args, "positional_log", None):
             values = {**values, "log": args.positional_log}
         cfg = resolve_config(SlicesConfig if args.command == "slices" else LossesConfig, args.config, values)
-        for name in ("recon", "output") if args.command == "slices" else ("log", "output"):
-            if not getattr(cfg, name):
-                raise InputError(f"--{name}: required (see {PROG} {args.command} --help)")
+        require(cfg, ("recon", "output") if args.command == "slices" else ("log", "output"))
         _check_output(cfg.output, cfg.overwrite)
         from daqsm.output_lock import claim_output
 

@@ -43,7 +43,13 @@ def resolve_config(cls, args: argparse.Namespace | None = None, config_path=None
     config_path = config_path or (getattr(args, "config", None) if args is not None else None)
     values = dict(vars(args)) if args is not None else {}
     values.update(overrides)
-    return _resolve(cls, config_path, values)
+    return _resolve(cls, config_path, values, spell=key_option)
+
+
+def key_option(key: str) -> str:
+    """How steps 4-5 and inference name a value in errors: `--key`, the original scripts' spelling of
+    the config key (which is also the Python API's keyword); `--dashed-key` is accepted as well."""
+    return "--" + key
 
 
 def write_resolved_config(config, path) -> str:
@@ -51,4 +57,5 @@ def write_resolved_config(config, path) -> str:
     return write_config(config, path, sort_keys=True)
 
 
-__all__ = ["add_config_arguments", "file_values", "load_config_file", "resolve_config", "write_resolved_config"]
+__all__ = ["add_config_arguments", "file_values", "key_option", "load_config_file", "resolve_config",
+           "write_resolved_config"]

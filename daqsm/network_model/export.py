@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daqsm.config import ArgumentParser, add_config_options, config_to_dict, param, resolve_config
+from daqsm.config import ArgumentParser, add_config_options, config_to_dict, param, require, resolve_config
 from daqsm.errors import InputError, output_path, run_cli
 
 PROG = "daqsm-export"
@@ -132,9 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: ExportConfig) -> dict:
     """Export, check, write the sidecar (it holds the resolved config); returns the sidecar record."""
-    for name in ("model", "output"):
-        if not getattr(args, name):
-            raise InputError(f"--{name}: required (see {PROG} --help)")
+    require(args, ("model", "output"))
     if not args.output.endswith(".onnx"):
         raise InputError(f"-o {args.output}: expected a file ending in .onnx")
     from daqsm.outputs import refuse_existing
@@ -155,7 +153,7 @@ def _export(args: ExportConfig) -> dict:
     from daqsm import provenance
     from daqsm.network_model.finetuning import load_target_model
     from daqsm.network_model.model_info import read_model_info, resolve_model_path
-    from daqsm.training_data.formats.sidecar import write_sidecar
+    from daqsm.provenance import write_sidecar
 
     model, info = load_target_model(args.model)
     divisor = 2 ** info["depth"]

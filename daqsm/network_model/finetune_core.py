@@ -28,7 +28,6 @@ pre-trained prediction and the result does not depend on background padding.
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -36,7 +35,6 @@ import numpy as np
 
 from daqsm.errors import InputError
 
-PRIORS = ("none", "map", "weights")
 TRAINABLE = ("all", "decoder", "norm")
 
 
@@ -102,30 +100,14 @@ def select_trainable(model, which: str) -> int:
 
 def check_params(params) -> None:
     """The number rules of step 5's parameters (the command and the API both get them)."""
-    from daqsm.validate import check_numbers
-
-    check_numbers(params, {"b0_tesla": "positive", "te_s": "positive", "phase_rad_per_ppm": "positive",
-                           "voxel_size_mm": "positive", "b0_dir": "finite", "convergence_window": "int>=1",
-                           "lambda_scan_iterations": "int>=1", "prior_weight": "non_negative"},
-                  spell=lambda k: "--" + k.replace("_", "-"))
-    if params.iterations < (0 if getattr(params, "fast", False) else 1):  # --fast: 0 updates
-        raise InputError(f"iterations: expected >= 1, got {params.iterations}")
+    from daqsm.network_model.config import key_option
     from daqsm.network_model.tv_weight import parse_lambda_tv
+    from daqsm.validate import check_config
 
+    check_config(params, spell=key_option)  # the rules declared on FinetuneConfig's fields, choices included
+    if params.iterations < (0 if getattr(params, "fast", False) else 1):  # --fast: 0 updates
+        raise InputError(f"--iterations: expected an integer >= 1, got {params.iterations}")
     parse_lambda_tv(params.lambda_tv)
-    for name in ("learning_rate", "tau", "convergence_tol"):
-        value = getattr(params, name)
-        if not (math.isfinite(value) and value >= 0) or (name == "learning_rate" and value <= 0):
-            raise InputError(f"{name}: expected a {'positive' if name == 'learning_rate' else 'non-negative'} "
-                             f"number, got {value}")
-    if params.noise_ppm is not None and not (math.isfinite(params.noise_ppm) and params.noise_ppm >= 0):
-        raise InputError(f"noise_ppm: expected a non-negative number of ppm, got {params.noise_ppm}")
-    if params.warmup_iterations < 0:
-        raise InputError(f"warmup_iterations: expected >= 0, got {params.warmup_iterations}")
-    if params.prior not in PRIORS:
-        raise InputError(f"prior: expected one of {', '.join(PRIORS)}, got {params.prior!r}")
-    if params.trainable not in TRAINABLE:
-        raise InputError(f"trainable: expected one of {', '.join(TRAINABLE)}, got {params.trainable!r}")
 
 
 def finetune_volume(model, target, params, info: dict | None = None, monitor=None, monitor_every: int = 10,
@@ -154,6 +136,7 @@ def finetune_volume(model, target, params, info: dict | None = None, monitor=Non
     from daqsm.network_model.losses import finetune_terms, ndi_loss, tv_loss
     from daqsm.network_model.precision import check_precision, needs_loss_scale, with_precision
     from daqsm.network_model.stopping import StoppingRule, noise_energy
+    from daqsm.network_model.target_data import phase_scale
     from daqsm.network_model.tiling import brain_box
     from daqsm.network_model.training_loop import make_optimizer, make_train_step, run_loop
     from daqsm.network_model.tv_weight import FALLBACK_ALPHA, LambdaChoice, choose_lambda_tv, lambda_from_alpha, parse_lambda_tv
@@ -164,9 +147,7 @@ def finetune_volume(model, target, params, info: dict | None = None, monitor=Non
     check_params(params)
     say = say or (lambda _line: None)
     messages: list = []
-    phase = params.phase_rad_per_ppm or target.phase_rad_per_ppm
-    if phase is None or not (phase > 0 and math.isfinite(phase)):
-        raise InputError("phase scale unknown: give --b0 TESLA and --te SECONDS (or --phase_rad_per_ppm)")
+    phase = phase_scale(target, params.phase_rad_per_ppm)  # the one rule (target_data)
     precision = check_precision(params.precision)
     info = info or describe_target_model(model)
     if precision != "float32":  # the same weights, convolutions in reduced precision

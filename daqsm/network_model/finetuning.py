@@ -20,12 +20,11 @@ Usage:
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from dataclasses import dataclass
 
-from daqsm.config import param
+from daqsm.config import param, require
 from daqsm.errors import InputError
 from daqsm.network_model.config import write_resolved_config
 from daqsm.network_model.finetune_core import centred_padding, check_params  # noqa: F401  (centred_padding: the step script's name)
@@ -47,30 +46,31 @@ class FinetuneConfig:
     b0_tesla: float | None = param(None, 'B0 in tesla (hz/rad input, and the NDI phase scale)', aliases=("b0",))
     te_s: float | None = param(None,
         'echo time of the weighting echo in seconds (rad input, phase scale)', aliases=("te",))
-    phase_rad_per_ppm: float | None = param(None, 'explicit NDI phase scale; else 2 pi gamma_bar b0 te')
+    phase_rad_per_ppm: float | None = param(None, 'explicit NDI phase scale; else 2 pi gamma_bar b0 te', check="positive")
     voxel_size_mm: tuple[float, float, float] | None = param(None, "override the file's voxel size")
     b0_dir: tuple[float, float, float] | None = param(None, 'override (voxel axes); else from the affine')
-    iterations: int = param(300, 'at most')
+    iterations: int = param(300, 'at most', check="int>=0")
     fast: bool = param(False, "no fine-tuning: the pre-trained network's map with the same QC residual and sidecar "
                        "(seconds)")
-    learning_rate: float = param(1e-3, 'measured: demo Sim2Snr1 rmse 49.0 at 150 it. vs 52.1 with 1e-4')
+    learning_rate: float = param(1e-3, 'measured: demo Sim2Snr1 rmse 49.0 at 150 it. vs 52.1 with 1e-4', check="positive")
     lr_schedule: str = param("constant", 'learning-rate schedule', choices=("constant", "cosine", "exponential"))
-    warmup_iterations: int = param(10, 'linear learning-rate ramp at the start')
+    warmup_iterations: int = param(10, 'linear learning-rate ramp at the start', check="int>=0")
     lambda_tv: str = param("auto", "TV weight: 'auto' picks it per case without ground truth (NLTV's discrepancy "
                            "rule mapped to network units, daqsm/network_model/tv_weight.py); a number overrides it")
-    lambda_scan_iterations: int = param(60, "--lambda-tv auto: NLTV iterations per alpha of the scan")
+    lambda_scan_iterations: int = param(60, "--lambda-tv auto: NLTV iterations per alpha of the scan", check="int>=1")
     prior: str = param("none", "keep the pre-trained prior: none, map (pull to the pre-trained map) or weights "
                        "(L2-SP)", choices=("none", "map", "weights"))
-    prior_weight: float = param(0.0, "weight of the prior term (network units)")
+    prior_weight: float = param(0.0, "weight of the prior term (network units)", check="non_negative")
     trainable: str = param("all", "weights updated: all, decoder (decoder + output layer) or norm (BN gamma/beta)",
                            choices=("all", "decoder", "norm"))
     stop_model_error: bool = param(True, "the discrepancy stop uses the lambda rule's target (noise + model "
                                    "error floor) when it is larger than the noise energy")
     dipole_pad: str = param("auto", 'FFT zero-padding of the dipole model (daqsm.training_data.dipole)')
-    tau: float = param(1.0, 'discrepancy principle: stop when NDI <= tau * noise energy; 0: off')
-    noise_ppm: float | None = param(None, 'std of W * field noise (ppm); None: estimated from the field')
-    convergence_window: int = param(20, 'iterations per window of the flat-loss test')
-    convergence_tol: float = param(1e-3, 'stop when a window improves the loss by less than this (relative); 0: off')
+    tau: float = param(1.0, 'discrepancy principle: stop when NDI <= tau * noise energy; 0: off', check="non_negative")
+    noise_ppm: float | None = param(None, 'std of W * field noise (ppm); None: estimated from the field', check="non_negative")
+    convergence_window: int = param(20, 'iterations per window of the flat-loss test', check="int>=1")
+    convergence_tol: float = param(1e-3, 'stop when a window improves the loss by less than this (relative); 0: off',
+                                   check="non_negative")
     output: str = param("",
         'output QSM NIfTI (ppm); also OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json', flags=("-o",))
     bids: bool = param(False, 'name the QSM the BIDS way: OUT_Chimap.nii.gz (daqsm/provenance.py)')
@@ -103,17 +103,23 @@ def load_target_model(path: str):
 
 
 def load_inputs(cfg: FinetuneConfig):
-    """Read the inputs once and run daqsm-check's checks on what was read (target_data.load_case/_files)."""
-    from daqsm.network_model.target_data import load_case, load_files
+    """Read the inputs once, run daqsm-check's checks on what was read (target_data.load_case/_files) and
+    require the NDI phase scale (target_data.phase_scale): everything step 5 refuses in its inputs.
+
+    `daqsm-check` (daqsm/network_model/check_cli.py) calls this function, so its "ok" is step 5's.
+    """
+    from daqsm.network_model.target_data import load_case, load_files, phase_scale
 
     if cfg.case:
         if cfg.field or cfg.mask:
             raise InputError("give either --case or --field/--mask, not both")
-        return load_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir, check=True)
-    if not cfg.field or not cfg.mask:
-        raise InputError("input: give --field and --mask (or --case DIR)")
-    return load_files(cfg.field, cfg.mask, cfg.weight or None, cfg.units, cfg.b0_tesla, cfg.te_s,
-                      cfg.voxel_size_mm, cfg.b0_dir, check=True)
+        target = load_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir, check=True)
+    else:
+        require(cfg, ("field", "mask"), alternative="--case DIR")
+        target = load_files(cfg.field, cfg.mask, cfg.weight or None, cfg.units, cfg.b0_tesla, cfg.te_s,
+                            cfg.voxel_size_mm, cfg.b0_dir, check=True)
+    phase_scale(target, cfg.phase_rad_per_ppm)
+    return target
 
 
 def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
@@ -125,8 +131,9 @@ def finetune(cfg: FinetuneConfig, monitor=None, monitor_every: int = 10) -> int:
             called after every `monitor_every` updates (benchmarks compare iterates with a ground
             truth here; the stopping rule never sees it).
     """
-    if not cfg.output:
-        raise InputError("output: give the QSM file with -o OUT.nii.gz")
+    require(cfg, ("output",))
+    if not cfg.case:
+        require(cfg, ("field", "mask"), alternative="--case DIR")
     if cfg.bids:
         from dataclasses import replace
 
@@ -163,18 +170,17 @@ def _finetune(cfg: FinetuneConfig, qset, monitor, monitor_every: int) -> int:
     from daqsm.network_model.finetune_core import finetune_volume
     from daqsm.network_model.model_info import save_model_atomic, spatial_divisor, write_model_info
     from daqsm.network_model.precision import check_device, check_precision
+    from daqsm.network_model.target_data import phase_scale
     from daqsm.outputs import atomic_path
-    from daqsm.training_data.formats.sidecar import write_sidecar
+    from daqsm.provenance import write_sidecar
     from daqsm.training_data.volume_io import write_volume
 
     paths = qset.paths
     precision = check_precision(cfg.precision)
-    target = load_inputs(cfg)  # read once, checked on the loaded arrays
+    target = load_inputs(cfg)  # read once, checked on the loaded arrays, phase scale known
     if getattr(target, "geometry_note", None):
         print(f"{PROG}: warning: {target.geometry_note}", file=sys.stderr)
-    phase = cfg.phase_rad_per_ppm or target.phase_rad_per_ppm
-    if phase is None or not (phase > 0 and math.isfinite(phase)):
-        raise InputError("phase scale unknown: give --b0 TESLA and --te SECONDS (or --phase_rad_per_ppm)")
+    phase = phase_scale(target, cfg.phase_rad_per_ppm)
     check_device(precision)
     model, info = load_target_model(cfg.model)
     result = finetune_volume(model, target, cfg, info, monitor, monitor_every,
@@ -231,8 +237,8 @@ def provenance_record(cfg: FinetuneConfig, target, what: str) -> dict:
 
 def write_residual(paths: dict, chi, target, dipole_pad, phase: float, noise_ppm, cfg, what: str) -> dict:
     """QC residual map (daqsm/qc/residual.py) beside the QSM, with its sidecar; returns the summary."""
+    from daqsm.provenance import write_sidecar
     from daqsm.qc.residual import residual_map_ppm, residual_summary
-    from daqsm.training_data.formats.sidecar import write_sidecar
     from daqsm.training_data.volume_io import write_volume
 
     geometry = target.geometry

@@ -29,13 +29,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daqsm.config import ArgumentParser, param
+from daqsm.config import ArgumentParser, param, require
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import check_qsm_set, claim_qsm_set
-from daqsm.provenance import bids_chimap_path
-from daqsm.training_data.formats.sidecar import write_sidecar
+from daqsm.provenance import bids_chimap_path, write_sidecar
 from daqsm.training_data.volume_io import NIFTI_SUFFIXES, read_field, read_mask, suffix_of, write_volume
-from daqsm.validate import check_numbers
+from daqsm.validate import check_config
 
 PROG = "daqsm-infer"
 QC_PAD = "auto"  # dipole padding of the QC residual's forward model (as fine-tuning's default)
@@ -58,11 +57,11 @@ class InferConfig:
                                         type=float, nargs=3, aliases=("voxel_size",))
     b0_dir: tuple | None = param(None, "input B0 direction in voxel axes (default: from the affine / case.json, "
                                  "else z)", type=float, nargs=3)
-    tile: tuple = param((96,), "tile size in voxels (multiple of 2**depth), 1 or 3 ints", type=int)
-    overlap: tuple = param((32,), "overlap between tiles in voxels, 1 or 3 ints", type=int)
+    tile: tuple = param((96,), "tile size in voxels (multiple of 2**depth), 1 or 3 ints", type=int, check="int>=1")
+    overlap: tuple = param((32,), "overlap between tiles in voxels, 1 or 3 ints", type=int, check="int>=0")
     whole: bool = param(False, "no tiling: one pass on the volume padded to a multiple of 2**depth")
-    batch_size: int = param(1, "tiles per network call")
-    divisor: int | None = param(None, "2**depth override (default: the model info, else its pooling layers)")
+    batch_size: int = param(1, "tiles per network call", check="int>=1")
+    divisor: int | None = param(None, "2**depth override (default: the model info, else its pooling layers)", check="int>=1")
     output: str | None = param(None, "output NIfTI (.nii or .nii.gz), chi in ppm", flags=("-o",))
     overwrite: bool = param(False, "replace an existing output")
     precision: str = param("float32", "compute precision (daqsm/network_model/precision.py); the output is float32 "
@@ -84,14 +83,24 @@ def resolve_config(args: argparse.Namespace) -> InferConfig:
     from daqsm.network_model.config import resolve_config as resolve
 
     cfg = resolve(InferConfig, args)
-    check_numbers(cfg, {"b0_tesla": "positive", "te_s": "positive", "voxel_size_mm": "positive",
-                        "b0_dir": "finite", "tile": "int>=1", "overlap": "int>=0", "batch_size": "int>=1",
-                        "divisor": "int>=1"}, spell=lambda k: "--" + k.replace("_", "-"))
+    check_params(cfg)
     return cfg
 
 
-def read_inputs(cfg: InferConfig):
-    """Field (Volume, ppm), mask (bool) and input geometry (voxel size, B0 dir, affine)."""
+def check_params(cfg: InferConfig) -> None:
+    """The number rules declared on InferConfig's fields (the command and daqsm-check get them)."""
+    from daqsm.network_model.config import key_option
+
+    check_config(cfg, spell=key_option)
+
+
+def read_inputs(cfg: InferConfig, warn=None):
+    """Field (Volume, ppm), mask (bool) and input geometry (voxel size, B0 dir, affine), checked.
+
+    warn: callable(line) for the assumed-geometry note; default: a warning on stderr.
+
+    `daqsm-check --step infer` (daqsm/network_model/check_cli.py) calls this function, so its "ok" is inference's.
+    """
     case_info = {}
     field_path, mask_path, units = cfg.field, cfg.mask, cfg.units
     b0_tesla, te_s = cfg.b0_tesla, cfg.te_s
@@ -106,8 +115,8 @@ def read_inputs(cfg: InferConfig):
         units = "ppm"  # contract 1: the case's local field is in ppm
         case_info = case_folder.read_info(folder)
         b0_tesla = b0_tesla if b0_tesla is not None else case_info.get("b0_tesla")
-    if not field_path or not mask_path:
-        raise InputError("inputs: expected --field and --mask, or --case")
+    if not cfg.case:
+        require(cfg, ("field", "mask"), alternative="--case DIR")
     from daqsm.training_data.input_check import check_case, check_files
 
     if cfg.case:  # daqsm-check's checks, before the model is loaded
@@ -123,7 +132,7 @@ def read_inputs(cfg: InferConfig):
                                   cfg.b0_dir or case_info.get("b0_dir"))
     note = assumption_line(geom, f"field {field_path}")
     if note:
-        print(f"{PROG}: warning: {note}", file=sys.stderr)
+        (warn or (lambda line: print(f"{PROG}: warning: {line}", file=sys.stderr)))(note)
     field.header = geom.header
     field.attrs["geometry_sources"] = geom.sources
     return field, mask, geom.geometry.voxel_size_mm, geom.geometry.b0_dir, geom.affine, b0_tesla
@@ -180,8 +189,7 @@ def run(cfg: InferConfig, log=print, warn=None, qset=None) -> dict:
     )
 
     warn = warn or (lambda msg: print(f"{PROG}: warning: {msg}", file=sys.stderr))
-    if not cfg.output:
-        raise InputError("-o/--output: expected an output NIfTI path")
+    require(cfg, ("output",))
     if cfg.bids:
         from daqsm.provenance import bids_chimap_path
 
@@ -264,16 +272,7 @@ def write_qc(cfg: InferConfig, chi, field_ppm, mask, voxel_size, b0_dir, b0_tesl
     A case folder gives fine-tuning's W (2nd echo magnitude) and phase scale (daqsm.network_model.target_data);
     separate files W = mask and the phase scale from --b0/--te (the small-angle form without them).
     """
-    from daqsm.training_data.units import rad_per_ppm
-
-    weight = None
-    if cfg.case:
-        from daqsm.network_model.target_data import load_case
-
-        target = load_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir)
-        weight, phase = target.weight, target.phase_rad_per_ppm
-    else:
-        phase = rad_per_ppm(b0_tesla, cfg.te_s) if b0_tesla and cfg.te_s else None
+    weight, phase = qc_weight_and_phase(cfg, b0_tesla)
     residual, summary = qc_in_brain_box(chi, field_ppm, mask, weight, voxel_size or (1.0, 1.0, 1.0),
                                         b0_dir or (0.0, 0.0, 1.0), phase)
     out = residual_path(cfg.output)
@@ -282,6 +281,18 @@ def write_qc(cfg: InferConfig, chi, field_ppm, mask, voxel_size, b0_dir, b0_tesl
                                          f"of {os.path.basename(cfg.output)} (ppm)"),
                   {"PhaseRadPerPpm": phase, "QC": summary})
     return summary
+
+
+def qc_weight_and_phase(cfg: InferConfig, b0_tesla):
+    """The QC residual's weight W (None: the mask) and phase scale in rad/ppm (None: the small-angle form)."""
+    from daqsm.training_data.units import rad_per_ppm
+
+    if cfg.case:
+        from daqsm.network_model.target_data import load_case
+
+        target = load_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir)
+        return target.weight, target.phase_rad_per_ppm
+    return None, (rad_per_ppm(b0_tesla, cfg.te_s) if b0_tesla and cfg.te_s else None)
 
 
 def qc_in_brain_box(chi, field_ppm, mask, weight, voxel_size, b0_dir, phase):

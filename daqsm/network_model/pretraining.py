@@ -33,9 +33,9 @@ import os
 import sys
 from dataclasses import dataclass
 
-from daqsm.config import param
+from daqsm.config import param, require
 from daqsm.errors import InputError, output_path
-from daqsm.network_model.config import write_resolved_config
+from daqsm.network_model.config import key_option, write_resolved_config
 from daqsm.network_model.pretrain_core import (  # noqa: F401  (their home; names kept here for callers)
     build_loss_fn,
     check_replicas,
@@ -46,7 +46,7 @@ from daqsm.network_model.pretrain_core import (  # noqa: F401  (their home; name
     target_batch,
 )
 from daqsm.outputs import write_text_atomic
-from daqsm.validate import check_numbers
+from daqsm.validate import check_config
 
 PROG = "train.py (step 4)"
 
@@ -58,46 +58,49 @@ class PretrainConfig:
     datasets_path: str = param("", 'patch HDF5 holding /source (synthetic, labelled)')
     targetdata_path: str = param("", 'patch HDF5 holding /target (may be the same file; empty = datasets_path)')
     run_dir: str = param("runs/pretrain", 'outputs, checkpoints, logs', flags=("-o",))
-    depth: int = param(4, 'poolings; patch sizes must be divisible by 2**depth')
-    base_filters: int = param(16, 'filters of level 0 (doubling per level)')
-    input_scale: float = param(100.0, 'network input = field_ppm * input_scale (original x100)')
-    label_scale: float = param(100.0 / 3.0, 'network output = chi_ppm * label_scale (original x100/3)')
-    bn_momentum: float = param(0.99, 'Keras BN momentum (PyTorch 0.01)')
-    batch_size: int = param(2, 'source patches per step (global, over replicas)')
-    target_batch_size: int = param(0, 'target crops per step; 0: batch_size')
-    epochs: int = param(6, 'passes over the larger training split')
-    steps_per_epoch: int = param(0, '0: the larger training split / batch_size')
-    max_steps: int = param(0, '0: epochs * steps_per_epoch; else stop (checkpointed) at this step')
-    learning_rate: float = param(1e-4, 'Adam learning rate')
+    depth: int = param(4, 'poolings; patch sizes must be divisible by 2**depth', check="int>=1")
+    base_filters: int = param(16, 'filters of level 0 (doubling per level)', check="int>=1")
+    input_scale: float = param(100.0, 'network input = field_ppm * input_scale (original x100)', check="positive")
+    label_scale: float = param(100.0 / 3.0, 'network output = chi_ppm * label_scale (original x100/3)', check="positive")
+    bn_momentum: float = param(0.99, 'Keras BN momentum (PyTorch 0.01)', check=(0.0, 1.0))
+    batch_size: int = param(2, 'source patches per step (global, over replicas)', check="int>=1")
+    target_batch_size: int = param(0, 'target crops per step; 0: batch_size', check="int>=0")
+    epochs: int = param(6, 'passes over the larger training split', check="int>=1")
+    steps_per_epoch: int = param(0, '0: the larger training split / batch_size', check="int>=0")
+    max_steps: int = param(0, '0: epochs * steps_per_epoch; else stop (checkpointed) at this step', check="int>=0")
+    learning_rate: float = param(1e-4, 'Adam learning rate', check="positive")
     lr_schedule: str = param("constant", 'learning-rate schedule', choices=("constant", "cosine", "exponential"))
-    lr_decay_steps: int = param(0, '0: the run length')
-    lr_decay_rate: float = param(0.5, 'decay factor of the exponential schedule')
-    lambda_ndi: float = param(20.0, "weight of the NDI term (normalised to the original's 100*ppm argument)")
-    lambda_tv: float = param(0.05, 'weight of the TV term (network units, inside the mask)')
-    phase_rad_per_ppm: float | None = param(None, 'None: rad_per_ppm(/target b0_tesla, te_s)')
+    lr_decay_steps: int = param(0, '0: the run length', check="int>=0")
+    lr_decay_rate: float = param(0.5, 'decay factor of the exponential schedule', check="positive")
+    lambda_ndi: float = param(20.0, "weight of the NDI term (normalised to the original's 100*ppm argument)",
+                              check="non_negative")
+    lambda_tv: float = param(0.05, 'weight of the TV term (network units, inside the mask)', check="non_negative")
+    phase_rad_per_ppm: float | None = param(None, 'None: rad_per_ppm(/target b0_tesla, te_s)', check="positive")
     dipole_pad: str = param("none", 'FFT padding of the patch dipole model (daqsm.training_data.dipole)')
-    val_fraction: float = param(0.1, 'held-out patches per domain')
-    validate_every: int = param(0, 'steps; 0: once per epoch')
-    checkpoint_every: int = param(0, 'steps; 0: once per epoch')
-    keep_checkpoints: int = param(3, 'checkpoints kept in run_dir/checkpoints')
+    val_fraction: float = param(0.1, 'held-out patches per domain', check=(0.0, 0.9))
+    validate_every: int = param(0, 'steps; 0: once per epoch', check="int>=0")
+    checkpoint_every: int = param(0, 'steps; 0: once per epoch', check="int>=0")
+    keep_checkpoints: int = param(3, 'checkpoints kept in run_dir/checkpoints', check="int>=1")
     seed: int = param(0, 'seed of the weights, shuffling and the validation split')
     strategy: str = param("default", 'tf.distribute strategy', choices=("default", "mirrored", "multiworker"))
-    collective_timeout_s: float = param(300.0, 'multiworker: a collective waiting longer ends the run (0: no bound)')
+    collective_timeout_s: float = param(300.0, 'multiworker: a collective waiting longer ends the run (0: no bound)',
+                                        check="non_negative")
     precision: str = param("float32",
         'compute precision (daqsm/network_model/precision.py)', choices=("float32", "mixed_float16", "mixed_bfloat16"))
     ndi_floor: str = param("none", "target data term max(NDI - floor, 0) per crop: none | noise (ndi_floor_tau x "
                            "the NDI the crop's estimated noise leaves) | a number (normalised NDI)")
-    ndi_floor_tau: float = param(1.0, 'factor on the noise floor (ndi_floor noise)')
-    in_memory_gb: float = param(2.0, 'read a patch group into memory once when it fits this (0: per-patch reads)')
-    max_minutes: float = param(0.0, 'stop checkpointed after this wall time, rerun to continue (0: no limit)')
+    ndi_floor_tau: float = param(1.0, 'factor on the noise floor (ndi_floor noise)', check="non_negative")
+    in_memory_gb: float = param(2.0, 'read a patch group into memory once when it fits this (0: per-patch reads)',
+                                check="non_negative")
+    max_minutes: float = param(0.0, 'stop checkpointed after this wall time, rerun to continue (0: no limit)',
+                               check="non_negative")
     resume: bool = param(True, "continue from the run folder's last checkpoint")
     progress: bool = param(True, 'progress bar (--quiet: none)', negation="quiet")
 
 
 def pretrain(cfg: PretrainConfig) -> int:
     """Run (or resume) step 4; returns the exit status (0 done, 1 stopped on a non-finite loss)."""
-    if not cfg.datasets_path:
-        raise InputError("datasets_path: give the patch HDF5 file (--datasets_path FILE)")
+    require(cfg, ("datasets_path",), spell=key_option)
     check_options(cfg)
     output_path("--run_dir", cfg.run_dir, kind="folder")
 
@@ -284,14 +287,6 @@ def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val,
 
 def check_options(cfg: PretrainConfig) -> None:
     """Every number against its meaning, before any file is read or written."""
-    check_numbers(cfg, {"depth": "int>=1", "base_filters": "int>=1", "input_scale": "positive",
-                        "label_scale": "positive", "bn_momentum": (0.0, 1.0), "batch_size": "int>=1",
-                        "target_batch_size": "int>=0", "epochs": "int>=1", "steps_per_epoch": "int>=0",
-                        "max_steps": "int>=0", "learning_rate": "positive", "lr_decay_steps": "int>=0",
-                        "lr_decay_rate": "positive", "lambda_ndi": "non_negative", "lambda_tv": "non_negative",
-                        "phase_rad_per_ppm": "positive", "val_fraction": (0.0, 0.9), "validate_every": "int>=0",
-                        "checkpoint_every": "int>=0", "keep_checkpoints": "int>=1",
-                        "collective_timeout_s": "non_negative", "ndi_floor_tau": "non_negative",
-                        "in_memory_gb": "non_negative", "max_minutes": "non_negative"})
+    check_config(cfg, spell=key_option)  # the rules declared on PretrainConfig's fields (daqsm/validate.py)
 
 

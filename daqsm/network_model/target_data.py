@@ -11,6 +11,8 @@ Phase scale for NDI (radians per ppm): 2 pi gamma_bar B0 TE of the weighting ech
 """
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +39,8 @@ class TargetVolume:
             the output NIfTI; daqsm.training_data.field_geometry).
         geometry_sources: where each geometry value came from (file, companion, option, default).
         geometry_note: one line when a default geometry was assumed, else None.
+        case_dir: the case folder it was read from (None for separate files or arrays).
+        weight_source: what W was made of, e.g. "echo 2 of 4 of FILE" or "the mask".
     """
 
     field_ppm: np.ndarray
@@ -48,6 +52,24 @@ class TargetVolume:
     header: object = None
     geometry_sources: dict | None = None
     geometry_note: str | None = None
+    case_dir: str | None = None
+    weight_source: str = "the mask"
+
+
+def phase_scale(target: TargetVolume, explicit: float | None = None) -> float:
+    """The NDI phase scale s in rad/ppm: `explicit` when given, else the target's 2 pi gamma_bar B0 TE.
+
+    The one rule of step 5 (the command, the API and daqsm-check call it): an unknown scale is one
+    line saying where it comes from, case.json for a case folder, --b0/--te for separate files.
+    """
+    phase = explicit or target.phase_rad_per_ppm
+    if phase is not None and phase > 0 and math.isfinite(phase):
+        return float(phase)
+    if target.case_dir:
+        info = os.path.join(target.case_dir, case_folder.INFO_NAME)
+        raise InputError(f"{info}: phase scale unknown: expected b0_tesla and te_s (the weighting echo's TE), "
+                         "found them incomplete; or give --phase_rad_per_ppm")
+    raise InputError("phase scale unknown: give --b0 TESLA and --te SECONDS (or --phase_rad_per_ppm)")
 
 
 def load_case(folder, voxel_size_mm=None, b0_dir=None, check: bool = False) -> TargetVolume:
@@ -57,41 +79,21 @@ def load_case(folder, voxel_size_mm=None, b0_dir=None, check: bool = False) -> T
     """
     case = case_folder.read_case(folder)
     if check:
-        _check_case_arrays(case, voxel_size_mm, b0_dir)
+        from daqsm.training_data.input_check import check_case_arrays
+
+        check_case_arrays(case, voxel_size_mm, b0_dir)  # the one set of case checks (daqsm-check's)
     mask = case.mask.astype(np.float32)
     b0, te = case.b0_tesla, case.weight_te_s()
     phase = rad_per_ppm(b0, te) if b0 and te else None
     geometry = Geometry(case.field.data.shape, voxel_size_mm or case.voxel_size_mm or (1.0, 1.0, 1.0),
                         b0_dir or case.b0_dir or (0.0, 0.0, 1.0))
-    return TargetVolume(case.field.data * mask, mask, case.weight(), geometry, phase, case.field.affine,
-                        case.field.header)
-
-
-def _check_case_arrays(case, voxel_size_mm, b0_dir) -> None:
-    """daqsm-check's case checks (input_check.check_case) on a case already in memory."""
-    import os
-
-    from daqsm.training_data.geometry import voxel_size_from_affine
-    from daqsm.training_data.input_check import check_field_values, check_geometry
-
-    field_path = os.path.join(case.folder, case_folder.FIELD_NAME)
-    vs = case.info.get("voxel_size_mm")
-    if vs is not None and voxel_size_mm is None and not np.allclose(vs, voxel_size_from_affine(case.field.affine),
-                                                                    rtol=0.01):
-        raise InputError(f"{os.path.join(case.folder, case_folder.INFO_NAME)}: voxel_size_mm {tuple(vs)} disagrees "
-                         f"with the header of {field_path} "
-                         f"{tuple(round(v, 4) for v in voxel_size_from_affine(case.field.affine))}")
-    check_geometry(case.field, f"field {field_path}", voxel_size_mm or vs, b0_dir or case.info.get("b0_dir"))
-    check_field_values(case.field.data, case.mask, f"field {field_path}", "ppm")
+    weight_source = "the mask"
     if case.magnitude is not None:
-        mag_path = os.path.join(case.folder, case_folder.MAGNITUDE_NAME)
-        if np.any(case.magnitude < 0):
-            raise InputError(f"magnitude {mag_path}: expected non-negative values, found minimum "
-                             f"{float(case.magnitude.min()):.4g}")
         echoes = case.magnitude.shape[3] if case.magnitude.ndim == 4 else 1
-        if len(case.te_list) > 1 and echoes != len(case.te_list):
-            raise InputError(f"magnitude {mag_path}: expected {len(case.te_list)} echoes (one per TE "
-                             f"{case.te_list}), found {echoes}")
+        weight_source = (f"echo {case.weight_echo_index() + 1} of {echoes} of "
+                         f"{os.path.join(case.folder, case_folder.MAGNITUDE_NAME)}")
+    return TargetVolume(case.field.data * mask, mask, case.weight(), geometry, phase, case.field.affine,
+                        case.field.header, case_dir=case.folder, weight_source=weight_source)
 
 
 def load_files(field_path, mask_path, weight_path=None, units: str = "ppm", b0_tesla=None, te_s=None,
@@ -124,7 +126,8 @@ def load_files(field_path, mask_path, weight_path=None, units: str = "ppm", b0_t
     # .mat/.npy carry no geometry: a NIfTI mask or weight on the same grid lends its affine
     geom = resolve_field_geometry(field, [("mask", mask_path), ("magnitude", weight_path)], voxel_size_mm, b0_dir)
     return TargetVolume(field.data * mask, mask, weight, geom.geometry, phase, geom.affine, geom.header,
-                        geom.sources, assumption_line(geom, f"field {field_path}"))
+                        geom.sources, assumption_line(geom, f"field {field_path}"),
+                        weight_source=str(weight_path) if weight_path else "the mask")
 
 
 def target_from_arrays(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),

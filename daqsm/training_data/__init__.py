@@ -26,8 +26,8 @@ qsmFmapCal_gpu.py  step 2's command: parse -> fieldmaps -> write                
 patches.py         PatchConfig, patch grid and cutting (cut_patches, write_patches;     step 3
                    the patch HDF5 layout: formats/patch_h5.py); command genRDFPatchesSyn.py
 patch_inputs.py    source/target volumes for step 3, read one at a time                step 3
-input_check.py     daqsm-check: the inputs of steps 3-5 checked without TensorFlow, with the
-                   readers of this package (step 3 uses it, so it lives here, below steps 4-5)
+input_check.py     the input checks of steps 3, 5 and inference, without TensorFlow (step 3 uses
+                   them, so they live here; the daqsm-check command is network_model/check_cli.py)
 tv_inversion.py    nonlinear / linear TV dipole inversion by ADMM (FANSI-style): the baselines'
                    and step 5's lambda rule's classic solver
 """

@@ -163,8 +163,7 @@ class StagedOutput:
         if self.kind == "h5":
             self._add_h5(item, field, vs, b0)
         else:
-            from daqsm.provenance import sidecar_path
-            from daqsm.training_data.formats.sidecar import write_sidecar
+            from daqsm.provenance import sidecar_path, write_sidecar
 
             final = self.output if self.kind == "file" else os.path.join(self.output, f"{item.name}_field.nii.gz")
             tmp = self._temp_for(final)

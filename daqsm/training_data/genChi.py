@@ -25,7 +25,6 @@ from daqsm.config import (
     ArgumentParser,
     add_config_options,
     config_path_beside,
-    option_name,
     require,
     resolve_config,
     write_config,
@@ -47,7 +46,6 @@ from daqsm.training_data.synthesis import (  # noqa: F401 - SourceMap, synthesiz
     write_maps_nifti,
 )
 from daqsm.training_data.volume_io import HDF5_SUFFIXES, suffix_of
-from daqsm.validate import check_numbers
 
 
 def is_folder_output(out: str) -> bool:
@@ -95,7 +93,6 @@ def main(argv=None) -> int:
             values = {**values, "source": args.positional_source}
         config = resolve_config(GenChiCommandConfig, args.config, values)
         require(config, INPUT_KEYS, spell=INPUT_SPELLING.get)
-        check_numbers(config, {"voxel_size_mm": "positive", "b0_dir": "finite"}, spell=option_name)
         check_output(config.output, config.overwrite)
         folder = is_folder_output(config.output)
         output_path("-o", config.output, kind="folder" if folder else "file")

@@ -27,7 +27,6 @@ from daqsm.config import (
     ArgumentParser,
     add_config_options,
     config_path_beside,
-    option_name,
     require,
     resolve_config,
     write_config,
@@ -38,7 +37,6 @@ from daqsm.outputs import refuse_existing
 from daqsm.training_data.patch_inputs import SourceInputs, TargetInputs
 from daqsm.training_data.patches import MODES, PatchCommandConfig, PatchConfig, cut_patches, write_patches  # noqa: F401
 from daqsm.training_data.volume_io import HDF5_SUFFIXES, suffix_of
-from daqsm.validate import check_numbers
 
 PROG = "genRDFPatchesSyn"
 
@@ -59,9 +57,6 @@ def main(argv=None) -> int:
     def body() -> int:
         config = resolve_config(PatchCommandConfig, args.config, vars(args))
         require(config, ("source", "output"), spell=lambda k: "-o/--output" if k == "output" else "--source")
-        check_numbers(config, {"b0_tesla": "positive", "te_s": "positive", "target_b0_tesla": "positive",
-                               "target_te_s": "positive", "voxel_size_mm": "positive", "b0_dir": "finite",
-                               "brain_threshold": (0.0, 1.0)}, spell=option_name)
         if suffix_of(config.output) not in HDF5_SUFFIXES:
             raise InputError(f"-o {config.output}: expected an .h5/.hdf5 output file")
         config_out = config_path_beside(config.output, "patches", folder=False)

@@ -1,8 +1,4 @@
-"""`daqsm-check`: validate a case folder or field / mask / magnitude files before a long run.
-
-    daqsm-check CASE_DIR
-    daqsm-check --field F --mask M [--magnitude MAG] [--units ppm|ppb|hz|rad --b0 TESLA --te S [S ...]]
-    daqsm-check --config FILE        (keys: the long option names, e.g. case, field, b0_tesla)
+"""The input checks of steps 3 and 5 and inference (and so of `daqsm-check`), cheap numpy only.
 
 Reads the volumes once and runs only cheap numpy checks (no TensorFlow): the files exist and parse,
 3-D field and mask on one grid, finite values, a binary non-empty mask, a field that is not zero in
@@ -10,29 +6,26 @@ the mask, a usable affine (voxel size 0.05-20 mm, B0 direction from it; obliquit
 values that parse and agree with the header, a field magnitude plausible for its stated unit (a local
 field rarely exceeds a few tenths of a ppm: a field in Hz labelled ppm is ~100-300x too large), and a
 magnitude whose echoes match the echo times (count, TEs positive and increasing; a rise of the
-signal with TE is noted). Prints a short report and exits 0; exits 2 with the first problem (one line) otherwise.
+signal with TE is noted). Each raises InputError (one line) at the first problem.
 
-Steps 3 and 5 and inference call `check_case` / `check_files` on their target inputs before any
-heavy work (step 4 reads only step 3's patch file, which step 3 wrote from checked inputs).
+Steps 3 and 5 and inference call `check_case` / `check_case_arrays` / `check_files` on their target
+inputs before any heavy work (step 4 reads only step 3's patch file, which step 3 wrote from checked
+inputs). The `daqsm-check` command (daqsm/network_model/check_cli.py) runs the readers of the step
+that follows, which call these.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from daqsm.config import ArgumentParser, add_config_options, param, resolve_config
-from daqsm.errors import InputError, run_cli, shape_mismatch
+from daqsm.errors import InputError, shape_mismatch
 from daqsm.training_data.geometry import b0_dir_from_affine, normalise_b0_dir, voxel_size_from_affine
 from daqsm.training_data.units import FIELD_UNITS, to_ppm
 from daqsm.training_data.volume_io import check_mask, read_volume
 from daqsm.validate import RANGES, quantity
-
-PROG = "daqsm-check"
 
 #: 99th percentile of |local field| inside the mask above which a field in ppm is implausible:
 #: brain local fields are ~0.01-0.3 ppm (a field in Hz at 1.5-7 T labelled ppm reads 64-300x more)
@@ -40,7 +33,6 @@ MAX_P99_PPM = 1.0
 #: ... and below which it is implausibly small (1 ppb; a ppm field labelled Hz reads 64-300x too small)
 MIN_P99_PPM = 1e-3
 VOXEL_MM_RANGE = RANGES["voxel_size_mm"][:2]  # the one table (daqsm/validate.py)
-CASE_FILES = ("local_field.nii.gz", "mask.nii.gz")
 
 
 @dataclass
@@ -57,16 +49,6 @@ class CheckReport:
 
     def text(self) -> str:
         return "\n".join(self.lines)
-
-
-def _read_case_json(path: str) -> dict:
-    from daqsm.training_data.formats.case_folder import read_info  # the one reader: types, unknown keys
-
-    info = read_info(os.path.dirname(path))
-    b0 = info.get("b0_tesla")
-    if b0 is not None:
-        quantity(f"{path}: b0_tesla", "b0_tesla", b0)  # the one table (daqsm/validate.py)
-    return info
 
 
 def _te_list(te_s, where: str) -> list:
@@ -140,19 +122,23 @@ def check_field_values(field_ppm, mask, name: str, units: str, report: CheckRepo
 
 
 def check_magnitude(path: str, shape, mask, te_s, report: CheckReport | None = None) -> int:
-    """A 3-D or 4-D (echoes last) magnitude on the field's grid, matching the echo times; returns echoes."""
-    mag = _read(path, ndim=(3, 4)).data
+    """A 3-D or 4-D (echoes last) magnitude file on the field's grid, matching the echo times; returns echoes."""
+    return check_magnitude_array(_read(path, ndim=(3, 4)).data, f"magnitude {path}", shape, mask, te_s, report)
+
+
+def check_magnitude_array(mag, name: str, shape, mask, te_s, report: CheckReport | None = None) -> int:
+    """`check_magnitude` on a magnitude already read: float (x, y, z[, echoes]); returns the echo count."""
     if mag.shape[:3] != tuple(shape):
-        raise shape_mismatch(f"magnitude {path}", mag.shape[:3], "field", shape)
+        raise shape_mismatch(name, mag.shape[:3], "field", shape)
     if np.any(mag < 0):
-        raise InputError(f"magnitude {path}: expected non-negative values, found minimum {float(mag.min()):.4g}")
+        raise InputError(f"{name}: expected non-negative values, found minimum {float(mag.min()):.4g}")
     echoes = mag.shape[3] if mag.ndim == 4 else 1
     if len(te_s or ()) > 1 and echoes != len(te_s):  # one TE: the phase scale's echo, any magnitude
-        raise InputError(f"magnitude {path}: expected {len(te_s)} echoes (one per TE {te_s}), found {echoes}")
+        raise InputError(f"{name}: expected {len(te_s)} echoes (one per TE {te_s}), found {echoes}")
     stack = mag.reshape(mag.shape[:3] + (echoes,))
     means = [float(stack[..., e][mask].mean()) for e in range(echoes)]
     if means[0] <= 0:
-        raise InputError(f"magnitude {path}: expected signal inside the mask, found zeros in echo 1")
+        raise InputError(f"{name}: expected signal inside the mask, found zeros in echo 1")
     if report is not None:
         report.echoes = echoes
         report.lines.append(f"magnitude: {echoes} echo(es)" + (f", TE {te_s} s" if te_s else ""))
@@ -210,93 +196,42 @@ def check_files(field_path, mask_path, magnitude_path=None, units: str = "ppm", 
 
 def check_case(folder, voxel_size_mm=None, b0_dir=None) -> CheckReport:
     """Check a case folder (local_field.nii.gz in ppm, mask.nii.gz, optional magnitude.nii.gz, case.json)."""
-    folder = str(folder)
-    if not os.path.isdir(folder):
-        raise InputError(f"case {folder}: expected a case folder, not found")
-    for name in CASE_FILES:
-        if not os.path.isfile(os.path.join(folder, name)):
-            raise InputError(f"case {folder}: expected {name}, not found")
-    info = {}
-    info_path = os.path.join(folder, "case.json")
-    if os.path.isfile(info_path):
-        info = _read_case_json(info_path)
-    te = _te_list(info.get("te_s"), f"{info_path} te_s")
-    field_path = os.path.join(folder, "local_field.nii.gz")
-    vs = voxel_size_mm or info.get("voxel_size_mm")
-    if vs is not None and voxel_size_mm is None:
-        field_vol = _read(field_path)
-        if not np.allclose(vs, voxel_size_from_affine(field_vol.affine), rtol=0.01):
-            raise InputError(f"{info_path}: voxel_size_mm {tuple(vs)} disagrees with the header of {field_path} "
-                             f"{tuple(round(v, 4) for v in voxel_size_from_affine(field_vol.affine))}")
-    mag_path = os.path.join(folder, "magnitude.nii.gz")
-    report = check_files(field_path, os.path.join(folder, "mask.nii.gz"),
-                         mag_path if os.path.isfile(mag_path) else None, "ppm", info.get("b0_tesla"), te or None,
-                         vs, b0_dir or info.get("b0_dir"))
+    from daqsm.training_data.formats.case_folder import read_case
+
+    return check_case_arrays(read_case(folder), voxel_size_mm, b0_dir)
+
+
+def check_case_arrays(case, voxel_size_mm=None, b0_dir=None) -> CheckReport:
+    """`check_case` on a case folder already read (daqsm.training_data.formats.case_folder.Case).
+
+    The one set of case checks: daqsm-check, step 3's targets, step 5 and inference all run it, so a
+    case one of them refuses, the others refuse with the same line.
+    """
+    from daqsm.training_data.formats.case_folder import FIELD_NAME, INFO_NAME, MAGNITUDE_NAME
+
+    info_path = os.path.join(case.folder, INFO_NAME)
+    field_path = os.path.join(case.folder, FIELD_NAME)
+    b0 = case.info.get("b0_tesla")
+    if b0 is not None:
+        quantity(f"{info_path}: b0_tesla", "b0_tesla", b0)  # the one table (daqsm/validate.py)
+    te = _te_list(case.info.get("te_s"), f"{info_path} te_s")
+    vs = voxel_size_mm or case.info.get("voxel_size_mm")
+    header_vs = voxel_size_from_affine(case.field.affine)
+    if vs is not None and voxel_size_mm is None and not np.allclose(vs, header_vs, rtol=0.01):
+        raise InputError(f"{info_path}: voxel_size_mm {tuple(vs)} disagrees with the header of {field_path} "
+                         f"{tuple(round(v, 4) for v in header_vs)}")
+    report = CheckReport(units="ppm", shape=case.field.data.shape)
+    report.lines.append(f"field {field_path}: shape {case.field.data.shape}; mask {int(case.mask.sum())} voxels "
+                        f"({100 * case.mask.mean():.1f}%)")
+    check_geometry(case.field, f"field {field_path}", vs, b0_dir or case.info.get("b0_dir"), report)
+    check_field_values(case.field.data, case.mask, f"field {field_path}", "ppm", report)
+    if case.magnitude is not None:
+        check_magnitude_array(case.magnitude, f"magnitude {os.path.join(case.folder, MAGNITUDE_NAME)}",
+                              case.field.data.shape, case.mask, te or None, report)
     if report.echoes > 1 and len(te) == 1:
         # step 5 weights by echo 2 and takes the phase scale from its TE: one TE cannot say which it is
-        raise InputError(f"{info_path}: te_s gives 1 echo time but magnitude.nii.gz has {report.echoes} echoes; "
+        raise InputError(f"{info_path}: te_s gives 1 echo time but {MAGNITUDE_NAME} has {report.echoes} echoes; "
                          "give one TE per echo")
-    if info.get("b0_tesla"):
-        report.lines.append(f"case.json: B0 {info['b0_tesla']:g} T" + (f", TE {te} s" if te else ""))
+    if b0:
+        report.lines.append(f"case.json: B0 {b0:g} T" + (f", TE {te} s" if te else ""))
     return report
-
-
-@dataclass(frozen=True)
-class CheckConfig:
-    """What to check (config-file keys = field names; options daqsm.config). Nothing is written."""
-
-    case: str | None = param(None, "case folder (local_field.nii.gz, mask.nii.gz, [magnitude.nii.gz, case.json]); "
-                             "also the positional CASE_DIR")
-    field: str | None = param(None, "local field map (NIfTI, FILE.mat[:VAR], .h5, .npy)")
-    mask: str | None = param(None, "brain mask (0/1) on the field's grid")
-    magnitude: str | None = param(None, "magnitude, 3-D or 4-D with echoes last")
-    units: str = param("ppm", "field unit: ppm, ppb, hz or rad (any case; checked by check_files)")
-    b0_tesla: float | None = param(None, "B0 in tesla (needed for hz and rad)", aliases=("b0",))
-    te_s: tuple | None = param(None, "echo time(s) in seconds, one per magnitude echo", type=float, aliases=("te",))
-    voxel_size_mm: tuple | None = param(None, "voxel size override, mm", type=float, nargs=3,
-                                        aliases=("voxel_size",))
-    b0_dir: tuple | None = param(None, "B0 direction override, voxel axes", type=float, nargs=3)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[2])
-    p.add_argument("positional_case", nargs="?", metavar="CASE_DIR", help="case folder (= --case)")
-    add_config_options(p, CheckConfig, group_title=None, config_option=True)
-    return p
-
-
-def check(cfg: CheckConfig) -> CheckReport:
-    """Run the checks a resolved CheckConfig asks for; raises InputError on the first problem."""
-    if cfg.case and (cfg.field or cfg.mask):
-        raise InputError("input: give a case folder or --field/--mask, not both")
-    if cfg.case:
-        return check_case(cfg.case, cfg.voxel_size_mm, cfg.b0_dir)
-    if cfg.field and cfg.mask:
-        te = cfg.te_s[0] if cfg.te_s and len(cfg.te_s) == 1 else cfg.te_s
-        return check_files(cfg.field, cfg.mask, cfg.magnitude, cfg.units, cfg.b0_tesla, te,
-                           cfg.voxel_size_mm, cfg.b0_dir)
-    raise InputError("input: expected a case folder or --field and --mask, found neither")
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-
-    def body() -> int:
-        values = vars(args)
-        if args.positional_case:
-            values = {**values, "case": args.positional_case}
-        report = check(resolve_config(CheckConfig, args.config, values))
-        print(report.text())
-        print(f"{PROG}: ok")
-        return 0
-
-    return run_cli(body, PROG)
-
-
-def cli() -> None:
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    cli()

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from daqsm.config import config_to_dict, param
+from daqsm.config import config_to_dict, option_name, param
 from daqsm.errors import InputError
 from daqsm.training_data.formats.patch_h5 import (  # noqa: F401  (the patch file's home; names kept here for callers)
     FORMAT_VERSION,
@@ -38,6 +38,7 @@ from daqsm.training_data.formats.patch_h5 import (  # noqa: F401  (the patch fil
 from daqsm.training_data.geometry import extract_patch, int_triple  # noqa: F401  (extract_patch: kept here for callers)
 from daqsm.training_data.units import FIELD_UNITS
 from daqsm.training_data.volume_io import atomic_path
+from daqsm.validate import check_config
 
 #: Target crop sizes are rounded up to this (2**depth for networks up to 4 poolings).
 CROP_MULTIPLE = 16
@@ -157,10 +158,13 @@ class PatchConfig:
     target_patch_size: tuple | None = field(default=None, metadata={
         "type": int, "nargs": "+",
         "help": "target patch size, voxels (1 or 3 numbers); default: one whole-brain crop per target"})
-    target_margin: int = field(default=8, metadata={"help": "voxels around the brain in whole-brain target crops"})
-    brain_threshold: float = field(default=0.2, metadata={"help": "keep patches with this brain fraction or more"})
+    target_margin: int = field(default=8, metadata={"help": "voxels around the brain in whole-brain target crops",
+                                                    "check": "int>=0"})
+    brain_threshold: float = field(default=0.2, metadata={"help": "keep patches with this brain fraction or more",
+                                                          "check": (0.0, 1.0)})
     grid: bool = field(default=True, metadata={"help": "cut the grid patches (patches mode)"})
-    random_crops: int = field(default=0, metadata={"help": "extra randomly placed patches per volume"})
+    random_crops: int = field(default=0, metadata={"help": "extra randomly placed patches per volume",
+                                                   "check": "int>=0"})
     seed: int = field(default=0, metadata={"help": "seed of the random crops"})
     compression: str = field(default="lzf", metadata={"choices": ("lzf", "gzip", "none"),
                                                       "help": "HDF5 compression of the patches"})
@@ -175,7 +179,8 @@ class PatchConfig:
     target_b0_tesla: float | None = field(default=None, metadata={"type": float, "help": "B0 of --target-field files"})
     target_te_s: float | None = field(default=None, metadata={"type": float,
                                                               "help": "TE of --target-field files (and of the weight)"})
-    weight_echo: int = field(default=2, metadata={"help": "echo (1-based) of a 4-D magnitude used as weight"})
+    weight_echo: int = field(default=2, metadata={"help": "echo (1-based) of a 4-D magnitude used as weight",
+                                                  "check": "int>=1"})
     voxel_size_mm: tuple | None = field(default=None, metadata={"type": float, "nargs": 3,
                                                                 "help": "override the source voxel size, mm"})
     b0_dir: tuple | None = field(default=None, metadata={"type": float, "nargs": 3,
@@ -195,14 +200,7 @@ class PatchConfig:
             if min(target) <= 0:
                 raise InputError(f"--target-patch-size: expected positive sizes, got {target}")
             object.__setattr__(self, "target_patch_size", target)
-        if self.target_margin < 0:
-            raise InputError(f"--target-margin: expected >= 0 voxels, got {self.target_margin}")
-        if not 0.0 <= self.brain_threshold <= 1.0:
-            raise InputError(f"--brain-threshold: expected a fraction in [0, 1], got {self.brain_threshold}")
-        if self.random_crops < 0:
-            raise InputError(f"--random-crops: expected >= 0, got {self.random_crops}")
-        if self.weight_echo < 1:
-            raise InputError(f"--weight-echo: expected an echo number >= 1, got {self.weight_echo}")
+        check_config(self, spell=option_name)  # the declared number rules (daqsm/validate.py), the API's too
         if self.mode == "patches" and not self.grid and not self.random_crops:
             raise InputError("--no-grid needs --random-crops > 0 (no patch would be cut)")
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from daqsm.config import ArgumentParser, add_config_options, resolve_config
+from daqsm.config import ArgumentParser, add_config_options, require, resolve_config
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import claim_output
 from daqsm.training_data.dipole import fft_shape
@@ -41,7 +41,7 @@ from daqsm.training_data.fieldmaps import (  # noqa: F401 - ChiMap, compute_fiel
 )
 from daqsm.training_data.geometry import check_voxel_size, normalise_b0_dir
 from daqsm.training_data.volume_io import read_mask
-from daqsm.validate import check_numbers, finite
+from daqsm.validate import finite
 
 PROG = "qsmFmapCal_gpu"
 
@@ -77,14 +77,13 @@ def _run(args: FieldmapConfig) -> int:
     # Validate the overrides before any work, so a bad option never leaves a partial output.
     if args.b0_dir is not None:
         normalise_b0_dir(args.b0_dir)
-    if not args.output:
-        raise InputError("-o/--output: expected an output .nii/.nii.gz, folder or .h5, got none")
+    require(args, ("output",))
+    if not args.example:
+        require(args, ("inputs",), spell=lambda _key: "INPUT", alternative="--example")
     if args.voxel_size_mm is not None:
         check_voxel_size(args.voxel_size_mm)
     fft_shape((8, 8, 8), args.pad)
     finite("--d0", args.d0)  # a NaN kernel value would write an all-NaN field map
-    check_numbers(args, {"voxel_size_mm": "positive", "b0_dir": "finite"},
-                  spell=lambda k: "--" + k.replace("_", "-"))
     maps = list(example_maps()) if args.example else list(iter_chi_maps(args.inputs, args.variable or None))
     if not maps:
         raise InputError("INPUT: expected at least one susceptibility map (or --example), got none")

@@ -241,7 +241,11 @@ def _read_nifti(path, variable):
     data = np.asanyarray(img.dataobj)
     affine = np.asarray(img.affine, dtype=np.float64)
     check_orthogonal(affine, path)
-    return Volume(data, affine, voxel_size_from_affine(affine), b0_dir_from_affine(affine), img.header)
+    try:
+        b0_dir = b0_dir_from_affine(affine)
+    except InputError as err:  # a zero voxel axis: the line names the file, in every reader's caller
+        raise InputError(f"{path}: {err}") from None
+    return Volume(data, affine, voxel_size_from_affine(affine), b0_dir, img.header)
 
 
 def check_orthogonal(affine, path) -> None:

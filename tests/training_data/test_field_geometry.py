@@ -72,13 +72,16 @@ def test_nifti_field_keeps_its_own(files):
 
 
 def test_check_prints_where_each_value_came_from(files, capsys):
-    from daqsm.training_data import input_check
+    from daqsm.network_model import check_cli
 
-    assert input_check.main(["--field", str(files / "field.mat"), "--mask", str(files / "mask.nii.gz")]) == 0
+    # inference's readers: a ppm field without B0/TE is enough (step 5 would also need the phase scale)
+    assert check_cli.main(["--step", "infer", "--field", str(files / "field.mat"), "--mask",
+                           str(files / "mask.nii.gz")]) == 0
     out = capsys.readouterr().out
     assert "voxel size 1.06 x 1.06 x 1.07 mm" in out
     assert f"geometry from: voxel size mask {files / 'mask.nii.gz'}" in out
-    assert input_check.main(["--field", str(files / "field.mat"), "--mask", str(files / "mask.mat")]) == 0
+    assert check_cli.main(["--step", "infer", "--field", str(files / "field.mat"), "--mask",
+                           str(files / "mask.mat")]) == 0
     out = capsys.readouterr().out
     assert "voxel size default; B0 direction default" in out and "1 mm isotropic voxels and B0" in out
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from daqsm.training_data import input_check
+from daqsm.network_model import check_cli
 from daqsm.training_data.dipole import forward_field
 from daqsm.training_data.units import hz_per_ppm
 from daqsm.training_data.volume_io import write_volume
@@ -37,19 +37,19 @@ def _write_case(folder, field=None, mask=None, magnitude=None, info=None, affine
 
 def test_good_case_passes_with_a_short_report(tmp_path, capsys):
     folder, *_ = _write_case(tmp_path / "good")
-    assert input_check.main([str(folder)]) == 0
+    assert check_cli.main([str(folder)]) == 0
     out = capsys.readouterr().out
-    assert "ok" in out and "voxel size 1 x 1 x 1.5 mm" in out and "4 echo(es)" in out
+    assert "ok" in out and "voxel size 1 x 1 x 1.5 mm" in out and "echo 2 of 4" in out
     assert len(out.splitlines()) <= 8
 
 
 def test_good_files_in_hz_pass(tmp_path):
     folder, f, _, _ = _write_case(tmp_path / "c")
     write_volume(tmp_path / "field_hz.nii.gz", f * hz_per_ppm(3.0), AFFINE)
-    assert input_check.main(["--field", str(tmp_path / "field_hz.nii.gz"), "--mask", str(folder / "mask.nii.gz"),
-                             "--units", "hz", "--b0", "3"]) == 0
-    assert input_check.main(["--field", str(tmp_path / "field_hz.nii.gz"), "--mask", str(folder / "mask.nii.gz"),
-                             "--units", "Hz", "--b0_tesla", "3"]) == 0  # any case, as before the config layer
+    assert check_cli.main(["--field", str(tmp_path / "field_hz.nii.gz"), "--mask", str(folder / "mask.nii.gz"),
+                             "--units", "hz", "--b0", "3", "--te", "0.02"]) == 0
+    assert check_cli.main(["--field", str(tmp_path / "field_hz.nii.gz"), "--mask", str(folder / "mask.nii.gz"),
+                           "--units", "Hz", "--b0_tesla", "3", "--te", "0.02"]) == 0  # any case, as before the config layer
 
 
 def _nan_field(f):
@@ -77,7 +77,7 @@ def _singular_affine(path):
 
 #: broken kind -> (how to break a good case, text the one-line error must contain)
 BROKEN_CASES = {
-    "missing field": (lambda d: (d / "local_field.nii.gz").unlink(), "expected local_field.nii.gz, not found"),
+    "missing field": (lambda d: (d / "local_field.nii.gz").unlink(), "no local field (missing local_field.nii.gz)"),
     "shape mismatch": (lambda d: write_volume(d / "mask.nii.gz", np.ones((N, N, N - 1), np.uint8), AFFINE),
                        "shape mismatch: mask"),
     "NaN in field": (lambda d: _write_case(d, field=_nan_field(_write_case(d)[1])), "NaN/Inf"),
@@ -106,7 +106,7 @@ BROKEN_CASES = {
 def test_broken_case_exits_2_naming_the_problem(kind, tmp_path, capsys):
     folder, *_ = _write_case(tmp_path / "case")
     BROKEN_CASES[kind][0](folder)
-    assert input_check.main([str(folder)]) == 2
+    assert check_cli.main([str(folder)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("daqsm-check: error: ")
     assert BROKEN_CASES[kind][1] in err, err
@@ -115,11 +115,11 @@ def test_broken_case_exits_2_naming_the_problem(kind, tmp_path, capsys):
 def test_ppm_labelled_hz_and_missing_b0_are_named(tmp_path, capsys):
     folder, *_ = _write_case(tmp_path / "c")
     files = ["--field", str(folder / "local_field.nii.gz"), "--mask", str(folder / "mask.nii.gz")]
-    assert input_check.main(files + ["--units", "hz", "--b0", "7"]) == 2
+    assert check_cli.main(files + ["--units", "hz", "--b0", "7"]) == 2
     assert "implausible for units 'hz'" in capsys.readouterr().err
-    assert input_check.main(files + ["--units", "hz"]) == 2
+    assert check_cli.main(files + ["--units", "hz"]) == 2
     assert "B0 is needed" in capsys.readouterr().err
-    assert input_check.main(files + ["--units", "gauss"]) == 2
+    assert check_cli.main(files + ["--units", "gauss"]) == 2
     assert "units" in capsys.readouterr().err
 
 

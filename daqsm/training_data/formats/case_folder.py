@@ -235,7 +235,7 @@ def write_case(folder, arrays: dict, info: dict, affine, sidecar=None) -> str:
         for name, data in arrays.items():
             write_volume(tmp / f"{name}.nii.gz", data, affine=affine)
             if sidecar is not None:
-                from daqsm.training_data.formats.sidecar import write_sidecar
+                from daqsm.provenance import write_sidecar
 
                 write_sidecar(tmp / f"{name}.nii.gz", sidecar(name))
         (tmp / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")

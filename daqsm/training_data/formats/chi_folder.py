@@ -37,7 +37,7 @@ def write_map(folder, index: int, digits: int, chi_ppm, mask, affine, sidecar=No
         path = os.path.join(str(folder), f"{kind}_{index:0{digits}d}.nii.gz")
         write_volume(path, data, affine)
         if sidecar is not None:
-            from daqsm.training_data.formats.sidecar import write_sidecar
+            from daqsm.provenance import write_sidecar
 
             write_sidecar(path, sidecar(kind))
 

@@ -28,7 +28,15 @@ from pathlib import Path
 import numpy as np
 import scipy.ndimage as ndi
 
-from daqsm.config import ArgumentParser, add_config_options, config_path_beside, param, resolve_config, write_config
+from daqsm.config import (
+    ArgumentParser,
+    add_config_options,
+    config_path_beside,
+    param,
+    require,
+    resolve_config,
+    write_config,
+)
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.training_data.dipole import forward_field
 from daqsm.training_data.formats.case_folder import write_case as write_case_folder
@@ -323,8 +331,7 @@ def main(argv=None) -> int:
 
 
 def _run(args: SimulateConfig) -> int:
-    if not args.source or not args.output:
-        raise InputError("--source and -o/--output: both are needed (e.g. --source builtin -o cases)")
+    require(args, ("source", "output"))  # e.g. --source builtin -o cases
     if not (0.3 <= args.resolution <= 8):
         raise InputError(f"--resolution: expected 0.3 to 8 mm, got {args.resolution:g}")
     if args.native is not None:
