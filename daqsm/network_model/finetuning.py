@@ -238,13 +238,14 @@ def provenance_record(cfg: FinetuneConfig, target, what: str) -> dict:
 def write_residual(paths: dict, chi, target, dipole_pad, phase: float, noise_ppm, cfg, what: str) -> dict:
     """QC residual map (daqsm/qc/residual.py) beside the QSM, with its sidecar; returns the summary."""
     from daqsm.provenance import write_sidecar
-    from daqsm.qc.residual import residual_map_ppm, residual_summary
+    from daqsm.network_model.tiling import brain_box
+    from daqsm.qc.residual import residual_in_box
     from daqsm.training_data.volume_io import write_volume
 
     geometry = target.geometry
-    residual = residual_map_ppm(chi, target.field_ppm, target.mask, target.weight, geometry.voxel_size_mm,
-                                geometry.b0_dir, dipole_pad, phase)
-    summary = residual_summary(residual, target.field_ppm, target.mask, target.weight, noise_ppm)
+    box = brain_box(target.mask, 8)  # memory set by the brain, not the grid (as inference's QC)
+    residual, summary = residual_in_box(chi, target.field_ppm, target.mask, target.weight, geometry.voxel_size_mm,
+                                        geometry.b0_dir, dipole_pad, phase, box, noise_ppm)
     summary["NoiseEstimated"] = cfg.noise_ppm is None
     write_volume(paths["residual"], residual, target.affine, target.header)
     write_sidecar(paths["residual"], provenance_record(cfg, target, what),

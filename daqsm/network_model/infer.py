@@ -303,14 +303,10 @@ def qc_in_brain_box(chi, field_ppm, mask, weight, voxel_size, b0_dir, phase):
     float32 (x, y, z) ppm on the full grid and its summary.
     """
     from daqsm.network_model.tiling import brain_box
-    from daqsm.qc.residual import residual_map_ppm, residual_summary
+    from daqsm.qc.residual import residual_in_box
 
     box = brain_box(mask, 8)  # 4 voxels of margin: the noise estimate's neighbourhood stays inside
-    weight_b = None if weight is None else np.asarray(weight)[box]
-    residual_b = residual_map_ppm(chi[box], field_ppm[box], mask[box], weight_b, voxel_size, b0_dir, QC_PAD, phase)
-    summary = residual_summary(residual_b, field_ppm[box], mask[box], weight_b)
-    residual = np.zeros(np.shape(chi), np.float32)
-    residual[box] = residual_b
+    residual, summary = residual_in_box(chi, field_ppm, mask, weight, voxel_size, b0_dir, QC_PAD, phase, box)
     return residual, summary
 
 

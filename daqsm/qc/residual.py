@@ -65,3 +65,22 @@ def residual_summary(residual_ppm, field_ppm, mask, weight=None, noise_ppm: floa
         f" = {ratio:.3g} x the noise estimate {sigma:.4g} ppm" if ratio is not None else " (noise estimate 0)")
     return {"ResidualRmsPpm": rms, "NoisePpm": sigma, "ResidualOverNoise": ratio,
             "NoiseEstimated": noise_ppm is None, "Summary": line}
+
+
+def residual_in_box(chi_ppm, field_ppm, mask, weight, voxel_size_mm, b0_dir, pad, phase_rad_per_ppm, box,
+                    noise_ppm: float | None = None):
+    """`residual_map_ppm` computed on `box` (slices holding the mask) and returned on the full grid, with its
+    `residual_summary`.
+
+    W is 0 outside the mask and chi is 0 outside the box, so only the box's padded FFT is needed: peak
+    memory is set by the brain, not the grid (benchmarks/bench_qc.py). The box needs a margin of a few
+    voxels (the noise estimate's 2x2x2 neighbourhoods stay inside it).
+    """
+    weight_b = None if weight is None else np.asarray(weight)[box]
+    mask_b = np.asarray(mask)[box]
+    residual_b = residual_map_ppm(np.asarray(chi_ppm)[box], np.asarray(field_ppm)[box], mask_b, weight_b,
+                                  voxel_size_mm, b0_dir, pad, phase_rad_per_ppm)
+    summary = residual_summary(residual_b, np.asarray(field_ppm)[box], mask_b, weight_b, noise_ppm)
+    residual = np.zeros(np.shape(chi_ppm), np.float32)
+    residual[box] = residual_b
+    return residual, summary

@@ -218,3 +218,28 @@ def test_prior_keeping_variants_run_and_save_a_whole_model(case, tmp_path, extra
             np.testing.assert_array_equal(a, b)
     else:
         assert "prior" in open(tmp_path / "q_loss.csv").readline()
+
+
+def test_qc_residual_is_computed_on_the_brain_box(case, tmp_path, monkeypatch):
+    """Step 5's QC map, like inference's, costs the brain's box, not the grid (issue 23, memory)."""
+    import daqsm.qc.residual as residual_module
+
+    chi, field, mask = _phantom()
+    pad = ((12, 12), (10, 10), (8, 8))
+    write_volume(tmp_path / "field.nii.gz", np.pad(field, pad), AFFINE)
+    write_volume(tmp_path / "mask.nii.gz", np.pad(mask, pad), AFFINE)
+    grids = []
+    original = residual_module.residual_map_ppm
+
+    def recording(chi_ppm, *args, **kwargs):
+        grids.append(np.shape(chi_ppm))
+        return original(chi_ppm, *args, **kwargs)
+
+    monkeypatch.setattr(residual_module, "residual_map_ppm", recording)
+    out = tmp_path / "qsm.nii.gz"
+    assert _run(case, out, "--field", str(tmp_path / "field.nii.gz"), "--mask", str(tmp_path / "mask.nii.gz"),
+                "--iterations", "1") == 0
+    full = tuple(n + a + b for n, (a, b) in zip(SHAPE, pad))
+    assert grids and all(g != full and all(a <= b for a, b in zip(g, full)) for g in grids)
+    qc = read_volume(tmp_path / "qsm_residual.nii.gz").data
+    assert qc.shape == full and not np.any(qc[np.pad(mask, pad) == 0])
