@@ -237,8 +237,8 @@ def provenance_record(cfg: FinetuneConfig, target, what: str) -> dict:
 
 def write_residual(paths: dict, chi, target, dipole_pad, phase: float, noise_ppm, cfg, what: str) -> dict:
     """QC residual map (daqsm/qc/residual.py) beside the QSM, with its sidecar; returns the summary."""
-    from daqsm.provenance import write_sidecar
     from daqsm.network_model.tiling import brain_box
+    from daqsm.provenance import write_sidecar
     from daqsm.qc.residual import residual_in_box
     from daqsm.training_data.volume_io import write_volume
 
