@@ -28,6 +28,7 @@ from daqsm.config import param, require
 from daqsm.errors import InputError
 from daqsm.network_model.config import write_resolved_config
 from daqsm.network_model.finetune_core import centred_padding, check_params  # noqa: F401  (centred_padding: the step script's name)
+from daqsm.network_model.tv_weight import SCAN_ITERATIONS
 
 PROG = "model_finetune/train.py (step 5)"
 
@@ -57,7 +58,8 @@ class FinetuneConfig:
     warmup_iterations: int = param(10, 'linear learning-rate ramp at the start', check="int>=0")
     lambda_tv: str = param("auto", "TV weight: 'auto' picks it per case without ground truth (NLTV's discrepancy "
                            "rule mapped to network units, daqsm/network_model/tv_weight.py); a number overrides it")
-    lambda_scan_iterations: int = param(60, "--lambda-tv auto: NLTV iterations per alpha of the scan", check="int>=1")
+    lambda_scan_iterations: int = param(SCAN_ITERATIONS, "--lambda-tv auto: NLTV iterations per alpha of the scan",
+                                        check="int>=1")
     prior: str = param("none", "keep the pre-trained prior: none, map (pull to the pre-trained map) or weights "
                        "(L2-SP)", choices=("none", "map", "weights"))
     prior_weight: float = param(0.0, "weight of the prior term (network units)", check="non_negative")

@@ -40,8 +40,10 @@ from daqsm.errors import InputError
 
 #: Phase scale of the original NDI argument (rad/ppm); the NDI normalisation reference (losses.py).
 REFERENCE_RAD_PER_PPM = 100.0
-#: Iterations per alpha of the scan (warm-started): enough for the residual ordering the rule reads.
-SCAN_ITERATIONS = 60
+#: Iterations per alpha of the scan (warm-started): enough for the residual ordering the rule reads. On the
+#: four built-in 3 mm cases 20 picks the alpha 60 picks (10 does not on two of them) in 1/2-1/5 of the time
+#: (benchmarks/results_finetune.md, "Scan iterations").
+SCAN_ITERATIONS = 20
 #: alpha mapped when the rule cannot decide: the geometric middle of tv_alpha.ALPHA_GRID's upper half,
 #: inside the best alphas measured on the built-in cases (3 mm: 1e-2; test phantom: 3e-3 - 2e-2).
 FALLBACK_ALPHA = 1e-2
