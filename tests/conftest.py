@@ -21,12 +21,24 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """The tiny demo (`python -m daqsm.evaluation.demo --size tiny --seed 0`) run once in a fresh process."""
+def tiny_run(tmp_path_factory, request) -> Path:
+    """The tiny demo (`python -m daqsm.evaluation.demo --size tiny --seed 0`) run once in a fresh process.
+
+    When the session also needs `tiny_rerun`, the wheel it runs from is built and installed while
+    this run computes, so their wall times overlap instead of adding up.
+    """
     from tests.golden.generate import finish, run_tiny
 
     out = tmp_path_factory.mktemp("tiny_demo") / "run1"
-    error = finish(run_tiny(out))
+    proc = run_tiny(out)
+    try:
+        if any("tiny_rerun" in item.fixturenames for item in request.session.items):
+            request.getfixturevalue("installed_daqsm")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    error = finish(proc)
     assert not error, error
     return out
 
