@@ -21,12 +21,24 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """The tiny demo (`python -m daqsm.evaluation.demo --size tiny --seed 0`) run once in a fresh process."""
+def tiny_run(tmp_path_factory, request) -> Path:
+    """The tiny demo (`python -m daqsm.evaluation.demo --size tiny --seed 0`) run once in a fresh process.
+
+    When the session also needs `tiny_rerun`, the wheel it runs from is built and installed while
+    this run computes, so their wall times overlap instead of adding up.
+    """
     from tests.golden.generate import finish, run_tiny
 
     out = tmp_path_factory.mktemp("tiny_demo") / "run1"
-    error = finish(run_tiny(out))
+    proc = run_tiny(out)
+    try:
+        if any("tiny_rerun" in item.fixturenames for item in request.session.items):
+            request.getfixturevalue("installed_daqsm")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    error = finish(proc)
     assert not error, error
     return out
 
@@ -39,21 +51,32 @@ def installed_daqsm(tmp_path_factory):
     return install_wheel(tmp_path_factory.mktemp("wheel_install"))
 
 
+#: a file the rerun's --overwrite must remove (the demo replaces its own folder whole)
+RERUN_LEFTOVER = "left_from_before.txt"
+
+
 @pytest.fixture(scope="session")
 def tiny_rerun(tiny_run, installed_daqsm) -> Path:
-    """A second run of the same demo, same seed and package versions, into another folder.
+    """A second run of the same demo, same seed and package versions, over a copy of the first.
 
-    It runs the installed wheel's `daqsm-demo` from a folder whose own evaluation/, training_data/
-    and network_model/ packages come first on PYTHONPATH: one run checks both that the demo
-    reproduces bit for bit (tests/test_determinism.py) and that the installed package works beside
-    a user's same-named packages (tests/test_wheel.py). The demo runs twice per session, no more.
+    It runs the installed wheel's `daqsm-demo --overwrite` on a copy of `tiny_run` (its step-4
+    checkpoints and an extra file included) from a folder whose own evaluation/, training_data/ and
+    network_model/ packages come first on PYTHONPATH. One run checks that the demo reproduces bit for
+    bit (tests/test_determinism.py; every file it compares is newer than `run2.started`, so none is a
+    leftover of the copy), that the installed package works beside a user's same-named packages
+    (tests/test_wheel.py) and that a rerun with --overwrite replaces the demo's folder whole
+    (tests/evaluation/test_demo.py; its output is in `run2.log`). The demo runs twice per session, no more.
     """
     import os
+    import shutil
 
     from tests.golden.generate import finish, run_tiny
 
     out = tiny_run.parent / "run2"
-    error = finish(run_tiny(out, command=[str(installed_daqsm.bin / "daqsm-demo")], cwd=installed_daqsm.user_dir,
-                            env=installed_daqsm.env(dict(os.environ))))
+    shutil.copytree(tiny_run, out, symlinks=True)
+    (out / RERUN_LEFTOVER).write_text("written before the rerun\n")
+    (tiny_run.parent / "run2.started").write_text("")  # its mtime: every file of the rerun is newer
+    error = finish(run_tiny(out, command=[str(installed_daqsm.bin / "daqsm-demo"), "--overwrite"],
+                            cwd=installed_daqsm.user_dir, env=installed_daqsm.env(dict(os.environ))))
     assert not error, error
     return out

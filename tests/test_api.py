@@ -96,7 +96,7 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("api")
     patch_file = make_patch_file(root / "patches.h5", count=4, n=N)
-    tiny = {"depth": 2, "base_filters": 4, "batch_size": 2, "max_steps": 2, "val_fraction": 0.0}
+    tiny = {"depth": 1, "base_filters": 4, "batch_size": 2, "max_steps": 2, "val_fraction": 0.0}
     args = [f"--{k}={v}" for k, v in tiny.items()] + ["--progress", "false"]
     assert train.main(["--datasets_path", patch_file, "--run_dir", str(root / "run"), *args]) == 0
     model, log = daqsm.pretrain(patch_file=patch_file, **tiny)

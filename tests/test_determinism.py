@@ -1,19 +1,20 @@
 """Same seed, same machine, same versions -> the same bits, for every step including training.
 
 The tiny demo (simulator, steps 1-5, inference, evaluation, figures) runs twice in fresh processes
-with the same seed into two folders (fixtures `tiny_run`, `tiny_rerun` in tests/conftest.py), and
-every output is compared bit for bit: all HDF5 datasets and attributes, NIfTI data, affine and
+with the same seed (fixtures `tiny_run`, `tiny_rerun` in tests/conftest.py; the second with
+--overwrite over a copy of the first, every file of which it must rewrite), and every output is
+compared bit for bit: all HDF5 datasets and attributes, NIfTI data, affine and
 header, the weights and architecture inside each `.keras` file, the loss logs and tables, the JSON
 sidecars and the PNG figures. The seeds and op determinism are set in one place,
 daqsm/tf_env.py.
 
 Left out, because they are not results: wall times (`elapsed_s` in the loss logs, `seconds` of the
-inference sidecar, `date_saved` in a `.keras` file, and so the loss-curve PNGs, whose lower panel
-plots elapsed_s), the SHA256 of a model file in the provenance sidecars (a `.keras` file holds its
-date_saved), Keras's `shared_object_id` (a Python object id), the folder's own path where a
-config records it, TensorBoard event files (they hold wall-clock stamps) and the step-4
-checkpoints (the same weights are compared through `target_model.keras`). No step is excluded:
-all of them reproduce.
+inference sidecar, `seconds_per_iteration` of the step-5 sidecar, `date_saved` in a `.keras` file,
+and so the loss-curve PNGs, whose lower panel plots elapsed_s), the SHA256 of a model file in the
+provenance sidecars (a `.keras` file holds its date_saved), Keras's `shared_object_id` (a Python
+object id), the folder's own path where a config records it, TensorBoard event files (they hold
+wall-clock stamps) and the step-4 checkpoints (the same weights are compared through
+`target_model.keras`). No step is excluded: all of them reproduce.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 #: keys (CSV columns, JSON keys) holding wall time or object ids, not results
-TIME_KEYS = ("elapsed_s", "seconds", "date_saved")
+TIME_KEYS = ("elapsed_s", "seconds", "seconds_per_iteration", "date_saved")
 #: a sidecar's model SHA256 hashes a `.keras` file, which stores its save date (the same weights are
 #: compared through the model file itself)
 IGNORED_KEYS = TIME_KEYS + ("shared_object_id", "SHA256")
@@ -136,6 +137,13 @@ def test_same_seed_rerun_gives_identical_outputs(tiny_run, tiny_rerun):
                    "finetuned/Sim2Snr1_loss.csv:cells", "table.json:json", "figures/finetuned_SNR1.png:bytes"):
         assert needed in first, needed
     assert any(k.startswith("step4_pretrain/target_model.keras:") and "vars" in k for k in first)
+    # the rerun wrote over a copy of the first run: each file compared must be its own, not the copy's
+    started = (tiny_rerun.parent / "run2.started").stat().st_mtime_ns
+    stale = [str(p.relative_to(tiny_rerun)) for p in tiny_rerun.rglob("*") if p.is_file() and p.stat().st_mtime_ns < started]
+    assert not stale, f"files of the copy the rerun did not rewrite: {stale[:5]}"
+    # the rerun's one other option, recorded in its resolved config: --overwrite
+    overwrite = [arrays["demo_config.json:json"].pop("overwrite") for arrays in (first, second)]
+    assert overwrite == [False, True]
     assert differences(first, second) == []
 
 

@@ -738,13 +738,20 @@ def _kill_when_temp_appears(argv_code: str, folder: Path, timeout: float = 240.0
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the command ended before it could be killed mid-write"
+        # a kill at the deadline would be a kill before any write: not the case this test is about
+        assert any(is_any_temp(n) for n in os.listdir(folder)), f"no temp file in {folder} after {timeout} s"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
 
-def _main_code(module: str, argv: list) -> str:
-    return f"import sys; from {module} import main; sys.exit(main({[str(a) for a in argv]!r}))"
+def _main_code(module: str, argv: list, hang_after_model_save: bool = False) -> str:
+    """Python code that runs `module.main(argv)`; optionally it stops for good once a Keras model file is
+    saved, so a command that writes only after its computation is killed inside its writes, not before them."""
+    hang = ("import time, keras\n_save = keras.Model.save\n"
+            "def _save_then_hang(self, *a, **k):\n    _save(self, *a, **k)\n    time.sleep(3600)\n"
+            "keras.Model.save = _save_then_hang\n") if hang_after_model_save else ""
+    return f"{hang}import sys; from {module} import main; sys.exit(main({[str(a) for a in argv]!r}))"
 
 
 @pytest.mark.slow
@@ -788,9 +795,10 @@ def test_kill_9_finetune_then_rerun_completes_the_set(inputs, tmp_path):
     out_dir.mkdir()
     argv = ["--model", tmp_path / "pre.keras", "--field", inputs / "field.nii.gz", "--mask", inputs / "mask.nii.gz",
             "--b0", "3", "--te", "0.02", "--progress", "false", "-o", out_dir / "q.nii.gz"]
-    _kill_when_temp_appears(_main_code("daqsm.network_model.model_finetune.train", argv + ["--iterations", "100000",
-                                                                                      "--convergence_tol", "0",
-                                                                                      "--tau", "0"]), out_dir)
+    # step 5 writes its set only after fine-tuning: the child stops inside its first write (the
+    # model's temp file) and is killed there
+    _kill_when_temp_appears(_main_code("daqsm.network_model.model_finetune.train", argv + ["--iterations", "2"],
+                                       hang_after_model_save=True), out_dir)
     assert not (out_dir / "q.nii.gz").exists()
     (out_dir / "q_model.keras").write_bytes(b"left by an interrupted run")  # an incomplete set
     assert finetune.main([str(a) for a in argv] + ["--iterations", "2"]) == 0

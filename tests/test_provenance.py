@@ -59,7 +59,7 @@ def model_and_case(tmp_path_factory):
     root = tmp_path_factory.mktemp("prov")
     folder, *_ = _write_case(root / "case")
     keras.utils.set_random_seed(2)
-    build_target_model(depth=2, base_filters=4).save(root / "pre.keras")
+    build_target_model(depth=1, base_filters=4).save(root / "pre.keras")
     return root / "pre.keras", folder
 
 

@@ -26,15 +26,18 @@ def test_without_overwrite_an_existing_demo_folder_is_refused(tiny_run, tmp_path
     assert sorted(p.name for p in out.iterdir()) == before
 
 
-def test_rerun_with_overwrite_replaces_the_whole_folder_with_progress(tiny_run, tmp_path, capsys):
-    """Issue 24: the second run failed at step 4 ('holds checkpoints; use --resume true')."""
-    out = tmp_path / "again"
-    shutil.copytree(tiny_run, out)
-    (out / "left_from_before.txt").write_text("old")
-    assert (out / demo.MARKER).is_file()
-    assert demo.main(["--size", "tiny", "-o", str(out), "--overwrite", "--seed", "0"]) == 0
-    assert not (out / "left_from_before.txt").exists()  # replaced whole
-    assert (out / "step4_pretrain" / "target_model.keras").is_file() and (out / "table.md").is_file()
-    err = capsys.readouterr().err
+def test_rerun_with_overwrite_replaces_the_whole_folder_with_progress(tiny_run, tiny_rerun):
+    """Issue 24: the second run failed at step 4 ('holds checkpoints; use --resume true').
+
+    The session's second demo run (fixture `tiny_rerun`) is this rerun: `daqsm-demo --overwrite` with
+    the same seed over a copy of the first run's folder (its checkpoints included) plus a file of
+    its own; its stdout and stderr are in run2.log.
+    """
+    from tests.conftest import RERUN_LEFTOVER
+
+    assert (tiny_run / demo.MARKER).is_file() and any((tiny_run / "step4_pretrain" / "checkpoints").iterdir())
+    assert not (tiny_rerun / RERUN_LEFTOVER).exists()  # replaced whole
+    assert (tiny_rerun / "step4_pretrain" / "target_model.keras").is_file() and (tiny_rerun / "table.md").is_file()
+    err = (tiny_rerun.parent / "run2.log").read_text()
     assert "pre-training: 100%" in err and "fine-tuning" in err  # steps 4 and 5 show progress bars
-    assert "SMOKE TEST" in (out / "table.md").read_text() and "smoke test" in err
+    assert "SMOKE TEST" in (tiny_rerun / "table.md").read_text() and "smoke test" in err

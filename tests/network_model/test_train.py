@@ -21,7 +21,7 @@ from daqsm.network_model.train_model import train  # noqa: E402
 from tests.network_model.synthetic import make_patch_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--depth", "2", "--base_filters", "4", "--batch_size", "2", "--learning_rate", "3e-3",
+TINY = ["--depth", "1", "--base_filters", "4", "--batch_size", "2", "--learning_rate", "3e-3",
         "--progress", "false", "--val_fraction", "0.2"]
 
 
@@ -61,7 +61,7 @@ def test_train_resume_export(patches, tmp_path):
     loss = np.array([float(r["loss"]) for r in rows])
     assert loss[-3:].mean() < loss[:3].mean()  # training reduces the total loss
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["max_steps"] == 12 and cfg["datasets_path"] == patches and cfg["depth"] == 2
+    assert cfg["max_steps"] == 12 and cfg["datasets_path"] == patches and cfg["depth"] == 1
     assert (run / "tensorboard").is_dir() and os.listdir(run / "tensorboard")
 
 
