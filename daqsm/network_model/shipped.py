@@ -17,13 +17,13 @@ for and how accurate it is: docs/model-card.md.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
 from daqsm.errors import InputError
+from daqsm.provenance import file_sha256
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models"
 MODEL_DIR_ENV = "DAQSM_MODEL_DIR"  # another folder for the installed model (tests, a user's own install)
@@ -57,14 +57,6 @@ def manifest_path(path=None) -> Path:
     return path.with_name(path.name[: -len(".keras")] + ".manifest.json")
 
 
-def sha256_of(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_manifest(path=None) -> dict:
     """The manifest of the shipped model (or of `path`), checked for its keys."""
     mpath = manifest_path(path)
@@ -87,7 +79,7 @@ def verify(path=None) -> str:
     if not path.is_file():
         raise InputError(f"shipped model {path}: file not found; reinstall daqsm or give --model FILE.keras")
     size = path.stat().st_size
-    digest = sha256_of(path)
+    digest = file_sha256(path)
     if size != manifest.get("size_bytes", size) or digest != manifest["sha256"]:
         raise InputError(f"shipped model {path}: expected SHA-256 {manifest['sha256']} ({manifest.get('size_bytes')} "
                          f"bytes) from its manifest, found {digest} ({size} bytes): the file was changed; reinstall "
@@ -134,7 +126,7 @@ def install_model(src, command: str, steps: int, resolution_mm: float, n_maps: i
         shutil.copyfile(info_path(src), info_path(dest))
     manifest = {
         "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "file": MODEL_NAME,
-        "sha256": sha256_of(dest), "size_bytes": dest.stat().st_size,
+        "sha256": file_sha256(dest), "size_bytes": dest.stat().st_size,
         "daqsm_version": __version__, "keras_version": keras.__version__, "tensorflow_version": tf.__version__,
         "training_command": command,
         "training_data": {

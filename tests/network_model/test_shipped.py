@@ -15,6 +15,7 @@ pytest.importorskip("tensorflow")
 
 from daqsm.errors import InputError  # noqa: E402
 from daqsm.network_model import shipped  # noqa: E402
+from daqsm.provenance import file_sha256  # noqa: E402
 
 
 def build_tiny_target_model(path):
@@ -79,7 +80,7 @@ def test_no_shipped_model_installed_is_one_line_exit_2(no_model_dir, tmp_path, c
 def test_manifest_pins_the_file_and_says_how_it_was_made(model_dir):
     manifest = json.loads(shipped.manifest_path().read_text())
     path = shipped.model_path()
-    assert manifest["sha256"] == shipped.sha256_of(path) and manifest["size_bytes"] == path.stat().st_size
+    assert manifest["sha256"] == file_sha256(path) and manifest["size_bytes"] == path.stat().st_size
     assert "train_shipped_model.py" in manifest["training_command"]
     assert "2016" in manifest["training_data"]["not_used"] and manifest["known_limits"]
     assert manifest["daqsm_version"] and manifest["recipe"]["pretrain_steps"] == 3
@@ -129,7 +130,7 @@ def test_finetune_and_infer_default_to_the_shipped_model(model_dir, tmp_path, ca
     assert record["FineTuning"]["iterations"] == 0 and record["FineTuning"]["stop_reason"].startswith("fast")
     assert (tmp_path / "fast_residual.nii.gz").is_file()
     sidecar = json.dumps(record)
-    assert shipped.sha256_of(shipped.model_path()) in sidecar  # the provenance names the pinned weights
+    assert file_sha256(shipped.model_path()) in sidecar  # the provenance names the pinned weights
     assert infer.main(common + ["--whole", "-o", str(tmp_path / "inf.nii.gz")]) == 0
     from daqsm.training_data.volume_io import read_volume
 
