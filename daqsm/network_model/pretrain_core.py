@@ -68,14 +68,21 @@ def phase_scale(cfg, target) -> float:
     """Radians per ppm for NDI: the config value, else from the target group's B0 and TE."""
     from daqsm.training_data.units import rad_per_ppm
 
-    if cfg.phase_rad_per_ppm is not None:
-        if not (cfg.phase_rad_per_ppm > 0 and math.isfinite(cfg.phase_rad_per_ppm)):
-            raise InputError(f"phase_rad_per_ppm: expected a positive number, got {cfg.phase_rad_per_ppm}")
+    if cfg.phase_rad_per_ppm is not None:  # positive: the field's declared rule (check_options)
         return float(cfg.phase_rad_per_ppm)
     if target.b0_tesla is None or target.te_s is None:
         raise InputError(f"{target.path}: /target has no b0_tesla/te_s attributes; "
                          "set phase_rad_per_ppm (radians per ppm, 2*pi*gamma_bar*B0*TE)")
     return rad_per_ppm(target.b0_tesla, target.te_s)
+
+
+def check_options(cfg) -> None:
+    """Every number against its meaning (the rules declared on PretrainConfig's fields, daqsm/validate.py),
+    before any file is read or written; the command and the API's `pretrain_arrays` both call it."""
+    from daqsm.network_model.config import key_option
+    from daqsm.validate import check_config
+
+    check_config(cfg, spell=key_option)
 
 
 def check_run(cfg, source, target) -> float:
@@ -92,8 +99,6 @@ def check_run(cfg, source, target) -> float:
             check_spatial_shape(info.patch_size, cfg.depth)
         except ValueError as err:
             raise InputError(f"{info.path}: /{info.group} patches {info.patch_size}: {err}") from None
-    if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.max_steps < 0 or cfg.target_batch_size < 0:
-        raise InputError("batch_size and epochs must be >= 1, max_steps and target_batch_size >= 0")
     parse_floor(cfg.ndi_floor)
     phase = phase_scale(cfg, target)
     if str(cfg.lr_schedule).lower() not in SCHEDULES:
@@ -266,6 +271,7 @@ def pretrain_arrays(patches: dict, cfg):
     """
     from daqsm.tf_env import import_tensorflow
 
+    check_options(cfg)
     tf = import_tensorflow()
     from daqsm.network_model.data import group_from_arrays
     from daqsm.network_model.training_loop import MemoryLog, run_loop

@@ -38,6 +38,7 @@ from daqsm.errors import InputError, output_path
 from daqsm.network_model.config import key_option, write_resolved_config
 from daqsm.network_model.pretrain_core import (  # noqa: F401  (their home; names kept here for callers)
     build_loss_fn,
+    check_options,
     check_replicas,
     check_run,
     make_validate,
@@ -46,7 +47,6 @@ from daqsm.network_model.pretrain_core import (  # noqa: F401  (their home; name
     target_batch,
 )
 from daqsm.outputs import write_text_atomic
-from daqsm.validate import check_config
 
 PROG = "train.py (step 4)"
 
@@ -283,10 +283,3 @@ def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val,
     terms = ", ".join(f"{k}={v:.4g}" for k, v in result.terms.items())
     print(f"{PROG}: step {result.step}/{total} {terms}; target model: {model_path}")
     return 0
-
-
-def check_options(cfg: PretrainConfig) -> None:
-    """Every number against its meaning, before any file is read or written."""
-    check_config(cfg, spell=key_option)  # the rules declared on PretrainConfig's fields (daqsm/validate.py)
-
-
