@@ -48,6 +48,13 @@ def main(argv=None) -> int:
     parser.add_argument("--work", required=True, help="work folder (resumable)")
     parser.add_argument("--steps", type=int, default=300, help="pre-training steps")
     parser.add_argument("--target-crop", type=int, default=128, help="target crop size (voxels, multiple of 16)")
+    parser.add_argument("--batch-size", type=int, default=2, help="source patches per step")
+    parser.add_argument("--ndi-floor", default="noise", help="step 4's ndi_floor (none | noise | a number)")
+    parser.add_argument("--ndi-floor-tau", type=float, default=6.0,
+                        help="factor on the noise floor: 6 puts it at the truth's NDI on the demo crops "
+                             "(benchmarks/results_ndi_floor.md); check it on these crops with bench_ndi_hinge.py")
+    parser.add_argument("--max-minutes", type=float, default=0.0, help="stop checkpointed after this wall time "
+                        "(rerun to continue)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--install", action="store_true", help="copy the model into daqsm/models/ + manifest")
     parser.add_argument("--warning", default=None, help="one line the commands print when they use the model "
@@ -82,9 +89,11 @@ def main(argv=None) -> int:
     if not model.exists():
         _run("step 4", pretrain.main,
              ["--datasets_path", work / "step3_patches.h5", "-o", run_dir, "--depth", 4, "--base_filters", 8,
-              "--max_steps", args.steps, "--batch_size", 2, "--target_batch_size", 1, "--learning_rate", 1e-3,
-              "--lr_schedule", "cosine", "--validate_every", args.steps,
-              "--checkpoint_every", 10, "--seed", args.seed, "--resume", "true"])
+              "--max_steps", args.steps, "--batch_size", args.batch_size, "--target_batch_size", 1, "--learning_rate", 1e-3,
+              "--lr_schedule", "cosine", "--validate_every", min(250, args.steps),
+              "--checkpoint_every", 10, "--seed", args.seed, "--resume", "true",
+              "--ndi_floor", args.ndi_floor, "--ndi_floor_tau", args.ndi_floor_tau, "--max_minutes", args.max_minutes,
+              "--progress", "false"])
     if args.install:
         from daqsm.network_model import shipped
 
