@@ -199,7 +199,9 @@ def run_finetune(args) -> None:
                          "seconds_per_iteration": round(ft["seconds_per_iteration"], 3),
                          "seconds": round(seconds, 1), "trace": trace,
                          "ndi_target": ft["stop_ndi_target"], "noise_energy": ft["noise_energy"],
-                         "ndi_log": [[r["step"], r["ndi"]] for r in result.log]}
+                         "ndi_log": [[r["step"], r["ndi"]] for r in result.log],
+                         # every iteration's terms, so other stop rules can be replayed on the same run
+                         "loss_log": [[r["step"], r["loss"], r["ndi"], r.get("tv")] for r in result.log]}
         path.write_text(json.dumps(results, indent=1))
         print(f"{args.name} {name}: lambda {ft['lambda_tv']:.4g}, start {trace[0]:.2f}, stop {stop} ({reason}) "
               f"{at_stop:.2f}, best {trace[best]:.2f} at {best}, last {trace[max(trace)]:.2f}, "

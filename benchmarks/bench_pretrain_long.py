@@ -9,7 +9,8 @@ MODELS/step-N.keras; the demo's step-3 patch file and target cases):
 Prints Markdown: (1) the predict-zero L1 of the source patches (train and validation split of the run's
 seed), (2) per bin of steps the mean training l1, ndi, ndi_floor and the validation l1 / ndi logged in
 the bin, (3) per snapshot the rmse (daqsm.evaluation.metrics, x100 as in RC2 tables) of the
-pre-trained network (whole volume) and of TKD (stage 1, daqsm.evaluation.baselines.tkd) on each case.
+pre-trained network (whole volume) beside TKD (threshold 0.19) and L2 gradient (lambda 0.1), both stage 1
+(no truth), padded FFTs (daqsm.evaluation.baselines), on each case.
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     if not (args.models and args.targets):
         return 0
     import daqsm
-    from daqsm.evaluation.baselines import tkd
+    from daqsm.evaluation.baselines import l2_gradient, tkd
     from daqsm.network_model.model_info import load_model_file
     from daqsm.training_data.volume_io import read_volume
 
@@ -77,17 +78,18 @@ def main(argv=None) -> int:
         f = read_volume(case / "local_field.nii.gz").data * m
         truth = read_volume(case / "chi.nii.gz").data
         seg = read_volume(case / "segmentation.nii.gz", dtype=None).data
-        ref = tkd(f, m, info["voxel_size_mm"], info["b0_dir"])
-        data[case.name] = (f, m, truth, seg, daqsm.metrics(ref, truth, seg, m)["rmse"])
+        refs = [daqsm.metrics(fn(f, m, info["voxel_size_mm"], info["b0_dir"], pad="auto"), truth, seg, m)["rmse"]
+                for fn in (tkd, l2_gradient)]
+        data[case.name] = (f, m, truth, seg, refs)
     snaps = sorted(Path(args.models).glob("step-*.keras"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
-    print("\n| snapshot | " + " | ".join(f"{c} net / TKD" for c in data) + " |")
+    print("\n| snapshot | " + " | ".join(f"{c} net / TKD / L2" for c in data) + " |")
     print("|---|" + "---:|" * len(data))
     for snap in snaps:
         model = load_model_file(str(snap))
         cells = []
-        for name, (f, m, truth, seg, ref_rmse) in data.items():
+        for name, (f, m, truth, seg, refs) in data.items():
             chi = daqsm.infer(model, f, m, whole=True)
-            cells.append(f"{daqsm.metrics(chi, truth, seg, m)['rmse']:.2f} / {ref_rmse:.2f}")
+            cells.append(" / ".join(f"{v:.2f}" for v in (daqsm.metrics(chi, truth, seg, m)["rmse"], *refs)))
         print(f"| {snap.stem} | " + " | ".join(cells) + " |")
     return 0
 
