@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from daqsm.config import _spec, option_name, resolve_config
+from daqsm.outputs import config_companion
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -203,7 +204,7 @@ def test_steps_1_to_3_run_from_config_files_alone(tmp_path):
     step1.write_text(json.dumps({"source": [str(tmp_path / "chi.nii.gz")], "mask": [str(tmp_path / "mask.nii.gz")],
                                  "output": str(tmp_path / "chi.h5"), "n_maps": 1, "quiet": True}))
     assert genChi.main(["--config", str(step1)]) == 0
-    written = json.loads((tmp_path / "chi.config.json").read_text())
+    written = json.loads(Path(config_companion(tmp_path / "chi.h5", "genchi", folder=False)).read_text())
     assert (written["source"], written["output"], written["n_maps"]) == ([str(tmp_path / "chi.nii.gz")],
                                                                         str(tmp_path / "chi.h5"), 1)
     step2 = tmp_path / "fieldmap.json"
@@ -214,7 +215,8 @@ def test_steps_1_to_3_run_from_config_files_alone(tmp_path):
                                  "output": str(tmp_path / "p.h5"), "patch_size": 8, "brain_threshold": 0.0,
                                  "quiet": True}))
     assert genRDFPatchesSyn.main(["--config", str(step3)]) == 0
-    assert json.loads((tmp_path / "p.config.json").read_text())["source"] == [str(tmp_path / "chi.h5")]
+    written = json.loads(Path(config_companion(tmp_path / "p.h5", "patches", folder=False)).read_text())
+    assert written["source"] == [str(tmp_path / "chi.h5")]
 
 
 def _console_scripts():

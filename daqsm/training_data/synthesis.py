@@ -25,7 +25,7 @@ import numpy as np
 
 from daqsm.config import config_to_dict, param, write_config
 from daqsm.errors import InputError, shape_mismatch
-from daqsm.outputs import temp_path
+from daqsm.outputs import config_companion, temp_path
 from daqsm.provenance import build_record
 from daqsm.training_data.augment import AugmentParams, augment_sample
 from daqsm.training_data.formats import chi_folder
@@ -205,7 +205,7 @@ def write_maps_nifti(folder, sources: list[SourceMap], config: GenChiConfig, ove
                 bar.update(1)
         chi_folder.write_params(tmpdir, sources[0].voxel_size_mm, sources[0].b0_dir, [s.path for s in sources],
                                 params)
-        write_config(config, os.path.join(tmpdir, "genchi_config.json"))
+        write_config(config, config_companion(tmpdir, "genchi", folder=True))
         if os.path.isdir(folder) and overwrite:
             for name in chi_folder.previous_maps(folder):  # only what an earlier run of this command wrote
                 if name not in os.listdir(tmpdir):
