@@ -21,7 +21,8 @@ Field metadata (`dataclasses.field(metadata=...)`, or `param(default, help, ...)
     choices:  allowed values;
     aliases:  older names of the same parameter (e.g. ("b0",) -> `--b0` and config key b0);
     flags:    extra option strings (e.g. ("-o",));
-    negation: name of an option that sets a boolean to false (e.g. "quiet" for progress).
+    negation: name of an option that sets a boolean to false (e.g. "quiet" for progress);
+    check:    the number rule (daqsm.validate.rule_of): "positive", "int>=1", "range>0", (0.0, 1.0), ...
 """
 from __future__ import annotations
 

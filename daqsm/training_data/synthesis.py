@@ -39,7 +39,7 @@ COMPRESSIONS = ("gzip", "lzf", "none")
 class GenChiConfig(AugmentParams):
     """Step 1 parameters: the augmentations (AugmentParams) plus the run's own settings."""
 
-    n_maps: int = field(default=500, metadata={"help": "number of synthetic maps (also -n)"})
+    n_maps: int = param(500, "number of synthetic maps (also -n)", check="int>=1")
     seed: int = field(default=0, metadata={"help": "random seed; sample i uses (seed, i)"})
     voxel_size_mm: tuple | None = field(default=None, metadata={
         "type": float, "nargs": 3, "help": "override the source's voxel size, mm"})
@@ -47,14 +47,7 @@ class GenChiConfig(AugmentParams):
         "type": float, "nargs": 3, "help": "override the B0 direction (voxel axes)"})
     compression: str = field(default="gzip", metadata={"choices": COMPRESSIONS,
                                                        "help": "HDF5 compression (gzip level 1 reads in MATLAB)"})
-    workers: int = field(default=0, metadata={"help": "threads for the warp (0: all cores)"})
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.n_maps <= 0:
-            raise InputError(f"-n/--n-maps: expected a positive number of maps, got {self.n_maps}")
-        if self.workers < 0:
-            raise InputError(f"--workers: expected >= 0, got {self.workers}")
+    workers: int = param(0, "threads for the warp (0: all cores)", check="int>=0")
 
 
 @dataclass(frozen=True)

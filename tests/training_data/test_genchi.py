@@ -95,8 +95,8 @@ def _bad_inputs(tmp_path, source):
     return {
         "shape mismatch": ([source[0], "--mask", str(other), "-n", "1"], "shape mismatch"),
         "empty mask": ([source[0], "--mask", str(empty), "-n", "1"], "empty"),
-        "n zero": ([source[0], "--mask", source[1], "-n", "0"], "positive number"),
-        "n negative": ([source[0], "--mask", source[1], "-n", "-3"], "positive number"),
+        "n zero": ([source[0], "--mask", source[1], "-n", "0"], "--n-maps: expected an integer >= 1"),
+        "n negative": ([source[0], "--mask", source[1], "-n", "-3"], "--n-maps: expected an integer >= 1"),
         "missing file": ([str(tmp_path / "nope.nii.gz"), "--mask", source[1], "-n", "1"], "not found"),
         "exists": ([source[0], "--mask", source[1], "-n", "1", "-o", str(exists)], "--overwrite"),
     }
