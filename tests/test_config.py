@@ -143,8 +143,11 @@ CONFIG_COMMANDS = {  # command -> (argv before, argv after --config FILE): `--co
 def test_unknown_config_key_exits_2_with_a_suggestion(command, tmp_path, capsys):
     module, cls, _ = _commands()[command]
     first = dataclasses.fields(cls)[1].name
+    hints = typing.get_type_hints(cls)
+    number = next((f.name for f in dataclasses.fields(cls) if hints[f.name] in (int, float)), None)
     config = tmp_path / "c.yaml"
-    config.write_text(f"{first}x: 1\n")
+    # the unknown key is reported first: before a bad value above it and before the missing inputs
+    config.write_text((f"{number}: not-a-number\n" if number else "") + f"{first}x: 1\n")
     before, after = CONFIG_COMMANDS.get(command, ([], []))
     assert module.main([*before, "--config", str(config), *after]) == 2
     err = capsys.readouterr().err.strip()
