@@ -43,8 +43,12 @@ def main(argv=None) -> int:
     import h5py
 
     from daqsm.network_model.data import split_indices
+    from daqsm.outputs import find_config_companion
 
-    cfg = json.loads((Path(args.run) / "config.json").read_text())
+    config_path = find_config_companion(args.run, "train", folder=True)  # config.json in an older run folder
+    if config_path is None:
+        parser.error(f"--run {args.run}: no resolved config (train_config.json) in the run folder")
+    cfg = json.loads(Path(config_path).read_text())
     with h5py.File(args.patches, "r") as h5:
         chi, mask = h5["source/chi"][()], h5["source/mask"][()]
     zero = np.array([np.abs(c[m > 0]).mean() for c, m in zip(chi, mask)]) * cfg["label_scale"]

@@ -17,7 +17,8 @@ daqsm.api -> evaluation -> network_model -> qc -> training_data -> the modules b
     tf_env.py   TensorFlow import with the quiet/deterministic settings, seeding
     config.py   the one config layer of every command (dataclass < config file < options)
     validate.py      numbers against their meaning (finite, positive, in range, integer)
-    outputs.py       the output contract: refuse-unless---overwrite, temp names, atomic writes, companion sets
+    outputs.py       the output contract: refuse-unless---overwrite, temp names, atomic writes, companion
+                     names (the resolved config, the sidecar, a map's set)
     output_lock.py   per-output and per-set locks (fcntl), folder ownership markers
     provenance.py    sidecar records (OUT.json): command, config, inputs' SHA-256, versions, and
                      their one atomic writer

@@ -12,7 +12,7 @@ Tuples take one or several values (`--patch-size 64` or `--patch-size 64 64 48` 
 Values are parsed like YAML scalars and converted to the field's type when the config is
 resolved, so a bad value is one InputError line (exit status 2), never an argparse usage dump.
 Unknown config-file keys are refused with a "did you mean"; the resolved config is written next
-to the outputs (`write_config`).
+to the outputs (`write_config`) under the one companion name (daqsm.outputs.config_companion).
 
 Field metadata (`dataclasses.field(metadata=...)`, or `param(default, help, ...)`):
     help:     text for --help (every option has one);
@@ -21,7 +21,8 @@ Field metadata (`dataclasses.field(metadata=...)`, or `param(default, help, ...)
     choices:  allowed values;
     aliases:  older names of the same parameter (e.g. ("b0",) -> `--b0` and config key b0);
     flags:    extra option strings (e.g. ("-o",));
-    negation: name of an option that sets a boolean to false (e.g. "quiet" for progress).
+    negation: name of an option that sets a boolean to false (e.g. "quiet" for progress);
+    check:    the number rule (daqsm.validate.rule_of): "positive", "int>=1", "range>0", (0.0, 1.0), ...
 """
 from __future__ import annotations
 
@@ -376,18 +377,6 @@ def config_to_dict(config) -> dict:
     for key, value in dataclasses.asdict(config).items():
         out[key] = list(value) if isinstance(value, tuple) else value
     return out
-
-
-def config_path_beside(output, command: str, folder: bool) -> str:
-    """Where a command's resolved config goes: OUT/COMMAND_config.json for a folder output, else
-    OUT (its volume suffix removed) + .config.json, e.g. fields.h5 -> fields.config.json."""
-    output = str(output)
-    if folder:
-        return os.path.join(output, f"{command}_config.json")
-    for suffix in (".nii.gz", ".nii", ".h5", ".hdf5"):  # volume suffixes (volume_io's, without importing it)
-        if output.lower().endswith(suffix):
-            return output[: -len(suffix)] + ".config.json"
-    return os.path.splitext(output)[0] + ".config.json"
 
 
 def write_config(config, path, sort_keys: bool = False) -> str:

@@ -176,8 +176,9 @@ def folder_removed_on_error(path):
 class QsmSet:
     """The files of one susceptibility map (daqsm.outputs.qsm_set), held by the running command.
 
-    `start_writing()` removes the old map (both suffixes) before the first new file lands, so a
-    killed --overwrite rerun never leaves an old map beside new companions; `commit(write_qsm)`
+    `start_writing()` removes the old map (both suffixes) and a config under its older name before the
+    first new file lands, so a killed --overwrite rerun never leaves an old map beside new companions
+    (nor two configs); `commit(write_qsm)`
     writes the map last and clears the "incomplete" marker that lets a rerun replace a killed run's
     companions without --overwrite.
     """
@@ -187,8 +188,8 @@ class QsmSet:
         self.marker = incomplete_marker(paths["qsm"])
 
     def start_writing(self) -> None:
-        for key in ("qsm", "other_qsm"):
-            with contextlib.suppress(FileNotFoundError):
+        for key in ("qsm", "other_qsm", "legacy_config"):
+            with contextlib.suppress(FileNotFoundError, KeyError):
                 os.remove(self.paths[key])
 
     def commit(self, write_qsm) -> None:

@@ -5,8 +5,10 @@
   beside the output, renamed onto it only on success).
 - `is_temp_of(name, path)` / `remove_stale_temps(path)`: a killed run's temps are found by an exact
   parse of their names, never by a prefix glob.
-- `qsm_set(output)`: the one rule for the companion names of a susceptibility map (steps 5, infer,
-  baselines), keyed on the stem whatever the suffix (.nii or .nii.gz).
+- Companion names, one rule each, keyed on the output's stem whatever its suffix (`stem_of`):
+  `config_companion(output, command, folder)` the resolved config of every command that writes one,
+  `sidecar_companion(path)` the provenance sidecar, `model_info_path(model)` a model's geometry, and
+  `qsm_set(output)` every file of a susceptibility map (steps 5, infer, baselines), built from them.
 - `did_you_mean(value, valid)`: the one "did you mean" hint (defined in daqsm/errors.py).
 
 Temp names are `.NAME.tmp-RANDOM[.SUFFIX]` beside NAME (RANDOM: 8 characters of [a-z0-9_]). The
@@ -142,6 +144,57 @@ def write_text_atomic(path, text: str) -> str:
     return str(path)
 
 
+def sidecar_companion(path) -> str:
+    """The provenance sidecar of an output file: OUT.nii.gz / OUT.nii / OUT.h5 / M.onnx -> OUT.json, M.json."""
+    return stem_of(path) + ".json"
+
+
+#: name of the resolved config beside a file output (OUT + this) and, after COMMAND_, inside a folder output
+CONFIG_SUFFIX = ".config.json"
+FOLDER_CONFIG_SUFFIX = "_config.json"
+#: names earlier versions gave the resolved config, per command: still read (a resumed step-4 run) and
+#: replaced with the set they belong to; "{folder}" is the output folder, "{stem}" a file output's stem
+LEGACY_CONFIG_NAMES = {"train": "{folder}/config.json", "finetune": "{stem}_config.json"}
+
+
+def config_companion(output, command: str, folder: bool) -> str:
+    """The one rule for where a command writes its resolved config (README "config layer").
+
+    Args:
+        output: the command's output, a file (OUT.SUFFIX) or a folder it owns.
+        command: the command's short name (`genchi`, `fieldmap`, `patches`, `simulate`, `train`,
+            `finetune`, `demo`), the daqsm-COMMAND console script.
+        folder: whether `output` is a folder.
+
+    Returns:
+        OUT.config.json beside a file (its format suffix removed: fields.h5 -> fields.config.json,
+        q.nii.gz -> q.config.json); FOLDER/COMMAND_config.json inside a folder, named after the
+        command because one folder may hold several commands' outputs (the demo's holds every step's).
+    """
+    if folder:
+        return os.path.join(str(output), command + FOLDER_CONFIG_SUFFIX)
+    return stem_of(output) + CONFIG_SUFFIX
+
+
+def legacy_config_companions(output, command: str, folder: bool) -> list[str]:
+    """The names earlier versions gave `command`'s resolved config (LEGACY_CONFIG_NAMES), oldest last."""
+    pattern = LEGACY_CONFIG_NAMES.get(command)
+    if pattern is None or pattern.startswith("{folder}") != folder:
+        return []
+    if folder:
+        return [os.path.join(str(output), pattern[len("{folder}/"):])]
+    return [pattern.format(stem=stem_of(output))]
+
+
+def find_config_companion(output, command: str, folder: bool) -> str | None:
+    """The resolved config a run of `command` left for `output`: the rule's name, else an older name
+    (a run folder of an earlier version), else None."""
+    for path in [config_companion(output, command, folder), *legacy_config_companions(output, command, folder)]:
+        if os.path.lexists(path):
+            return path
+    return None
+
+
 def model_info_path(model_path) -> str:
     """Companion of a saved model holding its training geometry: MODEL.keras -> MODEL.keras.json."""
     return f"{model_path}.json"
@@ -160,14 +213,20 @@ def qsm_set(output) -> dict:
     One set for steps 5, infer and the baselines: they are locked, refused and replaced together, so
     `-o x.nii` cannot replace the companions of `x.nii.gz` and no command leaves another's old files
     beside its own. 'qsm' is written last (it marks the set complete); 'other_qsm' is the same map
-    under the other NIfTI suffix.
+    under the other NIfTI suffix; 'legacy_config' the config under the name earlier versions wrote.
     """
     text = str(output)
     stem = stem_of(text)
     other = stem + (".nii" if text.lower().endswith(".nii.gz") else ".nii.gz")
-    return {"qsm": text, "other_qsm": other, "sidecar": stem + ".json", "model": stem + "_model.keras",
-            "model_info": stem + "_model.keras.json", "log": stem + "_loss.csv", "config": stem + "_config.json",
-            "residual": stem + "_residual.nii.gz", "residual_sidecar": stem + "_residual.json"}
+    model = stem + "_model.keras"
+    residual = stem + "_residual.nii.gz"
+    paths = {"qsm": text, "other_qsm": other, "sidecar": sidecar_companion(text), "model": model,
+             "model_info": model_info_path(model), "log": stem + "_loss.csv",
+             "config": config_companion(text, "finetune", folder=False),
+             "residual": residual, "residual_sidecar": sidecar_companion(residual)}
+    # step 5's config under its older name: refused, locked and removed with the set, never left beside it
+    paths.update({"legacy_config": p for p in legacy_config_companions(text, "finetune", folder=False)})
+    return paths
 
 
 def refuse_inputs_as_outputs(option: str, outputs: Iterable, inputs: Iterable) -> None:

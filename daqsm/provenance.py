@@ -54,12 +54,10 @@ def package_version() -> str:
 
 
 def sidecar_path(volume_path) -> str:
-    """OUT.nii.gz / OUT.nii / OUT.npy -> OUT.json."""
-    text = str(volume_path)
-    for suffix in (".nii.gz", ".nii", ".npy", ".mat", ".h5"):
-        if text.lower().endswith(suffix):
-            return text[: -len(suffix)] + ".json"
-    return os.path.splitext(text)[0] + ".json"
+    """OUT.nii.gz / OUT.nii / OUT.npy -> OUT.json: the one companion rule, daqsm.outputs.sidecar_companion."""
+    from daqsm.outputs import sidecar_companion
+
+    return sidecar_companion(volume_path)
 
 
 def bids_chimap_path(output) -> str:

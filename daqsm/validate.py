@@ -106,14 +106,32 @@ def b0_direction(name: str, value):
     return value
 
 
+def ordered_range(name: str, value, low_open: bool = True):
+    """Two finite numbers (min, max) with 0 < min <= max (low_open) or 0 <= min <= max: a range to draw from."""
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    bound = "0 < min" if low_open else "0 <= min"
+    if len(items) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                  for v in items):
+        raise InputError(f"{name}: expected a range (min, max) with {bound} <= max, got {value!r}")
+    low, high = (float(v) for v in items)
+    if not (low <= high and (low > 0 if low_open else low >= 0)):
+        raise InputError(f"{name}: expected a range (min, max) with {bound} <= max, got {value!r}")
+    return value
+
+
 CHECKS = {"finite": finite, "positive": positive, "non_negative": non_negative, "int>=1": integer_at_least,
           "int>=0": lambda n, v: integer_at_least(n, v, 0), "b0_dir": b0_direction}
+#: rules on the whole tuple (not element by element)
+WHOLE = {"b0_dir": b0_direction, "range>0": ordered_range,
+         "range>=0": lambda n, v: ordered_range(n, v, low_open=False)}
 
 
 def rule_of(field) -> object:
     """The number rule declared on a config field (`param(..., check=RULE)`), else its quantity by name.
 
-    RULE: a key of RANGES (a physical quantity of the one table), of CHECKS, or (low, high) inclusive.
+    RULE: a key of RANGES (a physical quantity of the one table), of CHECKS (each element), of WHOLE
+    (the tuple together: a B0 direction, an ordered (min, max) range), or (low, high) inclusive, or
+    (low, high, low_open, high_open).
     A field named after a quantity (`b0_tesla`, `te_s`, `voxel_size_mm`, `seed`, ...; QUANTITY_OF) has
     that quantity's range without a declaration: the unit in the name says what it is.
     """
@@ -124,11 +142,12 @@ def check_value(name: str, rule, value):
     """Apply one rule (see rule_of) to `value`, element by element for a tuple/list; None passes."""
     if value is None or rule is None:
         return value
-    if rule == "b0_dir":  # the three numbers together
-        return b0_direction(name, value)
+    if isinstance(rule, str) and rule in WHOLE:  # the numbers together
+        return WHOLE[rule](name, value)
     for item in value if isinstance(value, (tuple, list)) else (value,):
         if isinstance(rule, tuple):
-            in_range(name, item, *rule)
+            low, high, *open_ends = rule
+            in_range(name, item, low, high, **dict(zip(("low_open", "high_open"), open_ends)))
         elif rule in RANGES:
             quantity(name, rule, item)
         else:
@@ -146,5 +165,6 @@ def check_config(config, spell=lambda key: key) -> None:
         value = getattr(config, field.name)
         check_value(spell(field.name), rule_of(field), value)
         choices = field.metadata.get("choices")
-        if choices and value is not None and value not in choices:  # a config built without the config layer
-            raise choices_message(spell(field.name), value, choices)
+        for item in () if not choices or value is None else value if isinstance(value, (tuple, list)) else (value,):
+            if item not in choices:  # a config built without the config layer
+                raise choices_message(spell(field.name), item, choices)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from daqsm.config import _spec, option_name, resolve_config
+from daqsm.outputs import config_companion
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -142,8 +143,11 @@ CONFIG_COMMANDS = {  # command -> (argv before, argv after --config FILE): `--co
 def test_unknown_config_key_exits_2_with_a_suggestion(command, tmp_path, capsys):
     module, cls, _ = _commands()[command]
     first = dataclasses.fields(cls)[1].name
+    hints = typing.get_type_hints(cls)
+    number = next((f.name for f in dataclasses.fields(cls) if hints[f.name] in (int, float)), None)
     config = tmp_path / "c.yaml"
-    config.write_text(f"{first}x: 1\n")
+    # the unknown key is reported first: before a bad value above it and before the missing inputs
+    config.write_text((f"{number}: not-a-number\n" if number else "") + f"{first}x: 1\n")
     before, after = CONFIG_COMMANDS.get(command, ([], []))
     assert module.main([*before, "--config", str(config), *after]) == 2
     err = capsys.readouterr().err.strip()
@@ -203,7 +207,7 @@ def test_steps_1_to_3_run_from_config_files_alone(tmp_path):
     step1.write_text(json.dumps({"source": [str(tmp_path / "chi.nii.gz")], "mask": [str(tmp_path / "mask.nii.gz")],
                                  "output": str(tmp_path / "chi.h5"), "n_maps": 1, "quiet": True}))
     assert genChi.main(["--config", str(step1)]) == 0
-    written = json.loads((tmp_path / "chi.config.json").read_text())
+    written = json.loads(Path(config_companion(tmp_path / "chi.h5", "genchi", folder=False)).read_text())
     assert (written["source"], written["output"], written["n_maps"]) == ([str(tmp_path / "chi.nii.gz")],
                                                                         str(tmp_path / "chi.h5"), 1)
     step2 = tmp_path / "fieldmap.json"
@@ -214,7 +218,8 @@ def test_steps_1_to_3_run_from_config_files_alone(tmp_path):
                                  "output": str(tmp_path / "p.h5"), "patch_size": 8, "brain_threshold": 0.0,
                                  "quiet": True}))
     assert genRDFPatchesSyn.main(["--config", str(step3)]) == 0
-    assert json.loads((tmp_path / "p.config.json").read_text())["source"] == [str(tmp_path / "chi.h5")]
+    written = json.loads(Path(config_companion(tmp_path / "p.h5", "patches", folder=False)).read_text())
+    assert written["source"] == [str(tmp_path / "chi.h5")]
 
 
 def _console_scripts():

@@ -150,7 +150,7 @@ def inputs(tmp_path_factory) -> Path:
     qset = root / "qset"  # a complete susceptibility-map set written as x.nii.gz
     qset.mkdir()
     write_volume(qset / "x.nii.gz", chi)
-    for name in ("x.json", "x_model.keras", "x_loss.csv", "x_config.json", "x_residual.json"):
+    for name in ("x.json", "x_model.keras", "x_loss.csv", "x.config.json", "x_residual.json"):
         (qset / name).write_text("part of a complete set\n")
     write_volume(qset / "x_residual.nii.gz", chi)
     (qset / "y.json").write_text('{"the user": "own notes"}\n')  # a sidecar name, no map: not ours
@@ -609,12 +609,12 @@ def test_rejected_run_leaves_the_run_config_as_it_was(inputs, tmp_path, capsys):
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text('{"sentinel": 1}\n')
+    (run / "train_config.json").write_text('{"sentinel": 1}\n')
     status = pretrain.main(["--datasets_path", str(inputs / "patches.h5"), "-o", str(run), "--depth", "1",
                             "--lr_schedule", "cosinee", "--progress", "false"])
     assert status == 2
-    assert (run / "config.json").read_text() == '{"sentinel": 1}\n'
-    assert sorted(os.listdir(run)) == ["config.json"]
+    assert (run / "train_config.json").read_text() == '{"sentinel": 1}\n'
+    assert sorted(os.listdir(run)) == ["train_config.json"]
 
 
 def test_nan_weights_after_the_last_update_export_nothing(inputs, tmp_path, capsys):
@@ -803,5 +803,5 @@ def test_kill_9_finetune_then_rerun_completes_the_set(inputs, tmp_path):
     (out_dir / "q_model.keras").write_bytes(b"left by an interrupted run")  # an incomplete set
     assert finetune.main([str(a) for a in argv] + ["--iterations", "2"]) == 0
     names = sorted(os.listdir(out_dir))
-    assert names == ["q.json", "q.nii.gz", "q_config.json", "q_loss.csv", "q_model.keras", "q_model.keras.json",
+    assert names == ["q.config.json", "q.json", "q.nii.gz", "q_loss.csv", "q_model.keras", "q_model.keras.json",
                      "q_residual.json", "q_residual.nii.gz"]

@@ -76,6 +76,15 @@ def test_original_paths_are_launchers_into_daqsm(launcher):
     assert len(path.read_text().splitlines()) <= 20
 
 
+@pytest.mark.parametrize("launcher", LAUNCHERS[:5])  # the five steps (inference is a tool, not a step)
+def test_each_step_script_is_a_thin_parse_call_write(launcher):
+    """The module a step's launcher runs parses, calls the library and writes: 120 lines at most (issue 20, 5)."""
+    targets = [n for n in _imported(REPO / launcher) if _matches(n, ("daqsm",)) and not n.endswith(".cli")]
+    assert len(targets) == 1, targets
+    script = REPO / (targets[0].replace(".", "/") + ".py")
+    assert len(script.read_text().splitlines()) <= 120, script.relative_to(REPO)
+
+
 @pytest.mark.parametrize("module", INFRA, ids=lambda p: p.name)
 def test_infrastructure_imports_no_pipeline_package(module):
     bad = {n for n in _imported(module) if _matches(n, PIPELINE + ("daqsm.api",))}

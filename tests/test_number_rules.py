@@ -93,3 +93,52 @@ def test_a_config_built_directly_is_checked_like_a_resolved_one():
                           ({"trainable": "some"}, "--trainable"), ({"b0_tesla": 3000.0}, "--b0_tesla")):
         with pytest.raises(InputError, match=text):
             check_params(dataclasses.replace(FinetuneConfig(), **changes))
+
+
+#: config -> (field, a value its declared rule refuses, the rule's words): step 1's augmentation ranges,
+#: step 3's sizes and the export's numbers, once checked in __post_init__ in their own words
+DECLARED = [
+    ("daqsm.training_data.synthesis:GenChiCommandConfig", "elastic_alpha", -1.0, "expected a number >= 0"),
+    ("daqsm.training_data.synthesis:GenChiCommandConfig", "erode_vox", -1, "expected an integer >= 0"),
+    ("daqsm.training_data.synthesis:GenChiCommandConfig", "scale_range", 0.5, r"expected a number in \[0, 0.5\)"),
+    ("daqsm.training_data.synthesis:GenChiCommandConfig", "sources_probability", 1.5, r"expected a number in \[0, 1\]"),
+    ("daqsm.training_data.synthesis:GenChiCommandConfig", "gamma_range", (1.2, 0.8),
+     r"expected a range \(min, max\) with 0 < min <= max"),
+    ("daqsm.training_data.synthesis:GenChiCommandConfig", "sources_count", (-1, 2),
+     r"expected a range \(min, max\) with 0 <= min <= max"),
+    ("daqsm.training_data.synthesis:GenChiCommandConfig", "n_maps", 0, "expected an integer >= 1"),
+    ("daqsm.training_data.synthesis:GenChiCommandConfig", "workers", -1, "expected an integer >= 0"),
+    ("daqsm.training_data.patches:PatchCommandConfig", "patch_size", (8, 0, 8), "expected an integer >= 1"),
+    ("daqsm.training_data.patches:PatchCommandConfig", "stride", (0,), "expected an integer >= 1"),
+    ("daqsm.network_model.export:ExportConfig", "opset", 0, "expected an integer >= 1"),
+    ("daqsm.network_model.export:ExportConfig", "check_size", (32, 0, 32), "expected an integer >= 1"),
+]
+
+
+def _class(spec: str):
+    import importlib
+
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("spec,name,value,text", DECLARED, ids=[f"{s.split(':')[1]}-{n}" for s, n, _v, _t in DECLARED])
+def test_rules_once_inline_are_declared_on_the_field(spec, name, value, text, tmp_path):
+    """The rule is the field's (rule_of), so an option, a config file and a config built directly all get
+    it in the config layer's words, naming the option or the file's key."""
+    import json
+
+    from daqsm.config import option_name, resolve_config
+    from daqsm.validate import rule_of
+
+    cls = _class(spec)
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    assert rule_of(field) is not None, name
+    with pytest.raises(InputError, match=f"^{option_name(name)}: {text}"):
+        resolve_config(cls, None, {name: value})
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({name: value}))
+    with pytest.raises(InputError, match=f"^config {path}: {name}: {text}"):
+        resolve_config(cls, str(path))
+    with pytest.raises(InputError, match=text):
+        cls(**{name: value})

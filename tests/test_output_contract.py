@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daqsm.outputs import is_any_temp, is_temp_of, qsm_set, temp_path
+from daqsm.outputs import config_companion, is_any_temp, is_temp_of, qsm_set, temp_path
 from tests.network_model.synthetic import ball_mask, make_patch_file, smooth_chi
 
 N = 16
@@ -146,12 +146,12 @@ def test_resume_with_another_config_or_patch_file_is_refused(inputs, tmp_path, c
     argv = ["--datasets_path", str(inputs / "patches.h5"), "--depth", "1", "--base_filters", "2",
             "--progress", "false", "--val_fraction", "0", "-o", str(run)]
     assert pretrain.main(argv + ["--max_steps", "1"]) == 0
-    config = (run / "config.json").read_text()
+    config = Path(config_companion(run, "train", folder=True)).read_text()
     capsys.readouterr()
     assert pretrain.main(argv + ["--max_steps", "2", "--label_scale", "1"]) == 2
     err = capsys.readouterr().err
     assert "label_scale" in err and len(err.strip().splitlines()) == 1
-    assert (run / "config.json").read_text() == config
+    assert Path(config_companion(run, "train", folder=True)).read_text() == config
     other = tmp_path / "other.h5"
     make_patch_file(other, count=4, n=N, seed=5)
     (inputs / "patches.h5").rename(tmp_path / "saved.h5")

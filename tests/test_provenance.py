@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from daqsm import provenance
+from daqsm.outputs import config_companion
 from tests.training_data.test_input_check import _write_case
 
 
@@ -136,7 +137,7 @@ def test_fieldmap_and_baseline_sidecars_match_the_run(tmp_path):
         assert record["DipoleKernel"]["Padding"] == "8" and record["DipoleKernel"]["D0"] == pytest.approx(1 / 3)
         assert record["VoxelSize"] == [1.0, 1.0, 2.0] and record["B0Direction"] == [0.0, 0.0, 1.0]
     # the resolved config of the whole run beside the maps: every option, the given values
-    config = json.loads((tmp_path / "fields" / "fieldmap_config.json").read_text())
+    config = json.loads(Path(config_companion(tmp_path / "fields", "fieldmap", folder=True)).read_text())
     assert set(config) == {f.name for f in dataclasses.fields(qsmFmapCal_gpu.FieldmapConfig)}
     assert (config["inputs"], config["output"], config["pad"], config["demean"]) == (
         [str(tmp_path / "chi")], str(tmp_path / "fields"), "8", False)

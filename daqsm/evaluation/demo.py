@@ -35,8 +35,9 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from daqsm.config import ArgumentParser, add_config_options, config_path_beside, param, resolve_config, write_config
+from daqsm.config import ArgumentParser, add_config_options, param, resolve_config, write_config
 from daqsm.errors import InputError, output_path, run_cli
+from daqsm.outputs import config_companion, qsm_set
 from daqsm.validate import integer_at_least
 
 PROG = "daqsm-demo"
@@ -214,10 +215,10 @@ def run_demo(args) -> int:
     _step("figure: pre-training loss", figures.main, ["losses", run_dir / "log.csv", "-o", figs / "pretrain_loss.png",
                                                        "--overwrite"])
     for column, case_name in COLUMNS.items():
-        log = out / "finetuned" / f"{case_name}_loss.csv"
+        log = qsm_set(out / "finetuned" / f"{case_name}.nii.gz")["log"]
         _step(f"figure: fine-tuning loss {column}", figures.main,
               ["losses", log, "-o", figs / f"finetune_loss_{column}.png", "--overwrite"])
-    write_config(args, config_path_beside(out, "demo", folder=True))  # the demo's own options; each step wrote its own
+    write_config(args, config_companion(out, "demo", folder=True))  # the demo's own options; each step wrote its own
     print(f"\n{PROG}: done; results in {out} (table.md, table.json, figures/, demo_config.json)", file=sys.stderr)
     if smoke:
         print(f"{PROG}: note: --size tiny is a smoke test of the code paths; its table means nothing "

@@ -29,8 +29,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daqsm.config import ArgumentParser, add_config_options, config_to_dict, param, require, resolve_config
+from daqsm.config import (
+    ArgumentParser,
+    add_config_options,
+    config_to_dict,
+    option_name,
+    param,
+    require,
+    resolve_config,
+)
 from daqsm.errors import InputError, output_path, run_cli
+from daqsm.validate import check_config
 
 PROG = "daqsm-export"
 INPUT_NAMES = ("field_ppm", "mask")
@@ -111,16 +120,13 @@ class ExportConfig:
 
     model: str | None = param(None, "target model (.keras) or a step-4 run folder")
     output: str | None = param(None, "output .onnx", flags=("-o",))
-    opset: int = param(DEFAULT_OPSET, "ONNX opset")
+    opset: int = param(DEFAULT_OPSET, "ONNX opset", check="int>=1")
     check_size: tuple = param((32, 32, 32), "test volume (x y z voxels) for the onnxruntime check, rounded up to "
-                              "2**depth", type=int, nargs=3)
+                              "2**depth", type=int, nargs=3, check="int>=1")
     overwrite: bool = param(False, "replace an existing output")
 
     def __post_init__(self):
-        if self.opset < 1:
-            raise InputError(f"--opset: expected a positive ONNX opset, found {self.opset}")
-        if any(n < 1 for n in self.check_size):
-            raise InputError(f"--check-size: expected positive sizes, found {self.check_size}")
+        check_config(self, spell=option_name)  # the declared rules, for a config built directly too
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ stopping rule, BN in inference mode, padding) is daqsm/network_model/finetune_co
 claims the output (lock, --overwrite), reads the inputs once and runs daqsm-check's checks on the
 loaded arrays, calls the core, then writes the outputs atomically, the QSM last.
 
-Output: OUT.nii.gz, OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json (provenance sidecar,
+Output: OUT.nii.gz, OUT_model.keras, OUT_loss.csv, OUT.config.json, OUT.json (provenance sidecar,
 daqsm/provenance.py: iterations, stop reason, noise estimate, lambda_tv with its rule and evidence,
 residual / noise energy, model SHA-256, geometry, kernel convention) and the QC map
 OUT_residual.nii.gz (ppm, daqsm/qc/residual.py) with OUT_residual.json. `--bids true` names the QSM
@@ -74,7 +74,7 @@ class FinetuneConfig:
     convergence_tol: float = param(1e-3, 'stop when a window improves the loss by less than this (relative); 0: off',
                                    check="non_negative")
     output: str = param("",
-        'output QSM NIfTI (ppm); also OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json', flags=("-o",))
+        'output QSM NIfTI (ppm); also OUT_model.keras, OUT_loss.csv, OUT.config.json, OUT.json', flags=("-o",))
     bids: bool = param(False, 'name the QSM the BIDS way: OUT_Chimap.nii.gz (daqsm/provenance.py)')
     overwrite: bool = param(False, 'replace existing outputs')
     seed: int = param(0, "seed of the weights' initial state and any randomness")
@@ -84,7 +84,7 @@ class FinetuneConfig:
 
 
 def output_paths(output: str) -> dict:
-    """Companion files of OUT.nii.gz: OUT_model.keras, OUT_loss.csv, OUT_config.json, OUT.json (sidecar),
+    """Companion files of OUT.nii.gz: OUT_model.keras, OUT_loss.csv, OUT.config.json, OUT.json (sidecar),
     OUT_residual.nii.gz (QC residual map, ppm) and its sidecar OUT_residual.json."""
     from daqsm.outputs import qsm_set
 

@@ -16,7 +16,8 @@ has `ndi` (raw), `ndi_floor` and `ndi_excess` side by side, and `ndi_weighted` =
 
 This module is the file shell around daqsm/network_model/pretrain_core.py (which `daqsm.pretrain`
 calls on arrays, writing nothing): groups of the patch file that fit `in_memory_gb` are read once
-into memory, larger ones per patch. The run folder holds `config.json` (resolved config),
+into memory, larger ones per patch. The run folder holds `train_config.json` (resolved config;
+`config.json` in a run folder of an earlier version, still read to resume and then replaced),
 `log.csv`, `tensorboard/`, `checkpoints/` (resume after a kill: rerun the same command) and
 `target_model.keras` (data contract 3). Long runs go in chunks: `--max_minutes M` stops after M
 minutes with a checkpoint and the model of that step exported; the same command continues.
@@ -46,7 +47,7 @@ from daqsm.network_model.pretrain_core import (  # noqa: F401  (their home; name
     phase_scale,
     target_batch,
 )
-from daqsm.outputs import write_text_atomic
+from daqsm.outputs import config_companion, find_config_companion, legacy_config_companions, write_text_atomic
 
 PROG = "train.py (step 4)"
 
@@ -140,7 +141,8 @@ def pretrain(cfg: PretrainConfig) -> int:
         else contextlib.nullcontext()
     with lock:
         if chief and tf.train.latest_checkpoint(ckpt_dir):
-            check_resume_matches(cfg, os.path.join(cfg.run_dir, "config.json"))
+            # a run folder of an earlier version holds config.json (daqsm.outputs.LEGACY_CONFIG_NAMES)
+            check_resume_matches(cfg, find_config_companion(cfg.run_dir, "train", folder=True))
         try:
             with WorkerOutput(cfg.run_dir, strategy) as out:  # non-chief workers write to a removed temp folder
                 return _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val, tgt_train,
@@ -163,10 +165,13 @@ RESUMABLE = {"run_dir", "resume", "progress", "epochs", "max_steps", "keep_check
 PATCH_PRINTS = "patch_files.json"  # size and digest of the patch files the run started with
 
 
-def check_resume_matches(cfg: PretrainConfig, config_path: str) -> None:
-    """A resumed run keeps the config and the patch files it started with (else: one line naming the keys)."""
+def check_resume_matches(cfg: PretrainConfig, config_path: str | None) -> None:
+    """A resumed run keeps the config and the patch files it started with (else: one line naming the keys).
+    `config_path`: the run's resolved config (daqsm.outputs.find_config_companion); None: none was written."""
     from daqsm.config import config_to_dict
 
+    if config_path is None:
+        return
     try:
         with open(config_path, encoding="utf-8") as fh:
             before = json.load(fh)
@@ -236,7 +241,10 @@ def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val,
     if out.chief:
         # written only now that the schedule, the patches and the checkpoint are known to fit: a rejected
         # resume leaves the run's config as it was
-        write_resolved_config(cfg, out.join("config.json"))
+        write_resolved_config(cfg, config_companion(out.path, "train", folder=True))
+        for older in legacy_config_companions(out.path, "train", folder=True):  # one config per run folder
+            if os.path.lexists(older):
+                os.remove(older)
         write_text_atomic(out.join(PATCH_PRINTS), json.dumps(patch_fingerprints(cfg)) + "\n")
 
     batches = make_batches(cfg, tf, strategy, trainer, source, target, src_train, tgt_train, steps_per_epoch)

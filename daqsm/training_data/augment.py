@@ -20,13 +20,15 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.ndimage as ndi
 
+from daqsm.config import option_name, param
 from daqsm.errors import InputError
 from daqsm.training_data.strong_sources import add_sources, random_rotation, source_footprint  # noqa: F401 (re-export)
+from daqsm.validate import check_config
 
 CONTRAST_FAMILIES = ("none", "linear", "gamma", "log", "sigmoid")
 SOURCE_SHAPES = ("sphere", "ellipsoid", "cylinder")
@@ -38,62 +40,49 @@ DEFAULT_SOURCE_SHAPES = ("sphere", "ellipsoid")
 class AugmentParams:
     """Parameters of the augmentations; every one is a genChi option (`--elastic-alpha 2.0`)."""
 
-    elastic: bool = field(default=True, metadata={"help": "smooth random displacement"})
-    elastic_alpha: float = field(default=2.0, metadata={
-        "help": "displacement amplitude as a multiple of N (largest axis, voxels), Simard convention"})
-    elastic_sigma: float = field(default=0.08, metadata={
-        "help": "displacement smoothness (Gaussian sigma) as a multiple of N"})
-    affine: bool = field(default=True, metadata={"help": "small random rotation, scaling and shift"})
-    rotation_deg: float = field(default=5.0, metadata={"help": "max rotation about each axis, degrees"})
-    scale_range: float = field(default=0.05, metadata={"help": "isotropic scale drawn in 1 +- this"})
-    shift_vox: float = field(default=3.0, metadata={"help": "max shift along each axis, voxels"})
-    contrast: bool = field(default=True, metadata={"help": "random contrast change of tissue values"})
-    contrast_families: tuple = field(default=CONTRAST_FAMILIES, metadata={
-        "help": "families drawn from with equal probability", "choices": CONTRAST_FAMILIES})
-    contrast_factor_sd: float = field(default=0.1, metadata={
-        "help": "sd of the overall factor ~ N(1, sd), clipped to [0.5, 1.5]"})
-    gamma_range: tuple = field(default=(0.7, 1.4), metadata={"nargs": 2, "type": float,
-                                                            "help": "exponent range of the gamma family"})
-    log_strength_range: tuple = field(default=(1.0, 10.0), metadata={"nargs": 2, "type": float,
-                                                                    "help": "k of sign(x) log(1+k|x|)/log(1+k)"})
-    sigmoid_strength_range: tuple = field(default=(0.5, 3.0), metadata={"nargs": 2, "type": float,
-                                                                        "help": "k of tanh(kx)/tanh(k)"})
-    sources: bool = field(default=True, metadata={"help": "add high-susceptibility sources"})
-    sources_probability: float = field(default=1.0 / 3.0, metadata={"help": "fraction of samples with sources"})
-    sources_count: tuple = field(default=(1, 5), metadata={"nargs": 2, "type": int,
-                                                          "help": "min and max number of sources"})
-    sources_shapes: tuple = field(default=DEFAULT_SOURCE_SHAPES, metadata={
-        "choices": SOURCE_SHAPES, "help": "shapes drawn from; 'cylinder' (vein-like) is never negative"})
-    sources_semi_axes_vox: tuple = field(default=(1.0, 5.0), metadata={
-        "nargs": 2, "type": float, "help": "semi-axis (radius) range, voxels"})
-    sources_cylinder_half_length_vox: tuple = field(default=(4.0, 12.0), metadata={
-        "nargs": 2, "type": float, "help": "half-length range of cylinders (vein-like), voxels"})
-    sources_value_ppm: float = field(default=2.0, metadata={"help": "mean |chi| of a source, ppm"})
-    sources_value_sd_ppm: float = field(default=0.1, metadata={"help": "sd of a source's chi, ppm"})
-    sources_negative_fraction: float = field(default=0.5, metadata={
-        "help": "fraction of negative (calcification-like) spheres/ellipsoids; cylinders are positive"})
-    largest_component: bool = field(default=True, metadata={"help": "keep the mask's largest component"})
-    erode_vox: int = field(default=1, metadata={"help": "mask erosion after the warp, voxels"})
+    elastic: bool = param(True, "smooth random displacement")
+    elastic_alpha: float = param(2.0, "displacement amplitude as a multiple of N (largest axis, voxels), Simard "
+                                 "convention", check="non_negative")
+    elastic_sigma: float = param(0.08, "displacement smoothness (Gaussian sigma) as a multiple of N",
+                                 check="non_negative")
+    affine: bool = param(True, "small random rotation, scaling and shift")
+    rotation_deg: float = param(5.0, "max rotation about each axis, degrees", check="non_negative")
+    scale_range: float = param(0.05, "isotropic scale drawn in 1 +- this", check=(0.0, 0.5, False, True))
+    shift_vox: float = param(3.0, "max shift along each axis, voxels", check="non_negative")
+    contrast: bool = param(True, "random contrast change of tissue values")
+    contrast_families: tuple = param(CONTRAST_FAMILIES, "families drawn from with equal probability",
+                                     choices=CONTRAST_FAMILIES)
+    contrast_factor_sd: float = param(0.1, "sd of the overall factor ~ N(1, sd), clipped to [0.5, 1.5]",
+                                      check="non_negative")
+    gamma_range: tuple = param((0.7, 1.4), "exponent range of the gamma family", nargs=2, type=float,
+                               check="range>0")
+    log_strength_range: tuple = param((1.0, 10.0), "k of sign(x) log(1+k|x|)/log(1+k)", nargs=2, type=float,
+                                      check="range>0")
+    sigmoid_strength_range: tuple = param((0.5, 3.0), "k of tanh(kx)/tanh(k)", nargs=2, type=float,
+                                          check="range>0")
+    sources: bool = param(True, "add high-susceptibility sources")
+    sources_probability: float = param(1.0 / 3.0, "fraction of samples with sources", check=(0.0, 1.0))
+    sources_count: tuple = param((1, 5), "min and max number of sources", nargs=2, type=int, check="range>=0")
+    sources_shapes: tuple = param(DEFAULT_SOURCE_SHAPES, "shapes drawn from; 'cylinder' (vein-like) is never "
+                                  "negative", choices=SOURCE_SHAPES)
+    sources_semi_axes_vox: tuple = param((1.0, 5.0), "semi-axis (radius) range, voxels", nargs=2, type=float,
+                                         check="range>0")
+    sources_cylinder_half_length_vox: tuple = param((4.0, 12.0), "half-length range of cylinders (vein-like), "
+                                                    "voxels", nargs=2, type=float, check="range>0")
+    sources_value_ppm: float = param(2.0, "mean |chi| of a source, ppm")
+    sources_value_sd_ppm: float = param(0.1, "sd of a source's chi, ppm", check="non_negative")
+    sources_negative_fraction: float = param(0.5, "fraction of negative (calcification-like) spheres/ellipsoids; "
+                                             "cylinders are positive", check=(0.0, 1.0))
+    largest_component: bool = param(True, "keep the mask's largest component")
+    erode_vox: int = param(1, "mask erosion after the warp, voxels", check="int>=0")
 
     def __post_init__(self):
-        for name in ("elastic_alpha", "elastic_sigma", "rotation_deg", "scale_range", "shift_vox",
-                     "contrast_factor_sd", "sources_value_sd_ppm", "erode_vox"):
-            if not (np.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise InputError(f"{name}: expected a non-negative number, got {getattr(self, name)!r}")
-        if self.scale_range >= 0.5:
-            raise InputError(f"scale_range: expected < 0.5, got {self.scale_range}")
-        for name in ("sources_probability", "sources_negative_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise InputError(f"{name}: expected a probability in [0, 1], got {getattr(self, name)}")
-        for name in ("gamma_range", "log_strength_range", "sigmoid_strength_range", "sources_count",
-                     "sources_semi_axes_vox", "sources_cylinder_half_length_vox"):
-            lo, hi = getattr(self, name)
-            if not (0 < lo <= hi) and not (name == "sources_count" and 0 <= lo <= hi):
-                raise InputError(f"{name}: expected 0 < min <= max, got ({lo}, {hi})")
+        # the number rules are the fields' own (`check`), the config layer's: here for a config built directly
+        check_config(self, spell=option_name)
         if not self.contrast_families:
-            raise InputError("contrast_families: expected at least one family")
+            raise InputError("--contrast-families: expected at least one family, got none")
         if not self.sources_shapes:
-            raise InputError("sources_shapes: expected at least one shape")
+            raise InputError("--sources-shapes: expected at least one shape, got none")
 
 
 # --- geometry: affine and smooth displacement --------------------------------------------------

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from daqsm.config import config_path_beside, param, write_config
+from daqsm.config import param, write_config
 from daqsm.errors import InputError
+from daqsm.outputs import config_companion
 from daqsm.training_data.formats.chi_h5 import is_chi_h5
 from daqsm.training_data.volume_io import (
     ALL_SUFFIXES,
@@ -173,8 +174,8 @@ class StagedOutput:
         self.names.append(item.name)
 
     def add_config(self, config) -> str:
-        """Stage the resolved config beside the outputs (daqsm.config.config_path_beside)."""
-        final = config_path_beside(self.output, "fieldmap", folder=self.kind == "folder")
+        """Stage the resolved config beside the outputs (daqsm.outputs.config_companion)."""
+        final = config_companion(self.output, "fieldmap", folder=self.kind == "folder")
         return write_config(config, self._temp_for(final))
 
     def _temp_for(self, final: str) -> str:

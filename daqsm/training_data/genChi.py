@@ -9,7 +9,7 @@ and (in a third of the samples) strong sources. Output (OUT ending in .h5/.hdf5)
 HDF5 (/chi (N, x, y, z) ppm, /mask, /params, /source_index; daqsm/training_data/formats/chi_h5.py)
 or, when OUT is a folder (ends with '/' or exists as one): OUT/chi_0000.nii.gz, OUT/mask_0000.nii.gz
 (uint8), ..., OUT/params.json, with the source's affine. The resolved parameters go next to the
-output (OUT.config.json, or OUT/genchi_config.json).
+output (daqsm.outputs.config_companion: OUT.config.json, or OUT/genchi_config.json).
 
 Sample i draws from a generator seeded by (seed, i) only; maps are written one at a time (memory: a few
 volumes whatever N is), under a temporary name renamed at the end. This script parses, checks the output
@@ -21,17 +21,10 @@ import argparse
 import os
 import sys
 
-from daqsm.config import (
-    ArgumentParser,
-    add_config_options,
-    config_path_beside,
-    require,
-    resolve_config,
-    write_config,
-)
+from daqsm.config import ArgumentParser, add_config_options, require, resolve_config, write_config
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import check_owned_folder, claim_output
-from daqsm.outputs import refuse_existing
+from daqsm.outputs import config_companion, refuse_existing
 from daqsm.training_data.synthesis import (  # noqa: F401 - SourceMap, synthesize: names older code imports from here
     INPUT_KEYS,
     INPUT_SPELLING,
@@ -62,12 +55,7 @@ def check_output(out: str, overwrite: bool) -> None:
         return
     if suffix_of(out) not in HDF5_SUFFIXES:
         raise InputError(f"-o {out}: expected an .h5/.hdf5 file or a folder (ending with '/') for NIfTI")
-    refuse_existing("-o", [out, config_path_for(out)], overwrite)
-
-
-def config_path_for(out: str) -> str:
-    """OUT.config.json beside an HDF5 file; OUT/genchi_config.json in a NIfTI folder."""
-    return config_path_beside(out, "genchi", folder=is_folder_output(out))
+    refuse_existing("-o", [out, config_companion(out, "genchi", folder=False)], overwrite)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,13 +85,14 @@ def main(argv=None) -> int:
         folder = is_folder_output(config.output)
         output_path("-o", config.output, kind="folder" if folder else "file")
         sources = load_sources(config.source, config.mask, config.voxel_size_mm, config.b0_dir)
+        config_out = config_companion(config.output, "genchi", folder)  # a folder's: staged with its maps
         with claim_output("-o", config.output, kind="folder" if folder else "file", command="daqsm-genchi",
-                          companions=() if folder else [config_path_for(config.output)]):
+                          companions=() if folder else [config_out]):
             if folder:
                 out = write_maps_nifti(config.output, sources, config, config.overwrite, config.quiet)
             else:
                 out = write_maps_hdf5(config.output, sources, config, config.quiet)
-                write_config(config, config_path_for(config.output))
+                write_config(config, config_out)
         if not config.quiet:
             print(f"{PROG}: wrote {config.n_maps} maps to {out}", file=sys.stderr)
         return 0

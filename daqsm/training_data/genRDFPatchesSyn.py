@@ -23,17 +23,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from daqsm.config import (
-    ArgumentParser,
-    add_config_options,
-    config_path_beside,
-    require,
-    resolve_config,
-    write_config,
-)
+from daqsm.config import ArgumentParser, add_config_options, require, resolve_config, write_config
 from daqsm.errors import InputError, output_path, run_cli
 from daqsm.output_lock import claim_output
-from daqsm.outputs import refuse_existing
+from daqsm.outputs import config_companion, refuse_existing
 from daqsm.training_data.patch_inputs import SourceInputs, TargetInputs
 from daqsm.training_data.patches import MODES, PatchCommandConfig, PatchConfig, cut_patches, write_patches  # noqa: F401
 from daqsm.training_data.volume_io import HDF5_SUFFIXES, suffix_of
@@ -59,7 +52,7 @@ def main(argv=None) -> int:
         require(config, ("source", "output"), spell=lambda k: "-o/--output" if k == "output" else "--source")
         if suffix_of(config.output) not in HDF5_SUFFIXES:
             raise InputError(f"-o {config.output}: expected an .h5/.hdf5 output file")
-        config_out = config_path_beside(config.output, "patches", folder=False)
+        config_out = config_companion(config.output, "patches", folder=False)
         refuse_existing("-o", [config.output, config_out], config.overwrite)
         output_path("-o", config.output)
         sources = SourceInputs(config.source, config.source_fields or None, config.source_masks or None,

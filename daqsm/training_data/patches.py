@@ -150,13 +150,14 @@ class PatchConfig:
     """Step 3 parameters (config file keys = option names with '_')."""
 
     patch_size: tuple = field(default=(64, 64, 64), metadata={
-        "type": int, "help": "patch (or crop) size, voxels: 1 or 3 numbers"})
+        "type": int, "help": "patch (or crop) size, voxels: 1 or 3 numbers", "check": "int>=1"})
     stride: tuple | None = field(default=None, metadata={
-        "type": int, "nargs": "+", "help": "grid step, voxels: 1 or 3 numbers; default the patch size"})
+        "type": int, "nargs": "+", "help": "grid step, voxels: 1 or 3 numbers; default the patch size",
+        "check": "int>=1"})
     mode: str = field(default="patches", metadata={"choices": MODES,
                                                    "help": "grid patches, or one crop per volume around the mask"})
     target_patch_size: tuple | None = field(default=None, metadata={
-        "type": int, "nargs": "+",
+        "type": int, "nargs": "+", "check": "int>=1",
         "help": "target patch size, voxels (1 or 3 numbers); default: one whole-brain crop per target"})
     target_margin: int = field(default=8, metadata={"help": "voxels around the brain in whole-brain target crops",
                                                     "check": "int>=0"})
@@ -191,15 +192,8 @@ class PatchConfig:
         object.__setattr__(self, "patch_size", size)
         stride = size if self.stride is None else int_triple(self.stride, "--stride")
         object.__setattr__(self, "stride", stride)
-        if min(size) <= 0:
-            raise InputError(f"--patch-size: expected positive sizes, got {size}")
-        if min(stride) <= 0:
-            raise InputError(f"--stride: expected positive steps, got {stride}")
         if self.target_patch_size is not None:
-            target = int_triple(self.target_patch_size, "--target-patch-size")
-            if min(target) <= 0:
-                raise InputError(f"--target-patch-size: expected positive sizes, got {target}")
-            object.__setattr__(self, "target_patch_size", target)
+            object.__setattr__(self, "target_patch_size", int_triple(self.target_patch_size, "--target-patch-size"))
         check_config(self, spell=option_name)  # the declared number rules (daqsm/validate.py), the API's too
         if self.mode == "patches" and not self.grid and not self.random_crops:
             raise InputError("--no-grid needs --random-crops > 0 (no patch would be cut)")

@@ -25,7 +25,7 @@ import numpy as np
 
 from daqsm.config import config_to_dict, param, write_config
 from daqsm.errors import InputError, shape_mismatch
-from daqsm.outputs import temp_path
+from daqsm.outputs import config_companion, temp_path
 from daqsm.provenance import build_record
 from daqsm.training_data.augment import AugmentParams, augment_sample
 from daqsm.training_data.formats import chi_folder
@@ -39,7 +39,7 @@ COMPRESSIONS = ("gzip", "lzf", "none")
 class GenChiConfig(AugmentParams):
     """Step 1 parameters: the augmentations (AugmentParams) plus the run's own settings."""
 
-    n_maps: int = field(default=500, metadata={"help": "number of synthetic maps (also -n)"})
+    n_maps: int = param(500, "number of synthetic maps (also -n)", check="int>=1")
     seed: int = field(default=0, metadata={"help": "random seed; sample i uses (seed, i)"})
     voxel_size_mm: tuple | None = field(default=None, metadata={
         "type": float, "nargs": 3, "help": "override the source's voxel size, mm"})
@@ -47,14 +47,7 @@ class GenChiConfig(AugmentParams):
         "type": float, "nargs": 3, "help": "override the B0 direction (voxel axes)"})
     compression: str = field(default="gzip", metadata={"choices": COMPRESSIONS,
                                                        "help": "HDF5 compression (gzip level 1 reads in MATLAB)"})
-    workers: int = field(default=0, metadata={"help": "threads for the warp (0: all cores)"})
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.n_maps <= 0:
-            raise InputError(f"-n/--n-maps: expected a positive number of maps, got {self.n_maps}")
-        if self.workers < 0:
-            raise InputError(f"--workers: expected >= 0, got {self.workers}")
+    workers: int = param(0, "threads for the warp (0: all cores)", check="int>=0")
 
 
 @dataclass(frozen=True)
@@ -205,7 +198,7 @@ def write_maps_nifti(folder, sources: list[SourceMap], config: GenChiConfig, ove
                 bar.update(1)
         chi_folder.write_params(tmpdir, sources[0].voxel_size_mm, sources[0].b0_dir, [s.path for s in sources],
                                 params)
-        write_config(config, os.path.join(tmpdir, "genchi_config.json"))
+        write_config(config, config_companion(tmpdir, "genchi", folder=True))
         if os.path.isdir(folder) and overwrite:
             for name in chi_folder.previous_maps(folder):  # only what an earlier run of this command wrote
                 if name not in os.listdir(tmpdir):

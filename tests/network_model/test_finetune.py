@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from tests import requires  # noqa: E402
 pytestmark = requires.tensorflow
 
 from daqsm.network_model.model_finetune import train as finetune  # noqa: E402
+from daqsm.outputs import config_companion  # noqa: E402
 from daqsm.training_data.dipole import forward_field  # noqa: E402
 from daqsm.training_data.units import hz_per_ppm  # noqa: E402
 from daqsm.training_data.volume_io import read_volume, write_volume  # noqa: E402
@@ -68,7 +70,7 @@ def test_finetune_lowers_dc_keeps_geometry(case, tmp_path):
     assert vol.data.shape == SHAPE and np.all(vol.data[mask == 0] == 0) and np.any(vol.data != 0)
     tuned = keras.saving.load_model(tmp_path / "qsm_model.keras")
     assert tuned.name == "daqsm_target_unet"
-    assert (tmp_path / "qsm_config.json").is_file()
+    assert os.path.isfile(config_companion(out, "finetune", folder=False))
     # existing outputs are kept without --overwrite
     assert _run(case, out, "--field", str(case / "field.nii.gz"), "--mask", str(case / "mask.nii.gz")) == 2
 

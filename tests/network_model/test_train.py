@@ -18,6 +18,7 @@ from tests import requires  # noqa: E402
 pytestmark = requires.tensorflow
 
 from daqsm.network_model.train_model import train  # noqa: E402
+from daqsm.outputs import config_companion  # noqa: E402
 from tests.network_model.synthetic import make_patch_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +61,7 @@ def test_train_resume_export(patches, tmp_path):
     assert sorted(os.listdir(run / "checkpoints"))[-1].startswith("ckpt-")
     loss = np.array([float(r["loss"]) for r in rows])
     assert loss[-3:].mean() < loss[:3].mean()  # training reduces the total loss
-    cfg = json.loads((run / "config.json").read_text())
+    cfg = json.loads(Path(config_companion(run, "train", folder=True)).read_text())
     assert cfg["max_steps"] == 12 and cfg["datasets_path"] == patches and cfg["depth"] == 1
     assert (run / "tensorboard").is_dir() and os.listdir(run / "tensorboard")
 
@@ -181,8 +182,13 @@ def test_resume_with_another_network_is_an_input_error(patches, tmp_path, capsys
     capsys.readouterr()
     assert train.main(args + ["--max_steps", "2", "--base_filters", "6"]) == 2
     assert "different base_filters" in capsys.readouterr().err  # the run's config names the key (issue 23)
-    (run / "config.json").unlink()  # without the run's config the checkpoint itself still refuses
+    (run / "train_config.json").rename(run / "config.json")  # a run folder of an earlier version: still read
     assert train.main(args + ["--max_steps", "2", "--base_filters", "6"]) == 2
+    assert "different base_filters" in capsys.readouterr().err
+    assert train.main(args + ["--max_steps", "2"]) == 0  # resumed: the older name is replaced by the rule's
+    assert (run / "train_config.json").is_file() and not (run / "config.json").exists()
+    (run / "train_config.json").unlink()  # without the run's config the checkpoint itself still refuses
+    assert train.main(args + ["--max_steps", "3", "--base_filters", "6"]) == 2
     assert "does not match this network" in capsys.readouterr().err
 
 

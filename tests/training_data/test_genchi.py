@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from daqsm.config import option_name
+from daqsm.outputs import config_companion
 from daqsm.training_data import genChi
 from tests.training_data.test_augment import blob
 
@@ -47,7 +48,7 @@ def test_hdf5_layout_and_metadata(source, tmp_path):
         assert [p["index"] for p in params] == [0, 1, 2]
         assert all(len(p["sources"]) >= 1 for p in params)
         assert json.loads(h5.attrs["config"])["sources_probability"] == 1.0
-    config = json.load(open(tmp_path / "synth.config.json"))
+    config = json.load(open(config_companion(tmp_path / "synth.h5", "genchi", folder=False)))
     assert config["seed"] == 5 and config["n_maps"] == 3
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp")]
 
@@ -70,7 +71,7 @@ def test_nifti_folder_output(source, tmp_path):
                      "mask_0000.json", "mask_0000.nii.gz", "mask_0001.json", "mask_0001.nii.gz", "params.json"]
     img = nib.load(out / "chi_0001.nii.gz")
     assert np.allclose(img.header.get_zooms(), VOXEL) and img.get_fdata().shape == (24, 24, 24)
-    assert json.load(open(out / "genchi_config.json"))["elastic"] is False
+    assert json.load(open(config_companion(out, "genchi", folder=True)))["elastic"] is False
     assert run(source, f"{out}/", "-n", 1) == 2  # exists -> refuse
     assert run(source, f"{out}/", "-n", 1, "--overwrite") == 0
     assert sorted(n for n in os.listdir(out) if n.startswith("chi_")) == ["chi_0000.json", "chi_0000.nii.gz"]
@@ -94,8 +95,8 @@ def _bad_inputs(tmp_path, source):
     return {
         "shape mismatch": ([source[0], "--mask", str(other), "-n", "1"], "shape mismatch"),
         "empty mask": ([source[0], "--mask", str(empty), "-n", "1"], "empty"),
-        "n zero": ([source[0], "--mask", source[1], "-n", "0"], "positive number"),
-        "n negative": ([source[0], "--mask", source[1], "-n", "-3"], "positive number"),
+        "n zero": ([source[0], "--mask", source[1], "-n", "0"], "--n-maps: expected an integer >= 1"),
+        "n negative": ([source[0], "--mask", source[1], "-n", "-3"], "--n-maps: expected an integer >= 1"),
         "missing file": ([str(tmp_path / "nope.nii.gz"), "--mask", source[1], "-n", "1"], "not found"),
         "exists": ([source[0], "--mask", source[1], "-n", "1", "-o", str(exists)], "--overwrite"),
     }
@@ -120,7 +121,7 @@ def test_config_file_and_override_precedence(source, tmp_path, capsys):
     cfg.write_text("seed: 11\nrotation_deg: 2.5\nsources_count: [2, 3]\n")
     out = tmp_path / "o.h5"
     assert run(source, out, "-n", 1, "--config", cfg, "--seed", 12) == 0
-    resolved = json.load(open(tmp_path / "o.config.json"))
+    resolved = json.load(open(config_companion(tmp_path / "o.h5", "genchi", folder=False)))
     assert resolved["seed"] == 12 and resolved["rotation_deg"] == 2.5 and resolved["sources_count"] == [2, 3]
     cfg.write_text("seed: 1\nrotaton_deg: 2\n")
     assert run(source, tmp_path / "p.h5", "-n", 1, "--config", cfg) == 2

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from daqsm.errors import InputError
+from daqsm.outputs import config_companion
 from daqsm.training_data import genChi, genRDFPatchesSyn
 from daqsm.training_data.dipole import forward_field
 from daqsm.training_data.patches import (
@@ -150,7 +151,7 @@ def test_layout_and_metadata_follow_contract_2(synth, tmp_path):
         assert k == len(select_origins(synth["tmask"], (P,) * 3, (P,) * 3, 0.1))
     info = read_patch_file_info(out)
     assert info["source"]["count"] == n_src and info["config"]["brain_threshold"] == 0.1
-    assert os.path.exists(tmp_path / "patches.config.json")
+    assert os.path.exists(config_companion(tmp_path / "patches.h5", "patches", folder=False))
 
 
 def test_target_weight_is_second_echo_normalised_in_mask(synth, tmp_path):

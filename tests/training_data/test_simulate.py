@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from daqsm.outputs import config_companion
 from daqsm.training_data.dipole import forward_field
 from daqsm.training_data.simulator import simulate
 from daqsm.training_data.simulator.gre import add_noise, crop_kspace, estimate_local_field
@@ -169,7 +171,7 @@ def test_cli_writes_the_resolved_config_beside_the_cases(tmp_path):
 
     out = tmp_path / "o"
     assert simulate.main(["--source", "builtin", "-o", str(out), "--resolution", "8", "--seed", "3", "--quiet"]) == 0
-    config = json.loads((out / "simulate_config.json").read_text())
+    config = json.loads(Path(config_companion(out, "simulate", folder=True)).read_text())
     assert set(config) == {f.name for f in dataclasses.fields(simulate.SimulateConfig)}
     assert (config["source"], config["output"], config["resolution"], config["seed"], config["progress"]) == (
         "builtin", str(out), 8.0, 3, False)

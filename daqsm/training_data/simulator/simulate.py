@@ -28,16 +28,9 @@ from pathlib import Path
 import numpy as np
 import scipy.ndimage as ndi
 
-from daqsm.config import (
-    ArgumentParser,
-    add_config_options,
-    config_path_beside,
-    param,
-    require,
-    resolve_config,
-    write_config,
-)
+from daqsm.config import ArgumentParser, add_config_options, param, require, resolve_config, write_config
 from daqsm.errors import InputError, output_path, run_cli
+from daqsm.outputs import config_companion
 from daqsm.training_data.dipole import forward_field
 from daqsm.training_data.formats.case_folder import write_case as write_case_folder
 from daqsm.training_data.simulator.gibbs import remove_gibbs_ringing
@@ -352,7 +345,7 @@ def _run(args: SimulateConfig) -> int:
     with claim_output("-o", args.output, kind="folder"), folder_removed_on_error(args.output):
         cases = simulate_cases(anatomy, args.output, args.resolution, args.seed, not args.progress,
                                gibbs_removal=not args.keep_gibbs_ringing)
-        write_config(args, config_path_beside(args.output, "simulate", folder=True))
+        write_config(args, config_companion(args.output, "simulate", folder=True))
     print(f"{PROG}: wrote {len(cases)} cases to {args.output}", file=sys.stderr)
     return 0
 
