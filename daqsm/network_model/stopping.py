@@ -55,7 +55,7 @@ class StoppingRule:
         min_iterations: never stop before this iteration (the learning-rate warm-up).
     """
 
-    def __init__(self, noise_energy: float | None = None, tau: float = 1.0, window: int = 20,
+    def __init__(self, noise_energy: float | None = None, tau: float = 1.0, window: int = 30,
                  rel_tol: float = 1e-3, min_iterations: int = 0):
         self.noise_energy, self.tau = noise_energy, float(tau)
         self.window, self.rel_tol, self.min_iterations = int(window), float(rel_tol), int(min_iterations)
