@@ -70,7 +70,8 @@ class FinetuneConfig:
     dipole_pad: str = param("auto", 'FFT zero-padding of the dipole model (daqsm.training_data.dipole)')
     tau: float = param(1.0, 'discrepancy principle: stop when NDI <= tau * noise energy; 0: off', check="non_negative")
     noise_ppm: float | None = param(None, 'std of W * field noise (ppm); None: estimated from the field', check="non_negative")
-    convergence_window: int = param(30, 'iterations per window of the flat-loss test (longer than an Adam spike takes to recover)', check="int>=1")
+    convergence_window: int = param(30, 'iterations per window of the flat-loss test (longer than an Adam spike takes '
+                                    'to recover)', check="int>=1")
     convergence_tol: float = param(1e-3, 'stop when a window improves the loss by less than this (relative); 0: off',
                                    check="non_negative")
     output: str = param("",
