@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
+from tests import requires  # noqa: E402
+
+pytestmark = requires.tensorflow
 
 from tests.network_model.test_shipped import model_dir, no_model_dir  # noqa: E402,F401  (stand-in install folders)
 

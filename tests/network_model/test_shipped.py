@@ -11,7 +11,9 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
+from tests import requires  # noqa: E402
+
+pytestmark = requires.tensorflow
 
 from daqsm.errors import InputError  # noqa: E402
 from daqsm.network_model import shipped  # noqa: E402
