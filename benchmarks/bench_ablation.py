@@ -162,11 +162,8 @@ def apply_rule(row: Path, name: str, iterations: int):
     energy = noise_energy(sidecar["noise_ppm"], record["PhaseRadPerPpm"])
     rule = StoppingRule(energy, defaults.tau, defaults.convergence_window, defaults.convergence_tol,
                         defaults.warmup_iterations)
-    for r in rows[1:]:
-        why = rule.check(r)
-        if why:
-            return int(r["step"]), why, sidecar
-    return iterations, "done", sidecar
+    step, why = rule.replay(rows[1:]) or (iterations, "done")
+    return step, why, sidecar
 
 
 def evaluate(args) -> dict:

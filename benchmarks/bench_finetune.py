@@ -182,12 +182,7 @@ def run_finetune(args) -> None:
         tol = float(sets.get("stop_tol", defaults.convergence_tol))
         rule = StoppingRule(ft["stop_ndi_target"], defaults.tau, defaults.convergence_window, tol,
                             int(sets.get("warmup_iterations", defaults.warmup_iterations)))
-        stop, reason = args.iterations, "done"
-        for row in result.log[1:]:
-            why = rule.check(row)
-            if why:
-                stop, reason = int(row["step"]), why
-                break
+        stop, reason = rule.replay(result.log[1:]) or (args.iterations, "done")
         at_stop = trace[min(trace, key=lambda k: abs(k - stop))]
         best = min(trace, key=trace.get)
         results[name] = {"settings": sets, "lambda_tv": ft["lambda_tv"], "lambda_rule": ft["LambdaTV"]["rule"],

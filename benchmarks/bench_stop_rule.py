@@ -22,12 +22,8 @@ import numpy as np
 def _stop(row_log, target, window: int, tol: float, tau: float, warmup: int):
     from daqsm.network_model.stopping import StoppingRule
 
-    rule = StoppingRule(target, tau, window, tol, warmup)
-    for step, loss, ndi, _ in row_log[1:]:  # row 0 is the start, not an update
-        why = rule.check({"loss": loss, "ndi": ndi})
-        if why:
-            return int(step), why
-    return int(row_log[-1][0]), "budget"
+    rows = [{"step": step, "loss": loss, "ndi": ndi} for step, loss, ndi, _ in row_log[1:]]  # row 0: the start
+    return StoppingRule(target, tau, window, tol, warmup).replay(rows) or (int(row_log[-1][0]), "budget")
 
 
 def _spikes(losses, warmup: int, jump: float = 1.05):

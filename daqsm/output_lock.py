@@ -189,7 +189,7 @@ class QsmSet:
 
     def start_writing(self) -> None:
         for key in ("qsm", "other_qsm", "legacy_config"):
-            with contextlib.suppress(FileNotFoundError, KeyError):
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(self.paths[key])
 
     def commit(self, write_qsm) -> None:

@@ -153,8 +153,8 @@ def sidecar_companion(path) -> str:
 CONFIG_SUFFIX = ".config.json"
 FOLDER_CONFIG_SUFFIX = "_config.json"
 #: names earlier versions gave the resolved config, per command: still read (a resumed step-4 run) and
-#: replaced with the set they belong to; "{folder}" is the output folder, "{stem}" a file output's stem
-LEGACY_CONFIG_NAMES = {"train": "{folder}/config.json", "finetune": "{stem}_config.json"}
+#: replaced with the set they belong to; (folder output?, the name inside the folder or after the file's stem)
+LEGACY_CONFIG_NAMES = {"train": (True, "config.json"), "finetune": (False, "_config.json")}
 
 
 def config_companion(output, command: str, folder: bool) -> str:
@@ -178,12 +178,10 @@ def config_companion(output, command: str, folder: bool) -> str:
 
 def legacy_config_companions(output, command: str, folder: bool) -> list[str]:
     """The names earlier versions gave `command`'s resolved config (LEGACY_CONFIG_NAMES), oldest last."""
-    pattern = LEGACY_CONFIG_NAMES.get(command)
-    if pattern is None or pattern.startswith("{folder}") != folder:
+    if command not in LEGACY_CONFIG_NAMES or LEGACY_CONFIG_NAMES[command][0] != folder:
         return []
-    if folder:
-        return [os.path.join(str(output), pattern[len("{folder}/"):])]
-    return [pattern.format(stem=stem_of(output))]
+    name = LEGACY_CONFIG_NAMES[command][1]
+    return [os.path.join(str(output), name) if folder else stem_of(output) + name]
 
 
 def find_config_companion(output, command: str, folder: bool) -> str | None:

@@ -74,3 +74,12 @@ class StoppingRule:
             if before - recent < self.rel_tol * abs(before):
                 return "converged"
         return None
+
+    def replay(self, rows) -> tuple[int, str] | None:
+        """Feed logged iterations in order (dicts with 'step', 'loss', 'ndi'; not the start row): the first
+        (step, reason) the rule stops at, else None. How benchmarks apply the rule to a run made without it."""
+        for row in rows:
+            why = self.check(row)
+            if why:
+                return int(row["step"]), why
+        return None

@@ -119,3 +119,13 @@ def test_default_flat_loss_window_outlasts_a_loss_spike():
     assert _first_stop(StoppingRule(None, 1.0, 20, cfg.convergence_tol, 10), _spiky_curve()) is not None  # the old window
     plateau = np.concatenate([_spiky_curve(120), np.full(100, 0.0305)])
     assert 120 < _first_stop(rule(), plateau) <= 120 + 2 * cfg.convergence_window
+
+
+def test_replay_stops_where_check_stops():
+    """`replay` (how benchmarks apply the rule to a logged run) gives the step and reason `check` gives."""
+    losses = np.concatenate([_spiky_curve(120), np.full(100, 0.0305)])
+    rows = [{"step": i, "loss": float(v), "ndi": 1.0} for i, v in enumerate(losses, start=1)]
+    step = _first_stop(StoppingRule(None, 1.0, 30, 1e-3, 10), losses)
+    assert StoppingRule(None, 1.0, 30, 1e-3, 10).replay(rows) == (step, "converged")
+    assert StoppingRule(None, 1.0, 30, 1e-3, 10).replay(rows[:100]) is None
+    assert StoppingRule(1.0, 1.0, 30, 1e-3, 0).replay([{"step": 7, "loss": 1.0, "ndi": 0.5}]) == (7, "discrepancy")
