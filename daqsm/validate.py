@@ -120,7 +120,7 @@ def ordered_range(name: str, value, low_open: bool = True):
 
 
 CHECKS = {"finite": finite, "positive": positive, "non_negative": non_negative, "int>=1": integer_at_least,
-          "int>=0": lambda n, v: integer_at_least(n, v, 0), "b0_dir": b0_direction}
+          "int>=0": lambda n, v: integer_at_least(n, v, 0)}
 #: rules on the whole tuple (not element by element)
 WHOLE = {"b0_dir": b0_direction, "range>0": ordered_range,
          "range>=0": lambda n, v: ordered_range(n, v, low_open=False)}
@@ -165,6 +165,7 @@ def check_config(config, spell=lambda key: key) -> None:
         value = getattr(config, field.name)
         check_value(spell(field.name), rule_of(field), value)
         choices = field.metadata.get("choices")
-        for item in () if not choices or value is None else value if isinstance(value, (tuple, list)) else (value,):
-            if item not in choices:  # a config built without the config layer
-                raise choices_message(spell(field.name), item, choices)
+        if choices and value is not None:  # a config built without the config layer
+            for item in value if isinstance(value, (tuple, list)) else (value,):
+                if item not in choices:
+                    raise choices_message(spell(field.name), item, choices)
