@@ -13,7 +13,8 @@ synthetic maps) and step 2; target domain = the four RC2-like cases Sim{1,2}Snr{
 the phantom at 1 mm isotropic, B0 along the third voxel axis, 7 T (daqsm-simulate). Never the
 2016 challenge data or the RC2 segmentation. Recipe = the demo's `--size real` (64^3 source
 patches, U-Net depth 4 with 8 base filters, batch 2 + 1, Adam 1e-3 cosine) with --target-crop^3
-target crops (the recipe's 128 when the CPU allows) for --steps steps.
+target crops (the recipe's 128 when the CPU allows) for --steps steps, and the target data term
+floored at --ndi-floor (0.035: the truth's own NDI on these crops, results_ndi_floor.md "At 1 mm").
 
 Cutting a run short: kill it and rerun with `--steps S` = its last checkpoint's step (multiple of
 10): step 4 resumes there, has nothing left to do and writes the model; the manifest records S.
