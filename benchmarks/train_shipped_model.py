@@ -33,7 +33,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESOLUTION_MM = 1.0
-N_MAPS = 12  # 12 x ~15 patches of 64^3: a few epochs of the run; the CPU budget sets it
 
 
 def _run(title: str, main, argv) -> None:
@@ -58,6 +57,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ndi-floor-tau", type=float, default=6.0, help="factor on the noise floor (--ndi-floor noise)")
     parser.add_argument("--max-minutes", type=float, default=0.0, help="stop checkpointed after this wall time "
                         "(rerun to continue)")
+    # 48 maps x ~15 patches of 64^3 = ~700 source patches: ~14 passes in 5000 steps of batch 2, where the
+    # first runs' 12 maps would be seen ~55 times (the original used 500 maps for 6 epochs)
+    parser.add_argument("--maps", type=int, default=48, help="synthetic source maps (step 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--install", action="store_true", help="copy the model into daqsm/models/ + manifest")
     parser.add_argument("--warning", default=None, help="one line the commands print when they use the model "
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
     cases = sorted(p for p in (work / "targets").iterdir() if p.is_dir())
     if not (work / "step1_chi.h5").exists():
         _run("step 1", genChi.main, [work / "source" / "chi.nii.gz", "--mask", work / "source" / "mask.nii.gz",
-                                     "-n", N_MAPS, "-o", work / "step1_chi.h5", "--seed", args.seed, "--quiet"])
+                                     "-n", args.maps, "-o", work / "step1_chi.h5", "--seed", args.seed, "--quiet"])
     if not (work / "step2_fields.h5").exists():
         _run("step 2", qsmFmapCal_gpu.main, [work / "step1_chi.h5", "-o", work / "step2_fields.h5"])
     if not (work / "step3_patches.h5").exists():
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
 
         dest = shipped.install_model(model, command="nice -n 10 python benchmarks/train_shipped_model.py "
                                      + shlex.join(argv if argv is not None else sys.argv[1:]),
-                                     steps=args.steps, resolution_mm=RESOLUTION_MM, n_maps=N_MAPS,
+                                     steps=args.steps, resolution_mm=RESOLUTION_MM, n_maps=args.maps,
                                      target_crop=args.target_crop, warning=args.warning)
         print(f"installed {dest}", file=sys.stderr)
     return 0

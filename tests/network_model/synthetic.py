@@ -22,6 +22,19 @@ def smooth_chi(n: int, seed: int, amplitude_ppm: float = 0.1) -> np.ndarray:
     return (chi * ball_mask(n)).astype(np.float32)
 
 
+def newest_checkpoint_step(folder) -> int:
+    """The highest step among the checkpoints in `folder` (0 if none).
+
+    A test waiting for "a checkpoint at step >= k" must not look for one file name: the run keeps only
+    its last few checkpoints, so on a fast machine ckpt-k can come and go between two polls and the
+    wait then lasts its whole deadline.
+    """
+    from pathlib import Path
+
+    names = (p.name for p in Path(folder).glob("ckpt-*.index"))
+    return max((int(n[len("ckpt-"):-len(".index")]) for n in names), default=0)
+
+
 def make_patch_file(path, count: int = 6, n: int = 16, seed: int = 0, b0_tesla=3.0, te_s=0.02) -> str:
     """Contract-2 patch HDF5 with `count` source and target patches of n^3 voxels."""
     from daqsm.network_model.data import write_patch_file

@@ -19,7 +19,7 @@ pytestmark = requires.tensorflow
 
 from daqsm.network_model.train_model import train  # noqa: E402
 from daqsm.outputs import config_companion  # noqa: E402
-from tests.network_model.synthetic import make_patch_file  # noqa: E402
+from tests.network_model.synthetic import make_patch_file, newest_checkpoint_step  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--depth", "1", "--base_filters", "4", "--batch_size", "2", "--learning_rate", "3e-3",
@@ -205,7 +205,7 @@ def test_killed_run_resumes_from_its_checkpoint(patches, tmp_path, capsys):
                              "--max_steps", "1000"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
-        while time.time() < deadline and not list((run / "checkpoints").glob("ckpt-4.index")):
+        while time.time() < deadline and newest_checkpoint_step(run / "checkpoints") < 4:
             time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGKILL)  # a hard kill, no clean-up code runs
