@@ -124,20 +124,39 @@ def ndi_data_gradient(phase_model, phase_meas, weight) -> np.ndarray:
 
 
 def solve_v(target, phase_meas, weight2, mu_data, v0=None, steps: int = 4) -> np.ndarray:
-    """Per-voxel argmin_v W^2 |e^{iv} - e^{i phi}|^2 + mu/2 (v - target)^2 by safeguarded Newton.
+    """Per-voxel argmin_v f(v) = W^2 |e^{iv} - e^{i phi}|^2 + mu/2 (v - target)^2 by monotone safeguarded Newton.
 
-    Stationarity: 2 W^2 sin(v - phi) + mu (v - target) = 0. Where the curvature
-    2 W^2 cos(v - phi) + mu is small or negative, a gradient step 1 / (mu + 2 W^2) (the inverse
-    Lipschitz constant) replaces the Newton step, so each step decreases the objective.
+    Stationarity: 2 W^2 sin(v - phi) + mu (v - target) = 0. f is not convex: where the curvature
+    2 W^2 cos(v - phi) + mu is small, a raw Newton step can leap by hundreds of radians (inside
+    nonlinear TV that fed the dual and diverged the whole ADMM). So each step takes the Newton step
+    only where it lowers f, else the gradient step 1 / (mu + 2 W^2) (the inverse Lipschitz constant
+    of f', which never raises f); the warm start v0 is used only where it is already below f(target).
+    The result is then never worse than v = target, which bounds it: mu/2 (v - target)^2 <= 4 W^2.
     """
-    v = np.array(target if v0 is None else v0, dtype=np.float32, copy=True)
+    target = np.asarray(target, dtype=np.float32)
+
+    def objective(v):
+        return weight2 * (2.0 - 2.0 * np.cos(v - phase_meas)) + (0.5 * mu_data) * (v - target) ** 2
+
+    v = target.copy()
+    f = objective(v)
+    if v0 is not None:
+        v0 = np.asarray(v0, dtype=np.float32)
+        f0 = objective(v0)
+        v, f = np.where(f0 < f, v0, v), np.minimum(f0, f)
     lipschitz = mu_data + 2.0 * weight2
+    slack = np.float32(1e-6) * (4.0 * weight2 + f)
     for _ in range(steps):
         diff = v - phase_meas
         g1 = 2.0 * weight2 * np.sin(diff) + mu_data * (v - target)
         g2 = 2.0 * weight2 * np.cos(diff) + mu_data
-        v -= g1 / np.where(g2 > 0.1 * mu_data, g2, lipschitz)
-    return v
+        newton = v - g1 / np.where(g2 > 0.1 * mu_data, g2, lipschitz)
+        gradient = v - g1 / lipschitz
+        f_newton = objective(newton)
+        take_newton = f_newton <= f + slack  # float32: an exact tie must not reject a converged Newton step
+        v = np.where(take_newton, newton, gradient)
+        f = np.where(take_newton, f_newton, objective(gradient))
+    return v.astype(np.float32, copy=False)
 
 
 def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),
