@@ -1,26 +1,31 @@
 """Train the pre-trained model to install as the package's default (daqsm/models/), on redistributable data only.
 
-No trained weights are shipped yet (a 10-step run measured rmse 821.67 vs TKD 49.40: docs/model-card.md).
-Command (resumable: rerun the same command after a kill, finished steps
-are skipped and step 4 resumes from its last checkpoint):
+The shipped model was made by (resumable: rerun the same command after a kill or a `--max-minutes`
+stop; finished steps are skipped and step 4 resumes from its last checkpoint, exporting the model at
+the end of every chunk):
 
-    nice -n 10 python benchmarks/train_shipped_model.py --work work_shipped --steps 200 --target-crop 96
-    nice -n 10 python benchmarks/train_shipped_model.py --work work_shipped --steps 200 --target-crop 96 --install
+    nice -n 10 python benchmarks/train_shipped_model.py --work work_shipped --steps 3000 --target-crop 96 \
+        --maps 48 --max-minutes 15          # repeated; each chunk's target_model.keras kept as step-N.keras
+    python benchmarks/train_shipped_model.py --work work_shipped --steps 3000 --target-crop 96 --maps 48 \
+        --install --install-model snapshots/step-1413.keras --install-steps 1413 --warning "..."
+
+The step-1413 snapshot (end of the second chunk) was installed, not the step-3000 model: it had the
+lowest pre-trained rmse of the five snapshots on the four built-in 1 mm targets (their simulated
+truth; benchmarks/bench_pretrain_long.py, docs/model-card.md); later the source L1 kept falling while
+the target rmse rose on the Sim1 cases.
 
 Data: the built-in phantom only (MNI ICBM 152 2009a anatomy shipped inside nilearn's wheel) —
-source domain = the phantom with another texture seed and no calcification, through step 1 (12
+source domain = the phantom with another texture seed and no calcification, through step 1 (--maps
 synthetic maps) and step 2; target domain = the four RC2-like cases Sim{1,2}Snr{1,2} simulated from
 the phantom at 1 mm isotropic, B0 along the third voxel axis, 7 T (daqsm-simulate). Never the
 2016 challenge data or the RC2 segmentation. Recipe = the demo's `--size real` (64^3 source
 patches, U-Net depth 4 with 8 base filters, batch 2 + 1, Adam 1e-3 cosine) with --target-crop^3
-target crops (the recipe's 128 when the CPU allows) for --steps steps, and the target data term
-floored at --ndi-floor (0.035: the truth's own NDI on these crops, results_ndi_floor.md "At 1 mm").
+target crops for --steps steps, and the target data term floored at --ndi-floor (0.035: the truth's
+own NDI on these crops, results_ndi_floor.md "At 1 mm").
 
-Cutting a run short: kill it and rerun with `--steps S` = its last checkpoint's step (multiple of
-10): step 4 resumes there, has nothing left to do and writes the model; the manifest records S.
-
-`--install` copies RUN/step4_pretrain/target_model.keras to daqsm/models/ (or $DAQSM_MODEL_DIR) and writes the manifest
-(SHA-256, size, this command, the data, version, known limits) through daqsm.network_model.shipped.
+`--install` copies RUN/step4_pretrain/target_model.keras (or --install-model) to daqsm/models/ (or
+$DAQSM_MODEL_DIR) and writes the manifest (SHA-256, size, this command, the data, version, known
+limits) through daqsm.network_model.shipped.
 """
 from __future__ import annotations
 
@@ -62,6 +67,10 @@ def main(argv=None) -> int:
     parser.add_argument("--maps", type=int, default=48, help="synthetic source maps (step 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--install", action="store_true", help="copy the model into daqsm/models/ + manifest")
+    parser.add_argument("--install-model", default=None, help="with --install: this model file (e.g. one chunk's "
+                        "snapshot) instead of the run's target_model.keras")
+    parser.add_argument("--install-steps", type=int, default=None, help="with --install-model: the step it was "
+                        "exported at (the manifest's recipe.pretrain_steps; default --steps)")
     parser.add_argument("--warning", default=None, help="one line the commands print when they use the model "
                         "(e.g. an under-trained placeholder's measured accuracy)")
     args = parser.parse_args(argv)
@@ -102,10 +111,11 @@ def main(argv=None) -> int:
     if args.install:
         from daqsm.network_model import shipped
 
-        dest = shipped.install_model(model, command="nice -n 10 python benchmarks/train_shipped_model.py "
+        dest = shipped.install_model(args.install_model or model, command="nice -n 10 python benchmarks/train_shipped_model.py "
                                      + shlex.join(argv if argv is not None else sys.argv[1:]),
-                                     steps=args.steps, resolution_mm=RESOLUTION_MM, n_maps=args.maps,
-                                     target_crop=args.target_crop, warning=args.warning)
+                                     steps=args.install_steps or args.steps, resolution_mm=RESOLUTION_MM, n_maps=args.maps,
+                                     target_crop=args.target_crop, warning=args.warning,
+                                     ndi_floor=args.ndi_floor)
         print(f"installed {dest}", file=sys.stderr)
     return 0
 

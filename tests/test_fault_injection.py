@@ -460,8 +460,8 @@ CASES = [
     Case("finetune-no-output", "finetune", "--model {in}/random.keras --field {in}/field.nii.gz", "output"),
     Case("finetune-mask-mismatch", "finetune",
          _f(FT, "{out}/q.nii.gz").replace("mask.nii.gz", "other_grid.nii.gz"), "shape"),
-    # without --model an installed shipped model is used (tests/network_model/test_shipped.py); the package
-    # ships none yet, so a --model left empty is one line naming --model FILE.keras (test_fault: empty model dir)
+    # without --model the shipped model is used (tests/network_model/test_shipped.py); with none installed
+    # (test_fault: empty model dir) a --model left empty is one line naming --model FILE.keras
     Case("finetune-no-shipped-model", "finetune", f"--field {FIELD} --mask {MASK} --b0 3 --te 0.02 -o {{out}}/q.nii.gz",
          "no shipped model is installed"),
     Case("infer-no-shipped-model", "infer", f"--field {FIELD} --mask {MASK} -o {{out}}/q.nii.gz",

@@ -6,8 +6,8 @@ Input folder: `localfield.nii.gz` (local field, ppm), `mask.nii.gz` (0/1), `para
 `TE` (s; a list for several echoes: the 2nd echo's TE is the phase scale's, as case folders decide),
 `B0` (T), `B0_dir` (voxel axes) and `voxel_size` (mm). Output: `chimap.nii.gz` (ppm, the field's
 affine), beside it the sidecar, QC residual and loss log of daqsm-finetune. The weights are the
-pre-trained model installed in daqsm/models/ (SHA-256 verified, no network at run time; none ships
-yet: benchmarks/train_shipped_model.py --install, else one line, exit 2), fine-tuned on the input
+pre-trained model the package ships in daqsm/models/ (SHA-256 verified, no network at run time; with
+none installed, one line, exit 2), fine-tuned on the input
 (test-time fine-tuning); `--fast` writes the pre-trained network's map.
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ target_data.py      one target dataset (case folder or files) for fine-tuning
 tiling.py           overlapping-tile inference with smooth blending
 infer.py            inference command (pre-trained or fine-tuned model -> QSM)
 check_cli.py        daqsm-check: the input readers of step 5 or inference, without the model
-shipped.py          the pre-trained model installed in daqsm/models/ (none ships yet), verified by its SHA-256 manifest
+shipped.py          the pre-trained model the package ships in daqsm/models/, verified by its SHA-256 manifest
 pretrain_core.py    step 4's core on arrays: loss with the data-term floor, batches, pretrain_arrays
 pretraining.py      step 4's file shell: PretrainConfig, pretrain (run folder, checkpoints, resume, chunks)
 finetuning.py       step 5's file shell: FinetuneConfig, read/check inputs once, lock, sidecars, writes

@@ -1,16 +1,16 @@
-"""The pre-trained target model a package install may carry (daqsm/models/), pinned by a manifest.
+"""The pre-trained target model the package installs (daqsm/models/), pinned by a manifest.
 
     daqsm/models/daqsm_builtin_1mm.keras            the target model (contract 3), a few MB
     daqsm/models/daqsm_builtin_1mm.keras.json       its training geometry (model_info sidecar)
     daqsm/models/daqsm_builtin_1mm.manifest.json    SHA-256, size, training command and data,
                                                      package version, known limits
 
-No trained weights are shipped yet: `python benchmarks/train_shipped_model.py ... --install` writes
-these three files into daqsm/models/ (or into $DAQSM_MODEL_DIR when set), and setup.cfg package_data
-then installs them with the package. Every load of the installed file checks its size and SHA-256
-against the manifest first: a changed or truncated file is one clear error, never a silently
-different network. `daqsm-finetune` and `daqsm-infer` use it when `--model` is not given; with none
-installed, a `--model` left empty is one line saying to give `--model FILE.keras`.
+`python benchmarks/train_shipped_model.py ... --install` wrote these three files into daqsm/models/
+(or into $DAQSM_MODEL_DIR when set), and setup.cfg package_data installs them with the package.
+Every load of the installed file checks its size and SHA-256 against the manifest first: a changed
+or truncated file is one clear error, never a silently different network. `daqsm-finetune` and
+`daqsm-infer` use it when `--model` is not given; with none installed ($DAQSM_MODEL_DIR naming an
+empty folder), a `--model` left empty is one line saying to give `--model FILE.keras`.
 
 How it is made: benchmarks/train_shipped_model.py (its docstring has the command); what it is good
 for and how accurate it is: docs/model-card.md.
@@ -36,9 +36,9 @@ KNOWN_LIMITS = [
     "target domain: 1 mm isotropic voxels, B0 along the third voxel axis, 7 T; other voxel sizes and B0 "
     "directions run (the fine-tuning loss uses the input's own geometry) but the pre-trained map is biased "
     "(daqsm-infer warns)",
-    "a CPU-sized network (U-Net depth 4, 8 base filters) pre-trained for only {steps} steps (recipe.pretrain_steps) "
-    "on 2 shared CPU cores: without fine-tuning (--fast) it is far from TKD; fine-tune per dataset (the default); "
-    "retrain longer with the same command where a GPU is available",
+    "a CPU-sized network (U-Net depth 4, 8 base filters) pre-trained for {steps} steps (recipe.pretrain_steps) "
+    "on 2 CPU cores: without fine-tuning (--fast) its map is less accurate than TKD on the built-in 1 mm cases; "
+    "fine-tune per dataset (the default); retrain longer with the same command where a GPU is available",
     "input: a background-removed local field in ppm, 0 outside the brain mask",
 ]
 
@@ -111,7 +111,7 @@ def is_shipped(path) -> bool:
 
 
 def install_model(src, command: str, steps: int, resolution_mm: float, n_maps: int, target_crop: int = 128,
-                  warning: str | None = None) -> str:
+                  warning: str | None = None, ndi_floor: str | None = None) -> str:
     """Copy a trained target model (and its model-info sidecar) into model_dir() and write its manifest."""
     import keras
     import tensorflow as tf
@@ -137,7 +137,7 @@ def install_model(src, command: str, steps: int, resolution_mm: float, n_maps: i
                              "RC2-like cases Sim{1,2}Snr{1,2} (7 T, B0 along the third axis)",
             "not_used": "the 2016 QSM challenge data and the RC2 segmentation (not redistributable)"},
         "recipe": {"pretrain_steps": steps, "depth": 4, "base_filters": 8, "source_patch": 64, "target_crop": target_crop,
-                   "batch": [2, 1], "optimizer": "Adam 1e-3, cosine"},
+                   "batch": [2, 1], "optimizer": "Adam 1e-3, cosine", "ndi_floor": ndi_floor},
         "training_geometry": {"voxel_size_mm": [resolution_mm] * 3, "b0_dir": [0.0, 0.0, 1.0]},
         "known_limits": [limit.format(steps=steps) for limit in KNOWN_LIMITS],
         "model_card": "docs/model-card.md",

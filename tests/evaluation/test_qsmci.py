@@ -60,7 +60,7 @@ def test_missing_params_is_one_line(tmp_path, capsys):
 
 
 def test_no_installed_model_is_one_line(no_model_dir, tmp_path, capsys):  # noqa: F811
-    """The package ships no trained weights: the entry needs one installed, and says so in one line."""
+    """With no model installed (an empty $DAQSM_MODEL_DIR) the entry says so in one line."""
     from daqsm.evaluation import qsmci
 
     _contract_input(tmp_path / "input")
