@@ -131,7 +131,8 @@ def solve_v(target, phase_meas, weight2, mu_data, v0=None, steps: int = 4) -> np
     nonlinear TV that fed the dual and diverged the whole ADMM). So each step takes the Newton step
     only where it lowers f, else the gradient step 1 / (mu + 2 W^2) (the inverse Lipschitz constant
     of f', which never raises f); the warm start v0 is used only where it is already below f(target).
-    The result is then never worse than v = target, which bounds it: mu/2 (v - target)^2 <= 4 W^2.
+    The result is then never worse than v = target (to float32 rounding), which bounds it:
+    mu/2 (v - target)^2 <= 4 W^2.
     """
     target = np.asarray(target, dtype=np.float32)
 
