@@ -69,11 +69,13 @@ def main(argv=None) -> int:
     parser.add_argument("--install", action="store_true", help="copy the model into daqsm/models/ + manifest")
     parser.add_argument("--install-model", default=None, help="with --install: this model file (e.g. one chunk's "
                         "snapshot) instead of the run's target_model.keras")
-    parser.add_argument("--install-steps", type=int, default=None, help="with --install-model: the step it was "
-                        "exported at (the manifest's recipe.pretrain_steps; default --steps)")
+    parser.add_argument("--install-steps", type=int, default=None, help="with --install-model (required there): "
+                        "the step it was exported at (the manifest's recipe.pretrain_steps)")
     parser.add_argument("--warning", default=None, help="one line the commands print when they use the model "
                         "(e.g. an under-trained placeholder's measured accuracy)")
     args = parser.parse_args(argv)
+    if args.install_model and not args.install_steps:  # a snapshot does not record its step: the manifest needs it
+        parser.error("--install-model needs --install-steps (the step that snapshot was exported at)")
 
     from daqsm.evaluation.demo import write_builtin_source
     from daqsm.network_model.train_model import train as pretrain
