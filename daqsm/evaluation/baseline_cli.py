@@ -155,6 +155,7 @@ def _invert_and_write(args, qset) -> int:
         raise InputError(f"{args.method}: the phase scale needs B0 and TE: give --b0 TESLA --te SECONDS "
                          f"(or --case DIR with case.json), found b0 {b0_tesla}, te {te_s}")
     common = dict(voxel_size_mm=geom.voxel_size_mm, b0_dir=geom.b0_dir, pad=args.pad)
+    alpha_record = {}
     if args.method == "tkd":
         chi = tkd(field.data, mask, threshold=args.threshold, **common)
     elif args.method == "l2":
@@ -175,6 +176,13 @@ def _invert_and_write(args, qset) -> int:
             print(f"{args.method}: alpha {choice.alpha:.3g} by the discrepancy principle ({choice.note}), "
                   f"{scan.seconds:.1f} s")
             chi = scan.maps[choice.index]
+            # the config says only 'auto': the sidecar must name the alpha that made the map, and why
+            alpha_record = {"AlphaChoice": {
+                "alpha": float(choice.alpha), "rule": choice.rule, "reached": bool(choice.reached),
+                "note": choice.note, "alphas": [float(a) for a in scan.alphas],
+                "residual": [float(r) for r in scan.residual], "iterations": [int(i) for i in scan.iterations],
+                "noise_ppm": float(scan.noise_ppm), "noise_residual": float(scan.noise_residual),
+                "seconds": round(float(scan.seconds), 1)}}
         else:
             chi, info = ndi_tv(field.data, mask, weight, params=params, return_info=True, **common)
             print(f"{args.method}: {info['iterations']} iterations, converged={info['converged']}, "
@@ -189,7 +197,7 @@ def _invert_and_write(args, qset) -> int:
     write_sidecar(args.output, build_record(f"susceptibility map, {args.method} baseline", "ppm",
                                             sources=sources, b0_tesla=b0_tesla if tv_method else None,
                                             b0_dir=geom.b0_dir, voxel_size_mm=geom.voxel_size_mm, dipole_pad=args.pad,
-                                            config=settings), {"GeometrySources": geometry_sources})
+                                            config=settings), {"GeometrySources": geometry_sources, **alpha_record})
     qset.commit(lambda path: write_volume(path, chi.astype(np.float32), affine=affine, header=header))
     print(f"wrote {args.output}")
     return 0

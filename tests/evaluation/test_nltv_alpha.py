@@ -1,6 +1,8 @@
 """Nonlinear TV's alpha: the noise estimate, the discrepancy rule (stage 1) against the best by truth (stage 2)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -80,7 +82,13 @@ def test_command_alpha_auto(tmp_path, capsys):
             "--alpha-grid", "1e-3", "1e-2",
             "--iterations", "5"]
     assert baseline_cli.main(argv) == 0
-    assert "by the discrepancy principle" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "by the discrepancy principle" in printed
     assert read_volume(out).data.shape == chi.shape
+    # the sidecar says which alpha made the map (the config alone only says 'auto')
+    chosen = json.loads((tmp_path / "tv.json").read_text())["AlphaChoice"]
+    assert chosen["alpha"] in (1e-3, 1e-2) and chosen["rule"] == "discrepancy"
+    assert f"alpha {chosen['alpha']:.3g} by the discrepancy principle" in printed
+    assert chosen["alphas"] == [1e-3, 1e-2] and len(chosen["residual"]) == 2 and chosen["noise_residual"] > 0
     for bad in (["--alpha", "often"], ["--alpha", "0.1", "--alpha-grid", "1e-3"]):
         assert baseline_cli.main(["ndi-tv", "--field", f, "--mask", m, "-o", str(tmp_path / "x.nii.gz")] + bad) == 2
