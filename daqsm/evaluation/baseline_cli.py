@@ -180,7 +180,8 @@ def _invert_and_write(args, qset) -> int:
             alpha_record = {"AlphaChoice": {
                 "alpha": float(choice.alpha), "rule": choice.rule, "reached": bool(choice.reached),
                 "note": choice.note, "alphas": [float(a) for a in scan.alphas],
-                "residual": [float(r) for r in scan.residual], "iterations": [int(i) for i in scan.iterations],
+                "residual": [float(r) for r in scan.residual], "tv": [float(t) for t in scan.tv],
+                "iterations": [int(i) for i in scan.iterations],
                 "noise_ppm": float(scan.noise_ppm), "noise_residual": float(scan.noise_residual),
                 "seconds": round(float(scan.seconds), 1)}}
         else:

@@ -89,6 +89,6 @@ def test_command_alpha_auto(tmp_path, capsys):
     chosen = json.loads((tmp_path / "tv.json").read_text())["AlphaChoice"]
     assert chosen["alpha"] in (1e-3, 1e-2) and chosen["rule"] == "discrepancy"
     assert f"alpha {chosen['alpha']:.3g} by the discrepancy principle" in printed
-    assert chosen["alphas"] == [1e-3, 1e-2] and len(chosen["residual"]) == 2 and chosen["noise_residual"] > 0
+    assert chosen["alphas"] == [1e-3, 1e-2] and len(chosen["residual"]) == len(chosen["tv"]) == 2 and chosen["noise_residual"] > 0
     for bad in (["--alpha", "often"], ["--alpha", "0.1", "--alpha-grid", "1e-3"]):
         assert baseline_cli.main(["ndi-tv", "--field", f, "--mask", m, "-o", str(tmp_path / "x.nii.gz")] + bad) == 2
