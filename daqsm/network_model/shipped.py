@@ -32,7 +32,9 @@ MANIFEST_FORMAT = "daqsm-model-manifest"
 MANIFEST_VERSION = 1
 
 KNOWN_LIMITS = [
-    "trained on simulations of one built-in head phantom (MNI ICBM 152 anatomy), not on in-vivo data",
+    "trained on simulations of one built-in head phantom (MNI ICBM 152 anatomy), not on in-vivo data; "
+    "on the 2016 in-vivo challenge data (3 T) it is worse than TKD and L2, pre-trained and fine-tuned "
+    "(docs/model-card.md)",
     "target domain: 1 mm isotropic voxels, B0 along the third voxel axis, 7 T; other voxel sizes and B0 "
     "directions run (the fine-tuning loss uses the input's own geometry) but the pre-trained map is biased "
     "(daqsm-infer warns)",
