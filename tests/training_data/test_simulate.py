@@ -188,3 +188,54 @@ def test_rc2_phantom_grid_is_164_205_205(shared_data):
     small = anatomy.labels[::2, ::2, ::2]  # labels survive the majority resampling (on a 2x subsample for speed)
     resampled = simulate.resample_labels(small, (82, 102, 102))
     assert set(np.unique(small)) <= set(np.unique(resampled))
+
+
+def test_other_protocol_three_tesla_other_echoes_oblique_b0(tmp_path):
+    """3 T, other echo times and an oblique B0 (issue 24: targets over the protocols users have): the
+    noise-free estimate is D * chi along that direction, not along z, and case.json records the protocol."""
+    anatomy = simulate.load_builtin(COARSE_MM)
+    b0_dir = (0.0, float(np.sin(0.4)), float(np.cos(0.4)))  # 23 degrees from the third axis
+    (path,) = simulate.simulate_cases(anatomy, tmp_path, COARSE_MM, seed=3, quiet=True, peak_snr={"Snr0": np.inf},
+                                      variants=("Sim1",), b0_tesla=3.0, te_s=(0.005, 0.015, 0.025), b0_dir=b0_dir)
+    local = read_volume(f"{path}/local_field.nii.gz").data
+    chi = read_volume(f"{path}/chi.nii.gz").data
+    mask = read_volume(f"{path}/mask.nii.gz").data > 0
+    case = json.loads(open(f"{path}/case.json").read())
+    assert case["b0_tesla"] == 3.0 and case["te_s"] == [0.005, 0.015, 0.025]
+    np.testing.assert_allclose(case["b0_dir"], b0_dir, atol=1e-7)
+    oblique = forward_field(chi, case["voxel_size_mm"], b0_dir, pad="auto")
+    along_z = forward_field(chi, case["voxel_size_mm"], (0.0, 0.0, 1.0), pad="auto")
+    assert nrmse(local, oblique, mask) <= 0.02 < 5 * 0.02 < nrmse(local, along_z, mask)
+
+
+def test_r2star_scales_with_field_strength(tmp_path):
+    """R2* is RC2's 7 T value times B0 / 7 T (linear in B0): at the same echo times the log decay
+    between two echoes at 3 T is 3/7 of that at 7 T, voxel by voxel (noise-free, no resampling)."""
+    anatomy = simulate.load_builtin(COARSE_MM)
+    kwargs = dict(quiet=True, peak_snr={"Snr0": np.inf}, variants=("Sim2",), te_s=(0.004, 0.012))
+    (at7,) = simulate.simulate_cases(anatomy, tmp_path / "7", COARSE_MM, seed=1, **kwargs)
+    (at3,) = simulate.simulate_cases(anatomy, tmp_path / "3", COARSE_MM, seed=1, b0_tesla=3.0, **kwargs)
+    mask = read_volume(f"{at7}/mask.nii.gz").data > 0
+
+    def log_decay(path):
+        magnitude = read_volume(f"{path}/magnitude.nii.gz", ndim=4).data
+        return np.log(magnitude[..., 0][mask] / magnitude[..., 1][mask])
+
+    decay7, decay3 = log_decay(at7), log_decay(at3)
+    assert decay7.mean() > 0.05  # the echoes do decay
+    np.testing.assert_allclose(decay3, decay7 * 3.0 / 7.0, rtol=1e-3, atol=1e-5)
+
+
+def test_cli_protocol_options(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert simulate.main(["--source", "builtin", "-o", str(out), "--resolution", "8", "--quiet", "--b0-tesla", "3",
+                          "--te", "0.005", "0.015", "0.025", "--b0-dir", "0", "1", "1"]) == 0
+    case = json.loads((out / "Sim1Snr1" / "case.json").read_text())
+    assert case["b0_tesla"] == 3.0 and case["te_s"] == [0.005, 0.015, 0.025]
+    np.testing.assert_allclose(case["b0_dir"], [0.0, 2**-0.5, 2**-0.5], atol=1e-7)
+    for bad, word in ((["--b0-tesla", "0"], "--b0-tesla"), (["--te", "0.01"], "--te"),
+                      (["--te", "0.01", "-0.02"], "--te"), (["--b0-dir", "0", "0", "0"], "--b0-dir")):
+        assert simulate.main(["--source", "builtin", "-o", str(tmp_path / "bad"), "--resolution", "8", "--quiet"]
+                             + bad) == 2
+        assert word in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()

@@ -42,6 +42,7 @@ from daqsm.validate import in_range
 PROG = "simulate"
 B0_TESLA = 7.0
 TE_S = (0.004, 0.012, 0.020, 0.028)
+B0_DIR = (0.0, 0.0, 1.0)
 PEAK_SNR = {"Snr1": 100.0, "Snr2": 1000.0}
 VARIANTS = ("Sim1", "Sim2")
 RC2_NATIVE_MM = 0.64
@@ -198,7 +199,8 @@ def merge_label_fractions(fractions: dict, label: int, into: int | None) -> dict
 
 def simulate_cases(anatomy: Anatomy, out_dir, resolution_mm: float = 1.0, seed: int = 0,
                    quiet: bool = False, peak_snr: dict | None = None, variants=VARIANTS,
-                   gibbs_removal: bool = True) -> list[str]:
+                   gibbs_removal: bool = True, b0_tesla: float = B0_TESLA, te_s=TE_S,
+                   b0_dir=B0_DIR) -> list[str]:
     """Write the case folders {variant}{snr name} (default Sim{1,2}Snr{1,2}) into out_dir.
 
     Args:
@@ -211,11 +213,17 @@ def simulate_cases(anatomy: Anatomy, out_dir, resolution_mm: float = 1.0, seed: 
         variants: subset of ("Sim1", "Sim2").
         gibbs_removal: remove the k-space crop's Gibbs ringing from the ground truth chi (as RC2);
             False keeps the ringing (the simulator before issue 16).
+        b0_tesla: field strength (RC2: 7 T). R2* is RC2's 7 T value x b0_tesla / 7 (R2* grows about
+            linearly with B0 in brain tissue); the field in ppm does not depend on B0.
+        te_s: echo times in seconds (at least 2; RC2: 4, 12, 20, 28 ms).
+        b0_dir: B0 direction in voxel axes (normalised here; RC2: the third axis).
 
     Returns:
         The case folder paths.
     """
     peak_snr = dict(PEAK_SNR if peak_snr is None else peak_snr)
+    te_s = tuple(float(t) for t in te_s)
+    b0_dir = tuple(float(v) for v in np.asarray(b0_dir, np.float64) / np.linalg.norm(b0_dir))
     from tqdm import tqdm
 
     out_shape, out_vs, out_affine = output_grid(anatomy, resolution_mm)
@@ -238,9 +246,10 @@ def simulate_cases(anatomy: Anatomy, out_dir, resolution_mm: float = 1.0, seed: 
             chi_out = crop_kspace(chi, out_shape)
             # without a crop there is no ringing to remove
             derung = truth_worker.submit(remove_gibbs_ringing, chi_out, mask_out) if gibbs_removal and cropped else None
-            field = forward_field(chi, anatomy.voxel_size_mm, (0.0, 0.0, 1.0), pad="auto")
+            field = forward_field(chi, anatomy.voxel_size_mm, b0_dir, pad="auto")
             del chi
-            echoes = [crop_kspace(s, out_shape) for s in echo_signals(m0, r2star, field, B0_TESLA, TE_S)]
+            r2star = r2star * np.float32(b0_tesla / B0_TESLA)  # RC2's values are 7 T's
+            echoes = [crop_kspace(s, out_shape) for s in echo_signals(m0, r2star, field, b0_tesla, te_s)]
             del field, m0, r2star
             chi_out = (chi_out if derung is None else derung.result()) * mask_out
             seg_out = majority_labels(fractions if variant == "Sim2" else
@@ -249,8 +258,9 @@ def simulate_cases(anatomy: Anatomy, out_dir, resolution_mm: float = 1.0, seed: 
                 rng = np.random.default_rng([int(seed), variant_index, snr_index])
                 sigma = float(np.abs(echoes[0]).max()) / snr
                 noisy = [add_noise(e, sigma, rng) for e in echoes]
-                local = estimate_local_field(noisy, TE_S, B0_TESLA, mask_out, out_vs)
-                case = {"b0_tesla": B0_TESLA, "te_s": list(TE_S), "voxel_size_mm": list(out_vs), "b0_dir": [0.0, 0.0, 1.0],
+                local = estimate_local_field(noisy, te_s, b0_tesla, mask_out, out_vs)
+                case = {"b0_tesla": float(b0_tesla), "te_s": list(te_s), "voxel_size_mm": list(out_vs),
+                        "b0_dir": list(b0_dir),
                         "peak_snr": snr if np.isfinite(snr) else None, "noise_sigma": sigma, "seed": int(seed),
                         "source": anatomy.name, "variant": variant, "resolution_mm": resolution_mm}
                 arrays = {"local_field": local, "magnitude": np.stack([np.abs(e) for e in noisy], -1),
@@ -305,6 +315,10 @@ class SimulateConfig:
     resolution: float = param(1.0, "output voxel size in mm (1 as RC2)")
     native: float | None = param(None, "builtin only: native voxel size in mm (default 0.64 x resolution, as RC2)")
     keep_gibbs_ringing: bool = param(False, "do not remove the k-space crop's Gibbs ringing from the ground truth chi")
+    b0_tesla: float = param(B0_TESLA, "field strength in tesla (RC2: 7); R2* scales with it", check="positive")
+    te: tuple[float, ...] = param(TE_S, "echo times in seconds, at least 2 (RC2: 0.004 0.012 0.020 0.028)",
+                                  type=float, nargs="+")
+    b0_dir: tuple[float, float, float] = param(B0_DIR, "B0 direction in voxel axes (RC2: 0 0 1)", type=float, nargs=3)
     overwrite: bool = param(False, "replace existing case folders")
     progress: bool = param(True, "progress bar (--quiet: none)", negation="quiet")
 
@@ -329,6 +343,12 @@ def _run(args: SimulateConfig) -> int:
         raise InputError(f"--resolution: expected 0.3 to 8 mm, got {args.resolution:g}")
     if args.native is not None:
         in_range("--native", args.native, 0.1, args.resolution)
+    if len(args.te) < 2 or min(args.te) <= 0 or len(set(args.te)) < len(args.te):
+        raise InputError(f"--te: expected at least 2 different echo times > 0 in seconds, got {list(args.te)}")
+    if not (0 < args.b0_tesla <= 20):
+        raise InputError(f"--b0-tesla: expected a field strength in (0, 20] tesla, got {args.b0_tesla:g}")
+    if not np.any(np.asarray(args.b0_dir, float)) or not np.all(np.isfinite(args.b0_dir)):
+        raise InputError(f"--b0-dir: expected a non-zero direction (3 numbers), got {list(args.b0_dir)}")
     output_path("-o", args.output, kind="folder")
     existing = [Path(args.output) / f"{v}{s}" for v in VARIANTS for s in PEAK_SNR]
     from daqsm.outputs import refuse_existing
@@ -344,7 +364,8 @@ def _run(args: SimulateConfig) -> int:
 
     with claim_output("-o", args.output, kind="folder"), folder_removed_on_error(args.output):
         cases = simulate_cases(anatomy, args.output, args.resolution, args.seed, not args.progress,
-                               gibbs_removal=not args.keep_gibbs_ringing)
+                               gibbs_removal=not args.keep_gibbs_ringing, b0_tesla=args.b0_tesla, te_s=args.te,
+                               b0_dir=args.b0_dir)
         write_config(args, config_companion(args.output, "simulate", folder=True))
     print(f"{PROG}: wrote {len(cases)} cases to {args.output}", file=sys.stderr)
     return 0
