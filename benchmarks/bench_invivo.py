@@ -37,21 +37,22 @@ def commands(data: Path, out: Path, model: str | None) -> dict:
     net = [sys.executable, "-m", "daqsm.network_model.model_finetune.train", "--field", field, "--mask", mask,
            "--units", "ppm", *acq, *(["--model", model] if model else [])]
     base = [sys.executable, "-m", "daqsm.evaluation.baseline_cli", "--field", field, "--mask", mask]
+    tesla = ["--b0-tesla", str(B0_TESLA), "--te-s", str(TE_S)]
     # 60 warm-started ADMM iterations per alpha at most (tol 1e-3), as the 3 mm stage-1 scans (bench_finetune.py)
-    tesla = ["--b0-tesla", str(B0_TESLA), "--te-s", str(TE_S), "--iterations", "60"]
+    scan = [*tesla, "--iterations", "60"]
     runs = {"network, pre-trained (--fast)": (net + ["--fast"], "net_fast.nii.gz"),
             "network, fine-tuned": (net, "net_finetuned.nii.gz"),
             "TKD (threshold 0.19, default)": (base + ["tkd"], "tkd.nii.gz"),
             "L2 (lambda 0.1, default)": (base + ["l2"], "l2.nii.gz"),
-            "linear TV (alpha auto)": (base + ["tv", "--alpha", "auto", *tesla], "tv_auto.nii.gz"),
-            "nonlinear TV (alpha auto)": (base + ["ndi-tv", "--alpha", "auto", *tesla], "nltv_auto.nii.gz")}
+            "linear TV (alpha auto)": (base + ["tv", "--alpha", "auto", *scan], "tv_auto.nii.gz"),
+            "nonlinear TV (alpha auto)": (base + ["ndi-tv", "--alpha", "auto", *scan], "nltv_auto.nii.gz")}
     # stage 2 (best alpha by the truth, labelled so): NLTV's default alpha 0.1 is its best on this data
     # (benchmarks/results_baselines.md); the network at the same weight, mapped exactly as the rule maps its alpha
     # (lambda is linear in alpha: lambda(0.1) = lambda_rule x 0.1 / alpha_rule, from the stage-1 sidecar)
-    runs["nonlinear TV (alpha 0.1, stage 2: best by truth)"] = (base + ["ndi-tv", "--alpha", "0.1", *tesla[:4],
+    runs["nonlinear TV (alpha 0.1, stage 2: best by truth)"] = (base + ["ndi-tv", "--alpha", "0.1", *tesla,
                                                                          "--iterations", "150"], "nltv_a0.1.nii.gz")
     stage1 = out / "net_finetuned.json"
-    if stage1.exists():
+    if stage1.exists():  # listed once the stage-1 run has written its sidecar (main re-lists after each run)
         rule = json.loads(stage1.read_text())["FineTuning"]["LambdaTV"]
         lam = rule["lambda_tv"] * 0.1 / rule["alpha"]
         runs["network, fine-tuned at NLTV's stage-2 alpha 0.1"] = (net + ["--lambda-tv", f"{lam:.6g}"],
@@ -93,12 +94,18 @@ def main(argv=None) -> int:
 
     seconds_file = out / "seconds.json"
     seconds = json.loads(seconds_file.read_text()) if seconds_file.exists() else {}
-    for label, (argv_, path) in commands(data, out, args.model).items():
-        if path.exists() or (args.only is not None and path.name not in args.only):
-            continue
+
+    def pending():  # re-listed after every run: the stage-2 network row needs the stage-1 sidecar
+        return [(label, argv_, path) for label, (argv_, path) in commands(data, out, args.model).items()
+                if not path.exists() and (args.only is None or path.name in args.only)]
+
+    while todo := pending():
+        label, argv_, path = todo[0]
         print(f"running {label}: {' '.join(argv_)}", file=sys.stderr, flush=True)
         start = time.perf_counter()
         subprocess.run(argv_, check=True)
+        if not path.exists():  # else the loop would run it again
+            raise SystemExit(f"{label}: exited 0 without writing {path}")
         seconds[path.name] = round(time.perf_counter() - start, 1)
         seconds_file.write_text(json.dumps(seconds, indent=1))
 
