@@ -8,7 +8,9 @@ place for such facts, so they travel in a small JSON sidecar beside it, `MODEL.k
      "voxel_size_mm": [1.0, 1.0, 1.0], "b0_dir": [0.0, 0.0, 1.0], "divisor": 16}
 
 `voxel_size_mm` and `b0_dir` (unit vector, voxel axes) are the training geometry, `divisor` the
-2**depth the spatial sizes must be divisible by; every key is optional and extra keys are kept.
+2**depth the spatial sizes must be divisible by; every key is optional and extra keys are kept. A model
+pre-trained on targets of several protocols has `training_protocols` (a list of {voxel_size_mm,
+b0_dir, b0_tesla, te_s}) instead of the two geometry keys, and an input like any one of them is not warned about.
 Training scripts write it with `write_model_info`; inference reads it with `read_model_info` and
 warns (one line) through `geometry_warning` when the input's geometry differs. Without a sidecar,
 `spatial_divisor` derives the divisor from the model's pooling / strided layers.
@@ -96,6 +98,14 @@ def geometry_warning(info: dict, voxel_size_mm, b0_dir) -> str | None:
         voxel_size_mm: 3 floats, input voxel size in mm (None: unknown, not compared).
         b0_dir: 3 floats, input B0 direction in voxel axes (None: unknown, not compared).
     """
+    protocols = info.get("training_protocols")
+    if isinstance(protocols, list) and protocols and "voxel_size_mm" not in info and "b0_dir" not in info:
+        # a model trained on several protocols: an input like any one of them is in its domain
+        lines = [geometry_warning({k: p.get(k) for k in ("voxel_size_mm", "b0_dir")}, voxel_size_mm, b0_dir)
+                 for p in protocols if isinstance(p, dict)]
+        if not lines or any(line is None for line in lines):
+            return None
+        return lines[0].replace("training geometry", f"training geometries (the first of {len(lines)})")
     problems = []
     if info.get("voxel_size_mm") is not None and voxel_size_mm is not None:
         trained = np.asarray(info["voxel_size_mm"], dtype=float)

@@ -12,6 +12,11 @@ truth's is 0.039), i.e. to fit noise. With `ndi_floor` the target term is max(ND
              (daqsm.qc.noise.estimate_noise_ppm on W x field, daqsm.network_model.stopping.noise_energy);
     a number one floor for every crop, in normalised NDI units (e.g. a measured truth level);
     'none'   the plain NDI (before issue 22).
+
+Mixed-protocol targets (a format-3 patch file whose target crops come from several field strengths,
+echo times, B0 directions or voxel sizes): every crop's data term uses its own dipole kernel and
+phase scale. The phase scale is then a table (one entry per protocol) and each target batch carries
+its crops' protocol indices as its last tensor.
 """
 from __future__ import annotations
 
@@ -44,8 +49,17 @@ def parse_floor(value) -> str | float:
     return number
 
 
-def target_floors(cfg, target, phase_rad_per_ppm: float) -> np.ndarray | None:
-    """Per-crop floor of the target data term (module docstring), float32 (count,), or None when off."""
+def crop_phases(target, phase) -> np.ndarray:
+    """Each target crop's phase scale (rad/ppm), float (count,), from `check_run`'s phase."""
+    if target.mixed:
+        return np.asarray(phase, np.float64)[np.asarray(target.protocol_index)]
+    return np.full(target.count, float(phase))
+
+
+def target_floors(cfg, target, phase) -> np.ndarray | None:
+    """Per-crop floor of the target data term (module docstring), float32 (count,), or None when off.
+
+    phase: `check_run`'s phase scale (a float, or the per-protocol table of a mixed group)."""
     mode = parse_floor(cfg.ndi_floor)
     if mode == "none":
         return None
@@ -55,19 +69,30 @@ def target_floors(cfg, target, phase_rad_per_ppm: float) -> np.ndarray | None:
     from daqsm.qc.noise import estimate_noise_ppm
 
     floors = np.zeros(target.count, np.float32)
+    phases = crop_phases(target, phase)
     for i, (field, mask, weight) in enumerate(iter_target_patches(target)):
         try:
             sigma = estimate_noise_ppm(field, mask > 0, weight)
         except InputError:  # no 2x2x2 block inside the mask: nothing to estimate, no floor
             continue
-        floors[i] = cfg.ndi_floor_tau * noise_energy(sigma, phase_rad_per_ppm)
+        floors[i] = cfg.ndi_floor_tau * noise_energy(sigma, float(phases[i]))
     return floors
 
 
-def phase_scale(cfg, target) -> float:
-    """Radians per ppm for NDI: the config value, else from the target group's B0 and TE."""
+def phase_scale(cfg, target):
+    """Radians per ppm for NDI: the config value, else from the target group's B0 and TE; for a
+    mixed-protocol group a float64 array, one scale per protocol (`target.protocols`)."""
     from daqsm.training_data.units import rad_per_ppm
 
+    if target.mixed:
+        if cfg.phase_rad_per_ppm is not None:
+            raise InputError(f"phase_rad_per_ppm: one value cannot serve the {len(target.protocols)} protocols of "
+                             f"{target.path} /target; leave it unset (each crop's B0 and TE give its own)")
+        unknown = [k for k, p in enumerate(target.protocols) if p.b0_tesla is None or p.te_s is None]
+        if unknown:
+            raise InputError(f"{target.path}: /target protocol {unknown[0]} of {len(target.protocols)} has no "
+                             "b0_tesla/te_s; every protocol of a mixed-protocol file needs both")
+        return np.asarray([rad_per_ppm(p.b0_tesla, p.te_s) for p in target.protocols], np.float64)
     if cfg.phase_rad_per_ppm is not None:  # positive: the field's declared rule (check_options)
         return float(cfg.phase_rad_per_ppm)
     if target.b0_tesla is None or target.te_s is None:
@@ -85,8 +110,9 @@ def check_options(cfg) -> None:
     check_config(cfg, spell=key_option)
 
 
-def check_run(cfg, source, target) -> float:
-    """Patch sizes against the network, the run's numbers and schedule; returns the phase scale (rad/ppm).
+def check_run(cfg, source, target):
+    """Patch sizes against the network, the run's numbers and schedule; returns the phase scale (rad/ppm;
+    per protocol for a mixed-protocol target group, `phase_scale`).
 
     Runs no TensorFlow op (a multi-worker strategy needs a fresh runtime after it).
     """
@@ -139,10 +165,25 @@ def iter_target_patches(target):
             yield tuple(np.asarray(grp[k][i], np.float32) for k in target.keys)
 
 
-def build_loss_fn(model, dipole, phase_rad_per_ppm: float, cfg, training: bool = True):
+def crop_physics(dipole, phase, target_batch_tensors, mixed: bool):
+    """(dipole operator, phase scale) for one target batch: the run's own, or for a mixed-protocol run
+    each crop's kernel and scale picked by the protocol index the batch carries last."""
+    import tensorflow as tf
+
+    if not mixed:
+        return dipole, phase
+    which = tf.cast(target_batch_tensors[-1], tf.int32)
+    table = tf.constant(np.asarray(phase, np.float32))
+    return (lambda x: dipole(x, which)), tf.gather(table, which)
+
+
+def build_loss_fn(model, dipole, phase_rad_per_ppm, cfg, training: bool = True, floored: bool = False,
+                  mixed: bool = False):
     """Per-replica loss of one (source, target) batch pair -> dict of scalar terms.
 
-    A target batch of four tensors carries each crop's data-term floor as the fourth, (batch,).
+    A target batch is (field, mask, weight), then each crop's data-term floor (batch,) when `floored`,
+    then its protocol index (batch,) when `mixed` (dipole: `dipole_operator_stack_tf`'s, phase: the
+    per-protocol table).
     """
     from daqsm.network_model.losses import l1_loss, ndi_excess, ndi_loss, pretrain_terms, pretrain_terms_floored, tv_loss
     from daqsm.network_model.training_loop import replica_mean
@@ -150,12 +191,13 @@ def build_loss_fn(model, dipole, phase_rad_per_ppm: float, cfg, training: bool =
     def loss_fn(batch):
         (s_field, s_mask, s_chi), target = batch
         t_field, t_mask, t_weight = target[:3]
+        crop_dipole, crop_phase = crop_physics(dipole, phase_rad_per_ppm, target, mixed)
         chi_s = model([s_field, s_mask], domain=0, training=training)
         chi_t = model([t_field, t_mask], domain=1, training=training)
         l1 = replica_mean(l1_loss(chi_s, s_chi, s_mask, cfg.label_scale))
-        ndi_per_crop = ndi_loss(chi_t, t_field, t_weight, t_mask, dipole, phase_rad_per_ppm)
+        ndi_per_crop = ndi_loss(chi_t, t_field, t_weight, t_mask, crop_dipole, crop_phase)
         tv = replica_mean(tv_loss(chi_t, t_mask, cfg.label_scale))
-        if len(target) < 4:
+        if not floored:
             return pretrain_terms(l1, replica_mean(ndi_per_crop), tv, cfg.lambda_ndi, cfg.lambda_tv)
         floor = target[3]
         return pretrain_terms_floored(l1, replica_mean(ndi_per_crop), replica_mean(ndi_excess(ndi_per_crop, floor)),
@@ -164,7 +206,7 @@ def build_loss_fn(model, dipole, phase_rad_per_ppm: float, cfg, training: bool =
     return loss_fn
 
 
-def make_validate(model, dipole, phase: float, cfg, source, target, src_val, tgt_val):
+def make_validate(model, dipole, phase, cfg, source, target, src_val, tgt_val):
     """Validation on the held-out patches (inference-mode BN), or None when there are none."""
     import tensorflow as tf
 
@@ -174,16 +216,18 @@ def make_validate(model, dipole, phase: float, cfg, source, target, src_val, tgt
     if len(src_val) == 0 or len(tgt_val) == 0:
         return None
     src_ds = group_dataset(source, src_val, cfg.batch_size, shuffle=False, repeat=False, drop_remainder=False)
-    tgt_ds = group_dataset(target, tgt_val, target_batch(cfg), shuffle=False, repeat=False, drop_remainder=False)
+    tgt_ds = group_dataset(target, tgt_val, target_batch(cfg), shuffle=False, repeat=False, drop_remainder=False,
+                           extras=protocol_extras(target))
 
     @tf.function
     def src_terms(field, mask, chi):
         return l1_loss(model([field, mask], domain=0, training=False), chi, mask, cfg.label_scale)
 
     @tf.function
-    def tgt_terms(field, mask, weight):
+    def tgt_terms(field, mask, weight, *protocol):
+        crop_dipole, crop_phase = crop_physics(dipole, phase, protocol, target.mixed)
         chi = model([field, mask], domain=1, training=False)
-        return ndi_loss(chi, field, weight, mask, dipole, phase), tv_loss(chi, mask, cfg.label_scale)
+        return ndi_loss(chi, field, weight, mask, crop_dipole, crop_phase), tv_loss(chi, mask, cfg.label_scale)
 
     def validate():
         l1 = np.concatenate([src_terms(*b).numpy() for b in src_ds]).mean()
@@ -208,13 +252,27 @@ class Trainer:
     floors: np.ndarray | None
 
 
-def build_trainer(cfg, tf, strategy, source, target, src_val, tgt_val, phase: float, total: int) -> Trainer:
+def protocol_extras(target) -> tuple:
+    """The per-crop tensors a target batch carries for a mixed-protocol group (its protocol index)."""
+    return (np.asarray(target.protocol_index, np.float32),) if target.mixed else ()
+
+
+def target_dipole(cfg, target):
+    """The target group's dipole operator: one kernel, or a stack of one per protocol (mixed)."""
+    from daqsm.training_data.dipole import dipole_operator_stack_tf, dipole_operator_tf
+
+    if target.mixed:
+        return dipole_operator_stack_tf(target.patch_size, [(p.voxel_size_mm, p.b0_dir) for p in target.protocols],
+                                        cfg.dipole_pad)
+    return dipole_operator_tf(target.patch_size, target.voxel_size_mm, target.b0_dir, cfg.dipole_pad)
+
+
+def build_trainer(cfg, tf, strategy, source, target, src_val, tgt_val, phase, total: int) -> Trainer:
     """Network, optimizer and compiled step under `strategy` and the configured precision."""
     from daqsm.network_model.precision import needs_loss_scale, precision_policy
     from daqsm.network_model.training_loop import make_optimizer, make_train_step
     from daqsm.network_model.unet import DomainAdaptiveUNet
     from daqsm.tf_env import seed_everything
-    from daqsm.training_data.dipole import dipole_operator_tf
 
     seed_everything(cfg.seed)
     with strategy.scope(), precision_policy(cfg.precision):
@@ -224,10 +282,12 @@ def build_trainer(cfg, tf, strategy, source, target, src_val, tgt_val, phase: fl
                                    cfg.lr_decay_rate, loss_scale=needs_loss_scale(cfg.precision))
         optimizer.build(model.trainable_variables)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    dipole = dipole_operator_tf(target.patch_size, target.voxel_size_mm, target.b0_dir, cfg.dipole_pad)
-    step_fn = make_train_step(strategy, model, optimizer, build_loss_fn(model, dipole, phase, cfg))
+    dipole = target_dipole(cfg, target)
+    floors = target_floors(cfg, target, phase)
+    loss_fn = build_loss_fn(model, dipole, phase, cfg, floored=floors is not None, mixed=target.mixed)
+    step_fn = make_train_step(strategy, model, optimizer, loss_fn)
     validate = make_validate(model, dipole, phase, cfg, source, target, src_val, tgt_val)
-    return Trainer(model, optimizer, step_var, step_fn, validate, target_floors(cfg, target, phase))
+    return Trainer(model, optimizer, step_var, step_fn, validate, floors)
 
 
 def make_batches(cfg, tf, strategy, trainer: Trainer, source, target, src_train, tgt_train, steps_per_epoch: int):
@@ -238,7 +298,7 @@ def make_batches(cfg, tf, strategy, trainer: Trainer, source, target, src_train,
     epoch = int(trainer.step_var.numpy()) // steps_per_epoch  # reshuffle differently after a resume
     src_ds = group_dataset(source, src_train, cfg.batch_size, seed=cfg.seed + 7919 * epoch)
     tgt_ds = group_dataset(target, tgt_train, target_batch(cfg), seed=cfg.seed + 1 + 7919 * epoch,
-                           extras=() if trainer.floors is None else (trainer.floors,))
+                           extras=(() if trainer.floors is None else (trainer.floors,)) + protocol_extras(target))
     pairs = distribute_options(tf.data.Dataset.zip((src_ds, tgt_ds)), strategy)
     return iter(strategy.experimental_distribute_dataset(pairs))
 

@@ -287,7 +287,11 @@ def _train(cfg, tf, strategy, out, ckpt_dir, source, target, src_train, src_val,
         print(f"{PROG}: stopped at step {result.step} of {total}", file=sys.stderr)
     save_model_atomic(export_target_model(model, domain=1), model_path)
     # the training geometry beside the model, so inference can warn on a different one
-    write_model_info(model_path, target.voxel_size_mm, target.b0_dir, 2**cfg.depth, step=result.step)
+    if target.mixed:  # inference warns only on a geometry none of the protocols had
+        write_model_info(model_path, None, None, 2**cfg.depth, step=result.step,
+                         training_protocols=[p.as_json() for p in target.protocols])
+    else:
+        write_model_info(model_path, target.voxel_size_mm, target.b0_dir, 2**cfg.depth, step=result.step)
     terms = ", ".join(f"{k}={v:.4g}" for k, v in result.terms.items())
     print(f"{PROG}: step {result.step}/{total} {terms}; target model: {model_path}")
     return 0

@@ -211,3 +211,41 @@ def dipole_operator_tf(shape, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1
         return apply(x), grad
 
     return operator
+
+
+def dipole_operator_stack_tf(shape, geometries, pad=None, d0: float = 0.0):
+    """The TF forward operator for crops of one grid but several geometries (mixed-protocol targets).
+
+    Args:
+        shape: spatial shape (x, y, z) of every crop.
+        geometries: list of (voxel_size_mm, b0_dir), one kernel each.
+        pad, d0: as `dipole_operator_tf`.
+
+    Returns:
+        A function (x (batch, x, y, z) ppm, which (batch,) int32 index into `geometries`) -> (batch, x, y, z)
+        ppm: crop b is convolved with kernel which[b]. Differentiable in x (self-adjoint, as
+        `forward_field_tf`); the kernels are held once, as a constant stack.
+    """
+    import tensorflow as tf
+
+    shape = tuple(int(n) for n in shape)
+    full = fft_shape(shape, pad)
+    kernels = tf.constant(np.stack([dipole_kernel(full, vs, b0, d0) for vs, b0 in geometries]), dtype=tf.complex64)
+    padding = [[0, 0]] + [[0, f - n] for n, f in zip(shape, full)]
+
+    def operator(x, which):
+        kernel = tf.gather(kernels, tf.cast(which, tf.int32))
+
+        def apply(v):
+            if any(p[1] for p in padding):
+                v = tf.pad(v, padding)
+            y = tf.signal.irfft3d(tf.signal.rfft3d(v) * kernel, fft_length=full)
+            return y[:, : shape[0], : shape[1], : shape[2]]
+
+        @tf.custom_gradient
+        def convolve(v):
+            return apply(v), apply
+
+        return convolve(x)
+
+    return operator

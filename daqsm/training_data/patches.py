@@ -14,6 +14,10 @@ box, the same size for every target: the largest bounding box plus a margin, rou
 multiple of 16 (`bbox_crop_size`). Data consistency needs the sources of the field: the true chi's
 NDI inside a 32^3 patch is several times its whole-volume value (benchmarks/results_ndi_floor.md).
 
+Targets may come from several acquisition protocols (voxel size, B0 direction, field strength, TE):
+each crop records its own (format 3) and step 4 gives it its own dipole kernel and phase scale.
+Sources share one geometry.
+
 HDF5 layout: daqsm/training_data/formats/patch_h5.py (contract 2).
 """
 from __future__ import annotations
@@ -33,6 +37,7 @@ from daqsm.training_data.formats.patch_h5 import (  # noqa: F401  (the patch fil
     GROUP_DATASETS,
     INPUT_CONTRACT,
     PatchFileWriter,
+    Protocol,
     read_patch_file_info,
 )
 from daqsm.training_data.geometry import extract_patch, int_triple  # noqa: F401  (extract_patch: kept here for callers)
@@ -217,6 +222,10 @@ class PatchCommandConfig(PatchConfig):
     quiet: bool = param(False, "no progress bars")
 
 
+def _triple(value):
+    return None if value is None else tuple(float(v) for v in value)
+
+
 def _same(a, b, tol=1e-3) -> bool:
     if a is None or b is None:
         return a is None and b is None
@@ -269,11 +278,16 @@ def cut_patches(h5, sources, targets, config: PatchConfig, quiet: bool = True) -
             vol = inputs.load(k)
             if first is None:
                 first = vol
+            # targets may mix protocols (each crop keeps its own, format 3); the sources' field maps
+            # feed only the L1 term and share the one geometry step 2 recorded
             for attr, name in (("voxel_size_mm", "voxel size"), ("b0_dir", "B0 direction"),
-                               ("b0_tesla", "B0"), ("te_s", "TE")):
+                               ("b0_tesla", "B0"), ("te_s", "TE")) if group == "source" else ():
                 if not _same(getattr(vol, attr), getattr(first, attr)):
                     raise InputError(f"{group} {vol.label}: {name} {getattr(vol, attr)} differs from "
                                      f"{first.label} {getattr(first, attr)}; write separate patch files")
+            protocol = None
+            if group == "target":
+                protocol = Protocol(_triple(vol.voxel_size_mm), _triple(vol.b0_dir), vol.b0_tesla, vol.te_s)
             size = writer.sizes[group]
             if crop or (group == "target" and target_bbox):
                 origins = bbox_crop_origin(vol.mask, size)[None]
@@ -282,7 +296,7 @@ def cut_patches(h5, sources, targets, config: PatchConfig, quiet: bool = True) -
                 rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(group_id, k)))
                 origins = select_origins(vol.mask, size, stride_g, config.brain_threshold,
                                          config.random_crops, rng, config.grid)
-            writer.append(group, k, origins, field=vol.field_ppm, mask=vol.mask, **{third: vol.third})
+            writer.append(group, k, origins, protocol, field=vol.field_ppm, mask=vol.mask, **{third: vol.third})
         counts[group] = writer.count(group)
         if counts[group] == 0 and len(inputs) and not quiet:
             print(f"{STEP}: warning: --{group}: no patch cut from {len(inputs)} volume(s)", file=sys.stderr)

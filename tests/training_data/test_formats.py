@@ -106,7 +106,7 @@ def test_patch_file_has_one_layout(tmp_path):
     path = patch_h5.write_patch_file(tmp_path / "p.h5", {"field": field, "mask": mask, "chi": field},
                                      {"field": field[:2], "mask": mask[:2], "weight": mask[:2]}, te_s=0.01)
     with h5py.File(path, "r") as h5:
-        assert h5.attrs["format_version"] == patch_h5.FORMAT_VERSION == 2
+        assert h5.attrs["format_version"] == patch_h5.FORMAT_VERSION == 3
         assert h5["index/source_volume"][:].tolist() == [0, 1, 2]
         assert h5["source/field"][0][0, 0, 0] == 0  # field x mask
     info = patch_h5.read_patch_file_info(path)

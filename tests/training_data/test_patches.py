@@ -133,7 +133,7 @@ def test_layout_and_metadata_follow_contract_2(synth, tmp_path):
         assert list(h5["source"].attrs["files"]) == ["synth.h5"] and list(h5["target"].attrs["files"]) == ["Sim1Snr1"]
         assert h5["target"].attrs["b0_tesla"] == 7.0 and h5["target"].attrs["te_s"] == 0.012
         assert list(h5.attrs["patch_size"]) == [P] * 3 and list(h5.attrs["stride"]) == [P] * 3
-        assert h5.attrs["mode"] == "patches" and h5.attrs["units"] == "ppm" and h5.attrs["format_version"] == 2
+        assert h5.attrs["mode"] == "patches" and h5.attrs["units"] == "ppm" and h5.attrs["format_version"] == 3
         # counts: the grid patches of each volume that pass the threshold
         with h5py.File(synth["maps"], "r") as maps:
             expected = sum(len(select_origins(maps["mask"][i], (P,) * 3, (P,) * 3, 0.1)) for i in range(2))
@@ -312,3 +312,92 @@ def test_genchi_nifti_folder_with_a_folder_of_field_maps(tmp_path):
         expected = extract_patch(field * mask_vol, origin, (P,) * 3)  # field x mask
         assert vol == 1 and np.array_equal(h5["source/field"][j], expected)
         assert list(h5["source"].attrs["files"]) == ["maps"]
+
+
+def _second_protocol_case(synth, tmp_path, b0_dir=(0.0, 0.2588, 0.9659)):
+    """A copy of the synth target case at 3 T, TE 5/15/25 ms, B0 tilted 15 degrees, field made along that B0."""
+    import shutil
+
+    case = tmp_path / "T3tilt"
+    shutil.copytree(synth["case"], case)
+    chi = nib.load(case / "chi.nii.gz").get_fdata().astype(np.float32)
+    nib.save(nib.Nifti1Image(forward_field(chi, (1, 1, 1), b0_dir), np.eye(4)), case / "local_field.nii.gz")
+    info = json.load(open(case / "case.json"))
+    info.update(b0_tesla=3.0, te_s=[0.005, 0.015, 0.025], b0_dir=list(b0_dir))
+    json.dump(info, open(case / "case.json", "w"))
+    return case
+
+
+def test_targets_of_several_protocols_each_keep_theirs(synth, tmp_path):
+    """Format 3: target crops of two protocols in one file, each crop indexed to its own (B0, TE, B0
+    direction); the group's scalar attrs are NaN so nothing can use one protocol for all."""
+    from daqsm.network_model.data import read_patch_group
+
+    second = _second_protocol_case(synth, tmp_path)
+    out = tmp_path / "mixed.h5"
+    assert patch_main("--source", synth["maps"], "--target", synth["case"], second, "-o", out,
+                      "--patch-size", 16) == 0
+    with h5py.File(out, "r") as h5:
+        protocols = json.loads(h5["target"].attrs["protocols"])
+        volume, which = h5["index/target_volume"][()], h5["index/target_protocol"][()]
+        assert np.isnan(h5["target"].attrs["b0_tesla"]) and np.all(np.isnan(h5["target"].attrs["b0_dir"]))
+    assert [(p["b0_tesla"], p["te_s"]) for p in protocols] == [(7.0, 0.012), (3.0, 0.015)]
+    np.testing.assert_allclose(protocols[1]["b0_dir"], (0.0, 0.2588, 0.9659))
+    assert volume.tolist() == [0, 1] and which.tolist() == [0, 1]
+    group = read_patch_group(out, "target")
+    assert group.mixed and group.b0_tesla is None and group.voxel_size_mm is None
+    assert [p.b0_tesla for p in group.crop_protocols()] == [7.0, 3.0]
+    # one protocol: the scalar attrs as before, and the reader sees one protocol
+    single = tmp_path / "single.h5"
+    assert patch_main("--source", synth["maps"], "--target", synth["case"], "-o", single, "--patch-size", 16) == 0
+    group = read_patch_group(single, "target")
+    assert not group.mixed and group.b0_tesla == 7.0 and group.te_s == 0.012 and group.b0_dir == (0.0, 0.0, 1.0)
+
+
+def test_mixed_protocol_patches_train_with_each_crops_kernel(synth, tmp_path):
+    """Step 4 on a mixed-protocol file: the true chi of each crop leaves (almost) no NDI through the crop's
+    own kernel and phase scale, and much more through the other protocol's; a short run trains and
+    records both protocols beside the model."""
+    pytest.importorskip("tensorflow")
+    import tensorflow as tf
+
+    from daqsm.network_model.data import read_patch_group
+    from daqsm.network_model.losses import ndi_loss
+    from daqsm.network_model.model_info import geometry_warning, read_model_info
+    from daqsm.network_model.pretrain_core import crop_physics, phase_scale, target_dipole
+    from daqsm.network_model.train_model import train
+
+    second = _second_protocol_case(synth, tmp_path)
+    out = tmp_path / "mixed.h5"
+    assert patch_main("--source", synth["maps"], "--target", synth["case"], second, "-o", out,
+                      "--patch-size", 16) == 0
+    target = read_patch_group(out, "target")
+    cfg = train.PretrainConfig(depth=1, base_filters=4)
+    phase = phase_scale(cfg, target)
+    np.testing.assert_allclose(phase, [2 * np.pi * 42.577478 * 7 * 0.012, 2 * np.pi * 42.577478 * 3 * 0.015], rtol=1e-4)
+    with h5py.File(out, "r") as h5:
+        field, mask = h5["target/field"][()][..., None], h5["target/mask"][()][..., None]
+        origins = h5["index/target_origin"][()]
+    chi = np.stack([extract_patch(nib.load(case / "chi.nii.gz").get_fdata().astype(np.float32), o, field.shape[1:4])
+                    for case, o in zip((synth["case"], second), origins)])[..., None] * mask
+    dipole = target_dipole(cfg, target)
+
+    def ndi(which):
+        crop_dipole, crop_phase = crop_physics(dipole, phase, (tf.constant(which, tf.float32),), True)
+        return ndi_loss(tf.constant(chi), tf.constant(field), tf.constant(mask), tf.constant(mask), crop_dipole,
+                        crop_phase).numpy()
+
+    own, swapped = ndi([0, 1]), ndi([1, 0])
+    assert np.all(swapped > 20 * own), (own, swapped)
+    run = tmp_path / "run"
+    assert train.main(["--datasets_path", str(out), "--run_dir", str(run), "--depth", "1", "--base_filters", "4",
+                       "--batch_size", "2", "--target_batch_size", "2", "--max_steps", "2", "--val_fraction", "0.5",
+                       "--validate_every", "1",
+                       "--progress", "false"]) == 0
+    log = (run / "log.csv").read_text().splitlines()
+    assert "val_ndi" in log[0] and all("nan" not in line for line in log[1:])
+    info = read_model_info(run / "target_model.keras")
+    assert [p["b0_tesla"] for p in info["training_protocols"]] == [7.0, 3.0] and "b0_dir" not in info
+    assert geometry_warning(info, (1, 1, 1), (0.0, 0.2588, 0.9659)) is None
+    assert geometry_warning(info, (1, 1, 1), (0.0, 0.0, 1.0)) is None
+    assert "training geometries" in geometry_warning(info, (1, 1, 1), (1.0, 0.0, 0.0))

@@ -1,18 +1,26 @@
 """Patch HDF5 (data contract 2): written by step 3 (genRDFPatchesSyn.py), read by step 4.
 
-HDF5 layout (contract 2, format_version 2):
+HDF5 layout (contract 2, format_version 3):
     /source/field, /source/mask, /source/chi     float32 (N, px, py, pz)
     /target/field, /target/mask, /target/weight  float32 (M, qx, qy, qz)  (sizes may differ)
         chunks (1, px, py, pz), lzf or gzip; field and chi in ppm, mask 0/1, weight in [0, 1];
         field, chi and weight are 0 outside the mask (the network's input contract)
     /source, /target attrs: voxel_size_mm (3), b0_dir (3), files (list of str), patch_size (3);
-        /target also b0_tesla, te_s (TE of the weighting echo) — NaN when unknown
+        /target also b0_tesla, te_s (TE of the weighting echo) — NaN when unknown, or when the
+        target crops come from several acquisition protocols (then see `protocols`)
+    /target attr protocols: JSON list of the distinct protocols of the target crops, each
+        {"voxel_size_mm", "b0_dir", "b0_tesla", "te_s"} (null = unknown)   [format_version 3]
     root attrs: patch_size (3 ints, the source's), stride (3 ints, -1s in crop mode), mode,
         target_mode ("bbox" | "patches"), units="ppm", input_contract="field*mask",
-        format_version=2 (+ brain_threshold, seed, config JSON)
+        format_version=3 (+ brain_threshold, seed, config JSON)
     /index/source_volume, /index/target_volume   int32 (N,), (M,)  which input volume
     /index/source_origin, /index/target_origin   int32 (N, 3), (M, 3) patch start (may be < 0
         in crop mode, where the crop is padded)
+    /index/target_protocol   int32 (M,)  each target crop's entry of `protocols`   [format_version 3]
+
+Version 3 lets one file hold targets of several protocols (field strengths, echo times, B0
+directions, voxel sizes: step 4 gives every crop its own dipole kernel and phase scale); a version-2
+file (no `protocols`) is read as one protocol, the group attrs'.
 
 `PatchFileWriter` is the one writer (step 3 and `write_patch_file` for in-memory arrays);
 `read_patch_group` checks a group against the contract, `read_patch_file_info` summarises a file.
@@ -29,10 +37,59 @@ import numpy as np
 from daqsm.errors import InputError
 from daqsm.training_data.geometry import extract_patch
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 INPUT_CONTRACT = "field*mask"
 GROUP_DATASETS = {"source": ("field", "mask", "chi"), "target": ("field", "mask", "weight")}
 SOURCE_KEYS, TARGET_KEYS = GROUP_DATASETS["source"], GROUP_DATASETS["target"]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The acquisition a target crop comes from: what its dipole kernel and NDI phase scale need.
+
+    voxel_size_mm, b0_dir: 3 floats each; b0_tesla, te_s: the weighting echo's (None: unknown).
+    """
+
+    voxel_size_mm: tuple | None
+    b0_dir: tuple | None
+    b0_tesla: float | None = None
+    te_s: float | None = None
+
+    def same_as(self, other: "Protocol", tol: float = 1e-3) -> bool:
+        """Equal within `tol` (an unknown value equals only an unknown one)."""
+        return all(_close(getattr(self, k), getattr(other, k), tol) for k in Protocol.__dataclass_fields__)
+
+    def as_json(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_json(cls, item: dict) -> "Protocol":
+        def triple(value):
+            return None if value is None else tuple(float(v) for v in value)
+
+        def number(value):
+            return None if value is None or not math.isfinite(float(value)) else float(value)
+
+        return cls(triple(item.get("voxel_size_mm")), triple(item.get("b0_dir")), number(item.get("b0_tesla")),
+                   number(item.get("te_s")))
+
+
+def _close(a, b, tol) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return bool(np.allclose(a, b, atol=tol))
+
+
+def protocol_table(protocols) -> tuple[list, np.ndarray]:
+    """(distinct protocols in order of first appearance, int32 index of each input) for a Protocol list."""
+    distinct, index = [], []
+    for item in protocols:
+        found = next((k for k, seen in enumerate(distinct) if seen.same_as(item)), None)
+        if found is None:
+            distinct.append(item)
+            found = len(distinct) - 1
+        index.append(found)
+    return distinct, np.asarray(index, np.int32)
 
 
 class PatchFileWriter:
@@ -67,6 +124,8 @@ class PatchFileWriter:
         for group_name in GROUP_DATASETS:
             index.create_dataset(f"{group_name}_volume", (0,), np.int32, maxshape=(None,), chunks=(1024,))
             index.create_dataset(f"{group_name}_origin", (0, 3), np.int32, maxshape=(None, 3), chunks=(1024, 3))
+        index.create_dataset("target_protocol", (0,), np.int32, maxshape=(None,), chunks=(1024,))
+        self._protocols: list = []  # the target group's distinct protocols, in order of first use
         h5.attrs["patch_size"] = np.asarray(self.patch_size, dtype=np.int64)
         h5.attrs["stride"] = np.asarray(stride, dtype=np.int64)
         h5.attrs["mode"] = mode
@@ -82,8 +141,12 @@ class PatchFileWriter:
     def count(self, group_name: str) -> int:
         return int(self.h5[group_name]["field"].shape[0])
 
-    def append(self, group_name: str, volume_index: int, origins, **volumes) -> int:
+    def append(self, group_name: str, volume_index: int, origins, protocol: Protocol | None = None,
+               **volumes) -> int:
         """Cut the patches at `origins` from each named volume (the group's three) and append them.
+
+        protocol: the target volume's acquisition (required for the target group; its crops are
+            indexed into the group's `protocols`).
 
         Returns:
             The number of patches appended.
@@ -91,6 +154,8 @@ class PatchFileWriter:
         names = GROUP_DATASETS[group_name]
         if set(volumes) != set(names):
             raise ValueError(f"{group_name} needs volumes {names}, got {sorted(volumes)}")
+        if group_name == "target" and protocol is None:
+            raise ValueError("target patches need their protocol")
         origins = np.asarray(origins, dtype=np.int64).reshape(-1, 3)
         k = len(origins)
         if k == 0:
@@ -109,11 +174,31 @@ class PatchFileWriter:
         org.resize(start + k, axis=0)
         vol[start:] = volume_index
         org[start:] = origins
+        if group_name == "target":
+            distinct, _ = protocol_table(self._protocols + [protocol])
+            self._protocols = distinct
+            which = next(i for i, seen in enumerate(distinct) if seen.same_as(protocol))
+            dset = index["target_protocol"]
+            dset.resize(start + k, axis=0)
+            dset[start:] = which
         return k
 
+    def protocols(self) -> list:
+        """The target group's distinct protocols so far."""
+        return list(self._protocols)
+
     def set_group_attrs(self, group_name: str, voxel_size_mm, b0_dir, files, b0_tesla=None, te_s=None) -> None:
+        """The group's geometry and files; for the target group with crops of several protocols the
+        scalar attrs are NaN and `protocols` lists them (`voxel_size_mm`... are then ignored)."""
         attrs = self.h5[group_name].attrs
         nan3 = [float("nan")] * 3
+        if group_name == "target" and self._protocols:
+            attrs["protocols"] = json.dumps([p.as_json() for p in self._protocols])
+            if len(self._protocols) > 1:
+                voxel_size_mm = b0_dir = b0_tesla = te_s = None
+            else:
+                only = self._protocols[0]
+                voxel_size_mm, b0_dir, b0_tesla, te_s = only.voxel_size_mm, only.b0_dir, only.b0_tesla, only.te_s
         attrs["voxel_size_mm"] = np.asarray(voxel_size_mm if voxel_size_mm is not None else nan3, dtype=np.float64)
         attrs["b0_dir"] = np.asarray(b0_dir if b0_dir is not None else nan3, dtype=np.float64)
         from daqsm.outputs import storable_text
@@ -149,7 +234,8 @@ def write_patch_file(path, source: dict, target: dict, voxel_size_mm=(1.0, 1.0, 
                 for key in volumes:
                     if key != "mask":
                         volumes[key] = np.where(inside, volumes[key], np.float32(0))
-                writer.append(name, i, np.zeros((1, 3), np.int64), **volumes)
+                protocol = Protocol(tuple(voxel_size_mm), tuple(b0_dir), b0_tesla, te_s) if name == "target" else None
+                writer.append(name, i, np.zeros((1, 3), np.int64), protocol, **volumes)
         for name in GROUP_DATASETS:
             writer.set_group_attrs(name, voxel_size_mm, b0_dir, files, b0_tesla, te_s)
     return str(path)
@@ -192,6 +278,9 @@ class PatchGroup:
         patch_size: (px, py, pz); voxel_size_mm, b0_dir: geometry of every patch.
         b0_tesla, te_s: acquisition of the weighting echo (None when unknown).
         keys: the datasets read per patch (a missing `/target/weight` falls back to the mask).
+        protocols: the distinct Protocols of a target group whose crops come from several (then
+            voxel_size_mm, b0_dir, b0_tesla and te_s are None); () for one protocol.
+        protocol_index: int32 (count,), each crop's entry of `protocols`; None for one protocol.
     """
 
     path: str
@@ -203,6 +292,19 @@ class PatchGroup:
     b0_tesla: float | None
     te_s: float | None
     keys: tuple
+    protocols: tuple = ()
+    protocol_index: object = None
+
+    @property
+    def mixed(self) -> bool:
+        """Crops of several protocols (each needs its own kernel and phase scale)."""
+        return len(self.protocols) > 1
+
+    def crop_protocols(self) -> list:
+        """The Protocol of every crop, (count,)."""
+        if not self.mixed:
+            return [Protocol(self.voxel_size_mm, self.b0_dir, self.b0_tesla, self.te_s)] * self.count
+        return [self.protocols[int(i)] for i in self.protocol_index]
 
 
 def _attr_float(attrs, key):
@@ -245,10 +347,34 @@ def read_patch_group(path, group: str) -> PatchGroup:
             raise InputError(f"{path}: /{group} holds no patches")
         check_input_contract(path, group, grp, first[0])
         attrs = dict(grp.attrs)
+        protocols, index = _read_protocols(path, h5, group, attrs, int(first[0]))
+    if len(protocols) > 1:
+        return PatchGroup(path, group, int(first[0]), tuple(int(n) for n in first[1:]), None, None, None, None,
+                          keys, tuple(protocols), index)
     return PatchGroup(path, group, int(first[0]), tuple(int(n) for n in first[1:]),
                       tuple(float(v) for v in attrs.get("voxel_size_mm", (1.0, 1.0, 1.0))),
                       tuple(float(v) for v in attrs.get("b0_dir", (0.0, 0.0, 1.0))),
                       _attr_float(attrs, "b0_tesla"), _attr_float(attrs, "te_s"), keys)
+
+
+def _read_protocols(path, h5, group: str, attrs: dict, count: int) -> tuple[list, np.ndarray | None]:
+    """The target group's distinct protocols and each crop's index (format 3); ([], None) otherwise."""
+    if group != "target" or "protocols" not in attrs:
+        return [], None
+    try:
+        items = json.loads(_plain(attrs["protocols"]) if not isinstance(attrs["protocols"], str)
+                           else attrs["protocols"])
+        protocols = [Protocol.from_json(item) for item in items]
+    except (TypeError, ValueError, AttributeError):
+        raise InputError(f"{path}: /target attr protocols: expected a JSON list of protocols, cannot read it") from None
+    if len(protocols) < 2:
+        return protocols, None
+    index = np.asarray(h5["index"]["target_protocol"][...], np.int32) if "target_protocol" in h5.get("index", {}) \
+        else None
+    if index is None or index.shape != (count,) or index.min() < 0 or index.max() >= len(protocols):
+        raise InputError(f"{path}: /index/target_protocol: expected {count} indices into the {len(protocols)} "
+                         "protocols of /target, found none or out of range; rewrite the file with step 3")
+    return protocols, index
 
 
 def check_input_contract(path: str, group: str, grp, count: int, samples: int = 4) -> None:
