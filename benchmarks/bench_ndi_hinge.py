@@ -32,7 +32,7 @@ def main(argv=None) -> int:
 
     from daqsm.network_model.data import load_patch_group, read_patch_group
     from daqsm.network_model.losses import ndi_loss
-    from daqsm.network_model.pretrain_core import phase_scale, target_floors
+    from daqsm.network_model.pretrain_core import crop_phases, phase_scale, target_floors
     from daqsm.network_model.pretraining import PretrainConfig
     from daqsm.training_data.dipole import dipole_operator_tf
     from daqsm.training_data.patches import extract_patch
@@ -45,7 +45,13 @@ def main(argv=None) -> int:
     with h5py.File(args.patches, "r") as h5:
         volumes, origins = h5["index/target_volume"][()], h5["index/target_origin"][()]
         cases = [str(f) for f in h5["target"].attrs["files"]]
-    dipole = dipole_operator_tf(target.patch_size, target.voxel_size_mm, target.b0_dir, "none")
+    protocols = target.crop_protocols()  # one per crop (a mixed-protocol file: each its own kernel and scale)
+    dipoles = {}
+    for p in protocols:
+        key = (p.voxel_size_mm, p.b0_dir)
+        if key not in dipoles:
+            dipoles[key] = dipole_operator_tf(target.patch_size, p.voxel_size_mm, p.b0_dir, "none")
+    phases = crop_phases(target, phase)
     field, mask, weight = target.arrays
     truth_ndi = np.zeros(target.count)
     for v, case in enumerate(cases):
@@ -53,8 +59,10 @@ def main(argv=None) -> int:
         for i in np.flatnonzero(volumes == v):
             crop = extract_patch(chi, origins[i], target.patch_size) * mask[i]
             batch = [tf.constant(a[None, ..., None]) for a in (crop, field[i], weight[i], mask[i])]
-            truth_ndi[i] = float(ndi_loss(batch[0], batch[1], batch[2], batch[3], dipole, phase)[0])
-    print(f"{target.count} target crops {target.patch_size}, phase scale {phase:.2f} rad/ppm\n")
+            dipole = dipoles[(protocols[i].voxel_size_mm, protocols[i].b0_dir)]
+            truth_ndi[i] = float(ndi_loss(batch[0], batch[1], batch[2], batch[3], dipole, float(phases[i]))[0])
+    scales = ", ".join(f"{v:.2f}" for v in sorted(set(np.round(phases, 2))))
+    print(f"{target.count} target crops {target.patch_size}, phase scale {scales} rad/ppm\n")
     print("| case | crops | truth's NDI (mean) | noise floor, tau 1 (mean) | truth / floor |")
     print("|---|---:|---:|---:|---:|")
     for v, case in enumerate(cases):
