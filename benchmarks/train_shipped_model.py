@@ -38,6 +38,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESOLUTION_MM = 1.0
+#: further target sets (`--extra-targets`): other protocols than the built-in cases' 7 T / B0 along z, as
+#: `daqsm-simulate` options, the case-folder prefix and the simulation seed (another noise and texture draw)
+EXTRA_TARGETS = {
+    # 3 T, four echoes 5-35 ms, B0 tilted 15 degrees from the third axis towards the second (a tilted head)
+    "3T-tilt15": ("T3tilt_", 1, ["--b0-tesla", 3, "--te", 0.005, 0.015, 0.025, 0.035, "--b0-dir", 0, 0.2588, 0.9659]),
+}
 
 
 def _run(title: str, main, argv) -> None:
@@ -66,6 +72,9 @@ def main(argv=None) -> int:
     # first runs' 12 maps would be seen ~55 times (the original used 500 maps for 6 epochs)
     parser.add_argument("--maps", type=int, default=48, help="synthetic source maps (step 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extra-targets", nargs="*", default=[], choices=sorted(EXTRA_TARGETS),
+                        help="more target cases of other protocols beside the four 7 T ones (one patch file, "
+                        "each crop with its own kernel and phase scale)")
     parser.add_argument("--install", action="store_true", help="copy the model into daqsm/models/ + manifest")
     parser.add_argument("--install-model", default=None, help="with --install: this model file (e.g. one chunk's "
                         "snapshot) instead of the run's target_model.keras")
@@ -89,6 +98,14 @@ def main(argv=None) -> int:
     if not (work / "targets" / "Sim2Snr2" / "local_field.nii.gz").exists():
         _run("targets", simulate.main, ["--source", "builtin", "-o", work / "targets", "--resolution", RESOLUTION_MM,
                                         "--seed", args.seed, "--quiet", "--overwrite"])
+    for name in args.extra_targets:
+        prefix, seed, options = EXTRA_TARGETS[name]
+        if not (work / "targets" / f"{prefix}Sim2Snr2" / "local_field.nii.gz").exists():
+            staging = work / f"targets_{name}"
+            _run(f"targets {name}", simulate.main, ["--source", "builtin", "-o", staging, "--resolution", RESOLUTION_MM,
+                                                    "--seed", seed, *options, "--quiet", "--overwrite"])
+            for case in sorted(p for p in staging.iterdir() if p.is_dir()):
+                case.rename(work / "targets" / f"{prefix}{case.name}")
     cases = sorted(p for p in (work / "targets").iterdir() if p.is_dir())
     if not (work / "step1_chi.h5").exists():
         _run("step 1", genChi.main, [work / "source" / "chi.nii.gz", "--mask", work / "source" / "mask.nii.gz",
