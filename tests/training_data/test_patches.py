@@ -390,6 +390,10 @@ def test_mixed_protocol_patches_train_with_each_crops_kernel(synth, tmp_path):
     own, swapped = ndi([0, 1]), ndi([1, 0])
     assert np.all(swapped > 20 * own), (own, swapped)
     run = tmp_path / "run"
+    # one phase scale cannot serve both protocols: refused before anything is written
+    assert train.main(["--datasets_path", str(out), "--run_dir", str(run), "--phase_rad_per_ppm", "20",
+                       "--max_steps", "1", "--progress", "false"]) == 2
+    assert not run.exists()
     assert train.main(["--datasets_path", str(out), "--run_dir", str(run), "--depth", "1", "--base_filters", "4",
                        "--batch_size", "2", "--target_batch_size", "2", "--max_steps", "2", "--val_fraction", "0.5",
                        "--validate_every", "1",
