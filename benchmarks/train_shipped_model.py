@@ -39,10 +39,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESOLUTION_MM = 1.0
 #: further target sets (`--extra-targets`): other protocols than the built-in cases' 7 T / B0 along z, as
-#: `daqsm-simulate` options, the case-folder prefix and the simulation seed (another noise and texture draw)
+#: the case-folder prefix, the simulation seed (another noise and texture draw), `daqsm-simulate` options,
+#: and the phrase the manifest's known limits use for the protocol
 EXTRA_TARGETS = {
     # 3 T, four echoes 5-35 ms, B0 tilted 15 degrees from the third axis towards the second (a tilted head)
-    "3T-tilt15": ("T3tilt_", 1, ["--b0-tesla", 3, "--te", 0.005, 0.015, 0.025, 0.035, "--b0-dir", 0, 0.2588, 0.9659]),
+    "3T-tilt15": ("T3tilt_", 1, ["--b0-tesla", 3, "--te", 0.005, 0.015, 0.025, 0.035, "--b0-dir", 0, 0.2588, 0.9659],
+                  "3 T (TE 5-35 ms) with B0 15 degrees from the third axis"),
 }
 
 
@@ -99,7 +101,7 @@ def main(argv=None) -> int:
         _run("targets", simulate.main, ["--source", "builtin", "-o", work / "targets", "--resolution", RESOLUTION_MM,
                                         "--seed", args.seed, "--quiet", "--overwrite"])
     for name in args.extra_targets:
-        prefix, seed, options = EXTRA_TARGETS[name]
+        prefix, seed, options, _ = EXTRA_TARGETS[name]
         if not (work / "targets" / f"{prefix}Sim2Snr2" / "local_field.nii.gz").exists():
             staging = work / f"targets_{name}"
             _run(f"targets {name}", simulate.main, ["--source", "builtin", "-o", staging, "--resolution", RESOLUTION_MM,
@@ -130,11 +132,19 @@ def main(argv=None) -> int:
     if args.install:
         from daqsm.network_model import shipped
 
+        target_domain = domain = None
+        if args.extra_targets:
+            target_domain = shipped.BUILTIN_TARGETS.format(res=RESOLUTION_MM) + "; and " + "; ".join(
+                f"daqsm-simulate --source builtin --resolution {RESOLUTION_MM:g} --seed {EXTRA_TARGETS[n][1]} "
+                f"{shlex.join(map(str, EXTRA_TARGETS[n][2]))}: the same four as {EXTRA_TARGETS[n][0]}Sim{{1,2}}Snr{{1,2}} "
+                f"({EXTRA_TARGETS[n][3]})" for n in args.extra_targets)
+            domain = (f"{RESOLUTION_MM:g} mm isotropic voxels; 7 T with B0 along the third voxel axis, and "
+                      + ", and ".join(EXTRA_TARGETS[n][3] for n in args.extra_targets))
         dest = shipped.install_model(args.install_model or model, command="nice -n 10 python benchmarks/train_shipped_model.py "
                                      + shlex.join(argv if argv is not None else sys.argv[1:]),
                                      steps=args.install_steps or args.steps, resolution_mm=RESOLUTION_MM, n_maps=args.maps,
                                      target_crop=args.target_crop, warning=args.warning,
-                                     ndi_floor=args.ndi_floor)
+                                     ndi_floor=args.ndi_floor, target_domain=target_domain, domain=domain)
         print(f"installed {dest}", file=sys.stderr)
     return 0
 

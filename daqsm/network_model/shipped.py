@@ -35,7 +35,7 @@ KNOWN_LIMITS = [
     "trained on simulations of one built-in head phantom (MNI ICBM 152 anatomy), not on in-vivo data; "
     "on the 2016 in-vivo challenge data (3 T) it is worse than TKD and L2, pre-trained and fine-tuned "
     "(docs/model-card.md)",
-    "target domain: 1 mm isotropic voxels, B0 along the third voxel axis, 7 T; other voxel sizes and B0 "
+    "target domain: {domain}; other voxel sizes and B0 "
     "directions run (the fine-tuning loss uses the input's own geometry) but the pre-trained map is biased "
     "(daqsm-infer warns)",
     "a CPU-sized network (U-Net depth 4, 8 base filters) pre-trained for {steps} steps (recipe.pretrain_steps) "
@@ -112,9 +112,21 @@ def is_shipped(path) -> bool:
         return False
 
 
+#: the target domain of the four built-in 7 T cases (what the model was trained on before --extra-targets)
+BUILTIN_TARGETS = ("daqsm-simulate --source builtin --resolution {res:g} --seed 0: the four RC2-like cases "
+                   "Sim{{1,2}}Snr{{1,2}} (7 T, B0 along the third axis)")
+BUILTIN_DOMAIN = "{res:g} mm isotropic voxels, B0 along the third voxel axis, 7 T"
+
+
 def install_model(src, command: str, steps: int, resolution_mm: float, n_maps: int, target_crop: int = 128,
-                  warning: str | None = None, ndi_floor: str | None = None) -> str:
-    """Copy a trained target model (and its model-info sidecar) into model_dir() and write its manifest."""
+                  warning: str | None = None, ndi_floor: str | None = None, target_domain: str | None = None,
+                  domain: str | None = None) -> str:
+    """Copy a trained target model (and its model-info sidecar) into model_dir() and write its manifest.
+
+    target_domain: how the target cases were made (default: the four built-in 7 T cases); domain: the
+    protocols they cover, one phrase for the known limits (default: the built-in cases'). The training
+    geometry comes from the model's sidecar: several `training_protocols` are listed as such.
+    """
     import keras
     import tensorflow as tf
 
@@ -126,6 +138,13 @@ def install_model(src, command: str, steps: int, resolution_mm: float, n_maps: i
     shutil.copyfile(src, dest)
     if os.path.isfile(info_path(src)):
         shutil.copyfile(info_path(src), info_path(dest))
+    from daqsm.network_model.model_info import read_model_info
+
+    protocols = read_model_info(dest).get("training_protocols")
+    geometry = {"voxel_size_mm": [resolution_mm] * 3, "b0_dir": [0.0, 0.0, 1.0]}
+    if protocols:
+        geometry = {"voxel_size_mm": [resolution_mm] * 3,
+                    "protocols": [{k: p[k] for k in ("b0_dir", "b0_tesla", "te_s")} for p in protocols]}
     manifest = {
         "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "file": MODEL_NAME,
         "sha256": file_sha256(dest), "size_bytes": dest.stat().st_size,
@@ -135,13 +154,13 @@ def install_model(src, command: str, steps: int, resolution_mm: float, n_maps: i
             "source_domain": f"built-in phantom (MNI ICBM 152 2009a anatomy in nilearn's wheel; texture seed 1000, "
                              f"no calcification) at {resolution_mm:g} mm -> {n_maps} synthetic maps (step 1) and "
                              "their fields (step 2)",
-            "target_domain": f"daqsm-simulate --source builtin --resolution {resolution_mm:g} --seed 0: the four "
-                             "RC2-like cases Sim{1,2}Snr{1,2} (7 T, B0 along the third axis)",
+            "target_domain": target_domain or BUILTIN_TARGETS.format(res=resolution_mm),
             "not_used": "the 2016 QSM challenge data and the RC2 segmentation (not redistributable)"},
         "recipe": {"pretrain_steps": steps, "depth": 4, "base_filters": 8, "source_patch": 64, "target_crop": target_crop,
                    "batch": [2, 1], "optimizer": "Adam 1e-3, cosine", "ndi_floor": ndi_floor},
-        "training_geometry": {"voxel_size_mm": [resolution_mm] * 3, "b0_dir": [0.0, 0.0, 1.0]},
-        "known_limits": [limit.format(steps=steps) for limit in KNOWN_LIMITS],
+        "training_geometry": geometry,
+        "known_limits": [limit.format(steps=steps, domain=domain or BUILTIN_DOMAIN.format(res=resolution_mm))
+                         for limit in KNOWN_LIMITS],
         "model_card": "docs/model-card.md",
     }
     if warning:

@@ -137,6 +137,26 @@ def test_manifest_pins_the_file_and_says_how_it_was_made(model_dir):
     assert shipped.default_model_path() == str(path)
 
 
+def test_a_model_trained_on_several_protocols_lists_them_in_its_manifest(tmp_path, monkeypatch):
+    """A model pre-trained on mixed-protocol targets (its sidecar's training_protocols): the manifest lists each
+    protocol's B0, TE and direction, and the known limits name the domain given, not the 7 T default."""
+    from daqsm.network_model.model_info import write_model_info
+
+    src = build_tiny_target_model(tmp_path / "run" / "target_model.keras")
+    protocols = [{"voxel_size_mm": [1, 1, 1], "b0_dir": [0, 0, 1], "b0_tesla": 7.0, "te_s": 0.012},
+                 {"voxel_size_mm": [1, 1, 1], "b0_dir": [0, 0.2588, 0.9659], "b0_tesla": 3.0, "te_s": 0.015}]
+    write_model_info(src, divisor=4, training_protocols=protocols)
+    monkeypatch.setenv(shipped.MODEL_DIR_ENV, str(tmp_path / "models"))
+    shipped.install_model(src, command="python benchmarks/train_shipped_model.py --work w --install", steps=3,
+                          resolution_mm=1.0, n_maps=2, target_crop=32, target_domain="eight cases, two protocols",
+                          domain="1 mm; 7 T along z, and 3 T tilted")
+    manifest = shipped.read_manifest()
+    assert [p["b0_tesla"] for p in manifest["training_geometry"]["protocols"]] == [7.0, 3.0]
+    assert manifest["training_geometry"]["voxel_size_mm"] == [1.0, 1.0, 1.0]
+    assert manifest["training_data"]["target_domain"] == "eight cases, two protocols"
+    assert any("target domain: 1 mm; 7 T along z, and 3 T tilted;" in limit for limit in manifest["known_limits"])
+
+
 def test_a_changed_file_is_one_clear_error(model_dir):
     from daqsm.network_model.model_info import load_model_file
 
