@@ -344,6 +344,7 @@ def test_targets_of_several_protocols_each_keep_theirs(synth, tmp_path):
     assert [(p["b0_tesla"], p["te_s"]) for p in protocols] == [(7.0, 0.012), (3.0, 0.015)]
     np.testing.assert_allclose(protocols[1]["b0_dir"], (0.0, 0.2588, 0.9659))
     assert volume.tolist() == [0, 1] and which.tolist() == [0, 1]
+    assert [p["b0_tesla"] for p in read_patch_file_info(out)["target"]["protocols"]] == [7.0, 3.0]
     group = read_patch_group(out, "target")
     assert group.mixed and group.b0_tesla is None and group.voxel_size_mm is None
     assert [p.b0_tesla for p in group.crop_protocols()] == [7.0, 3.0]

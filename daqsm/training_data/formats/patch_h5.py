@@ -261,7 +261,7 @@ def _plain(value):
         return value.decode()
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, str) and value.startswith("{"):
+    if isinstance(value, str) and (value.startswith("{") or value.startswith("[{")):  # config, protocols
         try:
             return json.loads(value)
         except ValueError:
