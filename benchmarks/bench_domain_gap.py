@@ -7,7 +7,8 @@ Gaussian noise at the level estimated from the measured field (daqsm.qc.noise). 
 idealised ones; rmse as in RC2 tables (`daqsm.metrics`, x100, against the case's chi.nii.gz). If the
 network's rmse on D * chi stays far above TKD's, the gap is in the learned mapping, not in the data.
 On D * chi also: the slope of the map against the truth (least squares, demeaned, in the mask) and the
-error split at a 3-voxel Gaussian low-pass (percent of the truth's norm, as rmse): low / high.
+error split at a 3-voxel Gaussian low-pass (demeaned in the mask, percent of the truth's norm, as the
+rmse): low / high.
 `--tile N` (default 96, the command's) or `--tile 0` (the whole volume in one pass).
 
 Command (from the repository root; T = case folders from `daqsm-simulate`):
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     def slope_split(chi, truth, mask):
         inside = mask > 0
         x, y = chi[inside] - chi[inside].mean(), truth[inside] - truth[inside].mean()
-        error = (chi - truth) * mask
+        error = ((chi - chi[inside].mean()) - (truth - truth[inside].mean())) * mask  # demeaned, as the rmse
         low = gaussian_filter(error, 3.0) * mask
         norm = np.linalg.norm(y) / 100.0
         return (float(np.dot(x, y) / np.dot(y, y)), np.linalg.norm(low[inside]) / norm,
