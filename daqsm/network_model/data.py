@@ -95,7 +95,7 @@ def group_from_arrays(group: str, arrays: dict, attrs: dict | None = None, name:
 
     return LoadedPatchGroup(name, group, int(mask.shape[0]), tuple(int(n) for n in mask.shape[1:]),
                             known("voxel_size_mm", (1.0, 1.0, 1.0)), known("b0_dir", (0.0, 0.0, 1.0)),
-                            known("b0_tesla"), known("te_s"), keys, tuple(out[key] for key in keys))
+                            known("b0_tesla"), known("te_s"), keys, arrays=tuple(out[key] for key in keys))
 
 
 def split_indices(count: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -138,9 +138,10 @@ def install_model(src, command: str, steps: int, resolution_mm: float, n_maps: i
     shutil.copyfile(src, dest)
     if os.path.isfile(info_path(src)):
         shutil.copyfile(info_path(src), info_path(dest))
-    from daqsm.network_model.model_info import read_model_info
-
-    protocols = read_model_info(dest).get("training_protocols")
+    protocols = None
+    if os.path.isfile(info_path(dest)):  # read here, not through model_info (which imports this module)
+        with open(info_path(dest), encoding="utf-8") as fh:
+            protocols = json.load(fh).get("training_protocols")
     geometry = {"voxel_size_mm": [resolution_mm] * 3, "b0_dir": [0.0, 0.0, 1.0]}
     if protocols:
         geometry = {"voxel_size_mm": [resolution_mm] * 3,
