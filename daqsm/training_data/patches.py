@@ -39,6 +39,7 @@ from daqsm.training_data.formats.patch_h5 import (  # noqa: F401  (the patch fil
     PatchFileWriter,
     Protocol,
     read_patch_file_info,
+    same_value,
 )
 from daqsm.training_data.geometry import extract_patch, int_triple  # noqa: F401  (extract_patch: kept here for callers)
 from daqsm.training_data.units import FIELD_UNITS
@@ -222,16 +223,6 @@ class PatchCommandConfig(PatchConfig):
     quiet: bool = param(False, "no progress bars")
 
 
-def _triple(value):
-    return None if value is None else tuple(float(v) for v in value)
-
-
-def _same(a, b, tol=1e-3) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return bool(np.allclose(a, b, atol=tol))
-
-
 def write_patches(out, sources, targets, config: PatchConfig, quiet: bool = False) -> dict:
     """Cut and write all patches to `out` (temp file + rename). Returns counts and timing.
 
@@ -282,12 +273,12 @@ def cut_patches(h5, sources, targets, config: PatchConfig, quiet: bool = True) -
             # feed only the L1 term and share the one geometry step 2 recorded
             for attr, name in (("voxel_size_mm", "voxel size"), ("b0_dir", "B0 direction"),
                                ("b0_tesla", "B0"), ("te_s", "TE")) if group == "source" else ():
-                if not _same(getattr(vol, attr), getattr(first, attr)):
+                if not same_value(getattr(vol, attr), getattr(first, attr)):
                     raise InputError(f"{group} {vol.label}: {name} {getattr(vol, attr)} differs from "
                                      f"{first.label} {getattr(first, attr)}; write separate patch files")
             protocol = None
             if group == "target":
-                protocol = Protocol(_triple(vol.voxel_size_mm), _triple(vol.b0_dir), vol.b0_tesla, vol.te_s)
+                protocol = Protocol(vol.voxel_size_mm, vol.b0_dir, vol.b0_tesla, vol.te_s)
             size = writer.sizes[group]
             if crop or (group == "target" and target_bbox):
                 origins = bbox_crop_origin(vol.mask, size)[None]

@@ -55,41 +55,31 @@ class Protocol:
     b0_tesla: float | None = None
     te_s: float | None = None
 
+    def __post_init__(self):  # plain floats (tuples for the vectors); a missing or non-finite value is None
+        for key in ("voxel_size_mm", "b0_dir"):
+            value = getattr(self, key)
+            object.__setattr__(self, key, None if value is None else tuple(float(v) for v in value))
+        for key in ("b0_tesla", "te_s"):
+            value = getattr(self, key)
+            object.__setattr__(self, key, None if value is None or not math.isfinite(float(value)) else float(value))
+
     def same_as(self, other: "Protocol", tol: float = 1e-3) -> bool:
         """Equal within `tol` (an unknown value equals only an unknown one)."""
-        return all(_close(getattr(self, k), getattr(other, k), tol) for k in Protocol.__dataclass_fields__)
+        return all(same_value(getattr(self, k), getattr(other, k), tol) for k in Protocol.__dataclass_fields__)
 
     def as_json(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
     @classmethod
     def from_json(cls, item: dict) -> "Protocol":
-        def triple(value):
-            return None if value is None else tuple(float(v) for v in value)
-
-        def number(value):
-            return None if value is None or not math.isfinite(float(value)) else float(value)
-
-        return cls(triple(item.get("voxel_size_mm")), triple(item.get("b0_dir")), number(item.get("b0_tesla")),
-                   number(item.get("te_s")))
+        return cls(*(item.get(k) for k in cls.__dataclass_fields__))
 
 
-def _close(a, b, tol) -> bool:
+def same_value(a, b, tol: float = 1e-3) -> bool:
+    """Two geometry/acquisition values (numbers or vectors) equal within `tol`; None equals only None."""
     if a is None or b is None:
         return a is None and b is None
     return bool(np.allclose(a, b, atol=tol))
-
-
-def protocol_table(protocols) -> tuple[list, np.ndarray]:
-    """(distinct protocols in order of first appearance, int32 index of each input) for a Protocol list."""
-    distinct, index = [], []
-    for item in protocols:
-        found = next((k for k, seen in enumerate(distinct) if seen.same_as(item)), None)
-        if found is None:
-            distinct.append(item)
-            found = len(distinct) - 1
-        index.append(found)
-    return distinct, np.asarray(index, np.int32)
 
 
 class PatchFileWriter:
@@ -175,9 +165,10 @@ class PatchFileWriter:
         vol[start:] = volume_index
         org[start:] = origins
         if group_name == "target":
-            distinct, _ = protocol_table(self._protocols + [protocol])
-            self._protocols = distinct
-            which = next(i for i, seen in enumerate(distinct) if seen.same_as(protocol))
+            which = next((i for i, seen in enumerate(self._protocols) if seen.same_as(protocol)), None)
+            if which is None:
+                self._protocols.append(protocol)
+                which = len(self._protocols) - 1
             dset = index["target_protocol"]
             dset.resize(start + k, axis=0)
             dset[start:] = which
@@ -234,7 +225,7 @@ def write_patch_file(path, source: dict, target: dict, voxel_size_mm=(1.0, 1.0, 
                 for key in volumes:
                     if key != "mask":
                         volumes[key] = np.where(inside, volumes[key], np.float32(0))
-                protocol = Protocol(tuple(voxel_size_mm), tuple(b0_dir), b0_tesla, te_s) if name == "target" else None
+                protocol = Protocol(voxel_size_mm, b0_dir, b0_tesla, te_s) if name == "target" else None
                 writer.append(name, i, np.zeros((1, 3), np.int64), protocol, **volumes)
         for name in GROUP_DATASETS:
             writer.set_group_attrs(name, voxel_size_mm, b0_dir, files, b0_tesla, te_s)
