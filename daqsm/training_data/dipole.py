@@ -182,6 +182,26 @@ def forward_field_tf(chi_ppm, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1
     return dipole_operator_tf(shape, voxel_size_mm, b0_dir, pad, d0)(chi)
 
 
+def _self_adjoint_convolution_tf(kernel, shape, full):
+    """x (..., x, y, z) -> crop(irfft(kernel * rfft(pad(x)))) with itself as its gradient (the kernel is
+    real and even in k, so the operator is self-adjoint); `kernel` broadcasts against rfft3d(x)."""
+    import tensorflow as tf
+
+    padding = [[0, f - n] for n, f in zip(shape, full)]
+
+    def apply(x):
+        if any(p[1] for p in padding):
+            x = tf.pad(x, [[0, 0]] * (len(x.shape) - 3) + padding)
+        y = tf.signal.irfft3d(tf.signal.rfft3d(x) * kernel, fft_length=full)
+        return y[..., : shape[0], : shape[1], : shape[2]]
+
+    @tf.custom_gradient
+    def operator(x):
+        return apply(x), apply
+
+    return operator
+
+
 def dipole_operator_tf(shape, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), pad=None,
                        d0: float = 0.0):
     """Build the TF forward operator for one grid, with its kernel held as a constant.
@@ -194,23 +214,7 @@ def dipole_operator_tf(shape, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1
     shape = tuple(int(n) for n in shape)
     full = fft_shape(shape, pad)
     kernel = tf.constant(dipole_kernel(full, voxel_size_mm, b0_dir, d0), dtype=tf.complex64)
-    padding = [[0, f - n] for n, f in zip(shape, full)]
-
-    def apply(x):
-        rank = len(x.shape)
-        if any(p[1] for p in padding):
-            x = tf.pad(x, [[0, 0]] * (rank - 3) + padding)
-        y = tf.signal.irfft3d(tf.signal.rfft3d(x) * kernel, fft_length=full)
-        return y[..., : shape[0], : shape[1], : shape[2]]
-
-    @tf.custom_gradient
-    def operator(x):
-        def grad(upstream):
-            return apply(upstream)
-
-        return apply(x), grad
-
-    return operator
+    return _self_adjoint_convolution_tf(kernel, shape, full)
 
 
 def dipole_operator_stack_tf(shape, geometries, pad=None, d0: float = 0.0):
@@ -231,21 +235,9 @@ def dipole_operator_stack_tf(shape, geometries, pad=None, d0: float = 0.0):
     shape = tuple(int(n) for n in shape)
     full = fft_shape(shape, pad)
     kernels = tf.constant(np.stack([dipole_kernel(full, vs, b0, d0) for vs, b0 in geometries]), dtype=tf.complex64)
-    padding = [[0, 0]] + [[0, f - n] for n, f in zip(shape, full)]
 
     def operator(x, which):
-        kernel = tf.gather(kernels, tf.cast(which, tf.int32))
-
-        def apply(v):
-            if any(p[1] for p in padding):
-                v = tf.pad(v, padding)
-            y = tf.signal.irfft3d(tf.signal.rfft3d(v) * kernel, fft_length=full)
-            return y[:, : shape[0], : shape[1], : shape[2]]
-
-        @tf.custom_gradient
-        def convolve(v):
-            return apply(v), apply
-
-        return convolve(x)
+        kernel = tf.gather(kernels, tf.cast(which, tf.int32))  # (batch, kx, ky, kz): one per crop
+        return _self_adjoint_convolution_tf(kernel, shape, full)(x)
 
     return operator

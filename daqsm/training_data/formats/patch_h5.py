@@ -174,10 +174,6 @@ class PatchFileWriter:
             dset[start:] = which
         return k
 
-    def protocols(self) -> list:
-        """The target group's distinct protocols so far."""
-        return list(self._protocols)
-
     def set_group_attrs(self, group_name: str, voxel_size_mm, b0_dir, files, b0_tesla=None, te_s=None) -> None:
         """The group's geometry and files; for the target group with crops of several protocols the
         scalar attrs are NaN and `protocols` lists them (`voxel_size_mm`... are then ignored)."""
@@ -353,8 +349,8 @@ def _read_protocols(path, h5, group: str, attrs: dict, count: int) -> tuple[list
     if group != "target" or "protocols" not in attrs:
         return [], None
     try:
-        items = json.loads(_plain(attrs["protocols"]) if not isinstance(attrs["protocols"], str)
-                           else attrs["protocols"])
+        items = _plain(attrs["protocols"])  # parsed there when stored as text
+        items = json.loads(items) if isinstance(items, str) else items
         protocols = [Protocol.from_json(item) for item in items]
     except (TypeError, ValueError, AttributeError):
         raise InputError(f"{path}: /target attr protocols: expected a JSON list of protocols, cannot read it") from None
