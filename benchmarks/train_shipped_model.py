@@ -48,6 +48,44 @@ EXTRA_TARGETS = {
 }
 
 
+BUILTIN_CASES = ("Sim1Snr1", "Sim1Snr2", "Sim2Snr1", "Sim2Snr2")
+
+
+def case_names(extra_targets) -> list[str]:
+    """The target case folders this command trains on: the four 7 T cases and those of each --extra-targets."""
+    return sorted([*BUILTIN_CASES, *(EXTRA_TARGETS[n][0] + c for n in extra_targets for c in BUILTIN_CASES)])
+
+
+def stale_outputs(work: Path, maps: int, seed: int, target_crop: int, extra_targets) -> list[str]:
+    """What a resumed --work folder holds that this command would not make (finished steps are skipped).
+
+    A work folder copied or reused from another run keeps its step-1 maps and step-3 patches; without this
+    check a run asking for 48 maps trains silently on the 12 the folder holds, and the manifest says 48.
+    """
+    import json
+
+    problems = []
+    step1 = work / "step1_chi.config.json"
+    if (work / "step1_chi.h5").exists() and step1.exists():
+        made = json.loads(step1.read_text())
+        if (made.get("n_maps"), made.get("seed")) != (maps, seed):
+            problems.append(f"step1_chi.h5 holds {made.get('n_maps')} maps of seed {made.get('seed')}, "
+                            f"this command asks for --maps {maps} --seed {seed}")
+    step3 = work / "step3_patches.config.json"
+    if (work / "step3_patches.h5").exists() and step3.exists():
+        made = json.loads(step3.read_text())
+        targets = sorted(Path(t).name for t in made.get("target", []))
+        if targets != case_names(extra_targets):
+            problems.append(f"step3_patches.h5 holds target crops of {', '.join(targets) or 'no case'}, this command "
+                            f"trains on {', '.join(case_names(extra_targets))}")
+        if made.get("target_patch_size") != [target_crop] * 3:
+            problems.append(f"step3_patches.h5 holds {made.get('target_patch_size')} target crops, this command asks "
+                            f"for --target-crop {target_crop}")
+        if Path(made.get("source", [""])[0]).resolve() != (work / "step1_chi.h5").resolve():
+            problems.append(f"step3_patches.h5 was made from {made.get('source', ['?'])[0]}, not this folder's step 1")
+    return problems
+
+
 def _run(title: str, main, argv) -> None:
     argv = [str(a) for a in argv]
     print(f"\n== {title}\n$ {main.__module__} {shlex.join(argv)}", file=sys.stderr, flush=True)
@@ -94,6 +132,10 @@ def main(argv=None) -> int:
     from daqsm.training_data.simulator import simulate
 
     work = Path(args.work)
+    problems = stale_outputs(work, args.maps, args.seed, args.target_crop, args.extra_targets)
+    if problems:  # before anything runs: nothing of the folder is changed
+        parser.exit(2, f"train_shipped_model.py: --work {work}: {'; '.join(problems)}; "
+                       "use a new --work folder or delete those files\n")
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "source" / "mask.nii.gz").exists():
         write_builtin_source(work / "source", RESOLUTION_MM, args.seed)
@@ -108,7 +150,8 @@ def main(argv=None) -> int:
                                                     "--seed", seed, *options, "--quiet", "--overwrite"])
             for case in sorted(p for p in staging.iterdir() if p.is_dir()):
                 case.rename(work / "targets" / f"{prefix}{case.name}")
-    cases = sorted(p for p in (work / "targets").iterdir() if p.is_dir())
+    # the cases this command names, not every folder under targets/ (an earlier --extra-targets run leaves its own)
+    cases = [work / "targets" / name for name in case_names(args.extra_targets)]
     if not (work / "step1_chi.h5").exists():
         _run("step 1", genChi.main, [work / "source" / "chi.nii.gz", "--mask", work / "source" / "mask.nii.gz",
                                      "-n", args.maps, "-o", work / "step1_chi.h5", "--seed", args.seed, "--quiet"])
