@@ -77,9 +77,22 @@ def field_maps(chi_ppm, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), m
     return out if chi_ppm.ndim == 4 else out[0]
 
 
+def _per_target(name: str, value, count: int, triple: bool) -> list:
+    """One value for every target, or a sequence with one per target (InputError naming the argument)."""
+    from daqsm.errors import InputError
+
+    if value is None or np.ndim(value) == (1 if triple else 0):
+        return [value] * count
+    values = list(value)
+    if np.ndim(value) != (2 if triple else 1) or len(values) != count:
+        shape = "an (x, y, z) triple" if triple else "a number"
+        raise InputError(f"{name}: expected {shape} or one per target ({count}), got {np.shape(value)}")
+    return values
+
+
 def make_patches(source_fields, source_masks, source_chis, target_fields=(), target_masks=(), target_weights=None,
                  voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), target_b0_tesla=None, target_te_s=None,
-                 **config) -> dict:
+                 target_voxel_size_mm=None, target_b0_dir=None, **config) -> dict:
     """Step 3: patches of source and target volumes (as `genRDFPatchesSyn.py`, without the file; daqsm/training_data/patches.py).
 
     Args:
@@ -87,9 +100,16 @@ def make_patches(source_fields, source_masks, source_chis, target_fields=(), tar
             (ppm), mask (0/1) and chi (ppm) volumes.
         target_fields, target_masks: the target volumes (ppm, 0/1); target_weights: their weights in
             [0, 1] (None: the masks).
-        voxel_size_mm, b0_dir: geometry of every volume; target_b0_tesla, target_te_s: the targets'
-            acquisition (the weighting echo), recorded for step 4's phase scale.
+        voxel_size_mm, b0_dir: geometry of the sources (and of the targets unless given below).
+        target_b0_tesla, target_te_s: the targets' acquisition (the weighting echo), for step 4's phase
+            scale: one value for every target or a sequence with one per target.
+        target_voxel_size_mm, target_b0_dir: the targets' geometry where it is not the sources': one
+            (x, y, z) triple for every target or one per target.
         **config: any PatchConfig field (patch_size, stride, mode, target_patch_size, ...).
+
+    Targets of several protocols (voxel size, B0 direction, B0, TE) give the dict the step-3 file's
+    format 3 has (target attr 'protocols', index 'target_protocol'); `pretrain` then gives each crop
+    its own dipole kernel and phase scale.
 
     Returns:
         {'source': {'field', 'mask', 'chi'}, 'target': {'field', 'mask', 'weight'}} float32
@@ -101,13 +121,23 @@ def make_patches(source_fields, source_masks, source_chis, target_fields=(), tar
     from daqsm.training_data.patch_inputs import ArrayInputs, PatchVolume
     from daqsm.training_data.patches import PatchConfig, cut_patches
 
-    _check_quantities(voxel_size_mm=voxel_size_mm, b0_dir=b0_dir, target_b0_tesla=target_b0_tesla,
-                      target_te_s=target_te_s)
+    _check_quantities(voxel_size_mm=voxel_size_mm, b0_dir=b0_dir)
     vs, b0 = tuple(map(float, voxel_size_mm)), tuple(map(float, b0_dir))
     sources = ArrayInputs(PatchVolume(f"source[{i}]", f, m, c, vs, b0)
                           for i, (f, m, c) in enumerate(zip(source_fields, source_masks, source_chis)))
     weights = target_masks if target_weights is None else target_weights
-    targets = ArrayInputs(PatchVolume(f"target[{i}]", f, m, w, vs, b0, target_b0_tesla, target_te_s)
+    n = len(target_fields)
+    per_target = {"target_voxel_size_mm": _per_target("target_voxel_size_mm", target_voxel_size_mm, n, True),
+                  "target_b0_dir": _per_target("target_b0_dir", target_b0_dir, n, True),
+                  "target_b0_tesla": _per_target("target_b0_tesla", target_b0_tesla, n, False),
+                  "target_te_s": _per_target("target_te_s", target_te_s, n, False)}
+    protocols = []
+    for i in range(n):
+        _check_quantities(**{key: values[i] for key, values in per_target.items()})
+        tvs, tb0, tesla, te = (per_target[key][i] for key in per_target)
+        protocols.append((vs if tvs is None else tuple(map(float, tvs)), b0 if tb0 is None else tuple(map(float, tb0)),
+                          None if tesla is None else float(tesla), None if te is None else float(te)))
+    targets = ArrayInputs(PatchVolume(f"target[{i}]", f, m, w, *protocols[i])
                           for i, (f, m, w) in enumerate(zip(target_fields, target_masks, weights)))
     with h5py.File(f"daqsm-patches-{id(sources)}", "w", driver="core", backing_store=False) as h5:
         cut_patches(h5, sources, targets, PatchConfig(**config), quiet=True)

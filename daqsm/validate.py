@@ -79,7 +79,7 @@ RANGES = {
 # config field names -> their quantity (the target's B0 is a B0, a baseline's voxel_size a voxel size)
 QUANTITY_OF = {"b0_tesla": "b0_tesla", "target_b0_tesla": "b0_tesla", "te_s": "te_s", "target_te_s": "te_s",
                "voxel_size_mm": "voxel_size_mm", "voxel_size": "voxel_size_mm", "seed": "seed",
-               "b0_dir": "b0_dir", "target_b0_dir": "b0_dir"}
+               "b0_dir": "b0_dir", "target_b0_dir": "b0_dir", "target_voxel_size_mm": "voxel_size_mm"}
 
 
 def quantity(name: str, kind: str, value):

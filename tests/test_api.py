@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 
@@ -84,6 +85,70 @@ def test_step3_make_patches_matches_command(arrays, tmp_path):
             for key, value in patches[group].items():
                 np.testing.assert_array_equal(value, h5[group][key][()], err_msg=f"{group}/{key}")
         np.testing.assert_array_equal(patches["index"]["source_origin"], h5["index/source_origin"][()])
+
+
+def _two_protocol_patches(arrays, **extra):
+    import daqsm
+    from daqsm.training_data.dipole import forward_field
+
+    field = (forward_field(arrays["chi"], VOXEL) * arrays["mask"]).astype(np.float32)
+    return daqsm.make_patches([field], [arrays["mask"]], [arrays["chi"]], [field, 0.5 * field, field],
+                              [arrays["mask"]] * 3, voxel_size_mm=VOXEL, patch_size=8, target_patch_size=8,
+                              target_b0_tesla=[7.0, 3.0, 7.0], target_te_s=0.012,
+                              target_b0_dir=[(0, 0, 1), (0, 0.2588, 0.9659), (0, 0, 1)], **extra)
+
+
+def test_step3_make_patches_keeps_each_targets_protocol_as_the_file_does(arrays, tmp_path):
+    """Targets of two protocols: the dict records them as step 3's format 3 does, and the in-memory
+    group step 4 builds from it gives every crop the protocol the file reader gives it."""
+    from daqsm.network_model.data import group_from_arrays
+    from daqsm.training_data.formats.patch_h5 import read_patch_group
+
+    patches = _two_protocol_patches(arrays)
+    crops = patches["index"]["target_volume"]
+    expected = {0: (7.0, (0.0, 0.0, 1.0)), 1: (3.0, (0.0, 0.2588, 0.9659)), 2: (7.0, (0.0, 0.0, 1.0))}
+    in_memory = group_from_arrays("target", patches["target"], patches["attrs"]["target"], index=patches["index"])
+    assert in_memory.mixed and len(in_memory.protocols) == 2
+    with h5py.File(tmp_path / "p.h5", "w") as h5:  # the same content as a file, read by step 4's reader
+        for group in ("source", "target", "index"):
+            for key, value in patches[group].items():
+                h5.create_dataset(f"{group}/{key}", data=value)
+        for group in ("source", "target"):
+            h5[group].attrs.update(patches["attrs"][group])
+    from_file = read_patch_group(str(tmp_path / "p.h5"), "target")
+    for crop, (memory, file) in enumerate(zip(in_memory.crop_protocols(), from_file.crop_protocols())):
+        assert memory == file
+        tesla, direction = expected[int(crops[crop])]
+        assert memory.b0_tesla == tesla and np.allclose(memory.b0_dir, direction, atol=1e-3)
+
+
+@pytest.mark.parametrize("argument, value, expected", [
+    ("target_b0_tesla", [7.0, 3.0], "target_b0_tesla: expected a number or one per target (3)"),
+    ("target_voxel_size_mm", [(1, 1, 1)] * 2, "target_voxel_size_mm: expected an (x, y, z) triple or one per target"),
+    ("target_voxel_size_mm", (1, 1, -1), "target_voxel_size_mm"),
+])
+def test_step3_make_patches_per_target_values_are_checked(arrays, argument, value, expected):
+    import daqsm
+    from daqsm.errors import InputError
+
+    fields = [arrays["chi"]] * 3
+    with pytest.raises(InputError, match=re.escape(expected)):
+        daqsm.make_patches(fields[:1], [arrays["mask"]], [arrays["chi"]], fields, [arrays["mask"]] * 3,
+                           patch_size=8, **{argument: value})
+
+
+def test_step4_on_arrays_of_two_protocols_trains_with_a_kernel_per_crop(arrays):
+    pytest.importorskip("tensorflow")
+    import daqsm
+    from daqsm.errors import InputError
+
+    patches = _two_protocol_patches(arrays)
+    tiny = {"depth": 1, "base_filters": 4, "batch_size": 1, "target_batch_size": 1, "max_steps": 2,
+            "val_fraction": 0.0, "progress": False}
+    model, log = daqsm.pretrain(patches=patches, **tiny)
+    assert [row["step"] for row in log] == [1, 2] and all(np.isfinite(row["ndi"]) for row in log)
+    with pytest.raises(InputError, match="phase_rad_per_ppm: one value cannot serve the 2 protocols"):
+        daqsm.pretrain(patches=patches, phase_rad_per_ppm=10.0, **tiny)
 
 
 @pytest.fixture(scope="module")

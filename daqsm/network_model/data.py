@@ -24,6 +24,7 @@ from daqsm.training_data.formats.patch_h5 import (  # noqa: F401  (the patch fil
     TARGET_KEYS,
     PatchGroup,
     check_input_contract,
+    parse_protocols,
     read_patch_group,
     write_patch_file,
 )
@@ -59,7 +60,8 @@ def load_patch_group(info: PatchGroup, max_bytes: float) -> PatchGroup:
                             arrays=tuple(read[key] for key in info.keys))
 
 
-def group_from_arrays(group: str, arrays: dict, attrs: dict | None = None, name: str = "patches") -> LoadedPatchGroup:
+def group_from_arrays(group: str, arrays: dict, attrs: dict | None = None, name: str = "patches",
+                      index: dict | None = None) -> LoadedPatchGroup:
     """`make_patches`' dict entry ('source': field/mask/chi, 'target': field/mask/weight) as a group.
 
     Args:
@@ -67,6 +69,8 @@ def group_from_arrays(group: str, arrays: dict, attrs: dict | None = None, name:
         arrays: {key: float (N, px, py, pz)}; a target without 'weight' uses its mask.
         attrs: the group's attrs (voxel_size_mm, b0_dir, b0_tesla, te_s; NaN = unknown).
         name: how messages name the arrays.
+        index: make_patches' 'index' dict: a target of several protocols (attr `protocols`) reads each
+            crop's protocol from its 'target_protocol', as the file reader does.
 
     The input contract of the file reader holds here too: field (and chi, weight) x mask.
     """
@@ -93,7 +97,13 @@ def group_from_arrays(group: str, arrays: dict, attrs: dict | None = None, name:
             return default
         return tuple(float(v) for v in np.ravel(value)) if default is not None else float(np.ravel(value)[0])
 
-    return LoadedPatchGroup(name, group, int(mask.shape[0]), tuple(int(n) for n in mask.shape[1:]),
+    count, patch_size = int(mask.shape[0]), tuple(int(n) for n in mask.shape[1:])
+    if group == "target" and "protocols" in attrs:
+        protocols, crop_index = parse_protocols(name, attrs["protocols"], (index or {}).get("target_protocol"), count)
+        if len(protocols) > 1:  # geometry and acquisition per crop, as read_patch_group gives them
+            return LoadedPatchGroup(name, group, count, patch_size, None, None, None, None, keys, tuple(protocols),
+                                    crop_index, arrays=tuple(out[key] for key in keys))
+    return LoadedPatchGroup(name, group, count, patch_size,
                             known("voxel_size_mm", (1.0, 1.0, 1.0)), known("b0_dir", (0.0, 0.0, 1.0)),
                             known("b0_tesla"), known("te_s"), keys, arrays=tuple(out[key] for key in keys))
 

@@ -343,7 +343,7 @@ def pretrain_arrays(patches: dict, cfg):
                              f"{', '.join(map(str, patches)) or 'none'}")
     attrs = patches.get("attrs", {})
     source = group_from_arrays("source", patches["source"], attrs.get("source"))
-    target = group_from_arrays("target", patches["target"], attrs.get("target"))
+    target = group_from_arrays("target", patches["target"], attrs.get("target"), index=patches.get("index"))
     strategy = tf.distribute.get_strategy()
     phase = check_run(cfg, source, target)
     check_replicas(cfg, strategy)

@@ -348,18 +348,27 @@ def _read_protocols(path, h5, group: str, attrs: dict, count: int) -> tuple[list
     """The target group's distinct protocols and each crop's index (format 3); ([], None) otherwise."""
     if group != "target" or "protocols" not in attrs:
         return [], None
+    index = h5["index"]["target_protocol"][...] if "target_protocol" in h5.get("index", {}) else None
+    return parse_protocols(path, attrs["protocols"], index, count)
+
+
+def parse_protocols(name: str, protocols_attr, index, count: int) -> tuple[list, np.ndarray | None]:
+    """The `protocols` attr (JSON text or list) and `/index/target_protocol` of a target group, checked.
+
+    Shared by the file reader and `make_patches`' in-memory dict (`name` says which in messages).
+    Returns (protocols, per-crop index); the index is None for one protocol.
+    """
     try:
-        items = _plain(attrs["protocols"])  # parsed there when stored as text
+        items = _plain(protocols_attr)  # parsed there when stored as text
         items = json.loads(items) if isinstance(items, str) else items
         protocols = [Protocol.from_json(item) for item in items]
     except (TypeError, ValueError, AttributeError):
-        raise InputError(f"{path}: /target attr protocols: expected a JSON list of protocols, cannot read it") from None
+        raise InputError(f"{name}: /target attr protocols: expected a JSON list of protocols, cannot read it") from None
     if len(protocols) < 2:
         return protocols, None
-    index = np.asarray(h5["index"]["target_protocol"][...], np.int32) if "target_protocol" in h5.get("index", {}) \
-        else None
+    index = None if index is None else np.asarray(index, np.int32)
     if index is None or index.shape != (count,) or index.min() < 0 or index.max() >= len(protocols):
-        raise InputError(f"{path}: /index/target_protocol: expected {count} indices into the {len(protocols)} "
+        raise InputError(f"{name}: /index/target_protocol: expected {count} indices into the {len(protocols)} "
                          "protocols of /target, found none or out of range; rewrite the file with step 3")
     return protocols, index
 
