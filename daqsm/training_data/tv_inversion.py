@@ -98,15 +98,49 @@ def gradient_eigenvalues(full, voxel_size_mm) -> np.ndarray:
     return (axes[0] + axes[1] + axes[2]).astype(np.float32)
 
 
+def _shifted_difference(x, axis: int, step: int, out) -> None:
+    """out = x[n + step] - x[n] along `axis`, periodic (np.roll(x, -step, axis) - x without the rolled copy)."""
+    n = x.shape[axis]
+
+    def cut(lo, hi):
+        return (slice(None),) * axis + (slice(lo, hi),)
+
+    if step == 1:
+        np.subtract(x[cut(1, n)], x[cut(0, n - 1)], out=out[cut(0, n - 1)])
+        np.subtract(x[cut(0, 1)], x[cut(n - 1, n)], out=out[cut(n - 1, n)])
+    else:  # step -1
+        np.subtract(x[cut(0, n - 1)], x[cut(1, n)], out=out[cut(1, n)])
+        np.subtract(x[cut(n - 1, n)], x[cut(0, 1)], out=out[cut(0, 1)])
+
+
 def grad(x, voxel_size_mm) -> np.ndarray:
     """Periodic forward differences, float32 (3, x, y, z), per mm."""
-    return np.stack([(np.roll(x, -1, axis=a) - x) / np.float32(h) for a, h in enumerate(voxel_size_mm)])
+    x = np.asarray(x)
+    out = np.empty((3,) + x.shape, np.result_type(x, np.float32))
+    for a, h in enumerate(voxel_size_mm):
+        _shifted_difference(x, a, 1, out[a])
+        out[a] /= np.float32(h)
+    return out
 
 
 def grad_adjoint(g, voxel_size_mm) -> np.ndarray:
     """Adjoint of `grad`: sum_i (g_i[n-1] - g_i[n]) / h_i."""
-    return sum((np.roll(g[a], 1, axis=a) - g[a]) / np.float32(h) for a, h in enumerate(voxel_size_mm))
+    g = np.asarray(g)
+    total = np.empty(g.shape[1:], np.result_type(g, np.float32))
+    term = np.empty_like(total)
+    for a, h in enumerate(voxel_size_mm):  # summed in axis order, as sum() of the three terms did
+        _shifted_difference(g[a], a, -1, total if a == 0 else term)
+        if a == 0:
+            total /= np.float32(h)
+        else:
+            term /= np.float32(h)
+            total += term
+    return total
 
+
+def soft_threshold(z, threshold) -> np.ndarray:
+    """sign(z) max(|z| - t, 0), as z - clip(z, -t, t): the same floats with two passes instead of four."""
+    return z - np.clip(z, -threshold, threshold)
 
 
 # --- nonlinear TV (FANSI-style ADMM) ---------------------------------------------------------
@@ -135,9 +169,10 @@ def solve_v(target, phase_meas, weight2, mu_data, v0=None, steps: int = 4) -> np
     mu/2 (v - target)^2 <= 4 W^2.
     """
     target = np.asarray(target, dtype=np.float32)
+    weight2, phase_meas = (np.broadcast_to(a, target.shape) for a in (weight2, phase_meas))
 
-    def objective(v):
-        return weight2 * (2.0 - 2.0 * np.cos(v - phase_meas)) + (0.5 * mu_data) * (v - target) ** 2
+    def objective(v, at=slice(None)):
+        return weight2[at] * (2.0 - 2.0 * np.cos(v - phase_meas[at])) + (0.5 * mu_data) * (v - target[at]) ** 2
 
     v = target.copy()
     f = objective(v)
@@ -152,11 +187,14 @@ def solve_v(target, phase_meas, weight2, mu_data, v0=None, steps: int = 4) -> np
         g1 = 2.0 * weight2 * np.sin(diff) + mu_data * (v - target)
         g2 = 2.0 * weight2 * np.cos(diff) + mu_data
         newton = v - g1 / np.where(g2 > 0.1 * mu_data, g2, lipschitz)
-        gradient = v - g1 / lipschitz
         f_newton = objective(newton)
-        take_newton = f_newton <= f + slack  # float32: an exact tie must not reject a converged Newton step
-        v = np.where(take_newton, newton, gradient)
-        f = np.where(take_newton, f_newton, objective(gradient))
+        # float32: an exact tie must not reject a converged Newton step
+        reject = ~(f_newton <= f + slack)
+        # the gradient step only where Newton was rejected (a few % of the voxels)
+        gradient = v[reject] - g1[reject] / lipschitz[reject]
+        v, f = newton, f_newton
+        v[reject] = gradient
+        f[reject] = objective(gradient, reject)
     return v.astype(np.float32, copy=False)
 
 
@@ -204,7 +242,7 @@ def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(
     kernel = dipole_kernel(full, voxel_size_mm, b0_dir)
     denom = mu_grad * gradient_eigenvalues(full, voxel_size_mm) + mu_data * kernel**2
     denom[0, 0, 0] = 1.0  # both numerator terms vanish at k = 0: mean fixed to 0
-    weighted = w2 > 0
+    weighted = np.flatnonzero(w2 > 0)  # flat indices: a gather, not a scan of the padded grid per use
     if chi0 is None:
         u = np.zeros_like(phi)
         z = np.zeros((3,) + full, np.float32)
@@ -218,7 +256,7 @@ def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(
         v = _irfft(_rfft(u, full) * kernel, full)
     s_z = np.zeros_like(z)
     s_v = np.zeros_like(phi)
-    phi_w, w2_w, v_w = phi[weighted], w2[weighted], v[weighted]
+    phi_w, w2_w, v_w = (np.take(a.reshape(-1), weighted) for a in (phi, w2, v))
     converged, it = False, 0
     for it in range(1, p.iterations + 1):
         rhs = _rfft(mu_grad * grad_adjoint(z - s_z, voxel_size_mm), full) + mu_data * kernel * _rfft(v - s_v, full)
@@ -226,16 +264,16 @@ def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(
         u_new = _irfft(u_hat, full)
         du = _irfft(u_hat * kernel, full)
         gu = grad(u_new, voxel_size_mm)
-        z = gu + s_z
-        z = np.sign(z) * np.maximum(np.abs(z) - alpha / mu_grad, 0.0)
+        z = soft_threshold(gu + s_z, alpha / mu_grad)
         s_z += gu - z
         # where W = 0 the v-update is v = D u + s_v exactly; Newton only on the weighted voxels
         v = du + s_v
+        v_t = np.take(v.reshape(-1), weighted)
         if p.linear:  # argmin W^2 (v - phi)^2 + mu/2 (v - t)^2
-            v[weighted] = (2.0 * w2_w * phi_w + mu_data * v[weighted]) / (2.0 * w2_w + mu_data)
+            v_w = (2.0 * w2_w * phi_w + mu_data * v_t) / (2.0 * w2_w + mu_data)
         else:
-            v[weighted] = solve_v(v[weighted], phi_w, w2_w, mu_data, v0=v_w, steps=p.newton_steps)
-        v_w = v[weighted]
+            v_w = solve_v(v_t, phi_w, w2_w, mu_data, v0=v_w, steps=p.newton_steps)
+        v.reshape(-1)[weighted] = v_w
         s_v += du - v
         change = np.linalg.norm(u_new - u) / max(np.linalg.norm(u_new), 1e-12)
         u = u_new

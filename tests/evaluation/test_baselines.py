@@ -173,6 +173,22 @@ def test_gradient_operators_match_k_space():
     assert np.allclose(lhs, rhs, atol=1e-3)
 
 
+def test_gradient_and_soft_threshold_are_the_rolled_definitions_bit_for_bit():
+    """The sliced differences and z - clip(z, -t, t) give exactly the floats of their textbook forms."""
+    from daqsm.training_data.tv_inversion import soft_threshold
+
+    rng = np.random.default_rng(4)
+    shape, vs = (7, 9, 11), (1.0, 0.7, 1.3)
+    x = rng.normal(size=shape).astype(np.float32)
+    y = rng.normal(size=(3,) + shape).astype(np.float32)
+    rolled = np.stack([(np.roll(x, -1, axis=a) - x) / np.float32(h) for a, h in enumerate(vs)])
+    np.testing.assert_array_equal(B.grad(x, vs), rolled)
+    rolled_adjoint = sum((np.roll(y[a], 1, axis=a) - y[a]) / np.float32(h) for a, h in enumerate(vs))
+    np.testing.assert_array_equal(B.grad_adjoint(y, vs), rolled_adjoint)
+    t = np.float32(0.4)
+    np.testing.assert_array_equal(soft_threshold(y, t), np.sign(y) * np.maximum(np.abs(y) - t, 0.0))
+
+
 def test_shared_kernel_and_anisotropic_voxels():
     chi, brain, _ = phantom(24)
     vs, b0 = (1.0, 1.2, 0.8), (0.1, 0.2, 1.0)
