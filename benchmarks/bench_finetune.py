@@ -168,10 +168,11 @@ def run_finetune(args) -> None:
         params = resolve_config(FinetuneConfig, None, **{"iterations": args.iterations, "tau": 0.0,
                                                           "convergence_tol": 0.0, "progress": False,
                                                           **{k: v for k, v in sets.items() if k != "stop_tol"}})
-        trace = {}
+        trace, metrics_trace = {}, {}
 
         def monitor(k, chi):
-            trace[k] = _metrics(chi, truth, seg, mask)["rmse"]
+            metrics_trace[k] = _metrics(chi, truth, seg, mask)  # all eight RC2 metrics, for the table
+            trace[k] = metrics_trace[k]["rmse"]
 
         model, info = load_target_model(args.model)
         t0 = time.perf_counter()
@@ -193,6 +194,7 @@ def run_finetune(args) -> None:
                          "worst_first_25": max(v for k, v in trace.items() if k <= 25),
                          "seconds_per_iteration": round(ft["seconds_per_iteration"], 3),
                          "seconds": round(seconds, 1), "trace": trace,
+                         "metrics_at_stop": metrics_trace[min(trace, key=lambda k: abs(k - stop))],
                          "ndi_target": ft["stop_ndi_target"], "noise_energy": ft["noise_energy"],
                          "ndi_log": [[r["step"], r["ndi"]] for r in result.log],
                          # every iteration's terms, so other stop rules can be replayed on the same run
@@ -206,12 +208,19 @@ def run_finetune(args) -> None:
 def table(args) -> None:
     out = Path(args.out)
     classic = json.loads((out / "classic.json").read_text()) if (out / "classic.json").exists() else {}
+    tuned = {}  # case -> (variant, metrics at the replayed stop) for the fine-tuning runs that kept them
+    for path in sorted(out.glob("finetune_*.json")):
+        for name, r in json.loads(path.read_text()).items():
+            if "metrics_at_stop" in r:
+                tuned.setdefault(name, []).append((f"network, {path.stem[9:]} (lambda {r['lambda_tv']:.3g}, "
+                                                   f"stop {r['stop_iteration']})", r["metrics_at_stop"]))
     for name, r in classic.items():
         rule = r["lambda_rule"]
-        print(f"\n{name} (no-truth alpha {rule['alpha']:.3g} -> lambda {rule['lambda_tv']:.4g}: {rule['note']})"
-              "\n\n| method | rmse | hfen | ssim |\n|---|---:|---:|---:|")
-        for method, m in r["rows"].items():
-            print(f"| {method} | {m['rmse']:.2f} | {m.get('hfen', float('nan')):.2f} | {m.get('ssim', float('nan')):.3f} |")
+        keys = list(next(iter(r["rows"].values())))
+        print(f"\n{name} (no-truth alpha {rule['alpha']:.3g} -> lambda {rule['lambda_tv']:.4g}: {rule['note']})\n\n"
+              f"| method | {' | '.join(keys)} |\n|---|{'---:|' * len(keys)}")
+        for method, m in [*r["rows"].items(), *tuned.get(name, [])]:
+            print(f"| {method} | " + " | ".join(f"{m.get(k, float('nan')):.4g}" for k in keys) + " |")
     print("\n| variant | case | lambda | start | worst of first 25 | stop (it., reason) | rmse at stop | best (it.) "
           "| last | stop vs best | s/it |\n|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     for path in sorted(out.glob("finetune_*.json")):
