@@ -139,9 +139,10 @@ def grad_adjoint(g, voxel_size_mm, out=None, work=None) -> np.ndarray:
     return total
 
 
-def soft_threshold(z, threshold) -> np.ndarray:
-    """sign(z) max(|z| - t, 0), as z - clip(z, -t, t): the same floats with two passes instead of four."""
-    return z - np.clip(z, -threshold, threshold)
+def soft_threshold(z, threshold, out=None, work=None) -> np.ndarray:
+    """sign(z) max(|z| - t, 0), as z - clip(z, -t, t): the same floats with two passes instead of four
+    (into `out`, which may be z, with `work` holding the clipped values, when given)."""
+    return np.subtract(z, np.clip(z, -threshold, threshold, out=work), out=out)
 
 
 # --- nonlinear TV (FANSI-style ADMM) ---------------------------------------------------------
@@ -280,7 +281,7 @@ def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(
         du = _irfft(rhs, full)
         grad(u_new, voxel_size_mm, out=gu)
         np.add(gu, s_z, out=z)
-        z -= np.clip(z, -threshold, threshold, out=work3)  # soft_threshold in place
+        soft_threshold(z, threshold, out=z, work=work3)
         gu -= z
         s_z += gu
         # where W = 0 the v-update is v = D u + s_v exactly; Newton only on the weighted voxels

@@ -186,7 +186,11 @@ def test_gradient_and_soft_threshold_are_the_rolled_definitions_bit_for_bit():
     rolled_adjoint = sum((np.roll(y[a], 1, axis=a) - y[a]) / np.float32(h) for a, h in enumerate(vs))
     np.testing.assert_array_equal(B.grad_adjoint(y, vs), rolled_adjoint)
     t = np.float32(0.4)
-    np.testing.assert_array_equal(soft_threshold(y, t), np.sign(y) * np.maximum(np.abs(y) - t, 0.0))
+    expected = np.sign(y) * np.maximum(np.abs(y) - t, 0.0)
+    np.testing.assert_array_equal(soft_threshold(y, t), expected)
+    in_place = y.copy()  # as the ADMM loop calls it
+    soft_threshold(in_place, t, out=in_place, work=np.empty_like(y))
+    np.testing.assert_array_equal(in_place, expected)
 
 
 def test_shared_kernel_and_anisotropic_voxels():
