@@ -297,7 +297,9 @@ def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(
         np.subtract(u_new, u, out=work)
         change = np.linalg.norm(work) / max(np.linalg.norm(u_new), 1e-12)
         u = u_new
-        if change < p.tol:
+        # not at iteration 1: from a warm start the splits are consistent with u0 and the duals 0, so the
+        # first u-update returns u0 (less its mean) whatever alpha is: no change there says nothing
+        if it > 1 and change < p.tol:
             converged = True
             break
     chi = (u[: field.shape[0], : field.shape[1], : field.shape[2]] / scale * mask).astype(np.float32)
