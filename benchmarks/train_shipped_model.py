@@ -64,16 +64,18 @@ def stale_outputs(work: Path, maps: int, seed: int, target_crop: int, extra_targ
     """
     import json
 
+    from daqsm.outputs import find_config_companion
+
     problems = []
-    step1 = work / "step1_chi.config.json"
-    if (work / "step1_chi.h5").exists() and step1.exists():
-        made = json.loads(step1.read_text())
+    step1 = find_config_companion(work / "step1_chi.h5", "genchi", folder=False)
+    if (work / "step1_chi.h5").exists() and step1:
+        made = json.loads(Path(step1).read_text())
         if (made.get("n_maps"), made.get("seed")) != (maps, seed):
             problems.append(f"step1_chi.h5 holds {made.get('n_maps')} maps of seed {made.get('seed')}, "
                             f"this command asks for --maps {maps} --seed {seed}")
-    step3 = work / "step3_patches.config.json"
-    if (work / "step3_patches.h5").exists() and step3.exists():
-        made = json.loads(step3.read_text())
+    step3 = find_config_companion(work / "step3_patches.h5", "patches", folder=False)
+    if (work / "step3_patches.h5").exists() and step3:
+        made = json.loads(Path(step3).read_text())
         targets = sorted(Path(t).name for t in made.get("target", []))
         if targets != case_names(extra_targets):
             problems.append(f"step3_patches.h5 holds target crops of {', '.join(targets) or 'no case'}, this command "

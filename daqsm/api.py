@@ -78,15 +78,19 @@ def field_maps(chi_ppm, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), m
 
 
 def _per_target(name: str, value, count: int, triple: bool) -> list:
-    """One value for every target, or a sequence with one per target (InputError naming the argument)."""
+    """One value for every target, or a sequence with one per target (InputError naming the argument);
+    each value checked against the one table of ranges."""
     from daqsm.errors import InputError
 
     if value is None or np.ndim(value) == (1 if triple else 0):
+        _check_quantities(**{name: value})  # also when there is no target: a wrong value is still wrong
         return [value] * count
     values = list(value)
     if np.ndim(value) != (2 if triple else 1) or len(values) != count:
         shape = "an (x, y, z) triple" if triple else "a number"
         raise InputError(f"{name}: expected {shape} or one per target ({count}), got {np.shape(value)}")
+    for item in values:
+        _check_quantities(**{name: item})
     return values
 
 
@@ -133,7 +137,6 @@ def make_patches(source_fields, source_masks, source_chis, target_fields=(), tar
                   "target_te_s": _per_target("target_te_s", target_te_s, n, False)}
     protocols = []
     for i in range(n):
-        _check_quantities(**{key: values[i] for key, values in per_target.items()})
         tvs, tb0, tesla, te = (per_target[key][i] for key in per_target)
         protocols.append((vs if tvs is None else tuple(map(float, tvs)), b0 if tb0 is None else tuple(map(float, tb0)),
                           None if tesla is None else float(tesla), None if te is None else float(te)))

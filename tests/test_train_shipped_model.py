@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from daqsm.outputs import config_companion
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("train_shipped_model", ROOT / "benchmarks" / "train_shipped_model.py")
 train_shipped_model = importlib.util.module_from_spec(_spec)
@@ -22,9 +24,9 @@ def _work(tmp_path, n_maps=48, seed=0, targets=train_shipped_model.BUILTIN_CASES
     work = tmp_path / "w"
     work.mkdir(parents=True)
     (work / "step1_chi.h5").write_bytes(b"")
-    (work / "step1_chi.config.json").write_text(json.dumps({"n_maps": n_maps, "seed": seed}))
+    Path(config_companion(work / "step1_chi.h5", "genchi", False)).write_text(json.dumps({"n_maps": n_maps, "seed": seed}))
     (work / "step3_patches.h5").write_bytes(b"")
-    (work / "step3_patches.config.json").write_text(json.dumps({
+    Path(config_companion(work / "step3_patches.h5", "patches", False)).write_text(json.dumps({
         "source": [str(work / "step1_chi.h5")], "target": [str(work / "targets" / t) for t in targets],
         "target_patch_size": [crop] * 3}))
     return work
@@ -56,7 +58,8 @@ def test_a_folder_of_another_recipe_is_one_line_exit_2_before_anything_runs(tmp_
 
 def test_patches_made_from_another_folders_maps_are_refused(tmp_path):
     work = _work(tmp_path)
-    config = json.loads((work / "step3_patches.config.json").read_text())
+    step3 = Path(config_companion(work / "step3_patches.h5", "patches", False))
+    config = json.loads(step3.read_text())
     config["source"] = ["/elsewhere/step1_chi.h5"]
-    (work / "step3_patches.config.json").write_text(json.dumps(config))
+    step3.write_text(json.dumps(config))
     assert "made from /elsewhere/step1_chi.h5" in " ".join(train_shipped_model.stale_outputs(work, 48, 0, 96, []))
