@@ -97,7 +97,7 @@ def run_classic(args) -> None:
         name = Path(path).name
         if name in results and not args.redo:
             if not any(k.startswith("NLTV stage 1, ndi-tv defaults") for k in results[name]["rows"]):
-                _add_converged_nltv(path, results[name], args)  # a row added later: only it is computed
+                _add_converged_nltv(path, results[name])  # a row added later: only it is computed
                 (out / "classic.json").write_text(json.dumps(results, indent=1))
             continue
         target, truth, seg = _case(path)
@@ -139,26 +139,27 @@ def run_classic(args) -> None:
         rows[f"direct minimiser at the no-truth lambda ({lam:.3g})"] = _metrics(chi, truth, seg, mask)
         results[name] = {"rows": rows, "lambda_rule": rule, "direct_loss": loss, "direct_iterations": nit,
                          "seconds": round(time.perf_counter() - t0, 1)}
-        _add_converged_nltv(path, results[name], args)
+        _add_converged_nltv(path, results[name], (target, truth, seg))
         (out / "classic.json").write_text(json.dumps(results, indent=1))
         print(f"{name}: " + ", ".join(f"{k} {v['rmse']:.2f}" for k, v in rows.items()), file=sys.stderr, flush=True)
 
 
-def _add_converged_nltv(path, result: dict, args) -> None:
+def _add_converged_nltv(path, result: dict, loaded=None) -> None:
     """NLTV at the stage-1 alpha run as `daqsm-baseline ndi-tv` runs it (from zero, its default 150
     iterations and tolerance, the case's own B0 and TE) on the same box and weight: the scan's map
-    at that alpha stops after --scan-iterations warm-started iterations, which is a regulariser too."""
+    at that alpha stops after --scan-iterations warm-started iterations, which is a regulariser too.
+    `loaded`: the case as `_case` returns it, when the caller has read it already."""
     from dataclasses import replace
 
     from daqsm.evaluation.baselines import NDITVParams, ndi_tv
     from daqsm.network_model.tiling import brain_box
-    from daqsm.training_data.units import rad_per_ppm
+    from daqsm.network_model.tv_weight import _nltv_params
 
-    target, truth, seg = _case(path)
+    target, truth, seg = loaded or _case(path)
     g, mask = target.geometry, target.mask > 0
     box = brain_box(target.mask, 8)
     alpha = result["lambda_rule"]["alpha"]
-    params = replace(NDITVParams(), alpha=alpha, b0_tesla=target.phase_rad_per_ppm / rad_per_ppm(1.0, 1.0), te_s=1.0)
+    params = replace(_nltv_params(target.phase_rad_per_ppm, NDITVParams.iterations), alpha=alpha)
     t0 = time.perf_counter()
     chi_box, info = ndi_tv(target.field_ppm[box], mask[box], target.weight[box], g.voxel_size_mm, g.b0_dir, params,
                            pad="auto", return_info=True)
