@@ -9,7 +9,7 @@ sidecars and the PNG figures. The seeds and op determinism are set in one place,
 daqsm/tf_env.py.
 
 Left out, because they are not results: wall times (`elapsed_s` in the loss logs, `seconds` of the
-inference sidecar, `seconds_per_iteration` of the step-5 sidecar, `date_saved` in a `.keras` file,
+inference sidecar, `seconds_per_iteration` and `seconds_with_scan` of the step-5 sidecar, `date_saved` in a `.keras` file,
 and so the loss-curve PNGs, whose lower panel plots elapsed_s), the SHA256 of a model file in the
 provenance sidecars (a `.keras` file holds its date_saved), Keras's `shared_object_id` (a Python
 object id), the folder's own path where a config records it, TensorBoard event files (they hold
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 #: keys (CSV columns, JSON keys) holding wall time or object ids, not results
-TIME_KEYS = ("elapsed_s", "seconds", "seconds_per_iteration", "date_saved")
+TIME_KEYS = ("elapsed_s", "seconds", "seconds_per_iteration", "seconds_with_scan", "date_saved")
 #: a sidecar's model SHA256 hashes a `.keras` file, which stores its save date (the same weights are
 #: compared through the model file itself)
 IGNORED_KEYS = TIME_KEYS + ("shared_object_id", "SHA256")

@@ -98,6 +98,14 @@ def select_trainable(model, which: str) -> int:
     return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
 
+def loop_seconds(max_minutes: float, spent_s: float) -> float:
+    """Wall time left to the iterations of a `max_minutes` budget of which `spent_s` is gone (the scan,
+    tracing): 0 means no limit; a spent budget still leaves one iteration (a tiny positive number)."""
+    if not max_minutes:
+        return 0.0
+    return max(60.0 * float(max_minutes) - float(spent_s), 1e-9)
+
+
 def check_params(params) -> None:
     """The number rules of step 5's parameters (the command and the API both get them)."""
     from daqsm.network_model.config import key_option
@@ -144,6 +152,7 @@ def finetune_volume(model, target, params, info: dict | None = None, monitor=Non
     from daqsm.qc.noise import estimate_noise_ppm
     from daqsm.training_data.dipole import dipole_operator_tf
 
+    started = time.perf_counter()  # the max_minutes budget counts from here: the scan is part of it
     check_params(params)
     say = say or (lambda _line: None)
     messages: list = []
@@ -165,7 +174,8 @@ def finetune_volume(model, target, params, info: dict | None = None, monitor=Non
                               "no fine-tuning (--fast): the lambda rule was not run")
     elif given is None:
         choice = choose_lambda_tv(field_b, mask_b, weight_b, geometry.voxel_size_mm, geometry.b0_dir, float(phase),
-                                  info["label_scale"], params.dipole_pad, iterations=params.lambda_scan_iterations)
+                                  info["label_scale"], params.dipole_pad, iterations=params.lambda_scan_iterations,
+                                  progress=params.progress)
         if choice.rule != "discrepancy":
             say(choice.note)
         messages.append(choice.note)
@@ -246,8 +256,14 @@ def finetune_volume(model, target, params, info: dict | None = None, monitor=Non
     log.write(0, {**initial, "elapsed_s": 0.0})
     t0 = time.perf_counter()
     result = run_loop(step_fn, itertools.repeat(None), tf.Variable(0, dtype=tf.int64), params.iterations, log,
-                      convergence=rule, progress=params.progress, desc="fine-tuning")
+                      convergence=rule, progress=params.progress, desc="fine-tuning",
+                      max_seconds=loop_seconds(params.max_minutes, t0 - started))
     seconds = time.perf_counter() - t0
+    if result.reason == "time":
+        line = (f"max_minutes {params.max_minutes:g} reached after {result.step} iterations, before the stopping "
+                "rule fired: the map is less converged than without the limit")
+        say(line)
+        messages.append(line)
     for layer in model.layers:  # the saved model is whole again
         layer.trainable = True
     if precision != "float32":
@@ -260,7 +276,9 @@ def finetune_volume(model, target, params, info: dict | None = None, monitor=Non
                              "lambda_tv": lambda_tv, "LambdaTV": choice.record(), "prior": params.prior,
                              "prior_weight": params.prior_weight, "trainable": params.trainable,
                              "trainable_weights": n_trainable, "seconds": round(seconds, 2),
-                             "seconds_per_iteration": round(seconds / max(int(result.step), 1), 3)},
+                             "seconds_per_iteration": round(seconds / max(int(result.step), 1), 3),
+                             "max_minutes": params.max_minutes,
+                             "seconds_with_scan": round(time.perf_counter() - started, 2)},
               "Box": [[b.start, b.stop] for b in box], "PhaseRadPerPpm": float(phase)}
     if result.reason == "nan":
         record["FineTuning"]["stop_reason"] = "nan"

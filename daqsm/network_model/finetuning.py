@@ -51,6 +51,9 @@ class FinetuneConfig:
     voxel_size_mm: tuple[float, float, float] | None = param(None, "override the file's voxel size")
     b0_dir: tuple[float, float, float] | None = param(None, 'override (voxel axes); else from the affine')
     iterations: int = param(300, 'at most', check="int>=0")
+    max_minutes: float = param(0.0, "wall-time budget of fine-tuning, the TV weight's scan included: stop after the "
+                               "first iteration that ends past it, stop reason 'time' (0: no limit)",
+                               check="non_negative")
     fast: bool = param(False, "no fine-tuning: the pre-trained network's map with the same QC residual and sidecar "
                        "(seconds)")
     learning_rate: float = param(1e-3, 'measured: demo Sim2Snr1 rmse 49.0 at 150 it. vs 52.1 with 1e-4', check="positive")

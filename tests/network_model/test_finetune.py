@@ -245,3 +245,37 @@ def test_qc_residual_is_computed_on_the_brain_box(case, tmp_path, monkeypatch):
     assert grids and all(g != full and all(a <= b for a, b in zip(g, full)) for g in grids)
     qc = read_volume(tmp_path / "qsm_residual.nii.gz").data
     assert qc.shape == full and not np.any(qc[np.pad(mask, pad) == 0])
+
+
+def test_time_budget_counts_the_scan_and_leaves_one_iteration():
+    from daqsm.network_model.finetune_core import loop_seconds
+
+    assert loop_seconds(0.0, 500.0) == 0.0                    # no budget: no limit
+    assert loop_seconds(10.0, 200.0) == pytest.approx(400.0)  # 10 min less a 200 s scan
+    assert 0.0 < loop_seconds(1.0, 61.0) < 1e-6               # spent by the scan: one iteration, not "no limit"
+
+
+@pytest.mark.parametrize("minutes, iterations, reason", [(1e-6, 1, "time"), (30.0, 4, "done")])
+def test_max_minutes_stops_fine_tuning_with_reason_time(case, tmp_path, capsys, minutes, iterations, reason):
+    import json
+
+    out = tmp_path / "q.nii.gz"
+    assert _run(case, out, "--field", str(case / "field.nii.gz"), "--mask", str(case / "mask.nii.gz"),
+                "--iterations", "4", "--convergence_tol", "0", "--tau", "0", "--max-minutes", str(minutes)) == 0
+    ft = json.loads((tmp_path / "q.json").read_text())["FineTuning"]
+    assert (ft["iterations"], ft["stop_reason"], ft["max_minutes"]) == (iterations, reason, minutes)
+    assert ft["seconds_with_scan"] >= ft["seconds"]
+    assert ("max_minutes" in capsys.readouterr().err) == (reason == "time")
+    assert read_volume(out).data.shape == SHAPE
+
+
+def test_the_lambda_scan_shows_progress(case, tmp_path, capsys):
+    """--lambda-tv auto: the scan (minutes at 1 mm) has its bar before fine-tuning's; --quiet shows neither."""
+    argv = ["--model", str(case / "pre.keras"), "--b0", "3", "--te", "0.02", "--field", str(case / "field.nii.gz"),
+            "--mask", str(case / "mask.nii.gz"), "--iterations", "1", "--lambda-scan-iterations", "2"]
+    assert finetune.main(argv + ["-o", str(tmp_path / "a.nii.gz")]) == 0
+    err = capsys.readouterr().err
+    assert "TV weight scan: " in err and "fine-tuning: " in err
+    assert err.index("TV weight scan: ") < err.index("fine-tuning: ")
+    assert finetune.main(argv + ["-o", str(tmp_path / "b.nii.gz"), "--quiet"]) == 0
+    assert "TV weight scan" not in capsys.readouterr().err
