@@ -55,6 +55,8 @@ class BaselineConfig:
     te_s: float | None = param(None, "ndi-tv / tv: echo time of the weighting echo in seconds (default: the "
                                "case's; never assumed)", aliases=("te",))
     overwrite: bool = param(False, "replace an existing output")
+    progress: bool = param(True, "ndi-tv / tv: progress bar of the solve or the alpha scan (--quiet: none)",
+                           negation="quiet")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,7 +171,8 @@ def _invert_and_write(args, qset) -> int:
             from daqsm.evaluation import nltv_alpha
 
             scan = nltv_alpha.scan_alpha(field.data, mask, weight, params=params,
-                                         alphas=args.alpha_grid or nltv_alpha.ALPHA_GRID, **common)
+                                         alphas=args.alpha_grid or nltv_alpha.ALPHA_GRID, progress=args.progress,
+                                         **common)
             choice = nltv_alpha.choose_alpha_discrepancy(scan)
             for a, r, it in zip(scan.alphas, scan.residual, scan.iterations):
                 print(f"{args.method}: alpha {a:.3g}: residual {r:.4g}, {it} iterations")
@@ -185,7 +188,14 @@ def _invert_and_write(args, qset) -> int:
                 "noise_ppm": float(scan.noise_ppm), "noise_residual": float(scan.noise_residual),
                 "seconds": round(float(scan.seconds), 1)}}
         else:
-            chi, info = ndi_tv(field.data, mask, weight, params=params, return_info=True, **common)
+            from tqdm import tqdm
+
+            with tqdm(total=params.iterations, desc=args.method, unit="it", disable=not args.progress,
+                      file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
+                chi, info = ndi_tv(field.data, mask, weight, params=params, return_info=True,
+                                   on_iteration=lambda _it, change: (bar.update(1),
+                                                                     bar.set_postfix(change=f"{change:.2g}")),
+                                   **common)
             print(f"{args.method}: {info['iterations']} iterations, converged={info['converged']}, "
                   f"{info['seconds']:.1f} s")
     from daqsm.provenance import build_record, write_sidecar

@@ -129,7 +129,8 @@ def _nltv_params(phase_rad_per_ppm: float, iterations: int):
 
 
 def choose_lambda_tv(field_ppm, mask, weight, voxel_size_mm, b0_dir, phase_rad_per_ppm: float, label_scale: float,
-                     dipole_pad="auto", alphas=None, iterations: int = SCAN_ITERATIONS) -> LambdaChoice:
+                     dipole_pad="auto", alphas=None, iterations: int = SCAN_ITERATIONS,
+                     progress: bool = False) -> LambdaChoice:
     """The no-truth lambda_tv of one volume (module docstring).
 
     Args:
@@ -140,6 +141,7 @@ def choose_lambda_tv(field_ppm, mask, weight, voxel_size_mm, b0_dir, phase_rad_p
         label_scale: the model's network units per ppm.
         alphas: NLTV grid (default tv_alpha.ALPHA_GRID).
         iterations: ADMM iterations per alpha.
+        progress: a progress bar over the scan (stderr).
 
     Returns:
         LambdaChoice.
@@ -156,7 +158,7 @@ def choose_lambda_tv(field_ppm, mask, weight, voxel_size_mm, b0_dir, phase_rad_p
     try:
         scan = nltv_alpha.scan_alpha(field_ppm, mask, weight, voxel_size_mm, b0_dir,
                                      _nltv_params(phase_rad_per_ppm, iterations), alphas or nltv_alpha.ALPHA_GRID,
-                                     pad=dipole_pad, keep_maps=False)
+                                     pad=dipole_pad, keep_maps=False, progress=progress)
     except InputError as err:  # no noise estimate (no 2x2x2 block in the mask)
         lam = to_lambda(FALLBACK_ALPHA)
         return LambdaChoice(lam, "fallback", FALLBACK_ALPHA, None,

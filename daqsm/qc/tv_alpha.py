@@ -47,6 +47,7 @@ against the truth inside the mask (the RC2 `rmse`); benchmarks only.
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, replace
 
@@ -142,7 +143,7 @@ def total_variation(chi_ppm, voxel_size_mm=(1.0, 1.0, 1.0)) -> float:
 
 def scan_alpha(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),
                params: NDITVParams = NDITVParams(), alphas=ALPHA_GRID, pad="auto", keep_maps: bool = True,
-               warm_start: bool = True) -> AlphaScan:
+               warm_start: bool = True, progress: bool = False) -> AlphaScan:
     """Nonlinear TV at each alpha of a grid, from the largest down, each warm-started from the previous map.
 
     Args:
@@ -151,6 +152,7 @@ def scan_alpha(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_d
         alphas: positive grid (any order; returned ascending).
         keep_maps: keep every map (needed by `best_alpha_by_truth` and to return the chosen map).
         warm_start: start each solve from the previous (larger alpha) map.
+        progress: a progress bar on stderr over the solves (alpha and iterations so far).
 
     Returns:
         AlphaScan.
@@ -159,17 +161,24 @@ def scan_alpha(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_d
     grid = sorted(float(a) for a in alphas)
     if not grid or grid[0] <= 0:
         raise InputError(f"alphas: expected positive values, got {alphas}")
+    from tqdm import tqdm
+
     from daqsm.training_data.units import rad_per_ppm
 
     scale = rad_per_ppm(params.b0_tesla, params.te_s)
     results = {}
     previous = None
-    for alpha in reversed(grid):
-        chi, info = ndi_tv(field_ppm, mask, weight, voxel_size_mm, b0_dir, replace(params, alpha=alpha), pad=pad,
-                           return_info=True, chi0=previous if warm_start else None)
-        results[alpha] = (chi, data_residual(chi, field_ppm, mask, weight, voxel_size_mm, b0_dir, scale, pad),
-                          total_variation(chi, voxel_size_mm), info["iterations"])
-        previous = chi
+    with tqdm(total=len(grid) * params.iterations, desc="TV weight scan", unit="it", disable=not progress,
+              file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
+        for alpha in reversed(grid):
+            bar.set_postfix(alpha=f"{alpha:.3g}")
+            chi, info = ndi_tv(field_ppm, mask, weight, voxel_size_mm, b0_dir, replace(params, alpha=alpha), pad=pad,
+                               return_info=True, chi0=previous if warm_start else None,
+                               on_iteration=lambda _it, _change: bar.update(1))
+            bar.update(params.iterations - info["iterations"])  # a solve that converged early
+            results[alpha] = (chi, data_residual(chi, field_ppm, mask, weight, voxel_size_mm, b0_dir, scale, pad),
+                              total_variation(chi, voxel_size_mm), info["iterations"])
+            previous = chi
     noise = estimate_noise_ppm(field_ppm, mask, weight)
     return AlphaScan(alphas=tuple(grid), residual=tuple(results[a][1] for a in grid),
                      tv=tuple(results[a][2] for a in grid), iterations=tuple(results[a][3] for a in grid),

@@ -201,7 +201,8 @@ def solve_v(target, phase_meas, weight2, mu_data, v0=None, steps: int = 4) -> np
 
 
 def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0),
-           params: NDITVParams = NDITVParams(), pad="auto", return_info: bool = False, chi0=None):
+           params: NDITVParams = NDITVParams(), pad="auto", return_info: bool = False, chi0=None,
+           on_iteration=None):
     """Weighted nonlinear TV inversion by ADMM (FANSI-style; Milovic et al. 2018).
 
     Problem (phase units phi = s f, u = s chi, s = 2 pi gamma_bar B0 TE in rad/ppm):
@@ -223,6 +224,8 @@ def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(
         return_info: also return {"iterations", "converged", "seconds"}.
         chi0: optional float32 (x, y, z) start, ppm (warm start, e.g. the solution at a nearby alpha
             in an alpha scan); the splits start consistent with it (z = G u0, v = D u0).
+        on_iteration: optional callable(iteration, relative change of u), after every iteration (a
+            progress bar).
 
     Returns:
         float32 (x, y, z) chi in ppm (0 outside the mask) [, info].
@@ -297,6 +300,8 @@ def ndi_tv(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_dir=(
         np.subtract(u_new, u, out=work)
         change = np.linalg.norm(work) / max(np.linalg.norm(u_new), 1e-12)
         u = u_new
+        if on_iteration is not None:
+            on_iteration(it, float(change))
         # not at iteration 1: from a warm start the splits are consistent with u0 and the duals 0, so the
         # first u-update returns u0 (less its mean) whatever alpha is: no change there says nothing
         if it > 1 and change < p.tol:

@@ -92,3 +92,23 @@ def test_command_alpha_auto(tmp_path, capsys):
     assert chosen["alphas"] == [1e-3, 1e-2] and len(chosen["residual"]) == len(chosen["tv"]) == 2 and chosen["noise_residual"] > 0
     for bad in (["--alpha", "often"], ["--alpha", "0.1", "--alpha-grid", "1e-3"]):
         assert baseline_cli.main(["ndi-tv", "--field", f, "--mask", m, "-o", str(tmp_path / "x.nii.gz")] + bad) == 2
+
+
+def test_progress_bars_of_the_scan_and_the_solve(tmp_path, capsys):
+    """The scan and a single TV solve show a bar on stderr (1 mm: minutes of silence before), --quiet none;
+    the solve's hook sees every iteration once."""
+    chi, brain, _ = phantom(24)
+    field = forward_field(chi, pad="auto") * brain
+    seen = []
+    _, info = B.ndi_tv(field, brain, params=B.NDITVParams(alpha=1e-3, iterations=7, tol=0.0), pad="none",
+                       return_info=True, on_iteration=lambda it, change: seen.append((it, change)))
+    assert [it for it, _ in seen] == list(range(1, info["iterations"] + 1)) == list(range(1, 8))
+    assert all(change >= 0 for _, change in seen)
+    f = write_volume(tmp_path / "field.nii.gz", field)
+    m = write_volume(tmp_path / "mask.nii.gz", brain.astype(np.uint8))
+    base = ["ndi-tv", "--field", f, "--mask", m, "--b0", "3", "--te", "0.025", "--iterations", "3"]
+    for extra, bar in ((["--alpha", "auto", "--alpha-grid", "1e-3", "1e-2"], "TV weight scan"), ([], "ndi-tv")):
+        assert baseline_cli.main(base + extra + ["-o", str(tmp_path / "a.nii.gz"), "--overwrite"]) == 0
+        assert f"{bar}: " in capsys.readouterr().err
+        assert baseline_cli.main(base + extra + ["-o", str(tmp_path / "a.nii.gz"), "--overwrite", "--quiet"]) == 0
+        assert f"{bar}: " not in capsys.readouterr().err
