@@ -46,6 +46,8 @@ class BaselineConfig:
                        "discrepancy principle's alpha (daqsm.evaluation.nltv_alpha; needs no ground truth)")
     alpha_grid: tuple | None = param(None, "ndi-tv --alpha auto: the scanned values (default nltv_alpha.ALPHA_GRID)",
                                      type=float, check="positive")
+    residual_factor: float = param(1.0, "ndi-tv / tv --alpha auto: kappa of the residual target max(kappa x noise "
+                                   "residual, 1.3 x residual floor)", check="positive")
     mu_grad: float | None = param(None, "ndi-tv: gradient consistency (default 10*alpha)", aliases=("mu",), check="non_negative")
     mu_data: float = param(_ND.mu_data, "ndi-tv: data split weight", check="positive")
     iterations: int = param(_ND.iterations, "ndi-tv: max iterations", check="int>=1")
@@ -173,7 +175,7 @@ def _invert_and_write(args, qset) -> int:
             scan = nltv_alpha.scan_alpha(field.data, mask, weight, params=params,
                                          alphas=args.alpha_grid or nltv_alpha.ALPHA_GRID, progress=args.progress,
                                          **common)
-            choice = nltv_alpha.choose_alpha_discrepancy(scan)
+            choice = nltv_alpha.choose_alpha_discrepancy(scan, tau=args.residual_factor)
             for a, r, it in zip(scan.alphas, scan.residual, scan.iterations):
                 print(f"{args.method}: alpha {a:.3g}: residual {r:.4g}, {it} iterations")
             print(f"{args.method}: alpha {choice.alpha:.3g} by the discrepancy principle ({choice.note}), "
@@ -182,6 +184,7 @@ def _invert_and_write(args, qset) -> int:
             # the config says only 'auto': the sidecar must name the alpha that made the map, and why
             alpha_record = {"AlphaChoice": {
                 "alpha": float(choice.alpha), "rule": choice.rule, "reached": bool(choice.reached),
+                "target": float(choice.target), "residual_factor": float(args.residual_factor),
                 "note": choice.note, "alphas": [float(a) for a in scan.alphas],
                 "residual": [float(r) for r in scan.residual], "tv": [float(t) for t in scan.tv],
                 "iterations": [int(i) for i in scan.iterations],

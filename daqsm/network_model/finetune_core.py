@@ -175,7 +175,7 @@ def finetune_volume(model, target, params, info: dict | None = None, monitor=Non
     elif given is None:
         choice = choose_lambda_tv(field_b, mask_b, weight_b, geometry.voxel_size_mm, geometry.b0_dir, float(phase),
                                   info["label_scale"], params.dipole_pad, iterations=params.lambda_scan_iterations,
-                                  progress=params.progress)
+                                  progress=params.progress, residual_factor=params.residual_factor)
         if choice.rule != "discrepancy":
             say(choice.note)
         messages.append(choice.note)

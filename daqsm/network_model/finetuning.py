@@ -63,6 +63,9 @@ class FinetuneConfig:
                            "rule mapped to network units, daqsm/network_model/tv_weight.py); a number overrides it")
     lambda_scan_iterations: int = param(SCAN_ITERATIONS, "--lambda-tv auto: NLTV iterations per alpha of the scan",
                                         check="int>=1")
+    residual_factor: float = param(1.0, "--lambda-tv auto: kappa of the rule's residual target max(kappa x noise "
+                                   "residual, 1.3 x residual floor); the truth's own residual is larger where the "
+                                   "field holds model error (benchmarks/results_baselines.md)", check="positive")
     prior: str = param("none", "keep the pre-trained prior: none, map (pull to the pre-trained map) or weights "
                        "(L2-SP)", choices=("none", "map", "weights"))
     prior_weight: float = param(0.0, "weight of the prior term (network units)", check="non_negative")

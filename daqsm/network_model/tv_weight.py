@@ -130,7 +130,7 @@ def _nltv_params(phase_rad_per_ppm: float, iterations: int):
 
 def choose_lambda_tv(field_ppm, mask, weight, voxel_size_mm, b0_dir, phase_rad_per_ppm: float, label_scale: float,
                      dipole_pad="auto", alphas=None, iterations: int = SCAN_ITERATIONS,
-                     progress: bool = False) -> LambdaChoice:
+                     progress: bool = False, residual_factor: float = 1.0) -> LambdaChoice:
     """The no-truth lambda_tv of one volume (module docstring).
 
     Args:
@@ -142,6 +142,8 @@ def choose_lambda_tv(field_ppm, mask, weight, voxel_size_mm, b0_dir, phase_rad_p
         alphas: NLTV grid (default tv_alpha.ALPHA_GRID).
         iterations: ADMM iterations per alpha.
         progress: a progress bar over the scan (stderr).
+        residual_factor: kappa of the target T = max(kappa E, 1.3 R_floor) (tv_alpha.choose_alpha_discrepancy's
+            tau): 1 is Morozov's noise level; larger counts model error the floor does not see.
 
     Returns:
         LambdaChoice.
@@ -166,16 +168,16 @@ def choose_lambda_tv(field_ppm, mask, weight, voxel_size_mm, b0_dir, phase_rad_p
     ndi = [residual_to_ndi(r, phase_rad_per_ppm, voxels) for r in scan.residual]
     evidence = {"alphas": list(scan.alphas), "ndi_per_alpha": ndi, "noise_ppm": scan.noise_ppm,
                 "noise_ndi": residual_to_ndi(scan.noise_residual, phase_rad_per_ppm, voxels),
-                "scan_iterations": list(scan.iterations), "seconds": round(time.perf_counter() - start, 1)}
+                "scan_iterations": list(scan.iterations), "residual_factor": residual_factor,
+                "seconds": round(time.perf_counter() - start, 1)}
     if max(scan.residual) <= FLAT_RATIO * min(scan.residual):
         lam = to_lambda(FALLBACK_ALPHA)
         return LambdaChoice(lam, "fallback", FALLBACK_ALPHA, None,
                             f"lambda_tv {lam:.4g} (fallback alpha {FALLBACK_ALPHA:g}): the rule cannot decide "
                             f"(residual flat within {100 * (FLAT_RATIO - 1):.0f} % over alpha "
                             f"{scan.alphas[0]:.3g}-{scan.alphas[-1]:.3g})", evidence)
-    choice = nltv_alpha.choose_alpha_discrepancy(scan)
-    floor = min(scan.residual)
-    target = max(scan.noise_residual, nltv_alpha.FLOOR_FACTOR * floor)
+    choice = nltv_alpha.choose_alpha_discrepancy(scan, tau=residual_factor)
+    target = choice.target
     lam = to_lambda(choice.alpha)
     note = f"lambda_tv {lam:.4g} from NLTV alpha {choice.alpha:.3g} by the discrepancy rule ({choice.note})"
     return LambdaChoice(lam, "discrepancy", choice.alpha, residual_to_ndi(target, phase_rad_per_ppm, voxels), note,

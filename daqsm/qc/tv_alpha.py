@@ -28,6 +28,12 @@ to the knee where R starts to grow; a factor 1.3 on the floor leaves room for th
 regularised map has (`FLOOR_FACTOR`). Where noise dominates (R_floor < E / 1.3, e.g. the test
 phantom) the rule is Morozov's.
 
+kappa (`tau`; `--residual-factor` of daqsm-baseline and daqsm-finetune, default 1) scales E: T = max(kappa E,
+1.3 R_floor). The floor underestimates model error: small-alpha maps fit part of it, so the true chi's
+own residual is several times both E and the floor (4.4-7.1 E on the built-in 3 mm cases, 5.3-6.6 E on
+the RC2-like 1 mm ones, 4.7-6.8 E on the 2016 brain; benchmarks/bench_model_error.py, results in
+benchmarks/results_baselines.md), and kappa 1 picks alphas 2-20x below the best.
+
 The Haar estimate sees everything at the voxel scale that a smooth field has not, so on the RC2-like
 cases it holds model error too (built-in 2 mm: 0.00065 ppm at peak SNR 100 and 0.00043 at 1000,
 where the noise alone differs tenfold).
@@ -95,13 +101,15 @@ class AlphaScan:
 
 @dataclass(frozen=True)
 class AlphaChoice:
-    """One rule's pick on a scan: the alpha, its grid index, the rule, and whether its criterion was met."""
+    """One rule's pick on a scan: the alpha, its grid index, the rule, whether its criterion was met, and
+    (discrepancy rule) the residual target T it compared with."""
 
     alpha: float
     index: int
     rule: str
     reached: bool
     note: str
+    target: float | None = None
 
 
 def _weight(weight, mask):
@@ -199,7 +207,7 @@ def choose_alpha_discrepancy(scan: AlphaScan, tau: float = 1.0, floor_factor: fl
     if not below:
         return AlphaChoice(scan.alphas[0], 0, "discrepancy", False,
                            f"no alpha reaches the noise residual {noise_target:.4g} (smallest R {floor:.4g}): "
-                           "model error above the noise; smallest alpha of the grid")
+                           "model error above the noise; smallest alpha of the grid", target)
     index = max(below)
     source = (f"{tau:g} x noise residual {scan.noise_residual:.4g}" if target == noise_target else
               f"{floor_factor:g} x residual floor {floor:.4g} (model error above the noise residual "
@@ -207,4 +215,4 @@ def choose_alpha_discrepancy(scan: AlphaScan, tau: float = 1.0, floor_factor: fl
     note = f"R {scan.residual[index]:.4g} <= {source}"
     if index == len(scan.alphas) - 1:
         note += "; largest alpha of the grid (extend the grid upwards)"
-    return AlphaChoice(scan.alphas[index], index, "discrepancy", True, note)
+    return AlphaChoice(scan.alphas[index], index, "discrepancy", True, note, target)

@@ -68,7 +68,11 @@ def test_rules_on_a_synthetic_scan():
     model_error = A.AlphaScan(alphas, residual, tv, (1,) * 9, None, 0.0, 0.5, 0.0)  # E below every R
     assert not A.choose_alpha_discrepancy(model_error, floor_factor=None).reached  # Morozov alone: none
     choice = A.choose_alpha_discrepancy(model_error)  # target 1.3 x floor = 1.3: R 1.2 at index 4
-    assert choice.reached and choice.index == 4 and "floor" in choice.note
+    assert choice.reached and choice.index == 4 and "floor" in choice.note and choice.target == pytest.approx(1.3)
+    # kappa (tau) x E: the target a field with model error needs (benchmarks/bench_model_error.py)
+    assert A.choose_alpha_discrepancy(scan).target == 5.0
+    kappa = A.choose_alpha_discrepancy(scan, tau=3.0)  # T = 15: R 10 at index 6, 30 above it
+    assert (kappa.index, kappa.target) == (6, 15.0) and "3 x noise residual" in kappa.note
     with pytest.raises(Exception, match="maps"):
         A.best_alpha_by_truth(scan, np.zeros((2, 2, 2)), np.ones((2, 2, 2)))
 
@@ -90,7 +94,11 @@ def test_command_alpha_auto(tmp_path, capsys):
     assert chosen["alpha"] in (1e-3, 1e-2) and chosen["rule"] == "discrepancy"
     assert f"alpha {chosen['alpha']:.3g} by the discrepancy principle" in printed
     assert chosen["alphas"] == [1e-3, 1e-2] and len(chosen["residual"]) == len(chosen["tv"]) == 2 and chosen["noise_residual"] > 0
-    for bad in (["--alpha", "often"], ["--alpha", "0.1", "--alpha-grid", "1e-3"]):
+    # --residual-factor kappa: the target kappa x E; a huge one takes the largest alpha of the grid
+    assert baseline_cli.main(argv + ["--residual-factor", "1e9", "-o", str(tmp_path / "k.nii.gz")]) == 0
+    kappa = json.loads((tmp_path / "k.json").read_text())["AlphaChoice"]
+    assert kappa["alpha"] == 1e-2 and kappa["note"].startswith("R ") and "1e+09 x noise residual" in kappa["note"]
+    for bad in (["--alpha", "often"], ["--alpha", "0.1", "--alpha-grid", "1e-3"], ["--residual-factor", "0"]):
         assert baseline_cli.main(["ndi-tv", "--field", f, "--mask", m, "-o", str(tmp_path / "x.nii.gz")] + bad) == 2
 
 

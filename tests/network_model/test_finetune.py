@@ -196,6 +196,17 @@ def test_auto_lambda_and_its_evidence_in_the_sidecar(case, tmp_path):
                                             rel=1e-5)
     assert len(rule["alphas"]) == len(rule["ndi_per_alpha"]) >= 3
     assert ft["stop_ndi_target"] == pytest.approx(max(ft["noise_energy"], rule["ndi_target"]))
+    assert rule["residual_factor"] == 1.0
+    # --residual-factor kappa: the rule's target is kappa x the noise residual (floor permitting), so the
+    # alpha is never smaller, the target and the stop's target never lower
+    assert finetune.main(["--model", str(case / "pre.keras"), "-o", str(tmp_path / "k.nii.gz"), "--progress", "false",
+                          "--b0", "3", "--te", "0.02", "--field", str(case / "field.nii.gz"), "--mask",
+                          str(case / "mask.nii.gz"), "--iterations", "3", "--lambda-scan-iterations", "10",
+                          "--residual-factor", "1e9"]) == 0
+    kappa = json.loads((tmp_path / "k.json").read_text())["FineTuning"]["LambdaTV"]
+    assert kappa["residual_factor"] == 1e9 and kappa["alpha"] == max(kappa["alphas"]) >= rule["alpha"]
+    assert kappa["ndi_target"] == pytest.approx(1e9 * kappa["noise_ndi"], rel=1e-5)
+    assert kappa["ndi_target"] > rule["ndi_target"]
 
 
 @pytest.mark.parametrize("extra", [["--prior", "map", "--prior-weight", "1"], ["--prior", "weights",
