@@ -30,9 +30,10 @@ phantom) the rule is Morozov's.
 
 kappa (`tau`; `--residual-factor` of daqsm-baseline and daqsm-finetune, default 1) scales E: T = max(kappa E,
 1.3 R_floor). The floor underestimates model error: small-alpha maps fit part of it, so the true chi's
-own residual is several times both E and the floor (4.4-7.1 E on the built-in 3 mm cases, 2.1-2.7 E at 1 mm, 5.3-6.6 E on
-the RC2-like 1 mm ones, 4.7-6.8 E on the 2016 brain; benchmarks/bench_model_error.py, results in
-benchmarks/results_baselines.md), and kappa 1 picks alphas 2-20x below the best.
+own residual is several times both E and the floor (4.4-7.1 E on the built-in 3 mm cases, 2.1-2.7 E on
+the built-in 1 mm ones, 5.3-12.6 E on the RC2-like 1 mm ones, 4.7-6.8 E on the 2016 brain;
+benchmarks/bench_model_error.py, results in benchmarks/results_baselines.md), and kappa 1 picks alphas
+2-20x below the best.
 
 The Haar estimate sees everything at the voxel scale that a smooth field has not, so on the RC2-like
 cases it holds model error too (built-in 2 mm: 0.00065 ppm at peak SNR 100 and 0.00043 at 1000,
