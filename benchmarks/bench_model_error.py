@@ -51,12 +51,13 @@ def _invivo_inputs(folder):
     """The 2016 challenge data: local field (ppm), msk, 3 T / TE 25 ms, the mask as weight, chi_33 and COSMOS."""
     import numpy as np
 
+    from daqsm.training_data.geometry import voxel_size_from_affine
     from daqsm.training_data.units import rad_per_ppm
     from daqsm.training_data.volume_io import read_volume
 
     field = read_volume(Path(folder) / "phs_tissue.nii.gz")
     mask = read_volume(Path(folder) / "msk.nii.gz").data > 0
-    voxel = tuple(float(v) for v in np.sqrt((field.affine[:3, :3] ** 2).sum(0)))
+    voxel = voxel_size_from_affine(field.affine)
     truths = {name: read_volume(Path(folder) / f"{name}.nii.gz").data.astype(np.float32) * mask
               for name in ("chi_33", "chi_cosmos")}
     return ("qsm2016", field.data.astype(np.float32), mask, mask.astype(np.float32), voxel, (0.0, 0.0, 1.0),
@@ -106,28 +107,32 @@ def kappa_table(stores, kappas=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0)) -> str:
     """rmse at the largest alpha with R <= kappa E, per case and truth, beside the rule and the best: what a
     discrepancy target of kappa x the noise residual would give (kappa to be set on one set of cases and
     tested on another, as FLOOR_FACTOR was)."""
+    from daqsm.qc import tv_alpha
+
     lines = ["| case (truth) | rule | " + " | ".join(f"{k:g} E" for k in kappas) + " | best |",
              "|---|---:|" + "---:|" * len(kappas) + "---:|"]
     for store in stores:
         for row in json.loads(Path(store).read_text()).values():
-            e, alphas = row["noise_residual"], row["alphas"]
+            alphas, n = row["alphas"], len(row["alphas"])
+            scan = tv_alpha.AlphaScan(tuple(alphas), tuple(row["residual"]), (0.0,) * n, (0,) * n, None, 0.0,
+                                      row["noise_residual"], 0.0)
+            # the rule itself, with the floor term off: the largest alpha with R <= kappa E (else the smallest)
+            picks = [tv_alpha.choose_alpha_discrepancy(scan, tau=k, floor_factor=None).index for k in kappas]
             rule_index = alphas.index(row["rule_alpha"])
             for truth_name, t in row["truths"].items():
-                cells = []
-                for k in kappas:
-                    within = [i for i, r in enumerate(row["residual"]) if r <= k * e]
-                    i = max(within) if within else 0
-                    cells.append(f"{t['rmse'][i]:.2f} ({alphas[i]:.2g})")
+                cells = [f"{t['rmse'][i]:.2f} ({alphas[i]:.2g})" for i in picks]
                 lines.append(f"| {row['case']} ({truth_name}) | {t['rmse'][rule_index]:.2f} ({alphas[rule_index]:.2g}) | "
                              + " | ".join(cells) + f" | {t['rmse_best']:.2f} ({t['best_alpha']:.2g}) |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
+    from daqsm.network_model.tv_weight import SCAN_ITERATIONS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="*", default=[], help="case folders (daqsm-simulate)")
     parser.add_argument("--invivo", default="", help="the 2016 challenge data folder")
-    parser.add_argument("--scan-iterations", type=int, default=20, help="the lambda rule's default")
+    parser.add_argument("--scan-iterations", type=int, default=SCAN_ITERATIONS, help="the lambda rule's default")
     parser.add_argument("--out", help="folder of model_error.json (appended per case)")
     parser.add_argument("--kappa-table", nargs="*", default=None, metavar="JSON",
                         help="only print the kappa x E table of these model_error.json files")
