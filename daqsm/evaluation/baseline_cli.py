@@ -18,6 +18,7 @@ import numpy as np
 from daqsm.config import ArgumentParser, add_config_options, param, require, resolve_config
 from daqsm.errors import InputError, run_cli
 from daqsm.evaluation.baselines import L2_LAMBDA, METHODS, TKD_THRESHOLD, NDITVParams, l2_gradient, ndi_tv, tkd
+from daqsm.qc.tv_alpha import RESIDUAL_FACTOR
 
 _ND = NDITVParams()
 TV_METHODS = ("ndi-tv", "tv")
@@ -46,7 +47,7 @@ class BaselineConfig:
                        "discrepancy principle's alpha (daqsm.evaluation.nltv_alpha; needs no ground truth)")
     alpha_grid: tuple | None = param(None, "ndi-tv --alpha auto: the scanned values (default nltv_alpha.ALPHA_GRID)",
                                      type=float, check="positive")
-    residual_factor: float = param(1.0, "ndi-tv / tv --alpha auto: kappa of the residual target max(kappa x noise "
+    residual_factor: float = param(RESIDUAL_FACTOR, "ndi-tv / tv --alpha auto: kappa of the residual target max(kappa x noise "
                                    "residual, 1.3 x residual floor)", check="positive")
     mu_grad: float | None = param(None, "ndi-tv: gradient consistency (default 10*alpha)", aliases=("mu",), check="non_negative")
     mu_data: float = param(_ND.mu_data, "ndi-tv: data split weight", check="positive")

@@ -16,6 +16,7 @@ from daqsm.errors import InputError, shape_mismatch
 from daqsm.qc.tv_alpha import (  # noqa: F401  (importable from here as before)
     ALPHA_GRID,
     FLOOR_FACTOR,
+    RESIDUAL_FACTOR,
     AlphaChoice,
     AlphaScan,
     choose_alpha_discrepancy,

@@ -29,6 +29,7 @@ from daqsm.errors import InputError
 from daqsm.network_model.config import write_resolved_config
 from daqsm.network_model.finetune_core import centred_padding, check_params  # noqa: F401  (centred_padding: the step script's name)
 from daqsm.network_model.tv_weight import SCAN_ITERATIONS
+from daqsm.qc.tv_alpha import RESIDUAL_FACTOR
 
 PROG = "model_finetune/train.py (step 5)"
 
@@ -63,9 +64,10 @@ class FinetuneConfig:
                            "rule mapped to network units, daqsm/network_model/tv_weight.py); a number overrides it")
     lambda_scan_iterations: int = param(SCAN_ITERATIONS, "--lambda-tv auto: NLTV iterations per alpha of the scan",
                                         check="int>=1")
-    residual_factor: float = param(1.0, "--lambda-tv auto: kappa of the rule's residual target max(kappa x noise "
+    residual_factor: float = param(RESIDUAL_FACTOR, "--lambda-tv auto: kappa of the rule's residual target max(kappa x noise "
                                    "residual, 1.3 x residual floor); the truth's own residual is larger where the "
-                                   "field holds model error (benchmarks/results_baselines.md)", check="positive")
+                                   "field holds model error (benchmarks/results_baselines.md); the stop's target "
+                                   "stays max(noise, 1.3 x floor)", check="positive")
     prior: str = param("none", "keep the pre-trained prior: none, map (pull to the pre-trained map) or weights "
                        "(L2-SP)", choices=("none", "map", "weights"))
     prior_weight: float = param(0.0, "weight of the prior term (network units)", check="non_negative")

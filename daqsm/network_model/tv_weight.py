@@ -21,9 +21,16 @@ Anisotropic voxels: the network's TV weighs the axes equally, NLTV by 1 / h_i; t
 replaces 1 / h. The built-in 3 mm cases (7 T, TE 12 ms, s = 22.47, c = 100/3): lambda = 4.45 alpha, the
 ratio measured in issue 21 (alpha ~ 0.225 lambda). At 1 mm the same alpha gives a 3x larger lambda.
 
-The discrepancy target of the chosen alpha, T = max(E, 1.3 R_floor) (noise residual E, residual floor
-R_floor: unfitted noise plus model error), is also returned in network NDI units: the stopping rule
-(daqsm.network_model.stopping) stops at it, so the stop knows model error, not the noise alone.
+Two targets, in network NDI units (noise residual E, residual floor R_floor: unfitted noise plus model
+error):
+- the weight's, max(kappa E, 1.3 R_floor) (kappa = `residual_factor`): alpha is the largest whose scan
+  residual stays within it. kappa > 1 counts the model error the floor does not see (the true chi's own
+  residual is 2.1-12.6 E on every case measured, benchmarks/results_baselines.md);
+- the stop's, max(E, 1.3 R_floor), whatever kappa (`LambdaChoice.ndi_target`): the stopping rule
+  (daqsm.network_model.stopping) stops when the network has fitted the data to the noise and the floor.
+  Not kappa E: Adam fits the data before it smooths the map, so the network's NDI crosses kappa E long
+  before its rmse stops falling (RC2-like Sim2Snr1 at 1 mm, kappa 3: NDI below 3 E at iteration 161,
+  rmse 42.44 there and still falling to 39.17 at 250; benchmarks/results_ablation.md, session 13).
 
 Where the rule cannot decide (no 2x2x2 block inside the mask for the noise estimate, or a residual
 curve flat within 5 % over the grid) `FALLBACK_ALPHA` is mapped instead and the note says why.
@@ -90,7 +97,9 @@ class LambdaChoice:
         lambda_tv: network units.
         rule: 'discrepancy' (decided), 'fallback' (could not decide) or 'given' (--lambda-tv X).
         alpha: the NLTV alpha it maps from (None when given).
-        ndi_target: the discrepancy target T in network NDI units (None when not scanned): the stop's.
+        ndi_target: the stop's discrepancy target max(E, 1.3 R_floor) in network NDI units, independent of
+            kappa (module docstring; None when not scanned). The weight's own target is in the evidence
+            ('weight_target_ndi').
         note: one line, why this lambda.
         evidence: the scan (alphas, residuals in NDI units, noise, floor, seconds) for the sidecar.
     """
@@ -130,7 +139,7 @@ def _nltv_params(phase_rad_per_ppm: float, iterations: int):
 
 def choose_lambda_tv(field_ppm, mask, weight, voxel_size_mm, b0_dir, phase_rad_per_ppm: float, label_scale: float,
                      dipole_pad="auto", alphas=None, iterations: int = SCAN_ITERATIONS,
-                     progress: bool = False, residual_factor: float = 1.0) -> LambdaChoice:
+                     progress: bool = False, residual_factor: float | None = None) -> LambdaChoice:
     """The no-truth lambda_tv of one volume (module docstring).
 
     Args:
@@ -142,8 +151,9 @@ def choose_lambda_tv(field_ppm, mask, weight, voxel_size_mm, b0_dir, phase_rad_p
         alphas: NLTV grid (default tv_alpha.ALPHA_GRID).
         iterations: ADMM iterations per alpha.
         progress: a progress bar over the scan (stderr).
-        residual_factor: kappa of the target T = max(kappa E, 1.3 R_floor) (tv_alpha.choose_alpha_discrepancy's
-            tau): 1 is Morozov's noise level; larger counts model error the floor does not see.
+        residual_factor: kappa of the weight's target max(kappa E, 1.3 R_floor) (tv_alpha.choose_alpha_discrepancy's
+            tau): 1 is Morozov's noise level; larger counts model error the floor does not see. The stop's
+            target does not depend on it. None: tv_alpha.RESIDUAL_FACTOR.
 
     Returns:
         LambdaChoice.
@@ -151,6 +161,7 @@ def choose_lambda_tv(field_ppm, mask, weight, voxel_size_mm, b0_dir, phase_rad_p
     from daqsm.qc import tv_alpha as nltv_alpha
 
     start = time.perf_counter()
+    residual_factor = nltv_alpha.RESIDUAL_FACTOR if residual_factor is None else float(residual_factor)
     mask = np.asarray(mask) > 0
     voxels = int(mask.sum())
 
@@ -177,8 +188,9 @@ def choose_lambda_tv(field_ppm, mask, weight, voxel_size_mm, b0_dir, phase_rad_p
                             f"(residual flat within {100 * (FLAT_RATIO - 1):.0f} % over alpha "
                             f"{scan.alphas[0]:.3g}-{scan.alphas[-1]:.3g})", evidence)
     choice = nltv_alpha.choose_alpha_discrepancy(scan, tau=residual_factor)
-    target = choice.target
+    stop_target = nltv_alpha.choose_alpha_discrepancy(scan, tau=1.0).target  # kappa-free (module docstring)
+    evidence["weight_target_ndi"] = residual_to_ndi(choice.target, phase_rad_per_ppm, voxels)
     lam = to_lambda(choice.alpha)
     note = f"lambda_tv {lam:.4g} from NLTV alpha {choice.alpha:.3g} by the discrepancy rule ({choice.note})"
-    return LambdaChoice(lam, "discrepancy", choice.alpha, residual_to_ndi(target, phase_rad_per_ppm, voxels), note,
-                        evidence)
+    return LambdaChoice(lam, "discrepancy", choice.alpha, residual_to_ndi(stop_target, phase_rad_per_ppm, voxels),
+                        note, evidence)

@@ -28,12 +28,15 @@ to the knee where R starts to grow; a factor 1.3 on the floor leaves room for th
 regularised map has (`FLOOR_FACTOR`). Where noise dominates (R_floor < E / 1.3, e.g. the test
 phantom) the rule is Morozov's.
 
-kappa (`tau`; `--residual-factor` of daqsm-baseline and daqsm-finetune, default 1) scales E: T = max(kappa E,
-1.3 R_floor). The floor underestimates model error: small-alpha maps fit part of it, so the true chi's
+kappa (`tau`; `--residual-factor` of daqsm-baseline and daqsm-finetune, default `RESIDUAL_FACTOR` = 3)
+scales E: T = max(kappa E, 1.3 R_floor). The floor underestimates model error: small-alpha maps fit part of it, so the true chi's
 own residual is several times both E and the floor (4.4-7.1 E on the built-in 3 mm cases, 2.1-2.7 E on
 the built-in 1 mm ones, 5.3-12.6 E on the RC2-like 1 mm ones, 4.7-6.8 E on the 2016 brain;
 benchmarks/bench_model_error.py, results in benchmarks/results_baselines.md), and kappa 1 picks alphas
-2-20x below the best.
+2-20x below the best. kappa 3 was chosen on the four built-in 3 mm cases (the best factor on each) and
+then tested on ten others (RC2-like 1 mm, built-in 1 mm, the 2016 brain): never worse than kappa 1,
+15-29 % lower NLTV rmse on the RC2-like and in-vivo ones; the fine-tuned network gains with it too
+(benchmarks/results_ablation.md). Not the best factor everywhere (2 on the built-in 1 mm cases, 5 in vivo).
 
 The Haar estimate sees everything at the voxel scale that a smooth field has not, so on the RC2-like
 cases it holds model error too (built-in 2 mm: 0.00065 ppm at peak SNR 100 and 0.00043 at 1000,
@@ -73,6 +76,9 @@ ALPHA_GRID = tuple(float(a) for a in np.logspace(-4, -1, 10))
 # Gibbs ringing in its truth (1.2-1.45 gave the same picks there), not per case and not retuned
 # (benchmarks/results_baselines.md)
 FLOOR_FACTOR = 1.3
+# kappa of the stage-1 target max(kappa E, 1.3 R_floor) (module doc): set on the four built-in 3 mm cases,
+# tested on ten others (benchmarks/results_baselines.md, "Why stage 1 under-regularises")
+RESIDUAL_FACTOR = 3.0
 
 
 @dataclass(frozen=True)
@@ -195,7 +201,8 @@ def scan_alpha(field_ppm, mask, weight=None, voxel_size_mm=(1.0, 1.0, 1.0), b0_d
                      noise_residual=noise_residual(noise, mask, weight, scale), seconds=time.perf_counter() - start)
 
 
-def choose_alpha_discrepancy(scan: AlphaScan, tau: float = 1.0, floor_factor: float | None = FLOOR_FACTOR) -> AlphaChoice:
+def choose_alpha_discrepancy(scan: AlphaScan, tau: float = RESIDUAL_FACTOR,
+                             floor_factor: float | None = FLOOR_FACTOR) -> AlphaChoice:
     """Stage 1: the largest alpha whose residual stays within the target T (module doc).
 
     T = max(tau E, floor_factor R_floor), R_floor = the smallest residual over the grid. With

@@ -187,7 +187,7 @@ def test_auto_lambda_and_its_evidence_in_the_sidecar(case, tmp_path):
     out = tmp_path / "q.nii.gz"
     assert finetune.main(["--model", str(case / "pre.keras"), "-o", str(out), "--progress", "false", "--b0", "3",
                           "--te", "0.02", "--field", str(case / "field.nii.gz"), "--mask", str(case / "mask.nii.gz"),
-                          "--iterations", "3", "--lambda-scan-iterations", "10"]) == 0
+                          "--iterations", "3", "--lambda-scan-iterations", "10", "--residual-factor", "1"]) == 0
     ft = json.loads((tmp_path / "q.json").read_text())["FineTuning"]
     rule = ft["LambdaTV"]
     assert rule["rule"] == "discrepancy" and "discrepancy rule" in rule["note"]
@@ -203,10 +203,15 @@ def test_auto_lambda_and_its_evidence_in_the_sidecar(case, tmp_path):
                           "--b0", "3", "--te", "0.02", "--field", str(case / "field.nii.gz"), "--mask",
                           str(case / "mask.nii.gz"), "--iterations", "3", "--lambda-scan-iterations", "10",
                           "--residual-factor", "1e9"]) == 0
-    kappa = json.loads((tmp_path / "k.json").read_text())["FineTuning"]["LambdaTV"]
+    kappa_ft = json.loads((tmp_path / "k.json").read_text())["FineTuning"]
+    kappa = kappa_ft["LambdaTV"]
     assert kappa["residual_factor"] == 1e9 and kappa["alpha"] == max(kappa["alphas"]) >= rule["alpha"]
-    assert kappa["ndi_target"] == pytest.approx(1e9 * kappa["noise_ndi"], rel=1e-5)
-    assert kappa["ndi_target"] > rule["ndi_target"]
+    assert kappa["weight_target_ndi"] == pytest.approx(1e9 * kappa["noise_ndi"], rel=1e-5)
+    assert rule["weight_target_ndi"] == pytest.approx(rule["ndi_target"])
+    # ... but the stop's target is max(E, 1.3 R_floor) whatever kappa: Adam crosses kappa E long before
+    # the map is smooth (tv_weight's docstring), so kappa must not end the run earlier
+    assert kappa["ndi_target"] == pytest.approx(rule["ndi_target"], rel=1e-6)
+    assert kappa_ft["stop_ndi_target"] == pytest.approx(ft["stop_ndi_target"], rel=1e-6)
 
 
 @pytest.mark.parametrize("extra", [["--prior", "map", "--prior-weight", "1"], ["--prior", "weights",
