@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from daqsm.errors import InputError
+from daqsm.qc.tv_alpha import RESIDUAL_FACTOR
 
 #: Phase scale of the original NDI argument (rad/ppm); the NDI normalisation reference (losses.py).
 REFERENCE_RAD_PER_PPM = 100.0
@@ -139,7 +140,7 @@ def _nltv_params(phase_rad_per_ppm: float, iterations: int):
 
 def choose_lambda_tv(field_ppm, mask, weight, voxel_size_mm, b0_dir, phase_rad_per_ppm: float, label_scale: float,
                      dipole_pad="auto", alphas=None, iterations: int = SCAN_ITERATIONS,
-                     progress: bool = False, residual_factor: float | None = None) -> LambdaChoice:
+                     progress: bool = False, residual_factor: float = RESIDUAL_FACTOR) -> LambdaChoice:
     """The no-truth lambda_tv of one volume (module docstring).
 
     Args:
@@ -153,7 +154,7 @@ def choose_lambda_tv(field_ppm, mask, weight, voxel_size_mm, b0_dir, phase_rad_p
         progress: a progress bar over the scan (stderr).
         residual_factor: kappa of the weight's target max(kappa E, 1.3 R_floor) (tv_alpha.choose_alpha_discrepancy's
             tau): 1 is Morozov's noise level; larger counts model error the floor does not see. The stop's
-            target does not depend on it. None: tv_alpha.RESIDUAL_FACTOR.
+            target does not depend on it.
 
     Returns:
         LambdaChoice.
@@ -161,7 +162,6 @@ def choose_lambda_tv(field_ppm, mask, weight, voxel_size_mm, b0_dir, phase_rad_p
     from daqsm.qc import tv_alpha as nltv_alpha
 
     start = time.perf_counter()
-    residual_factor = nltv_alpha.RESIDUAL_FACTOR if residual_factor is None else float(residual_factor)
     mask = np.asarray(mask) > 0
     voxels = int(mask.sum())
 
